@@ -1,0 +1,1 @@
+//! palisade CNI plugin library.

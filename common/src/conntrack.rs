@@ -1,0 +1,80 @@
+//! `pal_ct_v1` (LRU hash) and `pal_frag_v1` (LRU hash): stateful part of the datapath.
+//!
+//! Conntrack key: a flow as seen in its *original* direction at one endpoint's hook, plus that
+//! endpoint and the direction in which it was admitted. Written by the TC programs when a new
+//! flow is allowed, read by both programs: a packet matches either its own tuple (same
+//! direction: established) or the reversed tuple admitted in the other direction (a reply).
+//! The agent reads it for `palisadectl` and never purges it on restart.
+//!
+//! Ports are network byte order; for ICMP echo both ports hold the echo identifier, so the
+//! reversed tuple of a request is the tuple of its reply. Protocols without ports use 0.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub ep_id: u32,
+    /// Direction the flow was admitted in (`DIR_INGRESS` / `DIR_EGRESS`).
+    pub dir: u8,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u8,
+    pub saddr_be: [u8; 16],
+    pub daddr_be: [u8; 16],
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+
+/// `CtValue.flags`: a packet was seen in the reply direction.
+pub const CT_SEEN_REPLY: u32 = 1 << 0;
+/// A FIN or RST was seen; the entry gets the short timeout.
+pub const CT_CLOSING: u32 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+    /// The endpoint's `policy_id` when the flow was admitted or last re-checked. When the
+    /// endpoint's policy changes, the next packet of the flow is re-checked against the new
+    /// policy, and dropped (and the entry deleted) if the new policy forbids it: a policy
+    /// change cuts established connections it forbids.
+    pub policy_id: u32,
+    pub flags: u32,
+    /// Rule that admitted the flow (0 when admitted because the endpoint is not isolated).
+    pub rule_ref: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+
+/// Idle timeouts, nanoseconds.
+pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
+pub const CT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
+
+/// Fragment tracking: the first fragment (offset 0, carries the L4 header) records its ports
+/// under the datagram identity; later fragments take the ports from here and are checked like
+/// the first one. A non-first fragment with no entry is dropped (`Reason::FRAGMENT_UNTRACKED`),
+/// so fragments never bypass a port rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub ep_id: u32,
+    /// IPv4 identification (16 bits, zero-extended) or IPv6 fragment identification.
+    pub id: u32,
+    pub dir: u8,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: u8,
+    pub saddr_be: [u8; 16],
+    pub daddr_be: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 44);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragValue {
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 4);

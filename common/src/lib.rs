@@ -1,0 +1,32 @@
+//! Palisade's kernel <-> user ABI.
+//!
+//! Everything here is `#[repr(C)]` plain data shared by the eBPF programs (`ebpf/`) and the
+//! agent (`agent/`). It is the single source of truth for map layouts: both sides compile
+//! against these types, and every type carries a compile-time size assertion.
+//!
+//! Rules for this crate (see `docs/` and STYLE): no `bool`, Rust enums or `Option` in map
+//! types (integer newtypes instead), explicit padding, byte order in field names, map names
+//! declared once with a version suffix.
+#![no_std]
+
+pub mod conntrack;
+pub mod decide;
+pub mod endpoint;
+pub mod maps;
+pub mod packet;
+pub mod policy;
+pub mod stats;
+pub mod verdict;
+
+#[cfg(feature = "user")]
+mod pod_impls;
+
+/// Address family tag used in map keys (values of `AF_INET` / `AF_INET6` on Linux).
+pub const FAMILY_V4: u8 = 2;
+pub const FAMILY_V6: u8 = 10;
+
+/// Directions, named from the pod's point of view.
+/// `DIR_INGRESS`: traffic going to the pod (program `to_pod`).
+/// `DIR_EGRESS`: traffic leaving the pod (program `from_pod`).
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;

@@ -1,0 +1,27 @@
+//! Map names, declared once. BPF object names are at most 15 characters.
+//!
+//! The version suffix is part of the pinned path. A layout change bumps the suffix, so an agent
+//! of one version never misreads maps pinned by another: it finds no map of its own name and
+//! creates fresh ones (and the operator-visible `palisadectl status` shows both).
+
+pub const ENDPOINTS: &str = "pal_ep_v1";
+pub const POLICY: &str = "pal_pol_v1";
+pub const PORTS: &str = "pal_port_v1";
+pub const CONNTRACK: &str = "pal_ct_v1";
+pub const HOST_ADDRS: &str = "pal_host_v1";
+pub const FRAGMENTS: &str = "pal_frag_v1";
+pub const STATS: &str = "pal_stat_v1";
+pub const CONFIG: &str = "pal_cfg_v1";
+
+/// Program names (ELF section function names) in the eBPF object.
+pub const PROG_TO_POD: &str = "to_pod";
+pub const PROG_FROM_POD: &str = "from_pod";
+
+/// Capacities. The agent checks its desired state against these before writing and reports
+/// what does not fit instead of truncating.
+pub const ENDPOINTS_MAX: u32 = 16_384;
+pub const POLICY_MAX: u32 = 1_048_576;
+pub const PORTS_MAX: u32 = 262_144;
+pub const CONNTRACK_MAX: u32 = 262_144;
+pub const HOST_ADDRS_MAX: u32 = 256;
+pub const FRAGMENTS_MAX: u32 = 8_192;

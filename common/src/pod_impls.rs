@@ -1,0 +1,16 @@
+//! `aya::Pod` impls: the user side reads and writes these types in maps. All are `#[repr(C)]`
+//! with explicit padding and no invalid bit patterns.
+use crate::{conntrack::*, endpoint::*, policy::*, stats::*};
+
+unsafe impl aya::Pod for EndpointInfo {}
+unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for PolicyValue {}
+unsafe impl aya::Pod for PortKey {}
+unsafe impl aya::Pod for PortValue {}
+unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtValue {}
+unsafe impl aya::Pod for FragKey {}
+unsafe impl aya::Pod for FragValue {}
+unsafe impl aya::Pod for Counter {}
+unsafe impl aya::Pod for HostAddrKey {}
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,38 @@
+//! `cargo xtask <command>`: the project's build, test, lab and benchmark entry points.
+//!
+//! Every command installs nothing by itself; `scripts/setup.sh` (called by README's commands
+//! and by `.ci/run`) does the installing.
+
+mod build;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "Palisade build, test, lab and benchmark commands"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object (target bpfel-unknown-none) into target/bpf/.
+    BuildEbpf(build::EbpfArgs),
+    /// Build everything: eBPF object and release binaries.
+    Build(build::BuildArgs),
+    /// Run the test tiers: 0 (no root), 1 (BPF_PROG_TEST_RUN), 2 (namespaces).
+    Test(test::TestArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::BuildEbpf(a) => build::build_ebpf(&a).map(|_| ()),
+        Cmd::Build(a) => build::build_all(&a).map(|_| ()),
+        Cmd::Test(a) => test::run(&a),
+    }
+}
