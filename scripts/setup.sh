@@ -61,17 +61,10 @@ bpf_linker() {
     --no-default-features --features llvm-22 >/dev/null
 }
 
-bpffs() {
-  if ! mountpoint -q /sys/fs/bpf; then
-    log "mount -t bpf bpf /sys/fs/bpf"
-    mount -t bpf bpf /sys/fs/bpf
-  fi
-}
 
 need_root
 apt_install
 rust_src
 export PATH="$HOME/.cargo/bin:$PATH"
 bpf_linker
-bpffs
 log "done"
