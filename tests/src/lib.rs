@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Prefix of every namespace, link and directory the tests create.
-pub const TEST_PREFIX: &str = "paltest";
+pub const TEST_PREFIX: &str = "plt";
 
 /// Returns true when the test may run (root). Otherwise prints a loud skip line; under
 /// `CI=true` it panics, so CI never passes by skipping.
@@ -31,13 +31,13 @@ pub fn require_privileges(test: &str) -> bool {
     false
 }
 
-/// A name unique to this process and call: `<TEST_PREFIX><tag><pid mod 10000>x<n>`. Short
+/// A name unique to this process and call: `plt<tag><pid mod 10000>x<n>`. Short
 /// enough for interface names (15 bytes) when `tag` has at most 3 characters.
 pub fn unique_name(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id() % 10_000;
-    format!("pt{tag}{pid}x{n}")
+    format!("{TEST_PREFIX}{tag}{pid}x{n}")
 }
 
 /// Directory of the binaries under test (`PALISADE_BIN_DIR`, set by `cargo xtask test`).
