@@ -23,7 +23,7 @@ const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 /// Traffic between a pod and its own node always passes (kubelet probes). Written by the
 /// agent from the node's interfaces, read by the TC programs.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct HostAddrKey {
     pub family: u8,
     pub _pad: [u8; 3],
