@@ -1,0 +1,586 @@
+//! The plugin's inputs: the network config on stdin and the `CNI_*` environment.
+//!
+//! Fields are extracted by hand from a `serde_json::Value` (not derived) so every error names
+//! the offending field and value, as the CNI error JSON should.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::version::Version;
+
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/palisade";
+pub const DEFAULT_POD_CIDR_FILE: &str = "/var/lib/palisade/podcidrs.json";
+
+/// A `{containerID, ifname}` pair from `cni.dev/valid-attachments` (GC).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Palisade's network config (one plugin entry of a conflist, as the runtime passes it).
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub cni_version: Version,
+    pub name: String,
+    pub mtu: u32,
+    /// `podCIDRs` from the config; when absent, [`NetConf::pod_cidr_file`] is read.
+    pub pod_cidrs: Option<Vec<IpNetwork>>,
+    pub pod_cidr_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub agent_socket: Option<PathBuf>,
+    pub dns: Option<Value>,
+    pub prev_result: Option<Value>,
+    /// `cni.dev/valid-attachments` (GC only).
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// Reads the `cniVersion` of a config without validating the rest (for error output).
+pub fn peek_version(stdin: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(stdin).ok()?;
+    v.get("cniVersion")?.as_str().map(str::to_string)
+}
+
+impl NetConf {
+    pub fn parse(stdin: &[u8]) -> Result<NetConf> {
+        let v: Value = serde_json::from_slice(stdin).map_err(|source| Error::Decode {
+            what: "network config from stdin",
+            source,
+        })?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::invalid_config("(root)", short(&v), "must be a JSON object"))?;
+        let version_str = match obj.get("cniVersion") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(Error::invalid_config(
+                    "cniVersion",
+                    short(other),
+                    "must be a string",
+                ));
+            }
+            None => {
+                return Err(Error::invalid_config(
+                    "cniVersion",
+                    "(missing)",
+                    "is required",
+                ));
+            }
+        };
+        let cni_version = Version::parse(&version_str).ok_or(Error::IncompatibleVersion {
+            version: version_str,
+        })?;
+        let name = req_str(obj, "name")?;
+        let mtu = match obj.get("mtu") {
+            None | Some(Value::Null) => DEFAULT_MTU,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(m) if (68..=65535).contains(&m) => m as u32,
+                _ => {
+                    return Err(Error::invalid_config(
+                        "mtu",
+                        n,
+                        "must be an integer in 68..=65535",
+                    ));
+                }
+            },
+            Some(other) => {
+                return Err(Error::invalid_config(
+                    "mtu",
+                    short(other),
+                    "must be a number",
+                ));
+            }
+        };
+        let pod_cidrs = match obj.get("podCIDRs") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_cidr_list(v, "podCIDRs")?),
+        };
+        let pod_cidr_file =
+            opt_path(obj, "podCIDRFile")?.unwrap_or_else(|| DEFAULT_POD_CIDR_FILE.into());
+        let state_dir = opt_path(obj, "stateDir")?.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        let agent_socket = opt_path(obj, "agentSocket")?;
+        let valid_attachments = match obj.get("cni.dev/valid-attachments") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_attachments(v)?),
+        };
+        Ok(NetConf {
+            cni_version,
+            name,
+            mtu,
+            pod_cidrs,
+            pod_cidr_file,
+            state_dir,
+            agent_socket,
+            dns: obj.get("dns").cloned(),
+            prev_result: obj.get("prevResult").cloned(),
+            valid_attachments,
+        })
+    }
+
+    /// The node's pod CIDRs: `podCIDRs` from the config, else the agent-written
+    /// `podCIDRFile` (`{"podCIDRs": [...]}`). At most one per family.
+    pub fn pod_cidrs(&self) -> Result<Vec<IpNetwork>> {
+        let list = match &self.pod_cidrs {
+            Some(l) => l.clone(),
+            None => read_pod_cidr_file(&self.pod_cidr_file)?,
+        };
+        validate_pools(
+            &list,
+            if self.pod_cidrs.is_some() {
+                "podCIDRs"
+            } else {
+                "podCIDRFile"
+            },
+        )?;
+        Ok(list)
+    }
+}
+
+/// Reads the node-local pod CIDR file the agent writes from `Node.spec.podCIDRs`.
+pub fn read_pod_cidr_file(path: &Path) -> Result<Vec<IpNetwork>> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::invalid_config(
+            "podCIDRFile",
+            path.display(),
+            format!(
+                "cannot read it ({e}); set podCIDRs in the config or let the agent write the file"
+            ),
+        )
+    })?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid_config("podCIDRFile", path.display(), format!("not JSON: {e}"))
+    })?;
+    let list = v.get("podCIDRs").ok_or_else(|| {
+        Error::invalid_config("podCIDRFile", path.display(), "has no \"podCIDRs\" list")
+    })?;
+    parse_cidr_list(list, "podCIDRFile.podCIDRs")
+}
+
+fn validate_pools(list: &[IpNetwork], field: &str) -> Result<()> {
+    if list.is_empty() {
+        return Err(Error::invalid_config(
+            field,
+            "[]",
+            "needs at least one CIDR",
+        ));
+    }
+    let v4 = list.iter().filter(|n| n.is_ipv4()).count();
+    let v6 = list.len() - v4;
+    if v4 > 1 || v6 > 1 {
+        return Err(Error::invalid_config(
+            field,
+            format!("{list:?}"),
+            "at most one IPv4 and one IPv6 CIDR (dual stack)",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_cidr_list(v: &Value, field: &str) -> Result<Vec<IpNetwork>> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| Error::invalid_config(field, short(v), "must be a list of CIDR strings"))?;
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, item) in arr.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let s = item
+            .as_str()
+            .ok_or_else(|| Error::invalid_config(&f, short(item), "must be a string"))?;
+        out.push(
+            parse_pool_cidr(s)
+                .map_err(|reason| Error::invalid_config(&f, format!("{s:?}"), reason))?,
+        );
+    }
+    validate_pools(&out, field)?;
+    Ok(out)
+}
+
+/// Parses a pod CIDR and normalises it to its network address. The prefix must leave at least
+/// two usable addresses (/30 for IPv4, /126 for IPv6).
+pub fn parse_pool_cidr(s: &str) -> std::result::Result<IpNetwork, String> {
+    if !s.contains('/') {
+        return Err("not a CIDR (no /prefix)".into());
+    }
+    let n: IpNetwork = s.parse().map_err(|e| format!("not a CIDR: {e}"))?;
+    let max = if n.is_ipv4() { 30 } else { 126 };
+    if n.prefix() > max {
+        return Err(format!(
+            "prefix /{} leaves no room for pods (at most /{max})",
+            n.prefix()
+        ));
+    }
+    IpNetwork::new(n.network(), n.prefix()).map_err(|e| format!("not a CIDR: {e}"))
+}
+
+fn parse_attachments(v: &Value) -> Result<Vec<Attachment>> {
+    let field = "cni.dev/valid-attachments";
+    let arr = v
+        .as_array()
+        .ok_or_else(|| Error::invalid_config(field, short(v), "must be a list"))?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let f = format!("{field}[{i}]");
+            let get = |k: &str| {
+                a.get(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        Error::invalid_config(&f, short(a), format!("needs string {k:?}"))
+                    })
+            };
+            Ok(Attachment {
+                container_id: get("containerID")?,
+                ifname: get("ifname")?,
+            })
+        })
+        .collect()
+}
+
+fn req_str(obj: &Map<String, Value>, field: &str) -> Result<String> {
+    match obj.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(other) => Err(Error::invalid_config(
+            field,
+            short(other),
+            "must be a non-empty string",
+        )),
+        None => Err(Error::invalid_config(field, "(missing)", "is required")),
+    }
+}
+
+fn opt_path(obj: &Map<String, Value>, field: &str) -> Result<Option<PathBuf>> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(PathBuf::from(s))),
+        Some(other) => Err(Error::invalid_config(
+            field,
+            short(other),
+            "must be a non-empty path string",
+        )),
+    }
+}
+
+/// A JSON value shortened for error messages.
+fn short(v: &Value) -> String {
+    let mut s = v.to_string();
+    if s.len() > 80 {
+        s.truncate(77);
+        s.push_str("...");
+    }
+    s
+}
+
+/// The CNI command (`CNI_COMMAND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Add,
+    Del,
+    Check,
+    Version,
+    Gc,
+    Status,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Version => "VERSION",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+        }
+    }
+}
+
+/// The validated `CNI_*` environment for one invocation.
+#[derive(Debug, Clone)]
+pub struct CniEnv {
+    pub command: Command,
+    pub container_id: String,
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    /// `CNI_ARGS` as key/value pairs.
+    pub args: HashMap<String, String>,
+}
+
+impl CniEnv {
+    /// Reads the command alone (VERSION needs nothing else).
+    pub fn command(get: &dyn Fn(&str) -> Option<String>) -> Result<Command> {
+        let raw = get("CNI_COMMAND").unwrap_or_default();
+        match raw.as_str() {
+            "ADD" => Ok(Command::Add),
+            "DEL" => Ok(Command::Del),
+            "CHECK" => Ok(Command::Check),
+            "VERSION" => Ok(Command::Version),
+            "GC" => Ok(Command::Gc),
+            "STATUS" => Ok(Command::Status),
+            "" => Err(Error::invalid_env("CNI_COMMAND", raw, "is required")),
+            _ => Err(Error::invalid_env(
+                "CNI_COMMAND",
+                raw,
+                "must be one of ADD, DEL, CHECK, VERSION, GC, STATUS",
+            )),
+        }
+    }
+
+    /// Reads and validates the variables `command` needs.
+    pub fn from_env(command: Command, get: &dyn Fn(&str) -> Option<String>) -> Result<CniEnv> {
+        let per_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
+        let mut env = CniEnv {
+            command,
+            container_id: String::new(),
+            netns: None,
+            ifname: String::new(),
+            args: HashMap::new(),
+        };
+        if !per_attachment {
+            return Ok(env);
+        }
+        let cid = get("CNI_CONTAINERID").unwrap_or_default();
+        validate_container_id(&cid)?;
+        env.container_id = cid;
+        let ifname = get("CNI_IFNAME").unwrap_or_default();
+        validate_ifname(&ifname)?;
+        env.ifname = ifname;
+        match get("CNI_NETNS").filter(|s| !s.is_empty()) {
+            Some(p) => {
+                if !p.starts_with('/') {
+                    return Err(Error::invalid_env(
+                        "CNI_NETNS",
+                        p,
+                        "must be an absolute path",
+                    ));
+                }
+                env.netns = Some(PathBuf::from(p));
+            }
+            // DEL may come after the namespace is gone: the spec lets the runtime omit it.
+            None if command == Command::Del => {}
+            None => {
+                return Err(Error::invalid_env(
+                    "CNI_NETNS",
+                    "",
+                    "is required for this command",
+                ));
+            }
+        }
+        if let Some(raw) = get("CNI_ARGS") {
+            env.args = parse_cni_args(&raw)?;
+        }
+        Ok(env)
+    }
+
+    pub fn pod_namespace(&self) -> Option<String> {
+        self.args.get("K8S_POD_NAMESPACE").cloned()
+    }
+
+    pub fn pod_name(&self) -> Option<String> {
+        self.args.get("K8S_POD_NAME").cloned()
+    }
+}
+
+/// The spec: "alphanumeric characters, underscore, hyphen, period", non-empty, starting with an
+/// alphanumeric character.
+pub fn validate_container_id(cid: &str) -> Result<()> {
+    if cid.is_empty() {
+        return Err(Error::invalid_env("CNI_CONTAINERID", cid, "is required"));
+    }
+    let first_ok = cid
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok
+        || !cid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(Error::invalid_env(
+            "CNI_CONTAINERID",
+            cid,
+            "must start with a letter or digit and contain only letters, digits, '_', '-', '.'",
+        ));
+    }
+    Ok(())
+}
+
+/// The kernel's rules for an interface name (dev_valid_name).
+pub fn validate_ifname(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "is required"
+    } else if name.len() > 15 {
+        "longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "must not be '.' or '..'"
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        "must not contain '/', ':' or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid_env("CNI_IFNAME", name, reason))
+}
+
+/// `CNI_ARGS`: `K=V` pairs separated by `;`.
+pub fn parse_cni_args(raw: &str) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for pair in raw.split(';').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                return Err(Error::invalid_env(
+                    "CNI_ARGS",
+                    raw,
+                    format!("pair {pair:?} is not KEY=VALUE"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Address family helper.
+pub fn is_v4(ip: &IpAddr) -> bool {
+    ip.is_ipv4()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::code;
+
+    fn conf(extra: &str) -> Result<NetConf> {
+        NetConf::parse(
+            format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"palisade"{extra}}}"#).as_bytes(),
+        )
+    }
+
+    #[test]
+    fn defaults_apply_when_optional_fields_are_absent() {
+        let c = conf("").unwrap();
+        assert_eq!(c.mtu, 1500);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/palisade"));
+        assert_eq!(
+            c.pod_cidr_file,
+            PathBuf::from("/var/lib/palisade/podcidrs.json")
+        );
+        assert!(c.pod_cidrs.is_none() && c.agent_socket.is_none());
+    }
+
+    #[test]
+    fn dual_stack_pod_cidrs_parse_and_normalise_to_the_network() {
+        let c = conf(r#","mtu":1400,"podCIDRs":["10.244.1.7/24","fd00:10:244:1::/64"]"#).unwrap();
+        assert_eq!(c.mtu, 1400);
+        let p = c.pod_cidrs().unwrap();
+        assert_eq!(p[0].to_string(), "10.244.1.0/24");
+        assert_eq!(p[1].to_string(), "fd00:10:244:1::/64");
+    }
+
+    #[test]
+    fn bad_cidr_is_invalid_config_naming_field_and_value() {
+        let e = conf(r#","podCIDRs":["10.244.1.0/24","10.0.0.300/8"]"#).unwrap_err();
+        assert_eq!(e.code(), code::INVALID_CONFIG);
+        assert!(e.to_string().contains("podCIDRs[1]"), "{e}");
+        assert!(e.to_string().contains("10.0.0.300/8"), "{e}");
+        let e = conf(r#","podCIDRs":["10.244.1.0/31"]"#).unwrap_err();
+        assert!(e.to_string().contains("no room"), "{e}");
+        let e = conf(r#","podCIDRs":["10.1.0.0/16","10.2.0.0/16"]"#).unwrap_err();
+        assert!(e.to_string().contains("at most one IPv4"), "{e}");
+    }
+
+    #[test]
+    fn malformed_json_is_decode_error_and_unknown_version_is_code_1() {
+        assert_eq!(
+            NetConf::parse(b"{not json").unwrap_err().code(),
+            code::DECODE_FAILURE
+        );
+        let e = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"n"}"#).unwrap_err();
+        assert_eq!(e.code(), code::INCOMPATIBLE_VERSION);
+        assert!(e.to_string().contains("0.3.1"));
+        assert_eq!(
+            conf(r#","mtu":"big""#).unwrap_err().code(),
+            code::INVALID_CONFIG
+        );
+        assert_eq!(
+            conf(r#","mtu":10"#).unwrap_err().code(),
+            code::INVALID_CONFIG
+        );
+    }
+
+    #[test]
+    fn pod_cidr_file_is_used_when_pod_cidrs_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("podcidrs.json");
+        std::fs::write(&f, r#"{"podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"]}"#).unwrap();
+        let c = conf(&format!(r#","podCIDRFile":"{}""#, f.display())).unwrap();
+        assert_eq!(c.pod_cidrs().unwrap().len(), 2);
+        let missing = conf(r#","podCIDRFile":"/nonexistent/p.json""#).unwrap();
+        let e = missing.pod_cidrs().unwrap_err();
+        assert!(e.to_string().contains("podCIDRFile"), "{e}");
+    }
+
+    #[test]
+    fn valid_attachments_parse_for_gc() {
+        let c =
+            conf(r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]"#).unwrap();
+        assert_eq!(c.valid_attachments.unwrap()[0].container_id, "a");
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn env_validation_names_the_variable() {
+        let get = env_of(&[("CNI_COMMAND", "FROB")]);
+        assert_eq!(CniEnv::command(&get).unwrap_err().code(), code::INVALID_ENV);
+        let base = [
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/x"),
+        ];
+        let ok = CniEnv::from_env(Command::Add, &env_of(&base)).unwrap();
+        assert_eq!(ok.netns, Some(PathBuf::from("/run/netns/x")));
+        for (var, val) in [
+            ("CNI_CONTAINERID", ""),
+            ("CNI_CONTAINERID", "-bad id"),
+            ("CNI_IFNAME", "this-name-is-too-long"),
+            ("CNI_IFNAME", "a/b"),
+            ("CNI_NETNS", "relative/path"),
+            ("CNI_ARGS", "K8S_POD_NAME"),
+        ] {
+            let mut vars: Vec<(&str, &str)> =
+                base.iter().copied().filter(|(k, _)| *k != var).collect();
+            vars.push((var, val));
+            let e = CniEnv::from_env(Command::Add, &env_of(&vars)).unwrap_err();
+            assert_eq!(e.code(), code::INVALID_ENV, "{var}={val}");
+            assert!(e.to_string().contains(var), "{e}");
+        }
+        // DEL without CNI_NETNS is fine (the namespace may be gone).
+        let del = [("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")];
+        assert!(CniEnv::from_env(Command::Del, &env_of(&del)).is_ok());
+    }
+
+    #[test]
+    fn cni_args_give_pod_namespace_and_name() {
+        let a =
+            parse_cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0").unwrap();
+        assert_eq!(a["K8S_POD_NAMESPACE"], "default");
+        assert_eq!(a["K8S_POD_NAME"], "web-0");
+    }
+}

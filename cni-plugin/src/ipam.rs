@@ -1,0 +1,428 @@
+//! Built-in IPAM: addresses from the node's pod CIDRs, one per family.
+//!
+//! Store layout (`<stateDir>/ipam/`), modelled on host-local's disk store:
+//! - `<ip>`: one file per allocated address, holding `containerID\nifname\n`;
+//! - `last.4`, `last.6`: the address handed out last per family. Allocation goes round-robin
+//!   from there, so a freed address is not reused until the pool wraps around;
+//! - `lock`: `flock`ed for every read-modify-write, so concurrent ADDs (kubelet runs them in
+//!   parallel) serialise here. The kernel drops the lock when a process dies, so kill -9 never
+//!   leaves it held;
+//! - `.tmp.*`: files being written; an allocation appears by `rename`, so a crash leaves either
+//!   no file or a complete one. Leftover tmp files are removed by the next locked operation.
+//!
+//! Reserved and never handed out: the network address, the first host address (`.1` / `::1`,
+//! the conventional node/gateway address), and the IPv4 broadcast address.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::config::Attachment;
+use crate::error::{Error, Result};
+
+/// Who holds an address.
+pub type Owner = Attachment;
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_u128(v4: bool, n: u128) -> IpAddr {
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(n as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(n))
+    }
+}
+
+/// First and last allocatable address of a pool, as integers.
+pub fn usable_range(pool: &IpNetwork) -> (u128, u128) {
+    let net = to_u128(pool.network());
+    let bits = if pool.is_ipv4() { 32 } else { 128 };
+    let host_bits = bits - u32::from(pool.prefix());
+    let size_minus_1 = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    let last = net + size_minus_1;
+    // Skip network and .1/::1; IPv4 also skips broadcast.
+    let end = if pool.is_ipv4() { last - 1 } else { last };
+    (net + 2, end)
+}
+
+/// Whether `ip` may never be handed out from `pool` (network, first host, broadcast, outside).
+pub fn is_reserved(pool: &IpNetwork, ip: IpAddr) -> bool {
+    if ip.is_ipv4() != pool.is_ipv4() || !pool.contains(ip) {
+        return true;
+    }
+    let (lo, hi) = usable_range(pool);
+    let n = to_u128(ip);
+    n < lo || n > hi
+}
+
+/// The next free address after `last` (round-robin), or `None` when the pool is exhausted.
+pub fn next_free(
+    pool: &IpNetwork,
+    taken: &HashSet<IpAddr>,
+    last: Option<IpAddr>,
+) -> Option<IpAddr> {
+    let (lo, hi) = usable_range(pool);
+    if hi < lo {
+        return None;
+    }
+    let size = hi - lo + 1;
+    let taken_here = taken.iter().filter(|ip| !is_reserved(pool, **ip)).count() as u128;
+    if taken_here >= size {
+        return None;
+    }
+    let start = match last {
+        Some(l) if !is_reserved(pool, l) => {
+            let n = to_u128(l);
+            if n >= hi { lo } else { n + 1 }
+        }
+        _ => lo,
+    };
+    let v4 = pool.is_ipv4();
+    let mut cur = start;
+    // A free address exists, and at most `taken_here` candidates are taken: bounded loop.
+    for _ in 0..=taken_here {
+        let ip = from_u128(v4, cur);
+        if !taken.contains(&ip) {
+            return Some(ip);
+        }
+        cur = if cur >= hi { lo } else { cur + 1 };
+    }
+    None
+}
+
+/// The on-disk allocation store.
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// One allocation on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: IpAddr,
+    pub owner: Owner,
+}
+
+impl Store {
+    /// Opens (creating) `<state_dir>/ipam`.
+    pub fn open(state_dir: &Path) -> Result<Store> {
+        let dir = state_dir.join("ipam");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating IPAM directory", &dir, e))?;
+        Ok(Store { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> Result<Flock<File>> {
+        let path = self.dir.join("lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("opening IPAM lock", &path, e))?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::io("locking IPAM store", &path, errno.into()))
+    }
+
+    /// Lists allocations and removes leftover tmp files (caller holds the lock).
+    fn scan(&self) -> Result<Vec<Allocation>> {
+        let rd = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io("listing IPAM store", &self.dir, e))?;
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io("listing IPAM store", &self.dir, e))?;
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp.") {
+                // Only a crashed writer leaves these: we hold the lock.
+                let p = ent.path();
+                std::fs::remove_file(&p)
+                    .map_err(|e| Error::io("removing leftover tmp file", &p, e))?;
+                continue;
+            }
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
+            let p = ent.path();
+            let content = match std::fs::read_to_string(&p) {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("reading allocation", &p, e)),
+            };
+            let mut lines = content.lines();
+            let owner = Owner {
+                container_id: lines.next().unwrap_or_default().to_string(),
+                ifname: lines.next().unwrap_or_default().to_string(),
+            };
+            out.push(Allocation { ip, owner });
+        }
+        Ok(out)
+    }
+
+    fn write_atomic(&self, name: &str, content: &str) -> Result<()> {
+        let tmp = self.dir.join(format!(".tmp.{}.{name}", std::process::id()));
+        let dst = self.dir.join(name);
+        let mut f = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        f.write_all(content.as_bytes())
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming into place", &dst, e))
+    }
+
+    fn last(&self, v4: bool) -> Option<IpAddr> {
+        let p = self.dir.join(if v4 { "last.4" } else { "last.6" });
+        std::fs::read_to_string(p).ok()?.trim().parse().ok()
+    }
+
+    /// Allocates one address per pool for `owner`. Idempotent: addresses `owner` already holds
+    /// in a pool are returned again.
+    pub fn allocate(&self, owner: &Owner, pools: &[IpNetwork]) -> Result<Vec<IpNetwork>> {
+        let _lock = self.lock()?;
+        let allocs = self.scan()?;
+        let taken: HashSet<IpAddr> = allocs.iter().map(|a| a.ip).collect();
+        let mut out = Vec::with_capacity(pools.len());
+        for pool in pools {
+            let mine = allocs
+                .iter()
+                .find(|a| &a.owner == owner && !is_reserved(pool, a.ip));
+            let ip = match mine {
+                Some(a) => a.ip,
+                None => {
+                    let ip =
+                        next_free(pool, &taken, self.last(pool.is_ipv4())).ok_or_else(|| {
+                            Error::PoolExhausted {
+                                pool: pool.to_string(),
+                            }
+                        })?;
+                    self.write_atomic(
+                        &ip.to_string(),
+                        &format!("{}\n{}\n", owner.container_id, owner.ifname),
+                    )?;
+                    self.write_atomic(
+                        if ip.is_ipv4() { "last.4" } else { "last.6" },
+                        &ip.to_string(),
+                    )?;
+                    ip
+                }
+            };
+            out.push(
+                IpNetwork::new(ip, pool.prefix())
+                    .map_err(|e| Error::invalid_config("podCIDRs", pool, format!("prefix: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Releases every address `owner` holds; returns them. Idempotent.
+    pub fn release(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        let _lock = self.lock()?;
+        let mut freed = Vec::new();
+        for a in self.scan()? {
+            if &a.owner == owner {
+                self.remove(a.ip)?;
+                freed.push(a.ip);
+            }
+        }
+        Ok(freed)
+    }
+
+    fn remove(&self, ip: IpAddr) -> Result<()> {
+        let p = self.dir.join(ip.to_string());
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing allocation", &p, e)),
+        }
+    }
+
+    /// All allocations.
+    pub fn list(&self) -> Result<Vec<Allocation>> {
+        let _lock = self.lock()?;
+        self.scan()
+    }
+
+    /// Releases every allocation whose owner is not in `valid`; returns what it released.
+    pub fn gc(&self, valid: &HashSet<Owner>) -> Result<Vec<Allocation>> {
+        let _lock = self.lock()?;
+        let mut released = Vec::new();
+        for a in self.scan()? {
+            if !valid.contains(&a.owner) {
+                self.remove(a.ip)?;
+                released.push(a);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Whether every pool still has a free address (STATUS).
+    pub fn has_free(&self, pools: &[IpNetwork]) -> Result<bool> {
+        let allocs = self.list()?;
+        let taken: HashSet<IpAddr> = allocs.iter().map(|a| a.ip).collect();
+        Ok(pools.iter().all(|p| next_free(p, &taken, None).is_some()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    fn owner(c: &str) -> Owner {
+        Owner {
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn network_first_host_and_broadcast_are_reserved() {
+        let p = net("10.0.0.0/24");
+        for r in ["10.0.0.0", "10.0.0.1", "10.0.0.255", "10.0.1.0", "fd00::2"] {
+            assert!(is_reserved(&p, ip(r)), "{r}");
+        }
+        assert!(!is_reserved(&p, ip("10.0.0.2")));
+        assert!(!is_reserved(&p, ip("10.0.0.254")));
+        let p6 = net("fd00::/120");
+        assert!(is_reserved(&p6, ip("fd00::")) && is_reserved(&p6, ip("fd00::1")));
+        assert!(!is_reserved(&p6, ip("fd00::ff")));
+    }
+
+    #[test]
+    fn allocation_is_round_robin_and_skips_taken() {
+        let p = net("10.0.0.0/29"); // usable .2 ..= .6
+        let mut taken = HashSet::new();
+        assert_eq!(next_free(&p, &taken, None), Some(ip("10.0.0.2")));
+        taken.insert(ip("10.0.0.3"));
+        assert_eq!(
+            next_free(&p, &taken, Some(ip("10.0.0.2"))),
+            Some(ip("10.0.0.4"))
+        );
+        assert_eq!(
+            next_free(&p, &taken, Some(ip("10.0.0.6"))),
+            Some(ip("10.0.0.2"))
+        );
+        for i in 2..=6 {
+            taken.insert(ip(&format!("10.0.0.{i}")));
+        }
+        assert_eq!(next_free(&p, &taken, Some(ip("10.0.0.4"))), None);
+    }
+
+    #[test]
+    fn large_ipv6_pool_allocates_without_scanning_the_pool() {
+        let p = net("fd00:10:244:1::/64");
+        let taken = HashSet::new();
+        assert_eq!(next_free(&p, &taken, None), Some(ip("fd00:10:244:1::2")));
+        let last = ip("fd00:10:244:1:ffff:ffff:ffff:ffff");
+        assert_eq!(
+            next_free(&p, &taken, Some(last)),
+            Some(ip("fd00:10:244:1::2"))
+        );
+    }
+
+    #[test]
+    fn store_allocates_one_per_family_idempotently_and_releases() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let pools = [net("10.0.0.0/24"), net("fd00::/64")];
+        let a = s.allocate(&owner("a"), &pools).unwrap();
+        assert_eq!(a[0].to_string(), "10.0.0.2/24");
+        assert_eq!(a[1].to_string(), "fd00::2/64");
+        assert_eq!(
+            s.allocate(&owner("a"), &pools).unwrap(),
+            a,
+            "same owner twice"
+        );
+        let b = s.allocate(&owner("b"), &pools).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(s.release(&owner("a")).unwrap().len(), 2);
+        assert!(
+            s.release(&owner("a")).unwrap().is_empty(),
+            "release is idempotent"
+        );
+        assert_eq!(s.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn recently_freed_address_is_not_handed_out_again_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let pools = [net("10.0.0.0/24")];
+        let a = s.allocate(&owner("a"), &pools).unwrap();
+        s.release(&owner("a")).unwrap();
+        let b = s.allocate(&owner("b"), &pools).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn exhausted_pool_is_error_100_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let pools = [net("10.0.0.0/30")]; // only .2 usable
+        s.allocate(&owner("a"), &pools).unwrap();
+        let e = s.allocate(&owner("b"), &pools).unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert!(e.to_string().contains("10.0.0.0/30"));
+        assert_eq!(s.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn gc_releases_everything_not_valid_and_crash_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let pools = [net("10.0.0.0/24")];
+        for c in ["a", "b", "c"] {
+            s.allocate(&owner(c), &pools).unwrap();
+        }
+        std::fs::write(s.dir().join(".tmp.999.10.0.0.9"), "x\n").unwrap();
+        let valid: HashSet<Owner> = [owner("b")].into_iter().collect();
+        let released = s.gc(&valid).unwrap();
+        assert_eq!(released.len(), 2);
+        let left = s.list().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].owner, owner("b"));
+        assert!(!s.dir().join(".tmp.999.10.0.0.9").exists());
+    }
+
+    #[test]
+    fn concurrent_allocations_never_duplicate() {
+        let d = tempfile::tempdir().unwrap();
+        let pools = [net("10.0.0.0/24"), net("fd00::/64")];
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let dir = d.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let s = Store::open(&dir).unwrap();
+                    s.allocate(&owner(&format!("c{i}")), &pools).unwrap()
+                })
+            })
+            .collect();
+        let mut all = HashSet::new();
+        for h in handles {
+            for n in h.join().unwrap() {
+                assert!(all.insert(n.ip()), "duplicate {n}");
+            }
+        }
+        assert_eq!(all.len(), 32);
+    }
+}

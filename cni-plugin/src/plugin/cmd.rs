@@ -1,0 +1,445 @@
+//! ADD, DEL, CHECK, GC and STATUS.
+//!
+//! The process runs in the node's network namespace (the "host" side); pod-side work runs on a
+//! thread that entered the pod's namespace (see [`super::netns`]).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+use super::netlink::{Nl, addr, link, neigh, route};
+use super::{netns, sysctl};
+use crate::agent_api::{self, Request};
+use crate::config::{CniEnv, Command, NetConf};
+use crate::endpoint::{self, EndpointRecord};
+use crate::error::{Error, Result};
+use crate::host_veth_name;
+use crate::ipam::{Owner, Store};
+use crate::result::{AddResult, GATEWAY_V4, GATEWAY_V6, gateway_for, prev_result_ips};
+
+/// Runs `command` (not VERSION); `Some(json)` is printed on stdout.
+pub fn dispatch(
+    command: Command,
+    get: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<Option<Value>> {
+    let conf = NetConf::parse(stdin)?;
+    if matches!(command, Command::Gc | Command::Status) && !conf.cni_version.has_gc_and_status() {
+        return Err(Error::VerbNotInVersion {
+            command: command.as_str(),
+            version: conf.cni_version.as_str(),
+        });
+    }
+    let env = CniEnv::from_env(command, get)?;
+    match command {
+        Command::Add => add(&env, &conf).map(Some),
+        Command::Del => del(&env, &conf).map(|()| None),
+        Command::Check => check(&env, &conf).map(|()| None),
+        Command::Gc => gc(&conf).map(|()| None),
+        Command::Status => status(&conf).map(|()| None),
+        Command::Version => Ok(Some(crate::version::version_info(Some(
+            conf.cni_version.as_str(),
+        )))),
+    }
+}
+
+fn owner(env: &CniEnv) -> Owner {
+    Owner {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
+}
+
+/// The netns path, checked to exist (a bad `CNI_NETNS` is the caller's error, code 4).
+fn netns_path(env: &CniEnv) -> Result<&Path> {
+    let p = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::invalid_env("CNI_NETNS", "", "is required for this command"))?;
+    std::fs::metadata(p).map_err(|e| {
+        Error::invalid_env(
+            "CNI_NETNS",
+            p.display().to_string(),
+            format!("does not exist: {e}"),
+        )
+    })?;
+    Ok(p)
+}
+
+/// Undoes a partial ADD unless disarmed: deletes the host veth (which takes the pod side and
+/// every route through it along), the endpoint record and the allocation.
+struct AddRollback<'a> {
+    armed: bool,
+    nl: &'a Nl,
+    store: &'a Store,
+    state_dir: &'a Path,
+    owner: Owner,
+    host_veth: Option<String>,
+    record: bool,
+}
+
+impl AddRollback<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AddRollback<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(name) = &self.host_veth
+            && let Err(e) = link::delete_by_name(self.nl, name)
+        {
+            eprintln!("palisade: rollback: {e}");
+        }
+        if self.record
+            && let Err(e) =
+                endpoint::remove(self.state_dir, &self.owner.container_id, &self.owner.ifname)
+        {
+            eprintln!("palisade: rollback: {e}");
+        }
+        if let Err(e) = self.store.release(&self.owner) {
+            eprintln!("palisade: rollback: {e}");
+        }
+    }
+}
+
+fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
+    let netns_p = netns_path(env)?;
+    let pools = conf.pod_cidrs()?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let nl = Nl::open()?;
+    let netns_str = netns_p.display().to_string();
+
+    // Same container + ifname again: answer from what exists.
+    if let Some(rec) = endpoint::read(&conf.state_dir, &env.container_id, &env.ifname)?
+        && rec.netns == netns_str
+        && let Some(host) = link::get(&nl, &host_name)?
+        && host.index == rec.host_ifindex
+    {
+        let ips = rec
+            .ips
+            .iter()
+            .map(|s| s.parse::<IpNetwork>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::invalid_config(
+                    "endpoint record ips",
+                    format!("{:?}", rec.ips),
+                    e.to_string(),
+                )
+            })?;
+        return Ok(AddResult {
+            host_veth: host_name,
+            host_mac: host.mac,
+            ifname: env.ifname.clone(),
+            pod_mac: rec.mac,
+            netns: netns_str,
+            mtu: conf.mtu,
+            ips,
+            dns: conf.dns.clone(),
+        }
+        .render(conf.cni_version));
+    }
+
+    let pod_ns = netns::open(netns_p)?;
+    let store = Store::open(&conf.state_dir)?;
+    let mut rollback = AddRollback {
+        armed: true,
+        nl: &nl,
+        store: &store,
+        state_dir: &conf.state_dir,
+        owner: owner(env),
+        host_veth: None,
+        record: false,
+    };
+    let ips = store.allocate(&rollback.owner, &pools)?;
+    let has_v4 = ips.iter().any(IpNetwork::is_ipv4);
+    let has_v6 = ips.iter().any(IpNetwork::is_ipv6);
+
+    // Node side: forwarding on, a fresh veth pair.
+    if has_v4 {
+        sysctl::ensure("net/ipv4/ip_forward", "1")?;
+    }
+    if has_v6 {
+        sysctl::ensure("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    rollback.host_veth = Some(host_name.clone());
+    // Leftover of an ADD that died before writing its record: start over.
+    link::delete_by_name(&nl, &host_name)?;
+    link::create_veth(&nl, &host_name, &env.ifname, pod_ns.as_fd(), conf.mtu)?;
+    let host = link::get(&nl, &host_name)?.ok_or_else(|| Error::Netlink {
+        op: "getting link",
+        object: host_name.clone(),
+        errno: Some(libc::ENODEV),
+        message: "veth vanished right after creation".into(),
+    })?;
+    if has_v4 {
+        sysctl::set(&format!("net/ipv4/conf/{host_name}/proxy_arp"), "1")?;
+        sysctl::set(&format!("net/ipv4/neigh/{host_name}/proxy_delay"), "0")?;
+    }
+    if has_v6 {
+        // The host side's own link-local address must not sit in DAD: the kernel would not
+        // use it as the source of its neighbour solicitations towards the pod.
+        sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_dad"), "0")?;
+    }
+    link::set_up(&nl, host.index, &host_name)?;
+    let host_mac = neigh::parse_mac(&host.mac).ok_or_else(|| Error::Netlink {
+        op: "reading MAC of",
+        object: host_name.clone(),
+        errno: None,
+        message: format!("unexpected address {:?}", host.mac),
+    })?;
+
+    // Pod side.
+    let ifname = env.ifname.as_str();
+    let pod_ips = ips.clone();
+    let pod_mac = netns::run_in(&pod_ns, netns_p, move || {
+        let nl = Nl::open()?;
+        if has_v6 {
+            sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+        }
+        let pod = link::get(&nl, ifname)?.ok_or_else(|| Error::Netlink {
+            op: "getting link",
+            object: ifname.to_string(),
+            errno: Some(libc::ENODEV),
+            message: "pod side of the veth not found in the pod namespace".into(),
+        })?;
+        for ip in &pod_ips {
+            addr::add(&nl, pod.index, *ip)?;
+        }
+        link::set_up(&nl, pod.index, ifname)?;
+        if has_v4 {
+            neigh::add_permanent(&nl, pod.index, IpAddr::V4(GATEWAY_V4), &host_mac)?;
+            route::add_gateway_v4(&nl, pod.index)?;
+        }
+        if has_v6 {
+            neigh::add_permanent(&nl, pod.index, IpAddr::V6(GATEWAY_V6), &host_mac)?;
+            route::add_gateway_v6(&nl, pod.index)?;
+        }
+        Ok(pod.mac)
+    })?;
+
+    // Node side: a host route per pod address.
+    for ip in &ips {
+        route::add_host_route(&nl, host.index, ip.ip())?;
+    }
+
+    let record = EndpointRecord {
+        container_id: env.container_id.clone(),
+        netns: netns_str.clone(),
+        ifname: env.ifname.clone(),
+        pod_namespace: env.pod_namespace(),
+        pod_name: env.pod_name(),
+        ips: ips.iter().map(ToString::to_string).collect(),
+        host_veth: host_name.clone(),
+        host_ifindex: host.index,
+        mac: pod_mac.clone(),
+        created_unix_ms: endpoint::now_unix_ms(),
+    };
+    rollback.record = true;
+    record.write(&conf.state_dir)?;
+    if let Some(sock) = &conf.agent_socket {
+        agent_api::call(sock, &Request::Add { endpoint: record })?;
+    }
+    rollback.disarm();
+    Ok(AddResult {
+        host_veth: host_name,
+        host_mac: host.mac,
+        ifname: env.ifname.clone(),
+        pod_mac,
+        netns: netns_str,
+        mtu: conf.mtu,
+        ips,
+        dns: conf.dns.clone(),
+    }
+    .render(conf.cni_version))
+}
+
+/// Idempotent: succeeds when the netns, the veth, the allocation or the record are gone.
+fn del(env: &CniEnv, conf: &NetConf) -> Result<()> {
+    if let Some(sock) = &conf.agent_socket {
+        let req = Request::Del {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+        };
+        if let Err(e) = agent_api::call(sock, &req) {
+            eprintln!("palisade: DEL continues without the agent: {e}");
+        }
+    }
+    // Deleting the host side removes the pod side and every route through it.
+    let nl = Nl::open()?;
+    link::delete_by_name(&nl, &host_veth_name(&env.container_id, &env.ifname))?;
+    Store::open(&conf.state_dir)?.release(&owner(env))?;
+    endpoint::remove(&conf.state_dir, &env.container_id, &env.ifname)
+}
+
+fn check_failed(what: String) -> Error {
+    Error::CheckFailed { what }
+}
+
+/// Verifies that what ADD made (per `prevResult`) is still in place.
+fn check(env: &CniEnv, conf: &NetConf) -> Result<()> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        Error::invalid_config("prevResult", "(missing)", "CHECK needs the ADD result")
+    })?;
+    let ips = prev_result_ips(prev, &env.ifname)?;
+    let netns_p = netns_path(env)?;
+    let host_name = host_veth_name(&env.container_id, &env.ifname);
+    let nl = Nl::open()?;
+    let host = link::get(&nl, &host_name)?
+        .ok_or_else(|| check_failed(format!("host veth {host_name} does not exist")))?;
+    if !host.up {
+        return Err(check_failed(format!("host veth {host_name} is down")));
+    }
+    let held: HashSet<IpAddr> = Store::open(&conf.state_dir)?
+        .list()?
+        .into_iter()
+        .filter(|a| a.owner == owner(env))
+        .map(|a| a.ip)
+        .collect();
+    for ip in &ips {
+        if !held.contains(&ip.ip()) {
+            return Err(check_failed(format!(
+                "address {ip} is not allocated to this container"
+            )));
+        }
+    }
+    for v4 in [true, false] {
+        let routes = route::list(&nl, v4)?;
+        for ip in ips.iter().filter(|i| i.is_ipv4() == v4) {
+            let full = if v4 { 32 } else { 128 };
+            if !routes
+                .iter()
+                .any(|r| r.dst == Some(ip.ip()) && r.prefix == full && r.oif == Some(host.index))
+            {
+                return Err(check_failed(format!(
+                    "host route {}/{full} dev {host_name} is missing",
+                    ip.ip()
+                )));
+            }
+        }
+    }
+    let pod_ns = netns::open(netns_p)?;
+    let ifname = env.ifname.as_str();
+    netns::run_in(&pod_ns, netns_p, || {
+        let nl = Nl::open()?;
+        let pod = link::get(&nl, ifname)?.ok_or_else(|| {
+            check_failed(format!(
+                "interface {ifname} does not exist in {}",
+                netns_p.display()
+            ))
+        })?;
+        if !pod.up {
+            return Err(check_failed(format!("interface {ifname} is down")));
+        }
+        let have = addr::list(&nl, pod.index)?;
+        for ip in &ips {
+            if !have.contains(&ip.ip()) {
+                return Err(check_failed(format!("address {ip} is missing on {ifname}")));
+            }
+        }
+        for v4 in [true, false] {
+            if !ips.iter().any(|i| i.is_ipv4() == v4) {
+                continue;
+            }
+            let gw = gateway_for(&if v4 {
+                IpAddr::V4(GATEWAY_V4)
+            } else {
+                IpAddr::V6(GATEWAY_V6)
+            });
+            let routes = route::list(&nl, v4)?;
+            if !routes
+                .iter()
+                .any(|r| r.prefix == 0 && r.gateway == Some(gw) && r.oif == Some(pod.index))
+            {
+                return Err(check_failed(format!(
+                    "default route via {gw} dev {ifname} is missing"
+                )));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Releases every allocation, endpoint record and host veth not in
+/// `cni.dev/valid-attachments`.
+fn gc(conf: &NetConf) -> Result<()> {
+    let valid: HashSet<Owner> = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| {
+            Error::invalid_config(
+                "cni.dev/valid-attachments",
+                "(missing)",
+                "GC needs the list",
+            )
+        })?
+        .iter()
+        .cloned()
+        .collect();
+    let store = Store::open(&conf.state_dir)?;
+    let mut stale: HashSet<Owner> = store.gc(&valid)?.into_iter().map(|a| a.owner).collect();
+    for rec in endpoint::read_all(&conf.state_dir)? {
+        let o = Owner {
+            container_id: rec.container_id.clone(),
+            ifname: rec.ifname.clone(),
+        };
+        if !valid.contains(&o) {
+            stale.insert(o);
+        }
+    }
+    endpoint::remove_tmp_leftovers(&conf.state_dir)?;
+    let nl = Nl::open()?;
+    for o in &stale {
+        if let Some(sock) = &conf.agent_socket {
+            let req = Request::Del {
+                container_id: o.container_id.clone(),
+                ifname: o.ifname.clone(),
+            };
+            if let Err(e) = agent_api::call(sock, &req) {
+                eprintln!("palisade: GC continues without the agent: {e}");
+            }
+        }
+        link::delete_by_name(&nl, &host_veth_name(&o.container_id, &o.ifname))?;
+        endpoint::remove(&conf.state_dir, &o.container_id, &o.ifname)?;
+    }
+    // Host veths of attachments no record or allocation remembers (a crash between creating
+    // the veth and ... cannot happen, since allocation comes first; this also catches state
+    // directories wiped by hand).
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|o| host_veth_name(&o.container_id, &o.ifname))
+        .collect();
+    for l in link::list_prefixed(&nl, crate::HOST_VETH_PREFIX)? {
+        if l.is_veth && l.name.len() == 15 && !keep.contains(&l.name) {
+            link::delete(&nl, l.index, &l.name)?;
+        }
+    }
+    Ok(())
+}
+
+/// STATUS: available when the pod CIDRs are known, the store is usable and has room.
+fn status(conf: &NetConf) -> Result<()> {
+    let na = |reason: String| Error::NotAvailable { reason };
+    let pools = conf.pod_cidrs().map_err(|e| na(e.to_string()))?;
+    let store = Store::open(&conf.state_dir).map_err(|e| na(e.to_string()))?;
+    if !store.has_free(&pools).map_err(|e| na(e.to_string()))? {
+        return Err(na(format!("no free address left in {pools:?}")));
+    }
+    if let Some(sock) = &conf.agent_socket
+        && let Err(e) = std::os::unix::net::UnixStream::connect(sock)
+    {
+        return Err(na(format!(
+            "agent socket {}: {e}",
+            PathBuf::from(sock).display()
+        )));
+    }
+    Ok(())
+}
