@@ -35,11 +35,11 @@ pub const CT_CLOSING: u32 = 1 << 1;
 pub struct CtValue {
     /// `bpf_ktime_get_ns()` of the last packet.
     pub last_seen_ns: u64,
-    /// The endpoint's `policy_id` when the flow was admitted or last re-checked. When the
+    /// The endpoint's `policy_gen` when the flow was admitted or last re-checked. When the
     /// endpoint's policy changes, the next packet of the flow is re-checked against the new
     /// policy, and dropped (and the entry deleted) if the new policy forbids it: a policy
     /// change cuts established connections it forbids.
-    pub policy_id: u32,
+    pub policy_gen: u32,
     pub flags: u32,
     /// Rule that admitted the flow (0 when admitted because the endpoint is not isolated).
     pub rule_ref: u32,

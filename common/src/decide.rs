@@ -25,7 +25,8 @@ pub struct Facts {
     /// The peer is an address of this node.
     pub peer_is_host: bool,
     pub ct: CtMatch,
-    /// The tracked flow was admitted under the endpoint's current `policy_id`.
+    /// The tracked flow was admitted (or last re-checked) under the endpoint's current
+    /// `policy_gen`.
     pub ct_current: bool,
     /// The endpoint is isolated in the direction being checked. For a new flow: the packet's
     /// direction. For a tracked flow that is not current: the direction the flow was admitted

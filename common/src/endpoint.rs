@@ -6,9 +6,12 @@
 //! A packet on a hook whose ifindex has no entry is dropped (`Reason::NO_ENDPOINT`): fail closed.
 //!
 //! Atomic policy switch: policy entries in `pal_pol_v1` are keyed by `policy_id`, not by
-//! endpoint. The agent writes a complete new policy under a fresh `policy_id`, then replaces
-//! this endpoint entry in one map update (hash map updates replace the element as a whole, so a
-//! packet sees either the old or the new entry), then deletes the old policy's entries.
+//! endpoint. For a large change the agent writes a complete new policy under a fresh
+//! `policy_id`, then replaces this endpoint entry in one map update (hash map updates replace
+//! the element as a whole, so a packet sees either the old or the new entry), then deletes the
+//! old policy's entries. For a small change it updates entries in place, in an order under which
+//! every address resolves to either its old or its new answer (see the agent's applier). Either
+//! way `policy_gen` increases, which makes conntrack re-check tracked flows.
 
 /// `flags` bits.
 pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
@@ -24,15 +27,18 @@ pub struct EndpointInfo {
     /// recovered from the pinned map on restart). Part of every conntrack key, so a pod that
     /// reuses an address never inherits a previous pod's tracked flows.
     pub ep_id: u32,
-    /// Key prefix of this endpoint's current policy in `pal_pol_v1`. Changes on every policy
-    /// change of this endpoint; conntrack entries remember the `policy_id` they were admitted
-    /// under and are re-checked when it differs.
+    /// Key prefix of this endpoint's current policy in `pal_pol_v1`.
     pub policy_id: u32,
+    /// Increases on every change of this endpoint's policy. Conntrack entries remember the
+    /// `policy_gen` they were admitted (or last re-checked) under; a tracked flow whose
+    /// generation differs is re-checked against the current policy.
+    pub policy_gen: u32,
     /// `EP_*` bits.
     pub flags: u32,
     /// The pod's IPv4 address, network byte order (`EP_HAS_V4`).
     pub ipv4_be: [u8; 4],
     /// The pod's IPv6 address, network byte order (`EP_HAS_V6`).
     pub ipv6_be: [u8; 16],
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 40);
