@@ -1,1 +1,52 @@
-//! NetworkPolicy semantics (pure).
+//! Kubernetes NetworkPolicy (`networking.k8s.io/v1`) semantics: cluster objects in, desired
+//! datapath map contents out. Pure: no I/O, no kernel. See `docs/policy.md` for the semantics
+//! and the decisions taken where the spec is silent.
+//!
+//! # API
+//! - [`Cluster`] (namespaces with labels, [`PodInfo`]s, k8s-openapi `NetworkPolicy`s) is the
+//!   input. [`parse_manifests`] + [`Cluster::from_objects`] build one from YAML.
+//! - [`validate`] lists a policy's [`Problem`]s; [`compile`] skips invalid policies whole and
+//!   reports them in [`Compiled::problems`] (the agent decides about last-known-good).
+//! - [`compile`]`(cluster, local_pods, &mut registry)` gives one [`EndpointPolicy`] per local
+//!   pod: isolation per direction and a map [`PeerPrefix`] -> [`PeerAllow`]. Every pod of the
+//!   cluster is a peer. The [`RuleRegistry`] gives stable `rule_ref`s (>= 1) to
+//!   [`RuleId`]s; the agent keeps it across compiles.
+//! - [`policy_map_entries`] / [`port_map_entries`] turn that into `pal_pol_v1` /
+//!   `pal_port_v1` entries (`palisade_common::policy` types).
+//! - [`lookup`] emulates the datapath's two LPM lookups over the compiled form;
+//!   [`evaluate`] is the reference evaluator, written from the spec text over the objects.
+//!   Tests hold the two equal.
+//! - [`describe`] renders an endpoint policy for humans.
+//! - [`synthetic_cluster`] builds large clusters for benchmarks.
+//!
+//! # Compiled form
+//! Peer prefixes may nest. Each entry carries the union of every rule (peer) that covers the
+//! whole prefix, so the longest match alone answers; a prefix that is an `except` hole of
+//! every covering peer is present with an empty port set, which denies and shadows shorter
+//! allowing prefixes. Pod peers are /32 and /128 host prefixes, carrying the union with any
+//! covering ipBlock too. Port sets are port prefixes (an `endPort` range is split) with the
+//! lowest `rule_ref` allowing each port; "all protocols and ports" is [`PeerAllow::AllPorts`].
+
+mod compile;
+pub mod conformance;
+mod eval;
+mod manifest;
+mod model;
+mod output;
+mod ports;
+mod prefix;
+mod selector;
+mod synth;
+mod validate;
+
+pub use compile::{Compiled, EndpointPolicy, PeerAllow, PeerPrefix, RuleId, RuleRegistry, compile};
+pub use eval::{DirectionVerdict, Evaluator, evaluate, pod_endpoint};
+pub use manifest::{Error, NAMESPACE_NAME_LABEL, Object, parse_manifests, pod_info};
+pub use model::{Cluster, Endpoint, Labels, NamedPort, PodInfo, PodKey, Protocol, proto_name};
+pub use output::{
+    compiled_allows, describe, lookup, lookup_peer, policy_map_entries, port_map_entries,
+};
+pub use ports::{PortPrefix, PortSet};
+pub use prefix::Prefix;
+pub use synth::{SyntheticSpec, synthetic_cluster};
+pub use validate::{Direction, Problem, policy_object_name, validate};

@@ -1,0 +1,486 @@
+//! NetworkPolicy -> desired contents of `pal_pol_v1` / `pal_port_v1`, per local endpoint.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use crate::model::{Cluster, Labels, NamedPort, PodInfo, PodKey};
+use crate::ports::{PortSet, PortUnion};
+use crate::prefix::Prefix;
+use crate::validate::{
+    Direction, NormPolicy, NormRule, Peer, PortMatch, Problem, normalize, policy_object_name,
+};
+
+/// Identity of one rule: `spec.<direction>[index]` of policy `namespace/policy`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleId {
+    pub namespace: String,
+    pub policy: String,
+    pub direction: Direction,
+    pub index: usize,
+}
+
+impl std::fmt::Display for RuleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} {}[{}]",
+            self.namespace,
+            self.policy,
+            self.direction.name(),
+            self.index
+        )
+    }
+}
+
+/// Stable `rule_ref` numbers (>= 1) for rules. The agent keeps one registry for its lifetime:
+/// an unchanged rule keeps its number across compiles, and a number is never given to another
+/// rule, so a `rule_ref` seen in a counter or a conntrack entry always names the same rule.
+#[derive(Clone, Debug, Default)]
+pub struct RuleRegistry {
+    by_id: BTreeMap<RuleId, u32>,
+    by_ref: BTreeMap<u32, RuleId>,
+    last: u32,
+    used: BTreeSet<u32>,
+}
+
+impl RuleRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The reference of `id`, assigning the next free number on first sight. Marks it used.
+    pub fn rule_ref(&mut self, id: &RuleId) -> u32 {
+        let r = match self.by_id.get(id) {
+            Some(r) => *r,
+            None => {
+                self.last += 1;
+                self.by_id.insert(id.clone(), self.last);
+                self.by_ref.insert(self.last, id.clone());
+                self.last
+            }
+        };
+        self.used.insert(r);
+        r
+    }
+
+    /// The rule behind a reference.
+    pub fn describe(&self, rule_ref: u32) -> Option<&RuleId> {
+        self.by_ref.get(&rule_ref)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ref.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ref.is_empty()
+    }
+
+    /// Forgets every rule not referenced since the previous call (i.e. by the compiles in
+    /// between) and returns their references. Call it once the maps no longer hold them.
+    pub fn drop_unused(&mut self) -> Vec<u32> {
+        let stale: Vec<u32> = self
+            .by_ref
+            .keys()
+            .filter(|r| !self.used.contains(r))
+            .copied()
+            .collect();
+        for r in &stale {
+            if let Some(id) = self.by_ref.remove(r) {
+                self.by_id.remove(&id);
+            }
+        }
+        self.used.clear();
+        stale
+    }
+}
+
+/// A key of an endpoint's policy: direction (`DIR_INGRESS`/`DIR_EGRESS`) and peer prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerPrefix {
+    pub dir: u8,
+    /// Masked to `len` bits.
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl PeerPrefix {
+    pub fn prefix(&self) -> Prefix {
+        Prefix::new(self.addr, self.len)
+    }
+}
+
+/// What is allowed with the peers of one prefix (longest match wins).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerAllow {
+    /// Every protocol and port; `rule_ref` is the first rule allowing it.
+    AllPorts { rule_ref: u32 },
+    /// These ports only. Empty: nothing (a hole that shadows shorter allowing prefixes).
+    Ports(PortSet),
+}
+
+/// Desired policy of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointPolicy {
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    /// Only directions that are isolated have entries.
+    pub entries: BTreeMap<PeerPrefix, PeerAllow>,
+}
+
+/// Output of `compile`.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    /// One entry per local pod that has an interface (not host-network). Endpoints whose
+    /// policies are identical share one `Arc`, so the agent may share one `policy_id`.
+    pub endpoints: BTreeMap<PodKey, Arc<EndpointPolicy>>,
+    /// Skipped (invalid) policies and unknown local pods, in input order.
+    pub problems: Vec<Problem>,
+}
+
+/// Compiles the policy of every pod in `local_pods` (the pods on this node). Every pod of the
+/// cluster is a potential peer. Invalid policies are skipped whole and reported.
+pub fn compile(cluster: &Cluster, local_pods: &[PodKey], reg: &mut RuleRegistry) -> Compiled {
+    let mut out = Compiled::default();
+    let mut policies: Vec<NormPolicy> = Vec::new();
+    let mut refs: Vec<[Vec<u32>; 2]> = Vec::new();
+    for p in &cluster.policies {
+        match normalize(p) {
+            Ok(n) => {
+                let mk = |dir: Direction, reg: &mut RuleRegistry| -> Vec<u32> {
+                    (0..n.rules(dir).map_or(0, Vec::len))
+                        .map(|index| {
+                            reg.rule_ref(&RuleId {
+                                namespace: n.namespace.clone(),
+                                policy: n.name.clone(),
+                                direction: dir,
+                                index,
+                            })
+                        })
+                        .collect()
+                };
+                refs.push([mk(Direction::Ingress, reg), mk(Direction::Egress, reg)]);
+                policies.push(n);
+            }
+            Err(problems) => {
+                debug_assert!(problems.iter().all(|pr| pr.object == policy_object_name(p)));
+                out.problems.extend(problems);
+            }
+        }
+    }
+    let mut c = Compiler::new(cluster, &policies, &refs);
+    let pod_by_key: HashMap<(&str, &str), &PodInfo> = cluster
+        .pods
+        .iter()
+        .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
+        .collect();
+    let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, p) in policies.iter().enumerate() {
+        by_ns.entry(p.namespace.as_str()).or_default().push(i);
+    }
+    let mut cache: HashMap<(Vec<usize>, Vec<NamedPort>), Arc<EndpointPolicy>> = HashMap::new();
+    for key in local_pods {
+        let Some(pod) = pod_by_key.get(&(key.namespace.as_str(), key.name.as_str())) else {
+            out.problems.push(Problem::new(
+                format!("Pod {key}"),
+                "metadata.name",
+                format!("local pod {key:?} is not in the cluster"),
+            ));
+            continue;
+        };
+        if pod.host_network {
+            continue;
+        }
+        let selecting: Vec<usize> = by_ns
+            .get(pod.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|i| policies[*i].selector.matches(&pod.labels))
+            .collect();
+        let mut ports = pod.ports.clone();
+        ports.sort();
+        let ep = cache
+            .entry((selecting, ports))
+            .or_insert_with_key(|(sel, _)| Arc::new(c.endpoint(sel, pod)))
+            .clone();
+        out.endpoints.insert(key.clone(), ep);
+    }
+    out
+}
+
+struct Compiler<'a> {
+    cluster: &'a Cluster,
+    policies: &'a [NormPolicy],
+    refs: &'a [[Vec<u32>; 2]],
+    /// Every namespace: declared ones with their labels, plus those only pods mention.
+    namespaces: BTreeMap<&'a str, &'a Labels>,
+    /// Selectable pods per namespace.
+    pods_by_ns: HashMap<&'a str, Vec<usize>>,
+    /// Selectable pods per (label key, value).
+    by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
+    /// Selectable pods of each (policy, direction, rule, peer).
+    peer_pods: HashMap<(usize, Direction, usize, usize), Arc<Vec<usize>>>,
+}
+
+static NO_LABELS: Labels = Labels::new();
+
+struct Block {
+    cidr: Prefix,
+    except: Vec<Prefix>,
+    ports: Arc<PortUnion>,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(cluster: &'a Cluster, policies: &'a [NormPolicy], refs: &'a [[Vec<u32>; 2]]) -> Self {
+        let mut namespaces: BTreeMap<&str, &Labels> = cluster
+            .namespaces
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let mut pods_by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut by_label: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, p) in cluster.pods.iter().enumerate() {
+            namespaces.entry(p.namespace.as_str()).or_insert(&NO_LABELS);
+            if !p.is_selectable_peer() {
+                continue;
+            }
+            pods_by_ns.entry(p.namespace.as_str()).or_default().push(i);
+            for (k, v) in &p.labels {
+                by_label
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        Compiler {
+            cluster,
+            policies,
+            refs,
+            namespaces,
+            pods_by_ns,
+            by_label,
+            peer_pods: HashMap::new(),
+        }
+    }
+
+    /// Selectable pods matched by a selector peer of policy `pi` (memoised).
+    fn select(&mut self, pi: usize, dir: Direction, ri: usize, k: usize) -> Arc<Vec<usize>> {
+        if let Some(v) = self.peer_pods.get(&(pi, dir, ri, k)) {
+            return v.clone();
+        }
+        let pol = &self.policies[pi];
+        let Some(Peer::Pods { namespaces, pods }) = pol
+            .rules(dir)
+            .and_then(|r| r.get(ri))
+            .and_then(|r| r.peers.as_ref())
+            .and_then(|p| p.get(k))
+        else {
+            return Arc::default();
+        };
+        let ns: BTreeSet<&str> = match namespaces {
+            None => BTreeSet::from([pol.namespace.as_str()]),
+            Some(s) => self
+                .namespaces
+                .iter()
+                .filter(|(_, l)| s.matches(l))
+                .map(|(n, _)| *n)
+                .collect(),
+        };
+        let mut found: Vec<usize> = match pods.index_hint() {
+            Some((key, values)) => values
+                .iter()
+                .flat_map(|v| self.by_label.get(&(key, v.as_str())).into_iter().flatten())
+                .copied()
+                .filter(|i| ns.contains(self.cluster.pods[*i].namespace.as_str()))
+                .collect(),
+            None => ns
+                .iter()
+                .flat_map(|n| self.pods_by_ns.get(n).into_iter().flatten())
+                .copied()
+                .collect(),
+        };
+        found.retain(|i| pods.matches(&self.cluster.pods[*i].labels));
+        found.sort_unstable();
+        found.dedup();
+        let v = Arc::new(found);
+        self.peer_pods.insert((pi, dir, ri, k), v.clone());
+        v
+    }
+
+    fn endpoint(&mut self, selecting: &[usize], target: &PodInfo) -> EndpointPolicy {
+        let mut ep = EndpointPolicy::default();
+        for dir in Direction::BOTH {
+            let isolated = selecting
+                .iter()
+                .any(|pi| self.policies[*pi].rules(dir).is_some());
+            match dir {
+                Direction::Ingress => ep.ingress_isolated = isolated,
+                Direction::Egress => ep.egress_isolated = isolated,
+            }
+            if isolated {
+                self.direction(selecting, target, dir, &mut ep.entries);
+            }
+        }
+        ep
+    }
+
+    /// The entries of one isolated direction.
+    ///
+    /// 1. Every rule contributes "blocks" (an ipBlock, or 0.0.0.0/0 and ::/0 for a rule
+    ///    without peers) and host prefixes (each address of each pod a selector names).
+    /// 2. S = every block cidr, every except, every host prefix.
+    /// 3. value(P) for P in S = union of the ports of every host contribution at P and of
+    ///    every block whose cidr contains P and none of whose excepts contains P. Because every
+    ///    boundary is in S, the longest P in S containing an address gives exactly the union
+    ///    the spec gives for that address (per peer, so an except of one peer or rule never
+    ///    hides another's allow).
+    /// 4. P with an empty value is kept only when a shorter block could otherwise match it
+    ///    (a hole); it then denies.
+    fn direction(
+        &mut self,
+        selecting: &[usize],
+        target: &PodInfo,
+        dir: Direction,
+        entries: &mut BTreeMap<PeerPrefix, PeerAllow>,
+    ) {
+        let mut blocks: Vec<Block> = Vec::new();
+        let mut hosts: HashMap<Prefix, PortUnion> = HashMap::new();
+        let di = match dir {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        };
+        let policies = self.policies;
+        let cluster = self.cluster;
+        for &pi in selecting {
+            let Some(rules) = policies[pi].rules(dir) else {
+                continue;
+            };
+            for (ri, rule) in rules.iter().enumerate() {
+                let r = self.refs[pi][di][ri];
+                // Named ports resolve against the selected pod at ingress; at egress against
+                // each destination pod, and never for address peers.
+                let base = Arc::new(port_union(
+                    rule,
+                    (dir == Direction::Ingress).then_some(target),
+                    r,
+                ));
+                let per_pod = dir == Direction::Egress && rule.has_named_ports();
+                let add_pod = |hosts: &mut HashMap<Prefix, PortUnion>, p: &PodInfo| {
+                    let u = if per_pod {
+                        port_union(rule, Some(p), r)
+                    } else {
+                        (*base).clone()
+                    };
+                    for ip in &p.ips {
+                        hosts.entry(Prefix::host(*ip)).or_default().merge(&u);
+                    }
+                };
+                match &rule.peers {
+                    None => {
+                        for cidr in [
+                            Prefix::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                            Prefix::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+                        ] {
+                            blocks.push(Block {
+                                cidr,
+                                except: Vec::new(),
+                                ports: base.clone(),
+                            });
+                        }
+                        if per_pod {
+                            for p in cluster.pods.iter().filter(|p| p.is_selectable_peer()) {
+                                if resolves_named(rule, p) {
+                                    add_pod(&mut hosts, p);
+                                }
+                            }
+                        }
+                    }
+                    Some(peers) => {
+                        for (k, peer) in peers.iter().enumerate() {
+                            match peer {
+                                Peer::Block { cidr, except } => blocks.push(Block {
+                                    cidr: *cidr,
+                                    except: except.clone(),
+                                    ports: base.clone(),
+                                }),
+                                Peer::Pods { .. } => {
+                                    for &i in self.select(pi, dir, ri, k).iter() {
+                                        add_pod(&mut hosts, &cluster.pods[i]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut s: BTreeSet<Prefix> = hosts.keys().copied().collect();
+        for b in &blocks {
+            s.insert(b.cidr);
+            s.extend(b.except.iter().copied());
+        }
+        for p in s {
+            let mut u = hosts.remove(&p).unwrap_or_default();
+            let mut shadowing = false;
+            for b in &blocks {
+                if b.cidr.contains(&p) {
+                    shadowing |= b.cidr.len < p.len;
+                    if !b.except.iter().any(|e| e.contains(&p)) {
+                        u.merge(&b.ports);
+                    }
+                }
+            }
+            if u.is_empty() && !shadowing {
+                continue;
+            }
+            let allow = match u.finish() {
+                Ok(rule_ref) => PeerAllow::AllPorts { rule_ref },
+                Err(set) => PeerAllow::Ports(set),
+            };
+            entries.insert(
+                PeerPrefix {
+                    dir: dir.to_dir(),
+                    addr: p.addr,
+                    len: p.len,
+                },
+                allow,
+            );
+        }
+    }
+}
+
+fn resolves_named(rule: &NormRule, pod: &PodInfo) -> bool {
+    rule.ports.iter().flatten().any(|s| match &s.port {
+        PortMatch::Named(n) => pod
+            .ports
+            .iter()
+            .any(|np| &np.name == n && np.protocol == s.proto),
+        _ => false,
+    })
+}
+
+/// What `rule` allows port-wise, named ports resolved against `ctx` (none if `None`).
+fn port_union(rule: &NormRule, ctx: Option<&PodInfo>, r: u32) -> PortUnion {
+    let mut u = PortUnion::default();
+    let Some(ports) = &rule.ports else {
+        u.add_any(r);
+        return u;
+    };
+    for s in ports {
+        let proto = s.proto.number();
+        match &s.port {
+            PortMatch::All => u.add_range(proto, 0, 65535, r),
+            PortMatch::Range(lo, hi) => u.add_range(proto, u32::from(*lo), u32::from(*hi), r),
+            PortMatch::Named(n) => {
+                for np in ctx.iter().flat_map(|c| c.ports.iter()) {
+                    if &np.name == n && np.protocol == s.proto {
+                        u.add_range(proto, u32::from(np.port), u32::from(np.port), r);
+                    }
+                }
+            }
+        }
+    }
+    u
+}

@@ -1,0 +1,213 @@
+//! Reference evaluator: the NetworkPolicy spec read literally, over the cluster objects.
+//!
+//! It never looks at the compiled form, so tests can hold `compile` + `lookup` against it.
+//! It is deliberately simple (linear scans): clarity over speed.
+
+use std::net::IpAddr;
+
+use palisade_common::decide::{CtMatch, Facts, decide};
+
+use crate::model::{Cluster, Endpoint, PodInfo};
+use crate::validate::{Direction, NormPolicy, NormRule, Peer, PortMatch, normalize};
+
+/// Does the spec allow a new connection from `src` to `dst` with IP protocol `proto` and
+/// destination port `dst_port` (0 for protocols without ports, or for "ports unknown": then
+/// only rules that allow every port of the protocol match)?
+///
+/// Invalid policies are ignored, as `compile` ignores them.
+pub fn evaluate(
+    cluster: &Cluster,
+    src: &Endpoint,
+    dst: &Endpoint,
+    proto: u8,
+    dst_port: u16,
+) -> bool {
+    Evaluator::new(cluster).allows(src, dst, proto, dst_port)
+}
+
+/// `evaluate` with the policies normalised once, for many probes over one cluster.
+pub struct Evaluator<'a> {
+    cluster: &'a Cluster,
+    policies: Vec<NormPolicy>,
+}
+
+/// Outcome of one direction's check at one pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectionVerdict {
+    /// Some policy selects the pod with this policy type.
+    pub isolated: bool,
+    /// Some rule of those policies allows the flow.
+    pub allowed_by_rule: bool,
+}
+
+impl DirectionVerdict {
+    /// The final answer, through the same precedence function the datapath uses.
+    pub fn passes(&self) -> bool {
+        let f = Facts {
+            spoofed: false,
+            peer_is_host: false,
+            ct: CtMatch::New,
+            ct_current: false,
+            isolated: self.isolated,
+            allow_rule: u32::from(self.allowed_by_rule),
+            untracked_fragment: false,
+        };
+        !decide(&f).is_drop()
+    }
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(cluster: &'a Cluster) -> Self {
+        let policies = cluster
+            .policies
+            .iter()
+            .filter_map(|p| normalize(p).ok())
+            .collect();
+        Evaluator { cluster, policies }
+    }
+
+    fn pod(&self, e: &Endpoint) -> Option<&'a PodInfo> {
+        match e {
+            Endpoint::Pod { pod, .. } => self.cluster.pod(pod),
+            Endpoint::External(_) => None,
+        }
+    }
+
+    /// The whole answer: egress at `src` (if it is a pod) and ingress at `dst` (if a pod).
+    pub fn allows(&self, src: &Endpoint, dst: &Endpoint, proto: u8, dst_port: u16) -> bool {
+        let eg = self
+            .pod(src)
+            .map(|p| self.check(p, Direction::Egress, dst, proto, dst_port));
+        let ing = self
+            .pod(dst)
+            .map(|p| self.check(p, Direction::Ingress, src, proto, dst_port));
+        eg.is_none_or(|v| v.passes()) && ing.is_none_or(|v| v.passes())
+    }
+
+    /// One direction at `pod`: ingress with `peer` as the source, egress with `peer` as the
+    /// destination.
+    pub fn check(
+        &self,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> DirectionVerdict {
+        // A host-network pod has no interface of its own: no NetworkPolicy applies to it.
+        if pod.host_network {
+            return DirectionVerdict {
+                isolated: false,
+                allowed_by_rule: false,
+            };
+        }
+        let ns_labels = |ns: &str| self.cluster.namespaces.get(ns).cloned().unwrap_or_default();
+        let mut isolated = false;
+        let mut allowed = false;
+        for pol in &self.policies {
+            // 1. Only policies in the pod's namespace whose podSelector matches it, and whose
+            //    policyTypes include this direction, isolate it.
+            if pol.namespace != pod.namespace || !pol.selector.matches(&pod.labels) {
+                continue;
+            }
+            let Some(rules) = pol.rules(dir) else {
+                continue;
+            };
+            isolated = true;
+            // 2. The union of their rules is allowed.
+            for rule in rules {
+                if self.rule_allows(pol, rule, dir, pod, peer, proto, port, &ns_labels) {
+                    allowed = true;
+                }
+            }
+        }
+        DirectionVerdict {
+            isolated,
+            allowed_by_rule: allowed,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rule_allows(
+        &self,
+        pol: &NormPolicy,
+        rule: &NormRule,
+        dir: Direction,
+        pod: &PodInfo,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+        ns_labels: &dyn Fn(&str) -> crate::model::Labels,
+    ) -> bool {
+        let addr = peer.addr();
+        // The peer as a pod that selectors can name (see `PodInfo::is_selectable_peer`).
+        let peer_pod = self
+            .pod(peer)
+            .filter(|p| p.is_selectable_peer() && p.ips.contains(&addr));
+        let by_selector = peer_pod.is_some_and(|pp| match &rule.peers {
+            None => true,
+            Some(peers) => peers.iter().any(|p| match p {
+                Peer::Pods { namespaces, pods } => {
+                    let ns_ok = match namespaces {
+                        None => pp.namespace == pol.namespace,
+                        Some(s) => s.matches(&ns_labels(&pp.namespace)),
+                    };
+                    ns_ok && pods.matches(&pp.labels)
+                }
+                Peer::Block { .. } => false,
+            }),
+        });
+        let by_address = match &rule.peers {
+            None => true,
+            Some(peers) => peers.iter().any(|p| match p {
+                Peer::Block { cidr, except } => {
+                    cidr.contains_addr(addr) && !except.iter().any(|e| e.contains_addr(addr))
+                }
+                Peer::Pods { .. } => false,
+            }),
+        };
+        // Named ports: at ingress the selected pod's own ports; at egress the destination
+        // pod's, which only exists when the destination was matched as a pod. A destination
+        // matched only by address has no named ports.
+        let named_ctx = match dir {
+            Direction::Ingress => Some(pod),
+            Direction::Egress => peer_pod.filter(|_| by_selector),
+        };
+        let ports_ok = |ctx: Option<&PodInfo>| port_allowed(rule, ctx, proto, port);
+        (by_selector && ports_ok(named_ctx))
+            || (by_address
+                && ports_ok(if dir == Direction::Ingress {
+                    named_ctx
+                } else {
+                    None
+                }))
+    }
+}
+
+fn port_allowed(rule: &NormRule, ctx: Option<&PodInfo>, proto: u8, port: u16) -> bool {
+    let Some(ports) = &rule.ports else {
+        return true;
+    };
+    ports.iter().any(|p| {
+        p.proto.number() == proto
+            && match &p.port {
+                PortMatch::All => true,
+                PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&port),
+                PortMatch::Named(name) => ctx.is_some_and(|c| {
+                    c.ports
+                        .iter()
+                        .any(|np| &np.name == name && np.protocol == p.proto && np.port == port)
+                }),
+            }
+    })
+}
+
+/// Address of a pod endpoint of the given family, if it has one.
+pub fn pod_endpoint(cluster: &Cluster, pod: &crate::model::PodKey, v6: bool) -> Option<Endpoint> {
+    let p = cluster.pod(pod)?;
+    let addr: IpAddr = *p.ips.iter().find(|a| a.is_ipv6() == v6)?;
+    Some(Endpoint::Pod {
+        pod: pod.clone(),
+        addr,
+    })
+}
