@@ -7,6 +7,8 @@
 //! - every namespace, link, pin and mount a test creates is removed by a guard's `Drop`, and a
 //!   sweep of leftovers by name prefix runs at test start.
 
+pub mod netns;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
