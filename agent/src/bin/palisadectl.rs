@@ -1,1 +1,126 @@
-fn main() {}
+//! palisadectl: ask the local palisade-agent what it enforces.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use palisade_agent::api::{Request, call};
+
+#[derive(Parser)]
+#[command(
+    name = "palisadectl",
+    version,
+    about = "Inspect the local Palisade agent"
+)]
+struct Args {
+    #[arg(
+        long,
+        env = "PALISADE_SOCKET",
+        default_value = "/run/palisade/agent.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Agent health, generations, problems, datapath counters (JSON).
+    Status,
+    /// Block until the current source state is enforced.
+    Wait {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Endpoints on this node.
+    Endpoints,
+    /// What is allowed in and out of a pod.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// `palisadectl policy show NAMESPACE/POD`
+    Show { pod: String },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let t = Duration::from_secs(30);
+    match args.cmd {
+        Cmd::Status => {
+            let r = call(&args.socket, &Request::Status, t)
+                .with_context(|| format!("asking the agent at {}", args.socket.display()))?;
+            println!("{}", serde_json::to_string_pretty(&r.status)?);
+            if !r.status.is_some_and(|s| s.healthy) {
+                std::process::exit(1);
+            }
+        }
+        Cmd::Wait { timeout } => {
+            let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+            let mut last = String::new();
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    bail!(
+                        "timed out after {timeout}s waiting for the agent at {}: {last}",
+                        args.socket.display()
+                    );
+                }
+                match call(&args.socket, &Request::Wait, left) {
+                    Ok(r) if r.ok => {
+                        println!("enforced generation {}", r.generation.unwrap_or(0));
+                        return Ok(());
+                    }
+                    Ok(r) => last = r.error.unwrap_or_default(),
+                    Err(e) => last = e.to_string(),
+                }
+                // The agent is not up yet or could not apply: poll again, with a cap.
+                std::thread::sleep(backoff.min(left));
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+        Cmd::Endpoints => {
+            let r = call(&args.socket, &Request::Endpoints, t)?;
+            println!(
+                "{:<24} {:<16} {:>7} {:>6} {:>6} {:<4} {:<4} IPS",
+                "POD", "HOST VETH", "IFINDEX", "EP", "POLICY", "IN", "OUT"
+            );
+            for e in r.endpoints.unwrap_or_default() {
+                let iso = |b: bool| if b { "iso" } else { "-" };
+                println!(
+                    "{:<24} {:<16} {:>7} {:>6} {:>6} {:<4} {:<4} {}{}",
+                    e.pod,
+                    e.host_veth,
+                    e.ifindex,
+                    e.ep_id,
+                    e.policy_id,
+                    iso(e.ingress_isolated),
+                    iso(e.egress_isolated),
+                    e.ips.join(","),
+                    if e.pod_unknown {
+                        "  (pod not in source: deny all)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        Cmd::Policy {
+            cmd: PolicyCmd::Show { pod },
+        } => {
+            let r = call(&args.socket, &Request::Policy { pod }, t)?;
+            match (r.ok, r.text, r.error) {
+                (true, Some(text), _) => print!("{text}"),
+                (_, _, e) => bail!("{}", e.unwrap_or_default()),
+            }
+        }
+    }
+    Ok(())
+}

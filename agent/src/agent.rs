@@ -1,0 +1,397 @@
+//! The agent's state and its reconcile step: source snapshot + endpoints -> policy compile ->
+//! diff -> maps. One owner, driven by one loop (see `run`), so there is no locking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED};
+use palisade_common::stats::{CFG_DEBUG_LOG, Config, HostAddrKey};
+use palisade_common::verdict::{REASON_SLOTS, Reason};
+use palisade_common::{FAMILY_V4, FAMILY_V6};
+
+use crate::api::{Request, Response};
+use crate::applier::Applier;
+use crate::compile::{self, Compiled};
+use crate::datapath::Datapath;
+use crate::endpoints::{EndpointRecord, EpIds, RecordExt, read_records};
+use crate::source::{DirSource, Snapshot};
+use crate::status::{CounterRow, EndpointRow, Problem, Status};
+
+pub struct AgentConfig {
+    pub node: String,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub object: PathBuf,
+    pub debug_log: bool,
+}
+
+struct Local {
+    record: EndpointRecord,
+    ep_id: u32,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    source: DirSource,
+    snapshot: Snapshot,
+    dp: Datapath,
+    applier: Applier,
+    compiler: compile::Compiler,
+    ep_ids: EpIds,
+    locals: BTreeMap<String, Local>,
+    host_addrs: BTreeSet<HostAddrKey>,
+    applied_generation: u64,
+    compiled: Option<Compiled>,
+    last_error: Option<String>,
+    /// Set when something changed that the next reconcile must apply.
+    dirty: bool,
+}
+
+impl Agent {
+    /// Opens the datapath (adopting pinned maps and links), reads the endpoint records and the
+    /// source, and adopts what is pinned. Nothing is written before the first `reconcile`.
+    pub fn start(cfg: AgentConfig, source: DirSource) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let dp = Datapath::open(&cfg.object, &cfg.bpffs)
+            .with_context(|| format!("opening datapath from {}", cfg.object.display()))?;
+        let pinned = crate::datapath_ops::read_pinned(&dp).context("reading pinned maps")?;
+        let applier = Applier::adopt(pinned);
+        tracing::info!(
+            "adopted pinned state: {} endpoints, {} links",
+            applier.ifindexes().len(),
+            dp.pinned_ifindexes().len()
+        );
+        let ep_ids = EpIds::open(&cfg.state_dir, applier.max_ep_id() + 1)?;
+        let compiler = compile::Compiler::load(&cfg.state_dir);
+        let mut agent = Agent {
+            cfg,
+            source,
+            snapshot: Snapshot::default(),
+            dp,
+            applier,
+            compiler,
+            ep_ids,
+            locals: BTreeMap::new(),
+            host_addrs: BTreeSet::new(),
+            applied_generation: 0,
+            compiled: None,
+            last_error: None,
+            dirty: true,
+        };
+        agent.dp.set_config(Config {
+            flags: if agent.cfg.debug_log {
+                CFG_DEBUG_LOG
+            } else {
+                0
+            },
+            _pad: 0,
+        })?;
+        let (records, bad) = read_records(&agent.cfg.state_dir)?;
+        for b in bad {
+            tracing::warn!("skipping endpoint record {b}");
+        }
+        for (key, record) in records {
+            // Keep the ep_id a previous agent gave this interface.
+            let ep_id = match agent.applier.endpoint_info(record.host_ifindex) {
+                Some(info) => info.ep_id,
+                None => agent.ep_ids.alloc()?,
+            };
+            agent.locals.insert(key, Local { record, ep_id });
+        }
+        agent.rescan();
+        Ok(agent)
+    }
+
+    pub fn source_dir(&self) -> PathBuf {
+        self.source.dir().to_path_buf()
+    }
+
+    /// Reads the source; marks dirty when it changed.
+    pub fn rescan(&mut self) {
+        match self.source.rescan() {
+            Ok(Some(snap)) => {
+                for p in &snap.problems {
+                    tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
+                }
+                self.snapshot = snap;
+                self.dirty = true;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("{e:#}");
+                self.last_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    /// Applies the current source and endpoints to the datapath if anything changed (or the
+    /// last attempt failed).
+    pub fn reconcile(&mut self) {
+        self.refresh_host_addrs();
+        if !self.dirty && self.last_error.is_none() {
+            return;
+        }
+        match self.reconcile_inner() {
+            Ok(()) => {
+                self.dirty = false;
+                self.last_error = None;
+                self.applied_generation = self.snapshot.generation;
+            }
+            Err(e) => {
+                tracing::error!("applying state: {e:#}");
+                self.last_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
+    fn reconcile_inner(&mut self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let locals: Vec<(String, &EndpointRecord)> = self
+            .locals
+            .iter()
+            .map(|(k, l)| (k.clone(), &l.record))
+            .collect();
+        let compiled = self.compiler.compile(&self.snapshot, &locals);
+        for p in &compiled.problems {
+            tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
+        }
+        let mut ops = crate::datapath_ops::Ops(&mut self.dp.maps);
+        for (key, local) in &self.locals {
+            let want = compiled.desired(key, local.record.host_ifindex, local.ep_id, &local.record);
+            self.applier.apply(&mut ops, &want)?;
+        }
+        // Endpoints applied (now or by an earlier agent) that no record names any more.
+        let live: BTreeSet<u32> = self
+            .locals
+            .values()
+            .map(|l| l.record.host_ifindex)
+            .collect();
+        for ifindex in self.applier.ifindexes() {
+            if !live.contains(&ifindex) {
+                self.applier.remove(&mut ops, ifindex)?;
+            }
+        }
+        for ifindex in self.dp.pinned_ifindexes() {
+            if !live.contains(&ifindex) {
+                self.dp.detach(ifindex);
+            }
+        }
+        self.compiled = Some(compiled);
+        let (pol, ports) = self.applier.sizes();
+        tracing::info!(
+            generation = self.snapshot.generation,
+            endpoints = self.locals.len(),
+            policy_entries = pol,
+            port_entries = ports,
+            "applied in {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    fn refresh_host_addrs(&mut self) {
+        let mut want = BTreeSet::new();
+        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+            for a in addrs {
+                let Some(sa) = a.address else { continue };
+                if let Some(v4) = sa.as_sockaddr_in() {
+                    let mut k = HostAddrKey {
+                        family: FAMILY_V4,
+                        ..Default::default()
+                    };
+                    k.addr_be[..4].copy_from_slice(&v4.ip().octets());
+                    want.insert(k);
+                } else if let Some(v6) = sa.as_sockaddr_in6() {
+                    let ip = v6.ip();
+                    // Link-local addresses are per link: every veth has one; they are not
+                    // "the node" as a peer.
+                    if ip.is_unicast_link_local() {
+                        continue;
+                    }
+                    want.insert(HostAddrKey {
+                        family: FAMILY_V6,
+                        addr_be: ip.octets(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if want == self.host_addrs {
+            return;
+        }
+        for k in want.difference(&self.host_addrs) {
+            if let Err(e) = self.dp.maps.hosts.insert(k, 1, 0) {
+                tracing::error!(
+                    "adding node address to {}: {e}",
+                    palisade_common::maps::HOST_ADDRS
+                );
+                return;
+            }
+        }
+        for k in self.host_addrs.difference(&want) {
+            if let Err(e) = self.dp.maps.hosts.remove(k) {
+                tracing::warn!("removing node address: {e}");
+            }
+        }
+        self.host_addrs = want;
+    }
+
+    fn add_endpoint(&mut self, record: EndpointRecord) -> Response {
+        let key = record.key();
+        let ep_id = match self.locals.get(&key) {
+            Some(l) if l.record.host_ifindex == record.host_ifindex => l.ep_id,
+            _ => match self.ep_ids.alloc() {
+                Ok(id) => id,
+                Err(e) => return Response::err(format!("{e:#}")),
+            },
+        };
+        let ifindex = record.host_ifindex;
+        self.locals.insert(key.clone(), Local { record, ep_id });
+        self.dirty = true;
+        // Program first (the endpoint entry and its policy), then attach: the first packet
+        // through the hook already meets the pod's policy.
+        self.reconcile();
+        if let Some(e) = &self.last_error {
+            return Response::err(format!("programming endpoint {key}: {e}"));
+        }
+        if let Err(e) = self.dp.attach(ifindex) {
+            return Response::err(format!(
+                "attaching to endpoint {key}: {:#}",
+                anyhow::Error::from(e)
+            ));
+        }
+        Response::ok(self.applied_generation)
+    }
+
+    fn del_endpoint(&mut self, container_id: &str, ifname: &str) -> Response {
+        let key = format!("{container_id}_{ifname}");
+        if let Some(l) = self.locals.remove(&key) {
+            self.dp.detach(l.record.host_ifindex);
+            self.dirty = true;
+            self.reconcile();
+        }
+        match &self.last_error {
+            Some(e) => Response::err(e.clone()),
+            None => Response::ok(self.applied_generation),
+        }
+    }
+
+    /// Attaches programs to every recorded endpoint (startup, after adoption).
+    pub fn attach_all(&mut self) {
+        let ifs: Vec<(String, u32)> = self
+            .locals
+            .iter()
+            .map(|(k, l)| (k.clone(), l.record.host_ifindex))
+            .collect();
+        for (key, ifindex) in ifs {
+            if let Err(e) = self.dp.attach(ifindex) {
+                tracing::warn!("endpoint {key}: {:#}", anyhow::Error::from(e));
+            }
+        }
+    }
+
+    pub fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Add { endpoint } => self.add_endpoint(endpoint),
+            Request::Del {
+                container_id,
+                ifname,
+            } => self.del_endpoint(&container_id, &ifname),
+            Request::Wait => {
+                self.rescan();
+                self.reconcile();
+                match &self.last_error {
+                    Some(e) => Response::err(e.clone()),
+                    None => Response::ok(self.applied_generation),
+                }
+            }
+            Request::Status => Response {
+                ok: true,
+                status: Some(self.status()),
+                ..Default::default()
+            },
+            Request::Endpoints => Response {
+                ok: true,
+                endpoints: Some(self.endpoint_rows()),
+                ..Default::default()
+            },
+            Request::Policy { pod } => match &self.compiled {
+                Some(c) => match c.describe(&pod, &self.compiler) {
+                    Some(text) => Response {
+                        ok: true,
+                        text: Some(text),
+                        ..Default::default()
+                    },
+                    None => Response::err(format!(
+                        "pod {pod} is not an endpoint on node {}",
+                        self.cfg.node
+                    )),
+                },
+                None => Response::err("nothing applied yet"),
+            },
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let mut problems: Vec<Problem> = self.snapshot.problems.clone();
+        if let Some(c) = &self.compiled {
+            problems.extend(c.problems.iter().cloned());
+        }
+        let counters = self
+            .dp
+            .counters()
+            .into_iter()
+            .map(|(slot, c)| CounterRow {
+                direction: if slot / REASON_SLOTS == 0 {
+                    "ingress".into()
+                } else {
+                    "egress".into()
+                },
+                reason: Reason(slot % REASON_SLOTS).name().into(),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect();
+        Status {
+            healthy: self.last_error.is_none(),
+            node: self.cfg.node.clone(),
+            source_generation: self.source.generation(),
+            applied_generation: self.applied_generation,
+            endpoints: self.locals.len(),
+            policies: self.snapshot.policies.len(),
+            problems,
+            counters,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn endpoint_rows(&self) -> Vec<EndpointRow> {
+        self.locals
+            .values()
+            .map(|l| {
+                let info = self
+                    .applier
+                    .endpoint_info(l.record.host_ifindex)
+                    .copied()
+                    .unwrap_or_default();
+                let pod = l
+                    .record
+                    .pod()
+                    .map(|(n, p)| format!("{n}/{p}"))
+                    .unwrap_or_else(|| l.record.container_id.clone());
+                EndpointRow {
+                    pod_unknown: !self.compiled.as_ref().is_some_and(|c| c.knows(&l.record)),
+                    pod,
+                    ifname: l.record.ifname.clone(),
+                    host_veth: l.record.host_veth.clone(),
+                    ifindex: l.record.host_ifindex,
+                    ep_id: l.ep_id,
+                    policy_id: info.policy_id,
+                    ips: l.record.ips.clone(),
+                    ingress_isolated: info.flags & EP_INGRESS_ISOLATED != 0,
+                    egress_isolated: info.flags & EP_EGRESS_ISOLATED != 0,
+                }
+            })
+            .collect()
+    }
+}

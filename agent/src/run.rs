@@ -1,0 +1,141 @@
+//! The agent's event loop: one task owns the `Agent`; the socket server and the source watcher
+//! send it work.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::agent::Agent;
+use crate::api::{Request, Response};
+
+struct InotifyFd(Inotify);
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+fn watch(dir: &Path) -> Result<AsyncFd<InotifyFd>> {
+    let ino =
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
+    ino.add_watch(
+        dir,
+        AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MODIFY,
+    )
+    .with_context(|| format!("watching {}", dir.display()))?;
+    // SAFETY: the inotify fd is owned by the wrapper, which the AsyncFd owns for its whole
+    // lifetime; nothing else closes it.
+    let fd =
+        unsafe { AsyncFd::register_with_interest(InotifyFd(ino), tokio::io::Interest::READABLE) };
+    fd.map_err(|e| anyhow::anyhow!("registering inotify fd: {e}"))
+}
+
+type Job = (Request, oneshot::Sender<Response>);
+
+async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(rd).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => {
+                    let (otx, orx) = oneshot::channel();
+                    if tx.send((req, otx)).await.is_err() {
+                        Response::err("agent is shutting down")
+                    } else {
+                        orx.await
+                            .unwrap_or_else(|_| Response::err("agent dropped the request"))
+                    }
+                }
+                Err(e) => Response::err(format!("bad request {:?}: {e}", line.trim())),
+            };
+            let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+            out.push('\n');
+            if let Err(e) = wr.write_all(out.as_bytes()).await {
+                tracing::debug!("writing response: {e}");
+            }
+        });
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Programs and maps stay pinned and attached after it
+/// returns: enforcement does not depend on this process.
+pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<()> {
+    // The first reconcile happens before the socket accepts anything: a CNI ADD is never
+    // answered against a half-synced view.
+    agent.reconcile();
+    agent.attach_all();
+    if let Some(d) = socket.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", socket.display()));
+        }
+    }
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let (tx, mut rx) = mpsc::channel::<Job>(64);
+    tokio::spawn(serve(listener, tx));
+    let ino = watch(&agent.source_dir())?;
+    let mut tick = tokio::time::interval(resync);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tracing::info!("ready: socket {}", socket.display());
+    loop {
+        tokio::select! {
+            Some((req, reply)) = rx.recv() => {
+                let resp = agent.handle(req);
+                if reply.send(resp).is_err() {
+                    tracing::debug!("client went away before the response");
+                }
+            }
+            guard = ino.readable() => {
+                let mut guard = guard?;
+                // Drain the events; the rescan reads the whole directory anyway.
+                match guard.get_inner().0.read_events() {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                    Err(e) => tracing::warn!("inotify: {e}"),
+                }
+                agent.rescan();
+                agent.reconcile();
+            }
+            _ = tick.tick() => {
+                agent.rescan();
+                agent.reconcile();
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping; programs stay attached and maps stay pinned");
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::debug!("removing socket: {e}");
+    }
+    Ok(())
+}
