@@ -1,0 +1,339 @@
+//! Property: for random clusters, policies and probes, the compiled form (the datapath's two
+//! LPM lookups + `common::decide`) gives the same verdict as the reference evaluator, in each
+//! direction at each local endpoint. `PROPTEST_CASES` raises the case count (default 200).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use palisade_common::decide::{CtMatch, Facts, decide};
+use palisade_policy::{
+    Cluster, Direction, Endpoint, Evaluator, NamedPort, PodInfo, Prefix, Protocol, RuleRegistry,
+    compile, describe, lookup,
+};
+use proptest::prelude::*;
+
+const NS: [&str; 3] = ["n0", "n1", "n2"];
+const KEYS: [&str; 2] = ["app", "tier"];
+const VALUES: [&str; 2] = ["a", "b"];
+const CIDRS: [&str; 11] = [
+    "10.0.0.0/24",
+    "10.0.0.0/29",
+    "10.0.0.0/30",
+    "10.0.0.4/30",
+    "0.0.0.0/0",
+    "10.0.0.0/8",
+    "10.0.0.2/32",
+    "fd00::/64",
+    "fd00::/126",
+    "::/0",
+    "192.168.0.0/16",
+];
+const EXCEPTS: [&str; 12] = [
+    "10.0.0.1/32",
+    "10.0.0.2/31",
+    "10.0.0.0/28",
+    "10.0.0.4/30",
+    "10.0.0.0/30",
+    "10.0.0.0/24",
+    "10.0.0.0/16",
+    "fd00::1/128",
+    "fd00::/125",
+    "fd00::/64",
+    "192.168.0.0/24",
+    "10.0.0.100/32",
+];
+const EXTERNAL: [&str; 5] = [
+    "10.0.0.50",
+    "10.0.1.1",
+    "192.168.0.1",
+    "fd00::50",
+    "2001:db8::1",
+];
+const HOST_IP: &str = "10.0.0.100";
+
+fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    proptest::collection::btree_map(
+        prop::sample::select(&KEYS[..]).prop_map(str::to_string),
+        prop::sample::select(&VALUES[..]).prop_map(str::to_string),
+        0..=2,
+    )
+}
+
+fn selector() -> impl Strategy<Value = LabelSelector> {
+    let req = (
+        prop::sample::select(&KEYS[..]),
+        prop::sample::select(&["In", "NotIn", "Exists", "DoesNotExist"][..]),
+        proptest::collection::vec(prop::sample::select(&VALUES[..]), 1..=2),
+    )
+        .prop_map(|(k, op, vs)| LabelSelectorRequirement {
+            key: k.into(),
+            operator: op.into(),
+            values: matches!(op, "In" | "NotIn")
+                .then(|| vs.into_iter().map(str::to_string).collect()),
+        });
+    (
+        proptest::option::of(labels()),
+        proptest::option::of(proptest::collection::vec(req, 0..=2)),
+    )
+        .prop_map(|(match_labels, match_expressions)| LabelSelector {
+            match_labels,
+            match_expressions,
+        })
+}
+
+fn peer() -> impl Strategy<Value = NetworkPolicyPeer> {
+    let sel_peer = (
+        proptest::option::of(selector()),
+        proptest::option::of(selector()),
+        any::<bool>(),
+    )
+        .prop_map(|(ns, pod, pod_if_none)| {
+            let (ns, pod) = match (ns, pod) {
+                (None, None) if pod_if_none => (None, Some(LabelSelector::default())),
+                (None, None) => (Some(LabelSelector::default()), None),
+                other => other,
+            };
+            NetworkPolicyPeer {
+                namespace_selector: ns,
+                pod_selector: pod,
+                ip_block: None,
+            }
+        });
+    let block = (
+        prop::sample::select(&CIDRS[..]),
+        proptest::collection::vec(prop::sample::select(&EXCEPTS[..]), 0..=3),
+    )
+        .prop_map(|(cidr, ex)| {
+            let c = Prefix::parse(cidr).expect("vocabulary");
+            let mut except: Vec<String> = ex
+                .into_iter()
+                .filter(|e| {
+                    let e = Prefix::parse(e).expect("vocabulary");
+                    c.contains(&e) && e.len > c.len
+                })
+                .map(str::to_string)
+                .collect();
+            except.dedup();
+            NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: cidr.into(),
+                    except: (!except.is_empty()).then_some(except),
+                }),
+                ..Default::default()
+            }
+        });
+    prop_oneof![3 => sel_peer, 2 => block]
+}
+
+fn port() -> impl Strategy<Value = NetworkPolicyPort> {
+    (
+        prop::sample::select(&[None, Some("TCP"), Some("UDP"), Some("SCTP")][..]),
+        0..6u8,
+        prop::sample::select(&[53, 80, 81, 82][..]),
+        proptest::option::of(0..3i32),
+    )
+        .prop_map(|(proto, kind, n, end)| {
+            let (port, end_port) = match kind {
+                0 => (None, None),
+                1 => (Some(IntOrString::String("http".into())), None),
+                2 => (Some(IntOrString::String("dns".into())), None),
+                3 => (Some(IntOrString::Int(n)), end.map(|e| n + e)),
+                _ => (Some(IntOrString::Int(n)), None),
+            };
+            NetworkPolicyPort {
+                protocol: proto.map(str::to_string),
+                port,
+                end_port,
+            }
+        })
+}
+
+type Rule = (
+    Option<Vec<NetworkPolicyPeer>>,
+    Option<Vec<NetworkPolicyPort>>,
+);
+
+fn rule() -> impl Strategy<Value = Rule> {
+    (
+        proptest::option::of(proptest::collection::vec(peer(), 0..=3)),
+        proptest::option::of(proptest::collection::vec(port(), 0..=3)),
+    )
+}
+
+fn policy() -> impl Strategy<Value = NetworkPolicy> {
+    (
+        0..NS.len(),
+        selector(),
+        0..4u8,
+        proptest::option::of(proptest::collection::vec(rule(), 0..=2)),
+        proptest::option::of(proptest::collection::vec(rule(), 0..=2)),
+        0..1000u32,
+    )
+        .prop_map(|(ns, sel, types, ing, eg, id)| NetworkPolicy {
+            metadata: ObjectMeta {
+                namespace: Some(NS[ns].into()),
+                name: Some(format!("p{id}")),
+                ..Default::default()
+            },
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(sel),
+                policy_types: match types {
+                    0 => None,
+                    1 => Some(vec!["Ingress".into()]),
+                    2 => Some(vec!["Egress".into()]),
+                    _ => Some(vec!["Ingress".into(), "Egress".into()]),
+                },
+                ingress: ing.map(|rs| {
+                    rs.into_iter()
+                        .map(|(from, ports)| NetworkPolicyIngressRule { from, ports })
+                        .collect()
+                }),
+                egress: eg.map(|rs| {
+                    rs.into_iter()
+                        .map(|(to, ports)| NetworkPolicyEgressRule { to, ports })
+                        .collect()
+                }),
+            }),
+        })
+}
+
+fn pod(i: usize) -> impl Strategy<Value = PodInfo> {
+    let named = prop::sample::select(
+        &[
+            ("http", 80, Protocol::Tcp),
+            ("http", 81, Protocol::Tcp),
+            ("http", 80, Protocol::Udp),
+            ("dns", 53, Protocol::Udp),
+            ("dns", 53, Protocol::Tcp),
+        ][..],
+    )
+    .prop_map(|(n, p, pr)| NamedPort {
+        name: n.into(),
+        port: p,
+        protocol: pr,
+    });
+    (
+        0..NS.len(),
+        labels(),
+        0..8u8,
+        proptest::collection::vec(named, 0..=2),
+    )
+        .prop_map(move |(ns, labels, addr, mut ports)| {
+            ports.dedup_by(|a, b| a.name == b.name);
+            let v4: IpAddr = format!("10.0.0.{}", i + 1).parse().expect("v4");
+            let v6: IpAddr = format!("fd00::{}", i + 1).parse().expect("v6");
+            let (ips, host_network) = match addr {
+                0 => (vec![], false),
+                1 => (vec![HOST_IP.parse().expect("v4")], true),
+                2 | 3 => (vec![v4], false),
+                4 => (vec![v6], false),
+                _ => (vec![v4, v6], false),
+            };
+            PodInfo {
+                namespace: NS[ns].into(),
+                name: format!("pod{i}"),
+                labels,
+                ips,
+                ports,
+                host_network,
+            }
+        })
+}
+
+fn cluster() -> impl Strategy<Value = Cluster> {
+    let ns_labels = proptest::collection::vec(labels(), NS.len());
+    let pods = (1..=6usize).prop_flat_map(|n| (0..n).map(pod).collect::<Vec<_>>());
+    let policies = proptest::collection::vec(policy(), 0..=4);
+    (ns_labels, pods, policies).prop_map(|(nsl, pods, mut policies)| {
+        for (i, p) in policies.iter_mut().enumerate() {
+            p.metadata.name = Some(format!("p{i}"));
+        }
+        let namespaces = NS
+            .iter()
+            .zip(nsl)
+            .map(|(n, mut l)| {
+                l.insert("kubernetes.io/metadata.name".into(), n.to_string());
+                (n.to_string(), l)
+            })
+            .collect();
+        Cluster {
+            namespaces,
+            pods,
+            policies,
+        }
+    })
+}
+
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(200);
+    ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn compiled_lookup_equals_reference_evaluator(c in cluster(), local_mask in any::<u8>()) {
+        let local: Vec<_> = c.pods.iter().enumerate()
+            .filter(|(i, _)| local_mask & (1 << i) != 0)
+            .map(|(_, p)| p.key())
+            .collect();
+        let mut reg = RuleRegistry::new();
+        let compiled = compile(&c, &local, &mut reg);
+        prop_assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
+        let ev = Evaluator::new(&c);
+        let mut peers: Vec<Endpoint> = EXTERNAL.iter().map(|a| Endpoint::External(a.parse().expect("ext"))).collect();
+        for p in &c.pods {
+            for ip in &p.ips {
+                peers.push(Endpoint::Pod { pod: p.key(), addr: *ip });
+            }
+        }
+        for key in &local {
+            let pod = c.pod(key).expect("local pod");
+            let ep = compiled.endpoints.get(key);
+            prop_assert_eq!(ep.is_none(), pod.host_network);
+            let Some(ep) = ep else { continue };
+            for dir in Direction::BOTH {
+                let isolated = match dir {
+                    Direction::Ingress => ep.ingress_isolated,
+                    Direction::Egress => ep.egress_isolated,
+                };
+                for peer in &peers {
+                    for proto in [6u8, 17, 132, 1] {
+                        for port in [0u16, 53, 80, 81, 82, 83, 443] {
+                            let want = ev.check(pod, dir, peer, proto, port);
+                            prop_assert_eq!(want.isolated, isolated, "isolation of {} {}", key, dir.name());
+                            let rule = lookup(ep, dir.to_dir(), peer.addr(), proto, port).unwrap_or(0);
+                            let got = !decide(&Facts {
+                                spoofed: false, peer_is_host: false, ct: CtMatch::New, ct_current: false,
+                                isolated, allow_rule: rule, untracked_fragment: false,
+                            }).is_drop();
+                            prop_assert_eq!(
+                                got, want.passes(),
+                                "{} {} peer {} proto {} port {}: compiled rule {}\n{}",
+                                key, dir.name(), peer, proto, port, rule, describe(ep, &reg)
+                            );
+                            if rule != 0 {
+                                prop_assert!(reg.describe(rule).is_some());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
