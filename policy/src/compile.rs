@@ -64,6 +64,11 @@ impl RuleRegistry {
         r
     }
 
+    /// The reference of `id`, if it has one (does not assign or mark).
+    pub fn get(&self, id: &RuleId) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
     /// The rule behind a reference.
     pub fn describe(&self, rule_ref: u32) -> Option<&RuleId> {
         self.by_ref.get(&rule_ref)

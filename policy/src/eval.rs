@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use palisade_common::decide::{CtMatch, Facts, decide};
 
+use crate::compile::RuleId;
 use crate::model::{Cluster, Endpoint, PodInfo};
 use crate::validate::{Direction, NormPolicy, NormRule, Peer, PortMatch, normalize};
 
@@ -94,16 +95,29 @@ impl<'a> Evaluator<'a> {
         proto: u8,
         port: u16,
     ) -> DirectionVerdict {
+        let (isolated, rules) = self.allowing_rules(pod, dir, peer, proto, port);
+        DirectionVerdict {
+            isolated,
+            allowed_by_rule: !rules.is_empty(),
+        }
+    }
+
+    /// Whether `pod` is isolated in `dir`, and every rule that allows the flow there.
+    pub fn allowing_rules(
+        &self,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> (bool, Vec<RuleId>) {
+        let mut allowing = Vec::new();
         // A host-network pod has no interface of its own: no NetworkPolicy applies to it.
         if pod.host_network {
-            return DirectionVerdict {
-                isolated: false,
-                allowed_by_rule: false,
-            };
+            return (false, allowing);
         }
         let ns_labels = |ns: &str| self.cluster.namespaces.get(ns).cloned().unwrap_or_default();
         let mut isolated = false;
-        let mut allowed = false;
         for pol in &self.policies {
             // 1. Only policies in the pod's namespace whose podSelector matches it, and whose
             //    policyTypes include this direction, isolate it.
@@ -115,16 +129,18 @@ impl<'a> Evaluator<'a> {
             };
             isolated = true;
             // 2. The union of their rules is allowed.
-            for rule in rules {
+            for (index, rule) in rules.iter().enumerate() {
                 if self.rule_allows(pol, rule, dir, pod, peer, proto, port, &ns_labels) {
-                    allowed = true;
+                    allowing.push(RuleId {
+                        namespace: pol.namespace.clone(),
+                        policy: pol.name.clone(),
+                        direction: dir,
+                        index,
+                    });
                 }
             }
         }
-        DirectionVerdict {
-            isolated,
-            allowed_by_rule: allowed,
-        }
+        (isolated, allowing)
     }
 
     #[allow(clippy::too_many_arguments)]
