@@ -518,6 +518,32 @@ spec:
             expect: |f| !f.from("x/a") || ((f.tcp(80) || f.udp(80)) && f.dst != "ext" && (f.v6 || !f.to_ns("z"))),
         },
         Case {
+            name: "default_namespace_name_label_selects_a_namespace_by_name",
+            policies: "
+metadata: {namespace: x, name: from-z-by-name}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [z]}]}}]",
+            expect: |f| !f.to_ns("x") || f.from_ns("z"),
+        },
+        Case {
+            name: "egress_allow_all_policy_wins_over_a_stacked_narrower_egress_policy",
+            policies: "
+metadata: {namespace: x, name: egress-to-y-80}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress: [{to: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: 80}]}]
+---
+metadata: {namespace: x, name: egress-all}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{}]",
+            expect: |_| true,
+        },
+        Case {
             name: "connection_needs_both_egress_at_source_and_ingress_at_destination",
             policies: "
 metadata: {namespace: x, name: a-egress-to-y}

@@ -146,6 +146,8 @@ table!(
     pod_peer_and_covering_ipblock_combine_their_ports,
     several_policies_selecting_one_pod_combine_as_a_union,
     egress_ipblock_except_blocks_the_excepted_range,
+    default_namespace_name_label_selects_a_namespace_by_name,
+    egress_allow_all_policy_wins_over_a_stacked_narrower_egress_policy,
     connection_needs_both_egress_at_source_and_ingress_at_destination,
 );
 
