@@ -3,6 +3,7 @@
 //! Every command installs nothing by itself; `scripts/setup.sh` (called by README's commands
 //! and by `.ci/run`) does the installing.
 
+mod bench_cni;
 mod build;
 mod test;
 
@@ -27,6 +28,16 @@ enum Cmd {
     Build(build::BuildArgs),
     /// Run the test tiers: 0 (no root), 1 (BPF_PROG_TEST_RUN), 2 (namespaces).
     Test(test::TestArgs),
+    /// Benchmarks (root): `cargo xtask bench cni`.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// ADD/DEL latency (p50, p99) of palisade vs the reference ptp + host-local plugins,
+    /// sequential and in parallel, in a throwaway node namespace.
+    Cni(bench_cni::CniArgs),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +45,6 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf(a) => build::build_ebpf(&a).map(|_| ()),
         Cmd::Build(a) => build::build_all(&a).map(|_| ()),
         Cmd::Test(a) => test::run(&a),
+        Cmd::Bench(Bench::Cni(a)) => bench_cni::run(&a),
     }
 }
