@@ -7,6 +7,7 @@
 //! - every namespace, link, pin and mount a test creates is removed by a guard's `Drop`, and a
 //!   sweep of leftovers by name prefix runs at test start.
 
+pub mod bpf;
 pub mod netns;
 
 use std::path::PathBuf;

@@ -1,0 +1,273 @@
+//! The Palisade datapath object: two TC classifiers attached to the host side of each pod's
+//! veth.
+//!
+//! - `to_pod` (TC egress of the host veth): traffic going into the pod, `DIR_INGRESS`, the
+//!   peer is the source.
+//! - `from_pod` (TC ingress of the host veth): traffic leaving the pod, `DIR_EGRESS`, the peer
+//!   is the destination.
+//!
+//! Both run the same evaluation (`evaluate`), documented step by step above it and in
+//! `docs/datapath.md`.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use palisade_common::{
+    DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    conntrack::{CT_CLOSING, CT_SEEN_REPLY},
+    decide::{CtMatch, Facts, decide},
+    endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
+    packet::IPPROTO_TCP,
+    stats::{CFG_DEBUG_LOG, HostAddrKey},
+    verdict::{Reason, Verdict},
+};
+use palisade_ebpf::{
+    addr_eq,
+    conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
+    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH},
+    parse::{FRAG_FIRST, FRAG_LATER, Packet, TCP_FIN, TCP_RST, Tuple, parse},
+    policy, stats,
+};
+
+/// Packets going into the pod.
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    handle(&ctx, DIR_INGRESS)
+}
+
+/// Packets leaving the pod.
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    handle(&ctx, DIR_EGRESS)
+}
+
+/// Evaluates, counts, optionally logs, and turns the verdict into a TC action. Every error
+/// path of `evaluate` arrives here as a reason, so nothing leaves uncounted, and everything
+/// that is not an explicit pass is `TC_ACT_SHOT` (fail closed).
+#[inline(always)]
+fn handle(ctx: &TcContext, dir: u8) -> i32 {
+    let v = match evaluate(ctx, dir) {
+        Ok(v) => v,
+        Err(reason) => Verdict::drop(reason),
+    };
+    stats::count(dir, v.reason, ctx.len());
+    if let Some(cfg) = CONFIG.get(0)
+        && cfg.flags & CFG_DEBUG_LOG != 0
+    {
+        debug!(
+            ctx,
+            "dir={} ifindex={} reason={} rule={}",
+            dir,
+            ifindex(ctx),
+            v.reason.0,
+            v.rule_ref
+        );
+    }
+    if v.is_drop() { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer the kernel passed to this program.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Whether the packet's source is one of the endpoint's own addresses (per family it has).
+#[inline(always)]
+fn own_source(ep: &EndpointInfo, t: &Tuple) -> bool {
+    if t.family == FAMILY_V4 {
+        ep.flags & EP_HAS_V4 != 0
+            && u32::from_ne_bytes([t.saddr[0], t.saddr[1], t.saddr[2], t.saddr[3]])
+                == u32::from_ne_bytes(ep.ipv4_be)
+    } else {
+        ep.flags & EP_HAS_V6 != 0 && addr_eq(&t.saddr, &ep.ipv6_be)
+    }
+}
+
+#[inline(always)]
+fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
+    let bit = if dir == DIR_INGRESS {
+        EP_INGRESS_ISOLATED
+    } else {
+        EP_EGRESS_ISOLATED
+    };
+    ep.flags & bit != 0
+}
+
+/// Evaluation order (`Err` = a verdict decided before `decide`: a drop reason, or `NEIGHBOR`):
+/// 1. Endpoint: `skb->ifindex` in `pal_ep_v1`; none => `NO_ENDPOINT`.
+/// 2. Parse L2/L3/L4 (`parse`): ARP and IPv6 neighbour discovery => `NEIGHBOR`; malformed =>
+///    `BAD_HEADER` / `UNKNOWN_L3` / `EXT_HEADERS_TOO_LONG`.
+/// 3. Fragments: a later fragment takes its ports from `pal_frag_v1`; unknown ports make it
+///    an untracked fragment (only all-ports rules can admit it).
+/// 4. Anti-spoofing (`from_pod` only): the source must be the pod's address.
+/// 5. Host peer: the peer address is in `pal_host_v1`.
+/// 6. Conntrack (skipped when 4 or 5 already decide): established, reply, related, or new.
+/// 7. Policy lookups, only when the verdict depends on them: a new flow, or a tracked flow
+///    admitted under another `policy_gen`, at an endpoint isolated in the direction the flow was
+///    admitted in. A re-check evaluates the flow as it was admitted (its conntrack key).
+/// 8. `decide` (palisade_common::decide) gives the verdict; then the state follows it: a
+///    passing new flow is tracked (and a first fragment's ports recorded), a tracked flow is
+///    refreshed (and re-stamped with the current policy), a flow the new policy forbids is
+///    forgotten.
+#[inline(always)]
+fn evaluate(ctx: &TcContext, dir: u8) -> Result<Verdict, Reason> {
+    let s = match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch entry; a TC program run is not preempted by another run
+        // on the same CPU.
+        Some(s) => unsafe { &mut *s },
+        None => return Err(Reason::INTERNAL_ERROR),
+    };
+
+    // 1.
+    // SAFETY: copied out, so a concurrent agent update cannot tear it mid-evaluation.
+    s.ep = match unsafe { ENDPOINTS.get(ifindex(ctx)) } {
+        Some(ep) => *ep,
+        None => return Err(Reason::NO_ENDPOINT),
+    };
+    let ep = &s.ep;
+
+    // 2.
+    s.pkt = Packet::ZERO;
+    let pkt = &mut s.pkt;
+    parse(ctx, dir, ep, pkt)?;
+
+    // 3.
+    let mut ports_known = true;
+    if pkt.frag == FRAG_LATER {
+        match conntrack::frag_ports(ep.ep_id, dir, pkt) {
+            Some((sp, dp)) => {
+                pkt.t.sport = sp;
+                pkt.t.dport = dp;
+            }
+            None => ports_known = false,
+        }
+    }
+
+    // 4.
+    let spoofed = dir == DIR_EGRESS && !own_source(ep, &pkt.t);
+
+    // 5.
+    let peer_is_host = !spoofed && {
+        let peer = if dir == DIR_INGRESS {
+            pkt.t.saddr
+        } else {
+            pkt.t.daddr
+        };
+        let hk = HostAddrKey {
+            family: pkt.t.family,
+            _pad: [0; 3],
+            addr_be: peer,
+        };
+        // SAFETY: presence check only.
+        unsafe { HOST_ADDRS.get(hk) }.is_some()
+    };
+    if spoofed || peer_is_host {
+        let f = Facts {
+            spoofed,
+            peer_is_host,
+            ct: CtMatch::New,
+            ct_current: false,
+            isolated: false,
+            allow_rule: 0,
+            untracked_fragment: false,
+        };
+        // Host traffic is not tracked: it passes whatever the conntrack table says.
+        return Ok(decide(&f));
+    }
+
+    // 6.
+    let now = conntrack::now();
+    let key = &mut s.key;
+    let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
+    let tracked = ct != CT_NEW;
+    // SAFETY: `value` is the live map value found by the lookup when `tracked`.
+    let ct_current = tracked && unsafe { (*value).policy_gen } == ep.policy_gen;
+
+    // 7. The question asked: the flow in the direction it was admitted (for a new flow, the
+    // packet itself; `key` holds it either way).
+    let cdir = key.dir;
+    let iso = isolated(ep, cdir);
+    let mut allow_rule = 0;
+    if iso && !ct_current {
+        let peer = if cdir == DIR_INGRESS {
+            &key.saddr_be
+        } else {
+            &key.daddr_be
+        };
+        allow_rule = policy::allow_rule(
+            ep.policy_id,
+            cdir,
+            key.family,
+            peer,
+            key.proto,
+            policy::policy_port(key.proto, key.dport_be),
+            ports_known || tracked,
+        );
+    }
+
+    // 8.
+    let f = Facts {
+        spoofed: false,
+        peer_is_host: false,
+        ct: conntrack::ct_match(ct),
+        ct_current,
+        isolated: iso,
+        allow_rule,
+        untracked_fragment: !ports_known,
+    };
+    let v = decide(&f);
+    if v.is_drop() {
+        if v.reason == Reason::POLICY_CHANGED {
+            conntrack::remove(key);
+        }
+        return Ok(v);
+    }
+    let closing = if pkt.t.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_CLOSING
+    } else {
+        0
+    };
+    if tracked {
+        // SAFETY: live map value (see above); plain stores, a racing packet of the same flow
+        // writes the same kind of values.
+        unsafe {
+            if !ct_current {
+                (*value).policy_gen = ep.policy_gen;
+                (*value).rule_ref = v.rule_ref;
+            }
+            if ct != CT_RELATED {
+                (*value).last_seen_ns = now;
+                let mut flags = (*value).flags | closing;
+                if ct == CT_REPLY {
+                    flags |= CT_SEEN_REPLY;
+                }
+                (*value).flags = flags;
+            }
+        }
+    } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
+        // ICMP errors and later fragments do not start flows.
+        conntrack::insert(key, now, ep.policy_gen, v.rule_ref, closing)
+            .map_err(|_| Reason::INTERNAL_ERROR)?;
+    }
+    if pkt.frag == FRAG_FIRST {
+        conntrack::frag_record(ep.ep_id, dir, pkt).map_err(|_| Reason::INTERNAL_ERROR)?;
+    }
+    Ok(v)
+}
+
+/// The object's license, as the kernel reads it. No GPL-only helper is used.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 11] = *b"Apache-2.0\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

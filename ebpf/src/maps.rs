@@ -1,0 +1,64 @@
+//! The object's maps. Names and capacities come from `palisade_common::maps`; every map is
+//! pinned by name (`PinningType::ByName`), so an agent that loads the object with
+//! `EbpfLoader::default_map_pin_directory` reuses the maps a previous agent pinned there
+//! (endpoints, policies and tracked flows survive an agent restart).
+//! The meaning of each key and value is documented on its type in `palisade_common`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use palisade_common::{
+    conntrack::{CtKey, CtValue, FragKey, FragValue},
+    endpoint::EndpointInfo,
+    maps::{CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, HOST_ADDRS_MAX, POLICY_MAX, PORTS_MAX},
+    policy::{PolicyKey, PolicyValue, PortKey, PortValue},
+    stats::{Config, Counter, HostAddrKey, STATS_SLOTS},
+};
+
+use crate::parse::Packet;
+
+/// Host-side veth ifindex -> endpoint. Written by the agent.
+#[map(name = "pal_ep_v1")]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0);
+
+/// (policy_id, dir, family, peer prefix) -> what is allowed with that peer. Written by the agent.
+#[map(name = "pal_pol_v1")]
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);
+
+/// (portset_id, proto, port prefix) -> first rule allowing it. Written by the agent.
+#[map(name = "pal_port_v1")]
+pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::pinned(PORTS_MAX, 0);
+
+/// Tracked flows. Written by the programs; LRU so a full table evicts the idlest flow.
+#[map(name = "pal_ct_v1")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+
+/// Ports of fragmented datagrams, recorded from their first fragment.
+#[map(name = "pal_frag_v1")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGMENTS_MAX, 0);
+
+/// Addresses of this node. Written by the agent.
+#[map(name = "pal_host_v1")]
+pub static HOST_ADDRS: HashMap<HostAddrKey, u32> = HashMap::pinned(HOST_ADDRS_MAX, 0);
+
+/// Packets and bytes per `stats_index(dir, reason)`.
+#[map(name = "pal_stat_v1")]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_SLOTS, 0);
+
+/// Datapath settings (one entry). Written by the agent.
+#[map(name = "pal_cfg_v1")]
+pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Per-CPU scratch space for the packet being evaluated. Not part of the ABI and not pinned.
+/// It keeps the large structures off the 512-byte BPF stack, and the verifier does not track
+/// map memory contents per path, which keeps verification short.
+#[repr(C)]
+pub struct Scratch {
+    pub ep: EndpointInfo,
+    pub pkt: Packet,
+    pub key: CtKey,
+}
+
+#[map(name = "pal_scratch")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,0 +1,346 @@
+//! Parsing a frame into the few integers the datapath decides on.
+//!
+//! Every field is read with `bpf_skb_load_bytes` (`TcContext::load`) at an offset computed from
+//! the headers before it, so non-linear skbs parse like linear ones and the verifier only sees
+//! bounded helper calls. Header fields stay integers: an unknown value is a value, never an
+//! invalid Rust enum.
+
+use aya_ebpf::programs::TcContext;
+use palisade_common::{
+    DIR_EGRESS, FAMILY_V4, FAMILY_V6,
+    endpoint::{EP_HAS_V4, EndpointInfo},
+    packet::{
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+        IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_SCTP, IPPROTO_TCP,
+        IPPROTO_UDP, MAX_IPV6_EXT_HEADERS,
+    },
+    verdict::Reason,
+};
+
+/// `Packet.frag`: not a fragment (or an IPv6 atomic fragment).
+pub const FRAG_NONE: u8 = 0;
+/// First fragment: offset 0, more-fragments set; carries the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// Any later fragment: no L4 header, ports come from `pal_frag_v1`.
+pub const FRAG_LATER: u8 = 2;
+
+/// TCP flag bits (byte 13 of the TCP header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+/// A flow's identity as carried by one packet. Addresses and ports in network byte order;
+/// IPv4 addresses use the first 4 bytes. ICMP echo messages carry their identifier in both
+/// ports; other protocols without ports use 0.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Tuple {
+    pub family: u8,
+    pub proto: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+impl Tuple {
+    pub const ZERO: Tuple = Tuple {
+        family: 0,
+        proto: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: [0; 2],
+        dport: [0; 2],
+    };
+}
+
+/// What the datapath knows about an IP packet after parsing. Lives in the per-CPU scratch
+/// map (`maps::SCRATCH`), not on the stack; flags are `u8` (0/1).
+#[repr(C)]
+pub struct Packet {
+    pub t: Tuple,
+    /// `FRAG_*`.
+    pub frag: u8,
+    /// IPv4 identification or IPv6 fragment identification (when `frag != FRAG_NONE`).
+    pub frag_id: u32,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
+    /// An ICMP error message (v4 types 3, 11, 12; v6 types 1-4).
+    pub icmp_error: u8,
+    /// The embedded packet of an ICMP error could be parsed into `inner`.
+    pub has_inner: u8,
+    /// Tuple of the packet embedded in an ICMP error, as it was sent.
+    pub inner: Tuple,
+}
+
+impl Packet {
+    pub const ZERO: Packet = Packet {
+        t: Tuple::ZERO,
+        frag: FRAG_NONE,
+        frag_id: 0,
+        tcp_flags: 0,
+        icmp_error: 0,
+        has_inner: 0,
+        inner: Tuple::ZERO,
+    };
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
+    ctx.load::<T>(off).map_err(|_| Reason::BAD_HEADER)
+}
+
+#[inline(always)]
+fn be16(b0: u8, b1: u8) -> u16 {
+    ((b0 as u16) << 8) | b1 as u16
+}
+
+/// Parses the frame into `pkt`.
+///
+/// `Err` carries a verdict decided by parsing alone: `NEIGHBOR` (ARP or IPv6 neighbour
+/// discovery, which passes) or a drop reason (`BAD_HEADER`, `UNKNOWN_L3`,
+/// `EXT_HEADERS_TOO_LONG`, `SPOOFED_SOURCE` for an ARP sender that is not the pod).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, dir: u8, ep: &EndpointInfo, pkt: &mut Packet) -> Result<(), Reason> {
+    let ethertype: [u8; 2] = load(ctx, 12)?;
+    let ethertype = be16(ethertype[0], ethertype[1]);
+    if ethertype == ETH_P_ARP {
+        return arp(ctx, dir, ep);
+    }
+    if ethertype == ETH_P_IP {
+        return ipv4(ctx, pkt);
+    }
+    if ethertype == ETH_P_IPV6 {
+        return ipv6(ctx, pkt);
+    }
+    Err(Reason::UNKNOWN_L3)
+}
+
+/// ARP passes (the pod resolves its gateway). Leaving the pod, an ARP packet whose sender
+/// protocol address is neither the pod's IPv4 address nor 0.0.0.0 (an RFC 5227 probe) is a
+/// spoofing attempt on the node's neighbour table.
+#[inline(always)]
+fn arp(ctx: &TcContext, dir: u8, ep: &EndpointInfo) -> Result<(), Reason> {
+    // Fixed part for Ethernet/IPv4: hw type, proto type, hlen, plen, op, sha[6], spa[4].
+    let spa: [u8; 4] = load(ctx, ETH_HLEN + 14)?;
+    if dir == DIR_EGRESS && ep.flags & EP_HAS_V4 != 0 {
+        let zero = spa == [0; 4];
+        if !zero && u32::from_ne_bytes(spa) != u32::from_ne_bytes(ep.ipv4_be) {
+            return Err(Reason::SPOOFED_SOURCE);
+        }
+    }
+    Err(Reason::NEIGHBOR)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
+    let h: [u8; 20] = load(ctx, ETH_HLEN)?;
+    if h[0] >> 4 != 4 {
+        return Err(Reason::BAD_HEADER);
+    }
+    let hlen = ((h[0] & 0x0f) as usize) * 4;
+    if hlen < 20 {
+        return Err(Reason::BAD_HEADER);
+    }
+    let total = be16(h[2], h[3]) as usize;
+    if total < hlen || ETH_HLEN + total > ctx.len() as usize {
+        return Err(Reason::BAD_HEADER);
+    }
+    let frag = be16(h[6], h[7]);
+    let offset = frag & 0x1fff;
+    let more = frag & 0x2000 != 0;
+    pkt.t.family = FAMILY_V4;
+    pkt.t.proto = h[9];
+    pkt.t.saddr[..4].copy_from_slice(&h[12..16]);
+    pkt.t.daddr[..4].copy_from_slice(&h[16..20]);
+    pkt.frag_id = be16(h[4], h[5]) as u32;
+    if offset != 0 {
+        pkt.frag = FRAG_LATER;
+        return Ok(());
+    }
+    if more {
+        pkt.frag = FRAG_FIRST;
+    }
+    l4(ctx, ETH_HLEN + hlen, pkt)
+}
+
+#[inline(always)]
+fn ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
+    let h: [u8; 40] = load(ctx, ETH_HLEN)?;
+    if h[0] >> 4 != 6 {
+        return Err(Reason::BAD_HEADER);
+    }
+    let payload = be16(h[4], h[5]) as usize;
+    if ETH_HLEN + 40 + payload > ctx.len() as usize {
+        return Err(Reason::BAD_HEADER);
+    }
+    pkt.t.family = FAMILY_V6;
+    pkt.t.saddr.copy_from_slice(&h[8..24]);
+    pkt.t.daddr.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut off = ETH_HLEN + 40;
+    // Walk at most MAX_IPV6_EXT_HEADERS extension headers; the header after them must be
+    // an upper-layer protocol.
+    let mut i = 0;
+    while i < MAX_IPV6_EXT_HEADERS {
+        i += 1;
+        if next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS {
+            let e: [u8; 2] = load(ctx, off)?;
+            next = e[0];
+            off += (e[1] as usize + 1) * 8;
+        } else if next == IPPROTO_AH {
+            let e: [u8; 2] = load(ctx, off)?;
+            next = e[0];
+            off += (e[1] as usize + 2) * 4;
+        } else if next == IPPROTO_FRAGMENT {
+            let e: [u8; 8] = load(ctx, off)?;
+            next = e[0];
+            off += 8;
+            let fo = be16(e[2], e[3]);
+            let offset = fo >> 3;
+            let more = fo & 1 != 0;
+            pkt.frag_id = u32::from_be_bytes([e[4], e[5], e[6], e[7]]);
+            if offset != 0 {
+                pkt.t.proto = next;
+                pkt.frag = FRAG_LATER;
+                return Ok(());
+            }
+            if more {
+                pkt.frag = FRAG_FIRST;
+            }
+        } else {
+            pkt.t.proto = next;
+            return l4(ctx, off, pkt);
+        }
+    }
+    if is_ipv6_ext(next) {
+        return Err(Reason::EXT_HEADERS_TOO_LONG);
+    }
+    pkt.t.proto = next;
+    l4(ctx, off, pkt)
+}
+
+#[inline(always)]
+fn is_ipv6_ext(next: u8) -> bool {
+    next == IPPROTO_HOPOPTS
+        || next == IPPROTO_ROUTING
+        || next == IPPROTO_DSTOPTS
+        || next == IPPROTO_FRAGMENT
+        || next == IPPROTO_AH
+}
+
+/// ICMPv4 error types that embed the offending packet: destination unreachable, time
+/// exceeded, parameter problem.
+#[inline(always)]
+fn icmp4_is_error(ty: u8) -> bool {
+    ty == 3 || ty == 11 || ty == 12
+}
+
+/// ICMPv6 error types: destination unreachable, packet too big, time exceeded, parameter
+/// problem.
+#[inline(always)]
+fn icmp6_is_error(ty: u8) -> bool {
+    (1..=4).contains(&ty)
+}
+
+/// Parses the L4 header at `off` for `pkt.t.proto`.
+#[inline(always)]
+fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
+    let proto = pkt.t.proto;
+    if proto == IPPROTO_TCP {
+        let h: [u8; 20] = load(ctx, off)?;
+        if h[12] >> 4 < 5 {
+            return Err(Reason::BAD_HEADER);
+        }
+        pkt.t.sport = [h[0], h[1]];
+        pkt.t.dport = [h[2], h[3]];
+        pkt.tcp_flags = h[13];
+    } else if proto == IPPROTO_UDP {
+        let h: [u8; 8] = load(ctx, off)?;
+        pkt.t.sport = [h[0], h[1]];
+        pkt.t.dport = [h[2], h[3]];
+    } else if proto == IPPROTO_SCTP {
+        let h: [u8; 12] = load(ctx, off)?;
+        pkt.t.sport = [h[0], h[1]];
+        pkt.t.dport = [h[2], h[3]];
+    } else if proto == IPPROTO_ICMP {
+        let h: [u8; 8] = load(ctx, off)?;
+        let ty = h[0];
+        if ty == 8 || ty == 0 {
+            pkt.t.sport = [h[4], h[5]];
+            pkt.t.dport = [h[4], h[5]];
+        } else if icmp4_is_error(ty) {
+            pkt.icmp_error = 1;
+            pkt.has_inner = inner_v4(ctx, off + 8, &mut pkt.inner) as u8;
+        }
+    } else if proto == IPPROTO_ICMPV6 {
+        let h: [u8; 8] = load(ctx, off)?;
+        let ty = h[0];
+        if (133..=137).contains(&ty) {
+            // Router solicitation/advertisement, neighbour solicitation/advertisement,
+            // redirect: the pod's link to its gateway.
+            return Err(Reason::NEIGHBOR);
+        }
+        if ty == 128 || ty == 129 {
+            pkt.t.sport = [h[4], h[5]];
+            pkt.t.dport = [h[4], h[5]];
+        } else if icmp6_is_error(ty) {
+            pkt.icmp_error = 1;
+            pkt.has_inner = inner_v6(ctx, off + 8, &mut pkt.inner) as u8;
+        }
+    }
+    Ok(())
+}
+
+/// Ports of the L4 header embedded in an ICMP error (only its first 8 bytes are guaranteed).
+#[inline(always)]
+fn inner_ports(ctx: &TcContext, off: usize, t: &mut Tuple) -> bool {
+    let Ok(h) = ctx.load::<[u8; 8]>(off) else {
+        return false;
+    };
+    let p = t.proto;
+    if p == IPPROTO_TCP || p == IPPROTO_UDP || p == IPPROTO_SCTP {
+        t.sport = [h[0], h[1]];
+        t.dport = [h[2], h[3]];
+    } else if (p == IPPROTO_ICMP && (h[0] == 8 || h[0] == 0))
+        || (p == IPPROTO_ICMPV6 && (h[0] == 128 || h[0] == 129))
+    {
+        t.sport = [h[4], h[5]];
+        t.dport = [h[4], h[5]];
+    }
+    true
+}
+
+/// Parses the IPv4 packet embedded in an ICMP error. `false` when it is truncated or
+/// malformed: the error then relates to no flow.
+#[inline(always)]
+fn inner_v4(ctx: &TcContext, off: usize, t: &mut Tuple) -> bool {
+    let Ok(h) = ctx.load::<[u8; 20]>(off) else {
+        return false;
+    };
+    let hlen = ((h[0] & 0x0f) as usize) * 4;
+    if h[0] >> 4 != 4 || hlen < 20 {
+        return false;
+    }
+    t.family = FAMILY_V4;
+    t.proto = h[9];
+    t.saddr[..4].copy_from_slice(&h[12..16]);
+    t.daddr[..4].copy_from_slice(&h[16..20]);
+    inner_ports(ctx, off + hlen, t)
+}
+
+/// Parses the IPv6 packet embedded in an ICMPv6 error. Extension headers in the embedded
+/// packet are not walked: such an error relates to no flow.
+#[inline(always)]
+fn inner_v6(ctx: &TcContext, off: usize, t: &mut Tuple) -> bool {
+    let Ok(h) = ctx.load::<[u8; 40]>(off) else {
+        return false;
+    };
+    if h[0] >> 4 != 6 || is_ipv6_ext(h[6]) {
+        return false;
+    }
+    t.family = FAMILY_V6;
+    t.proto = h[6];
+    t.saddr.copy_from_slice(&h[8..24]);
+    t.daddr.copy_from_slice(&h[24..40]);
+    inner_ports(ctx, off + 40, t)
+}

@@ -1,0 +1,588 @@
+//! Loading the datapath object, seeding its maps, running crafted frames through it
+//! (`BPF_PROG_TEST_RUN`) and attaching it to a veth.
+//!
+//! Tier 1 (no namespace): [`Datapath::load`] loads `target/bpf/palisade.bpf.o` with its maps
+//! pinned in a private bpffs instance ([`BpffsMount`], unmounted on drop), so parallel tests
+//! never share a map. [`Datapath::run`] runs `to_pod`/`from_pod` on a frame and returns the
+//! TC action and the reason the program counted. `BPF_PROG_TEST_RUN` without a context runs
+//! the program on an skb whose device is the caller's loopback (the kernel's
+//! `bpf_prog_test_run_skb` only looks a device up when `ctx_in.ifindex > 1`), so
+//! `skb->ifindex` is [`TEST_RUN_IFINDEX`]: seed the endpoint under that key.
+//!
+//! Tier 2: [`attach_pod_programs`] attaches both programs to a host-side veth inside a
+//! network namespace, the way the agent does.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
+};
+use palisade_common::{
+    DIR_EGRESS, DIR_INGRESS,
+    conntrack::{CtKey, CtValue},
+    endpoint::EndpointInfo,
+    maps::{self, PROG_FROM_POD, PROG_TO_POD},
+    policy::{PolicyKey, PolicyValue, PortKey, PortValue},
+    stats::{Config, Counter, HostAddrKey, stats_index},
+    verdict::Reason,
+};
+
+/// `skb->ifindex` seen by a program run through `BPF_PROG_TEST_RUN` without a context: the
+/// loopback device of the caller's namespace.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// TC actions the programs return.
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+
+/// A private bpffs instance mounted on a temporary directory; unmounted (lazily, so an open
+/// pin never blocks it) and removed on drop.
+pub struct BpffsMount {
+    dir: tempfile::TempDir,
+}
+
+impl BpffsMount {
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(crate::TEST_PREFIX)
+            .tempdir()
+            .context("creating a temp dir for bpffs")?;
+        nix::mount::mount(
+            Some("bpf"),
+            dir.path(),
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting bpffs on {}", dir.path().display()))?;
+        Ok(BpffsMount { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("unmounting bpffs {}: {e}", self.dir.path().display());
+        }
+    }
+}
+
+/// Which program a frame runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prog {
+    /// `to_pod`, `DIR_INGRESS`.
+    ToPod,
+    /// `from_pod`, `DIR_EGRESS`.
+    FromPod,
+}
+
+impl Prog {
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::ToPod => PROG_TO_POD,
+            Prog::FromPod => PROG_FROM_POD,
+        }
+    }
+    pub fn dir(self) -> u8 {
+        match self {
+            Prog::ToPod => DIR_INGRESS,
+            Prog::FromPod => DIR_EGRESS,
+        }
+    }
+}
+
+/// What a program run returned: the TC action and the reason it counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: u32,
+    pub reason: Reason,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.action == TC_ACT_OK
+    }
+}
+
+/// The loaded object with both programs loaded into the kernel (verified) and its maps.
+/// Field order matters: the object (maps, programs) is dropped before the bpffs it pins in.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pins: BpffsMount,
+}
+
+/// Smaller preallocated tables than production, so parallel tests stay light.
+const TEST_CT_ENTRIES: u32 = 4096;
+const TEST_FRAG_ENTRIES: u32 = 1024;
+
+impl Datapath {
+    /// Loads the object at [`crate::bpf_object`] with maps pinned in a fresh private bpffs.
+    pub fn load() -> Result<Self> {
+        let pins = BpffsMount::new()?;
+        Self::load_pinned(pins)
+    }
+
+    /// Loads the object pinning its maps in `pins` (maps already pinned there are reused, as
+    /// across agent restarts).
+    pub fn load_pinned(pins: BpffsMount) -> Result<Self> {
+        let object = crate::bpf_object();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.path())
+            .map_max_entries(maps::CONNTRACK, TEST_CT_ENTRIES)
+            .map_max_entries(maps::FRAGMENTS, TEST_FRAG_ENTRIES)
+            .load_file(&object)
+            .with_context(|| {
+                format!(
+                    "loading {} (built by `cargo xtask build-ebpf`)",
+                    object.display()
+                )
+            })?;
+        for name in [PROG_TO_POD, PROG_FROM_POD] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()
+                .with_context(|| format!("{name} is not a classifier"))?;
+            prog.load()
+                .with_context(|| format!("loading (verifying) {name}"))?;
+        }
+        Ok(Datapath { ebpf, pins })
+    }
+
+    /// The bpffs the maps are pinned in.
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// Unloads the object and hands back its bpffs (with the pinned maps still in it).
+    pub fn into_pins(self) -> BpffsMount {
+        let Datapath { ebpf, pins } = self;
+        drop(ebpf);
+        pins
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    pub fn set_endpoint(&mut self, ifindex: u32, ep: EndpointInfo) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, EndpointInfo> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
+        m.insert(ifindex, ep, 0).context("writing pal_ep_v1")?;
+        Ok(())
+    }
+
+    pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<()> {
+        let mut m: HashMap<&mut MapData, u32, EndpointInfo> =
+            HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
+        m.remove(&ifindex).context("deleting from pal_ep_v1")?;
+        Ok(())
+    }
+
+    /// Adds a `pal_pol_v1` entry; `prefixlen` is the full LPM prefix length
+    /// (`policy_prefixlen(addr_bits)`).
+    pub fn add_policy(&mut self, prefixlen: u32, key: PolicyKey, value: PolicyValue) -> Result<()> {
+        let mut m: LpmTrie<&mut MapData, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(self.map_mut(maps::POLICY)?)?;
+        m.insert(&Key::new(prefixlen, key), value, 0)
+            .context("writing pal_pol_v1")?;
+        Ok(())
+    }
+
+    pub fn add_port(&mut self, prefixlen: u32, key: PortKey, value: PortValue) -> Result<()> {
+        let mut m: LpmTrie<&mut MapData, PortKey, PortValue> =
+            LpmTrie::try_from(self.map_mut(maps::PORTS)?)?;
+        m.insert(&Key::new(prefixlen, key), value, 0)
+            .context("writing pal_port_v1")?;
+        Ok(())
+    }
+
+    pub fn add_host(&mut self, key: HostAddrKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, HostAddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::HOST_ADDRS)?)?;
+        m.insert(key, 1, 0).context("writing pal_host_v1")?;
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<()> {
+        let mut m: Array<&mut MapData, Config> = Array::try_from(self.map_mut(maps::CONFIG)?)?;
+        m.set(0, cfg, 0).context("writing pal_cfg_v1")?;
+        Ok(())
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        let m: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(self.map(maps::CONNTRACK)?)?;
+        m.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading pal_ct_v1")
+    }
+
+    /// The (direction, reason) counter summed over CPUs.
+    pub fn counter(&self, dir: u8, reason: Reason) -> Result<Counter> {
+        let m: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(self.map(maps::STATS)?)?;
+        let per_cpu = m
+            .get(&stats_index(dir, reason.0), 0)
+            .context("reading pal_stat_v1")?;
+        Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        }))
+    }
+
+    fn packet_counts(&self, dir: u8) -> Result<Vec<u64>> {
+        Reason::ALL
+            .iter()
+            .map(|r| self.counter(dir, *r).map(|c| c.packets))
+            .collect()
+    }
+
+    /// Runs `frame` through `prog` once: the returned TC action, and the one reason whose
+    /// counter moved (an error if none or several did).
+    pub fn run(&self, prog: Prog, frame: &[u8]) -> Result<Outcome> {
+        let before = self.packet_counts(prog.dir())?;
+        let action = self.run_raw(prog, frame)?;
+        let after = self.packet_counts(prog.dir())?;
+        let moved: Vec<Reason> = Reason::ALL
+            .iter()
+            .zip(before.iter().zip(after.iter()))
+            .filter(|(_, (b, a))| a != b)
+            .map(|(r, _)| *r)
+            .collect();
+        match moved.as_slice() {
+            [reason] => Ok(Outcome {
+                action,
+                reason: *reason,
+            }),
+            _ => bail!(
+                "{} counted {:?} for one frame (action {action})",
+                prog.name(),
+                moved.iter().map(|r| r.name()).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Runs `frame` through `prog` once and returns the TC action only.
+    pub fn run_raw(&self, prog: Prog, frame: &[u8]) -> Result<u32> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog.name())
+            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let res = p
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
+        Ok(res.return_value)
+    }
+
+    /// (verified instructions, translated bytes) of a loaded program, as the kernel reports.
+    pub fn program_size(&self, prog: Prog) -> Result<(Option<u32>, Option<u32>)> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog.name())
+            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
+            .try_into()?;
+        let info = p.info()?;
+        Ok((info.verified_instruction_count(), info.size_translated()))
+    }
+}
+
+/// Attaches `to_pod` (TC egress) and `from_pod` (TC ingress) of a loaded [`Datapath`] object
+/// to the host-side veth `host_veth`, which lives in the network namespace at `netns`
+/// (`/run/netns/<name>`, or `/proc/<pid>/ns/net`).
+///
+/// The attachment runs on a fresh OS thread that enters `netns` and exits afterwards, so the
+/// caller's namespace is untouched. On Linux >= 6.6 aya attaches through TCX links (no
+/// qdisc needed): the links belong to the programs, are detached when `ebpf` is dropped, and
+/// dropping them does not depend on the dropping thread's namespace. On older kernels aya
+/// falls back to netlink, which needs the `clsact` qdisc, added here first.
+pub fn attach_pod_programs(ebpf: &mut Ebpf, netns: &Path, host_veth: &str) -> Result<()> {
+    let ns = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    let netns_shown = netns.display().to_string();
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {netns_shown}"))?;
+            let tcx = aya::util::KernelVersion::current()
+                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                .unwrap_or(false);
+            if !tcx {
+                aya::programs::tc::qdisc_add_clsact(host_veth)
+                    .with_context(|| format!("adding clsact to {host_veth}"))?;
+            }
+            for (name, hook) in [
+                (PROG_TO_POD, TcAttachType::Egress),
+                (PROG_FROM_POD, TcAttachType::Ingress),
+            ] {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("program {name} missing"))?
+                    .try_into()?;
+                prog.attach(host_veth, hook)
+                    .with_context(|| format!("attaching {name} to {host_veth} {hook:?}"))?;
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow!("attach thread panicked"))?
+    })
+}
+
+/// Crafting frames. Checksums are left zero: the datapath never checks them.
+pub mod frame {
+    use palisade_common::packet::{ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6};
+
+    pub const POD_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+    /// Ethernet frame around `payload`.
+    pub fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(14 + payload.len());
+        f.extend_from_slice(&GW_MAC);
+        f.extend_from_slice(&POD_MAC);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut h = vec![0u8; 20];
+        h[0..2].copy_from_slice(&sport.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        h[12] = 5 << 4;
+        h[13] = flags;
+        h
+    }
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_ACK: u8 = 0x10;
+    pub const TCP_FIN: u8 = 0x01;
+
+    pub fn udp(sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
+        let mut h = vec![0u8; 8 + payload_len];
+        h[0..2].copy_from_slice(&sport.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        h[4..6].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        h
+    }
+
+    pub fn sctp(sport: u16, dport: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 12];
+        h[0..2].copy_from_slice(&sport.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        h
+    }
+
+    /// ICMP (`v6 == false`) or ICMPv6 echo request/reply.
+    pub fn echo(v6: bool, request: bool, id: u16) -> Vec<u8> {
+        let ty = match (v6, request) {
+            (false, true) => 8,
+            (false, false) => 0,
+            (true, true) => 128,
+            (true, false) => 129,
+        };
+        let mut h = vec![ty, 0, 0, 0];
+        h.extend_from_slice(&id.to_be_bytes());
+        h.extend_from_slice(&1u16.to_be_bytes());
+        h
+    }
+
+    /// ICMP/ICMPv6 message of `ty` whose body is `embedded` (an IP packet for errors).
+    pub fn icmp(ty: u8, code: u8, embedded: &[u8]) -> Vec<u8> {
+        let mut h = vec![ty, code, 0, 0, 0, 0, 0, 0];
+        h.extend_from_slice(embedded);
+        h
+    }
+
+    /// IPv4 header fields that tests vary.
+    #[derive(Clone, Debug)]
+    pub struct V4 {
+        pub src: [u8; 4],
+        pub dst: [u8; 4],
+        pub proto: u8,
+        pub id: u16,
+        /// Fragment offset in 8-byte units.
+        pub frag_offset: u16,
+        pub more_fragments: bool,
+        /// IHL in 32-bit words (5 without options).
+        pub ihl: u8,
+        /// Overrides the computed total length.
+        pub total_len: Option<u16>,
+    }
+
+    impl V4 {
+        pub fn new(src: [u8; 4], dst: [u8; 4], proto: u8) -> Self {
+            V4 {
+                src,
+                dst,
+                proto,
+                id: 0x1234,
+                frag_offset: 0,
+                more_fragments: false,
+                ihl: 5,
+                total_len: None,
+            }
+        }
+
+        /// The IPv4 packet (no Ethernet header) carrying `l4`.
+        pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
+            let hlen = (self.ihl.max(5) as usize) * 4;
+            let mut h = vec![0u8; hlen];
+            h[0] = 0x40 | (self.ihl & 0x0f);
+            let total = self.total_len.unwrap_or((hlen + l4.len()) as u16);
+            h[2..4].copy_from_slice(&total.to_be_bytes());
+            h[4..6].copy_from_slice(&self.id.to_be_bytes());
+            let frag = (self.frag_offset & 0x1fff) | if self.more_fragments { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&frag.to_be_bytes());
+            h[8] = 64;
+            h[9] = self.proto;
+            h[12..16].copy_from_slice(&self.src);
+            h[16..20].copy_from_slice(&self.dst);
+            h.extend_from_slice(l4);
+            h
+        }
+
+        /// The Ethernet frame carrying `l4`.
+        pub fn frame(&self, l4: &[u8]) -> Vec<u8> {
+            eth(ETH_P_IP, &self.packet(l4))
+        }
+    }
+
+    /// An IPv6 extension header: `kind` is its protocol number (0 hop-by-hop, 43 routing,
+    /// 60 destination options, 51 AH); `len8` its length in 8-byte units beyond the first.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Ext {
+        pub kind: u8,
+        pub len8: u8,
+    }
+
+    /// IPv6 fragment header fields.
+    #[derive(Clone, Copy, Debug)]
+    pub struct V6Frag {
+        pub offset: u16,
+        pub more: bool,
+        pub id: u32,
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct V6 {
+        pub src: [u8; 16],
+        pub dst: [u8; 16],
+        pub proto: u8,
+        pub ext: Vec<Ext>,
+        /// A fragment header after `ext`.
+        pub frag: Option<V6Frag>,
+        /// Overrides the computed payload length.
+        pub payload_len: Option<u16>,
+    }
+
+    impl V6 {
+        pub fn new(src: [u8; 16], dst: [u8; 16], proto: u8) -> Self {
+            V6 {
+                src,
+                dst,
+                proto,
+                ext: Vec::new(),
+                frag: None,
+                payload_len: None,
+            }
+        }
+
+        pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
+            // Chain: ext..., [fragment], upper layer.
+            let mut kinds: Vec<u8> = self.ext.iter().map(|e| e.kind).collect();
+            if self.frag.is_some() {
+                kinds.push(44);
+            }
+            kinds.push(self.proto);
+            let mut body = Vec::new();
+            for (i, e) in self.ext.iter().enumerate() {
+                let next = kinds[i + 1];
+                let (len_field, total) = if e.kind == 51 {
+                    // AH: length in 4-byte units minus 2.
+                    let total = 8 * (e.len8 as usize + 1);
+                    ((total / 4 - 2) as u8, total)
+                } else {
+                    (e.len8, 8 * (e.len8 as usize + 1))
+                };
+                let mut h = vec![0u8; total];
+                h[0] = next;
+                h[1] = len_field;
+                body.extend_from_slice(&h);
+            }
+            if let Some(f) = self.frag {
+                let mut h = vec![0u8; 8];
+                h[0] = self.proto;
+                let fo = (f.offset << 3) | u16::from(f.more);
+                h[2..4].copy_from_slice(&fo.to_be_bytes());
+                h[4..8].copy_from_slice(&f.id.to_be_bytes());
+                body.extend_from_slice(&h);
+            }
+            body.extend_from_slice(l4);
+            let mut p = vec![0u8; 40];
+            p[0] = 0x60;
+            let plen = self.payload_len.unwrap_or(body.len() as u16);
+            p[4..6].copy_from_slice(&plen.to_be_bytes());
+            p[6] = kinds[0];
+            p[7] = 64;
+            p[8..24].copy_from_slice(&self.src);
+            p[24..40].copy_from_slice(&self.dst);
+            p.extend_from_slice(&body);
+            p
+        }
+
+        pub fn frame(&self, l4: &[u8]) -> Vec<u8> {
+            eth(ETH_P_IPV6, &self.packet(l4))
+        }
+    }
+
+    /// An ARP request from `sender` asking for `target`.
+    pub fn arp(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+        let mut a = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+        a.extend_from_slice(&POD_MAC);
+        a.extend_from_slice(&sender);
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&target);
+        eth(ETH_P_ARP, &a)
+    }
+
+    /// An IPv6 neighbour solicitation (ICMPv6 type 135) from `src`.
+    pub fn neighbour_solicitation(src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+        let mut body = vec![0u8; 4];
+        body.extend_from_slice(&target);
+        let l4 = icmp(135, 0, &body);
+        let dst = [
+            0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, target[13], target[14], target[15],
+        ];
+        V6::new(src, dst, IPPROTO_ICMPV6).frame(&l4)
+    }
+
+    /// Shorthand: an IPv4 frame with an ICMP echo request.
+    pub fn ping4(src: [u8; 4], dst: [u8; 4], id: u16) -> Vec<u8> {
+        V4::new(src, dst, IPPROTO_ICMP).frame(&echo(false, true, id))
+    }
+}
