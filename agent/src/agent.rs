@@ -14,7 +14,7 @@ use crate::applier::Applier;
 use crate::compile::{self, Compiled};
 use crate::datapath::Datapath;
 use crate::endpoints::{EndpointRecord, EpIds, RecordExt, read_records};
-use crate::source::{DirSource, Snapshot};
+use crate::source::{Snapshot, Source};
 use crate::status::{CounterRow, EndpointRow, Problem, Status};
 
 pub struct AgentConfig {
@@ -32,7 +32,7 @@ struct Local {
 
 pub struct Agent {
     cfg: AgentConfig,
-    source: DirSource,
+    source: Box<dyn Source>,
     snapshot: Snapshot,
     dp: Datapath,
     applier: Applier,
@@ -50,7 +50,7 @@ pub struct Agent {
 impl Agent {
     /// Opens the datapath (adopting pinned maps and links), reads the endpoint records and the
     /// source, and adopts what is pinned. Nothing is written before the first `reconcile`.
-    pub fn start(cfg: AgentConfig, source: DirSource) -> anyhow::Result<Self> {
+    pub fn start(cfg: AgentConfig, source: Box<dyn Source>) -> anyhow::Result<Self> {
         use anyhow::Context;
         let dp = Datapath::open(&cfg.object, &cfg.bpffs)
             .with_context(|| format!("opening datapath from {}", cfg.object.display()))?;
@@ -102,13 +102,14 @@ impl Agent {
         Ok(agent)
     }
 
-    pub fn source_dir(&self) -> PathBuf {
-        self.source.dir().to_path_buf()
+    /// Woken when the source may have changed.
+    pub fn source_changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.source.changes()
     }
 
     /// Reads the source; marks dirty when it changed.
     pub fn rescan(&mut self) {
-        match self.source.rescan() {
+        match self.source.poll() {
             Ok(Some(snap)) => {
                 for p in &snap.problems {
                     tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);

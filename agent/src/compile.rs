@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED};
 use palisade_policy as policy;
@@ -38,51 +37,6 @@ fn to_problem(p: &policy::Problem) -> Problem {
         object: p.object.clone(),
         field: p.field.clone(),
         message: p.message.clone(),
-    }
-}
-
-fn pod_info(p: &Pod) -> policy::PodInfo {
-    let spec = p.spec.as_ref();
-    let mut ips: Vec<IpAddr> = Vec::new();
-    if let Some(st) = &p.status {
-        for ip in st.pod_ips.iter().flatten() {
-            if let Ok(a) = ip.ip.parse() {
-                ips.push(a);
-            }
-        }
-        if ips.is_empty()
-            && let Some(a) = st.pod_ip.as_ref().and_then(|s| s.parse().ok())
-        {
-            ips.push(a);
-        }
-    }
-    let mut ports = Vec::new();
-    for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
-        for cp in c.ports.iter().flatten() {
-            let (Some(name), Ok(port)) = (&cp.name, u16::try_from(cp.container_port)) else {
-                continue;
-            };
-            let proto = cp.protocol.as_deref().unwrap_or("TCP");
-            if let Some(protocol) = policy::Protocol::from_k8s(proto) {
-                ports.push(policy::NamedPort {
-                    name: name.clone(),
-                    port,
-                    protocol,
-                });
-            }
-        }
-    }
-    policy::PodInfo {
-        namespace: p
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
-        name: p.metadata.name.clone().unwrap_or_default(),
-        labels: p.metadata.labels.clone().unwrap_or_default(),
-        ips,
-        ports,
-        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
     }
 }
 
@@ -116,7 +70,8 @@ impl Compiler {
             }
         }
         for (key, pod) in &snap.pods {
-            let mut info = pod_info(pod);
+            let (mut info, found) = policy::pod_info(pod);
+            problems.extend(found.iter().map(to_problem));
             // For pods on this node the CNI plugin's record is the authority on addresses.
             if let Some(r) = local_by_pod.get(key) {
                 info.ips = r.addrs();
@@ -179,8 +134,7 @@ impl Compiled {
         matches!(self.endpoints.get(&r.key()), Some(Some(_)))
     }
 
-    /// The endpoint as the maps should hold it. A pod the source does not know (yet) is
-    /// isolated both ways with nothing allowed: fail closed until its labels are known.
+    /// The endpoint as the maps should hold it.
     pub fn desired(
         &self,
         key: &str,
@@ -188,67 +142,8 @@ impl Compiled {
         ep_id: u32,
         r: &EndpointRecord,
     ) -> DesiredEndpoint {
-        let mut d = DesiredEndpoint {
-            ifindex,
-            ep_id,
-            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
-            ipv4_be: [0; 4],
-            ipv6_be: [0; 16],
-            entries: Entries::new(),
-        };
-        for a in r.addrs() {
-            match a {
-                IpAddr::V4(v4) => {
-                    d.flags |= EP_HAS_V4;
-                    d.ipv4_be = v4.octets();
-                }
-                IpAddr::V6(v6) => {
-                    d.flags |= EP_HAS_V6;
-                    d.ipv6_be = v6.octets();
-                }
-            }
-        }
-        let Some(Some(ep)) = self.endpoints.get(key) else {
-            return d;
-        };
-        d.flags &= !(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
-        if ep.ingress_isolated {
-            d.flags |= EP_INGRESS_ISOLATED;
-        }
-        if ep.egress_isolated {
-            d.flags |= EP_EGRESS_ISOLATED;
-        }
-        // Temporary port set ids, only to pair policy entries with their port set contents.
-        let mut sets: Vec<policy::PortSet> = Vec::new();
-        let raw = policy::policy_map_entries(ep, 0, |ps: &policy::PortSet| {
-            if let Some(i) = sets.iter().position(|s| s == ps) {
-                return i as u32 + 1;
-            }
-            sets.push(ps.clone());
-            sets.len() as u32
-        });
-        let contents: Vec<Arc<PortContent>> = sets
-            .iter()
-            .map(|ps| {
-                Arc::new(
-                    policy::port_map_entries(0, ps)
-                        .into_iter()
-                        .map(|(plen, key, v)| (plen, key, v.rule_ref))
-                        .collect(),
-                )
-            })
-            .collect();
-        for (plen, key, v) in raw {
-            let allow = if v.flags & palisade_common::policy::POL_ALL_PORTS != 0 {
-                Allow::All(v.rule_ref)
-            } else if v.portset_id == 0 {
-                Allow::Ports(Arc::new(PortContent::new()))
-            } else {
-                Allow::Ports(contents[v.portset_id as usize - 1].clone())
-            };
-            d.entries.insert((plen, key), allow);
-        }
-        d
+        let ep = self.endpoints.get(key).and_then(|e| e.as_deref());
+        desired_endpoint(ep, ifindex, ep_id, &r.addrs())
     }
 
     pub fn describe(&self, pod: &str, compiler: &Compiler) -> Option<String> {
@@ -258,4 +153,71 @@ impl Compiled {
             None => format!("{pod}: not in the source yet: everything denied except its node\n"),
         })
     }
+}
+
+/// The endpoint as the maps should hold it, from its compiled policy. `None` (a pod the source
+/// does not know yet) gives an endpoint isolated both ways with nothing allowed: fail closed
+/// until its labels are known.
+pub fn desired_endpoint(
+    ep: Option<&policy::EndpointPolicy>,
+    ifindex: u32,
+    ep_id: u32,
+    addrs: &[IpAddr],
+) -> DesiredEndpoint {
+    let mut d = DesiredEndpoint {
+        ifindex,
+        ep_id,
+        flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+        ipv4_be: [0; 4],
+        ipv6_be: [0; 16],
+        entries: Entries::new(),
+    };
+    for a in addrs {
+        match a {
+            IpAddr::V4(v4) => {
+                d.flags |= EP_HAS_V4;
+                d.ipv4_be = v4.octets();
+            }
+            IpAddr::V6(v6) => {
+                d.flags |= EP_HAS_V6;
+                d.ipv6_be = v6.octets();
+            }
+        }
+    }
+    let Some(ep) = ep else { return d };
+    d.flags &= !(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
+    if ep.ingress_isolated {
+        d.flags |= EP_INGRESS_ISOLATED;
+    }
+    if ep.egress_isolated {
+        d.flags |= EP_EGRESS_ISOLATED;
+    }
+    // Port sets numbered by first appearance, only to pair entries with their contents.
+    let mut contents: Vec<Arc<PortContent>> = Vec::new();
+    let mut by_set: BTreeMap<policy::PortSet, u32> = BTreeMap::new();
+    let raw = policy::policy_map_entries(ep, 0, |ps: &policy::PortSet| {
+        if let Some(id) = by_set.get(ps) {
+            return *id;
+        }
+        contents.push(Arc::new(
+            policy::port_map_entries(0, ps)
+                .into_iter()
+                .map(|(plen, key, v)| (plen, key, v.rule_ref))
+                .collect(),
+        ));
+        let id = contents.len() as u32;
+        by_set.insert(ps.clone(), id);
+        id
+    });
+    for (plen, key, v) in raw {
+        let allow = if v.flags & palisade_common::policy::POL_ALL_PORTS != 0 {
+            Allow::All(v.rule_ref)
+        } else if v.portset_id == 0 {
+            Allow::Ports(Arc::new(PortContent::new()))
+        } else {
+            Allow::Ports(contents[v.portset_id as usize - 1].clone())
+        };
+        d.entries.insert((plen, key), allow);
+    }
+    d
 }

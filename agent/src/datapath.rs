@@ -102,6 +102,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     // Kept alive: dropping the logger closes the log map (aya-log 0.3).
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    maps_dir: PathBuf,
     links_dir: PathBuf,
     pub maps: Maps,
 }
@@ -168,6 +169,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             _logger: logger,
+            maps_dir,
             links_dir,
             maps,
         })
@@ -273,6 +275,40 @@ impl Datapath {
                     out.push((i, c));
                 }
             }
+        }
+        out
+    }
+
+    /// Kernel memory of each pinned map, as the kernel accounts it (`memlock` in the map fd's
+    /// fdinfo; since Linux 6.4 this is the map's actual usage, e.g. the trie's nodes).
+    pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let names = [
+            maps::ENDPOINTS,
+            maps::POLICY,
+            maps::PORTS,
+            maps::CONNTRACK,
+            maps::FRAGMENTS,
+            maps::HOST_ADDRS,
+            maps::STATS,
+            maps::CONFIG,
+        ];
+        let mut out = Vec::new();
+        for name in names {
+            let Ok(info) = aya::maps::MapInfo::from_pin(self.maps_dir.join(name)) else {
+                continue;
+            };
+            let Ok(fd) = info.fd() else { continue };
+            let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            let bytes = std::fs::read_to_string(&fdinfo)
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("memlock:").map(|v| v.trim().parse().ok()))
+                        .flatten()
+                })
+                .unwrap_or(0);
+            out.push((name, bytes));
         }
         out
     }

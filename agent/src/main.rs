@@ -63,13 +63,14 @@ fn main() -> Result<()> {
         object: args.bpf_object,
         debug_log: args.bpf_debug_log,
     };
-    let agent = Agent::start(cfg, DirSource::new(dir))?;
+    let source = Box::new(DirSource::new(dir));
+    let resync = Duration::from_secs(args.resync_seconds.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(palisade_agent::run::run(
-        agent,
-        args.socket,
-        Duration::from_secs(args.resync_seconds.max(1)),
-    ))
+    rt.block_on(async move {
+        // Inside the runtime: the source's watcher is a task of it.
+        let agent = Agent::start(cfg, source)?;
+        palisade_agent::run::run(agent, args.socket, resync).await
+    })
 }

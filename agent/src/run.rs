@@ -1,46 +1,16 @@
 //! The agent's event loop: one task owns the `Agent`; the socket server and the source watcher
 //! send it work.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::Agent;
 use crate::api::{Request, Response};
-
-struct InotifyFd(Inotify);
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-fn watch(dir: &Path) -> Result<AsyncFd<InotifyFd>> {
-    let ino =
-        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
-    ino.add_watch(
-        dir,
-        AddWatchFlags::IN_CLOSE_WRITE
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_MOVED_FROM
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_CREATE
-            | AddWatchFlags::IN_MODIFY,
-    )
-    .with_context(|| format!("watching {}", dir.display()))?;
-    // SAFETY: the inotify fd is owned by the wrapper, which the AsyncFd owns for its whole
-    // lifetime; nothing else closes it.
-    let fd =
-        unsafe { AsyncFd::register_with_interest(InotifyFd(ino), tokio::io::Interest::READABLE) };
-    fd.map_err(|e| anyhow::anyhow!("registering inotify fd: {e}"))
-}
 
 type Job = (Request, oneshot::Sender<Response>);
 
@@ -102,7 +72,7 @@ pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<
         UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     let (tx, mut rx) = mpsc::channel::<Job>(64);
     tokio::spawn(serve(listener, tx));
-    let ino = watch(&agent.source_dir())?;
+    let changes = agent.source_changes();
     let mut tick = tokio::time::interval(resync);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!("ready: socket {}", socket.display());
@@ -114,14 +84,7 @@ pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<
                     tracing::debug!("client went away before the response");
                 }
             }
-            guard = ino.readable() => {
-                let mut guard = guard?;
-                // Drain the events; the rescan reads the whole directory anyway.
-                match guard.get_inner().0.read_events() {
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
-                    Err(e) => tracing::warn!("inotify: {e}"),
-                }
+            _ = changes.notified() => {
                 agent.rescan();
                 agent.reconcile();
             }

@@ -1,6 +1,4 @@
-//! Sources of cluster state. Today: a directory of Kubernetes YAML manifests
-//! (`--source dir:PATH`), watched with inotify. The Kubernetes API source comes next behind the
-//! same `Snapshot` type.
+//! `--source dir:PATH`: a directory of Kubernetes YAML manifests, watched with inotify.
 //!
 //! Nothing is lost on bad input: a file that does not parse keeps contributing the objects it
 //! held when it last parsed, and the parse error is reported as a problem naming the file and
@@ -10,35 +8,18 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde::Deserialize;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 
+use super::{Snapshot, Source, SourceError};
 use crate::status::Problem;
-
-/// Objects keyed by (namespace, name); namespaces by name.
-#[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    /// Increases by one every time the source's content changes.
-    pub generation: u64,
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<(String, String), Pod>,
-    pub policies: BTreeMap<(String, String), NetworkPolicy>,
-    /// Problems found while reading (files that do not parse, unknown kinds...).
-    pub problems: Vec<Problem>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("reading source directory {path}")]
-    ReadDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("unknown source {0:?}: expected dir:PATH")]
-    Unknown(String),
-}
 
 /// One parsed object of a manifest file.
 #[derive(Clone, Debug)]
@@ -55,6 +36,36 @@ pub struct DirSource {
     generation: u64,
     /// Last objects that parsed, per file.
     last_good: BTreeMap<PathBuf, Vec<Object>>,
+    changes: Arc<Notify>,
+    watching: bool,
+}
+
+impl Source for DirSource {
+    fn poll(&mut self) -> Result<Option<Snapshot>, SourceError> {
+        if !self.watching {
+            self.watch()?;
+        }
+        self.rescan()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn changes(&self) -> Arc<Notify> {
+        self.changes.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!("dir:{}", self.dir.display())
+    }
+}
+
+struct InotifyFd(Inotify);
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
 }
 
 impl DirSource {
@@ -64,6 +75,8 @@ impl DirSource {
             fingerprint: None,
             generation: 0,
             last_good: BTreeMap::new(),
+            changes: Arc::new(Notify::new()),
+            watching: false,
         }
     }
 
@@ -71,8 +84,54 @@ impl DirSource {
         &self.dir
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// Starts an inotify watch whose events wake `changes()`. Needs a tokio runtime; without
+    /// one (unit tests) the source is polled only.
+    fn watch(&mut self) -> Result<(), SourceError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        let err = |source: std::io::Error| SourceError::Watch {
+            path: dir.clone(),
+            source,
+        };
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| err(e.into()))?;
+        ino.add_watch(
+            &self.dir,
+            AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MODIFY,
+        )
+        .map_err(|e| err(e.into()))?;
+        // SAFETY: the inotify fd is owned by the wrapper, which the AsyncFd owns for its whole
+        // lifetime; nothing else closes it.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(InotifyFd(ino), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| err(e.into()))?;
+        let notify = self.changes.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut guard) = fd.readable().await else {
+                    return;
+                };
+                // Drain the events; the rescan reads the whole directory anyway.
+                match guard.get_inner().0.read_events() {
+                    Ok(_) => notify.notify_one(),
+                    Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                    Err(e) => {
+                        tracing::warn!("inotify: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        self.watching = true;
+        Ok(())
     }
 
     /// Reads the directory. Returns a new snapshot when its content changed since the last
