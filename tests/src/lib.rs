@@ -8,6 +8,8 @@
 //!   sweep of leftovers by name prefix runs at test start.
 
 pub mod bpf;
+
+pub mod lab;
 pub mod netns;
 
 use std::path::PathBuf;

@@ -5,6 +5,7 @@
 
 mod bench_cni;
 mod build;
+mod lab;
 mod test;
 
 use anyhow::Result;
@@ -31,6 +32,11 @@ enum Cmd {
     /// Benchmarks (root): `cargo xtask bench cni`.
     #[command(subcommand)]
     Bench(Bench),
+    /// The upstream NetworkPolicy model (x, y, z × a, b, c) in network namespaces: apply
+    /// manifests, print the reachability truth tables (root).
+    Lab(lab::LabArgs),
+    /// README's first command: the lab with no policy, a default deny, then an allow (root).
+    Demo(lab::DemoArgs),
 }
 
 #[derive(Subcommand)]
@@ -46,5 +52,7 @@ fn main() -> Result<()> {
         Cmd::Build(a) => build::build_all(&a).map(|_| ()),
         Cmd::Test(a) => test::run(&a),
         Cmd::Bench(Bench::Cni(a)) => bench_cni::run(&a),
+        Cmd::Lab(a) => lab::run_lab(&a),
+        Cmd::Demo(a) => lab::run_demo(&a),
     }
 }

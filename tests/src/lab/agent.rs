@@ -1,0 +1,306 @@
+//! One `palisade-agent` per lab node, run inside the node namespace with a private bpffs
+//! mount, and `palisadectl` to wait until the manifests directory is enforced.
+
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::LabError;
+
+/// Paths of the agent and palisadectl binaries.
+#[derive(Clone, Debug)]
+pub struct AgentBins {
+    pub agent: PathBuf,
+    pub ctl: PathBuf,
+    pub bpf_object: PathBuf,
+}
+
+impl AgentBins {
+    pub fn in_dir(bin_dir: &Path, bpf_object: PathBuf) -> Self {
+        AgentBins {
+            agent: bin_dir.join("palisade-agent"),
+            ctl: bin_dir.join("palisadectl"),
+            bpf_object,
+        }
+    }
+
+    /// Why the agent cannot run, or `None` when it looks usable: both binaries exist, the
+    /// agent's `--help` knows the flags the lab passes, and the eBPF object exists.
+    pub fn unusable_reason(&self) -> Option<String> {
+        for b in [&self.agent, &self.ctl] {
+            if !b.exists() {
+                return Some(format!("{} not found", b.display()));
+            }
+        }
+        let help = Command::new(&self.agent)
+            .arg("--help")
+            .stdin(Stdio::null())
+            .output();
+        match help {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                for flag in [
+                    "--source",
+                    "--bpffs",
+                    "--bpf-object",
+                    "--socket",
+                    "--node-name",
+                ] {
+                    if !text.contains(flag) {
+                        return Some(format!(
+                            "{} --help does not mention {flag} (not implemented yet?)",
+                            self.agent.display()
+                        ));
+                    }
+                }
+            }
+            Ok(o) => {
+                return Some(format!(
+                    "{} --help failed: {}",
+                    self.agent.display(),
+                    o.status
+                ));
+            }
+            Err(e) => return Some(format!("{} --help: {e}", self.agent.display())),
+        }
+        if !self.bpf_object.exists() {
+            return Some(format!(
+                "eBPF object {} not found",
+                self.bpf_object.display()
+            ));
+        }
+        None
+    }
+}
+
+/// A running agent; [`Agent::stop`] (or drop) ends it and unmounts its bpffs.
+pub struct Agent {
+    node: String,
+    child: Option<Child>,
+    socket: PathBuf,
+    bpffs: PathBuf,
+    mounted: bool,
+    log: PathBuf,
+    ctl: PathBuf,
+}
+
+/// How long the agent may take to open its socket.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Agent {
+    /// Mounts a private bpffs under `node_dir/bpffs`, starts the agent in `node_netns` and
+    /// waits (bounded) until its socket accepts connections.
+    pub fn start(
+        bins: &AgentBins,
+        node_netns: &str,
+        node_name: &str,
+        node_dir: &Path,
+        manifests: &Path,
+        state_dir: &Path,
+    ) -> Result<Agent, LabError> {
+        let bpffs = node_dir.join("bpffs");
+        std::fs::create_dir_all(&bpffs).map_err(|source| LabError::Io {
+            op: "creating bpffs mount point",
+            path: bpffs.clone(),
+            source,
+        })?;
+        mount(
+            Some("bpf"),
+            &bpffs,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| LabError::Mount {
+            path: bpffs.clone(),
+            source,
+        })?;
+        let socket = node_dir.join("agent.sock");
+        let log = node_dir.join("agent.log");
+        let mut agent = Agent {
+            node: node_name.to_string(),
+            child: None,
+            socket: socket.clone(),
+            bpffs: bpffs.clone(),
+            mounted: true,
+            log: log.clone(),
+            ctl: bins.ctl.clone(),
+        };
+        let log_file = File::create(&log).map_err(|source| LabError::Io {
+            op: "creating agent log",
+            path: log.clone(),
+            source,
+        })?;
+        let log_err = log_file.try_clone().map_err(|source| LabError::Io {
+            op: "duplicating agent log handle",
+            path: log.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", node_netns])
+            .arg(&bins.agent)
+            .arg("--source")
+            .arg(format!("dir:{}", manifests.display()))
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .arg("--bpf-object")
+            .arg(&bins.bpf_object)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--node-name")
+            .arg(node_name)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err);
+        // SAFETY: prctl is async-signal-safe. If the lab process dies without running its
+        // guards (SIGKILL), the kernel kills the agent too; the sweep removes the rest.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| LabError::Spawn {
+            cmd: format!("{cmd:?}"),
+            source,
+        })?;
+        agent.child = Some(child);
+        agent.wait_socket()?;
+        Ok(agent)
+    }
+
+    fn wait_socket(&mut self) -> Result<(), LabError> {
+        let start = Instant::now();
+        loop {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(LabError::Agent {
+                    node: self.node.clone(),
+                    what: format!("exited before opening its socket ({status})"),
+                    log: self.log_tail(),
+                });
+            }
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(LabError::Agent {
+                    node: self.node.clone(),
+                    what: format!(
+                        "socket {} not accepting connections after {READY_TIMEOUT:?}",
+                        self.socket.display()
+                    ),
+                    log: self.log_tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of the agent's log (for error messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String, LabError> {
+        let out = Command::new(&self.ctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LabError::Spawn {
+                cmd: format!("{} {args:?}", self.ctl.display()),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(LabError::Agent {
+                node: self.node.clone(),
+                what: format!(
+                    "palisadectl {} failed ({}): {}{}",
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                log: self.log_tail(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Blocks until the agent enforces the current contents of the manifests directory.
+    pub fn wait_synced(&self, timeout: Duration) -> Result<(), LabError> {
+        let secs = timeout.as_secs().max(1).to_string();
+        self.ctl(&["wait", "--timeout", &secs]).map(|_| ())
+    }
+
+    /// `palisadectl status` (JSON).
+    pub fn status(&self) -> Result<String, LabError> {
+        self.ctl(&["status"])
+    }
+
+    /// SIGTERM, a bounded wait, then SIGKILL; then unmounts the bpffs.
+    pub fn stop(&mut self) -> Result<(), LabError> {
+        if let Some(mut child) = self.child.take() {
+            let pid = Pid::from_raw(child.id() as i32);
+            if kill(pid, Signal::SIGTERM).is_ok() {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(5) {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            if let Ok(None) = child.try_wait() {
+                child.kill().map_err(|source| LabError::Spawn {
+                    cmd: format!("kill agent of {}", self.node),
+                    source,
+                })?;
+            }
+            child.wait().map_err(|source| LabError::Spawn {
+                cmd: format!("wait agent of {}", self.node),
+                source,
+            })?;
+        }
+        if self.mounted {
+            umount2(&self.bpffs, MntFlags::MNT_DETACH).map_err(|source| LabError::Mount {
+                path: self.bpffs.clone(),
+                source,
+            })?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("lab: stopping the agent of {}: {e}", self.node);
+        }
+    }
+}

@@ -1,0 +1,918 @@
+//! The lab: the upstream NetworkPolicy conformance model (namespaces x, y, z; pods a, b, c;
+//! TCP and UDP on 80 and 81) built from network namespaces, wired by the real `palisade` CNI
+//! plugin and enforced by `palisade-agent`, probed by pod IP. See docs/lab.md.
+//!
+//! ```no_run
+//! use palisade_tests::lab::{Family, Lab, LabConfig, Protocol, Reachability};
+//! let mut lab = Lab::start(LabConfig::default())?;
+//! lab.apply_yaml("deny", "kind: NetworkPolicy\n...")?;
+//! lab.wait_synced()?;
+//! let observed = lab.probe_all(&[80, 81], &Protocol::ALL, Family::V4)?;
+//! let mut expected = Reachability::all_reachable_like(&observed);
+//! expected.expect_all_ingress("x/a", false).allow_loopback();
+//! if let Some(diff) = expected.diff(&observed, true) { panic!("{diff}") }
+//! # Ok::<(), palisade_tests::lab::LabError>(())
+//! ```
+//!
+//! Layout of a lab `<id>` (`pltlab<pid>x<n>`):
+//! - node `i`: network namespace `<id>-n<i>` (Kubernetes node name `n<i>`), pod CIDRs
+//!   `10.244.<i>.0/24` and `fd00:10:244:<i>::/64`; files under `<tmp>/<id>/n<i>/` (CNI state,
+//!   agent socket, agent log, private bpffs mount);
+//! - pod `ns/name`: network namespace `<id>-<ns>-<name>`, container id the same;
+//! - with two nodes, a veth pair `ul0` joins the node namespaces (`192.168.254.<i+1>/24`,
+//!   `fd00:ffff::<i+1>/64`), each node routing the other's pod CIDRs through it;
+//! - manifests for the agents: `<tmp>/<id>/manifests/` (`00-model.yaml` + one file per
+//!   applied user manifest).
+//!
+//! Nothing is created in the root network namespace.
+
+mod agent;
+mod cni;
+pub mod model;
+pub mod netns;
+mod probe;
+pub mod reachability;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_yaml::Value;
+
+pub use agent::AgentBins;
+pub use model::{Model, ModelPod, PORTS};
+pub use reachability::{Case, Family, Peer, ProbeCase, Protocol, Reachability, TruthTable};
+
+use agent::Agent;
+use cni::NodeCni;
+use probe::{PodServer, Target};
+
+/// Every failed lab operation, with the object it concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the lab needs root (network namespaces, bpffs mounts, BPF programs)")]
+    NotRoot,
+    #[error("running {cmd}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{cmd} failed ({status}): {output}")]
+    Command {
+        cmd: String,
+        status: String,
+        output: String,
+    },
+    #[error("opening network namespace {}", path.display())]
+    OpenNetns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("entering network namespace {}", path.display())]
+    Setns {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("thread panicked: {what}")]
+    ThreadPanicked { what: String },
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mounting or unmounting bpffs at {}", path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("manifest {what}: {reason}")]
+    Manifest { what: String, reason: String },
+    #[error("{what} failed ({status}): {output}")]
+    Cni {
+        what: String,
+        status: String,
+        output: String,
+    },
+    #[error("agent of node {node}: {what}\n--- agent log (tail) ---\n{log}")]
+    Agent {
+        node: String,
+        what: String,
+        log: String,
+    },
+    #[error("the agent is required but cannot run: {reason}")]
+    AgentUnavailable { reason: String },
+    #[error("CNI plugin {} does not work (CNI VERSION failed)", path.display())]
+    PluginUnavailable { path: PathBuf },
+    #[error("starting servers in {pod_netns}")]
+    Server {
+        pod_netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("probing from {pod_netns}")]
+    Probe {
+        pod_netns: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("pod {pod} has no {family} address")]
+    NoAddress { pod: String, family: Family },
+    #[error("timed out after {after:?}: {what}")]
+    Timeout { what: String, after: Duration },
+}
+
+/// The stand-in CNI plugin (`stub_cni.py`) for lab tests while the real `palisade` binary does
+/// not work yet: same wiring contract, no agent call. `cargo xtask lab` never uses it.
+pub fn stub_plugin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/lab/stub_cni.py")
+}
+
+/// True when `plugin` answers CNI VERSION (exists and is more than a skeleton).
+pub fn plugin_works(plugin: &Path) -> bool {
+    cni::plugin_works(plugin)
+}
+
+/// Whether the lab runs the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentMode {
+    /// Run it when the binaries look usable, otherwise say why and run without.
+    #[default]
+    Auto,
+    /// Never: nothing is enforced, everything is reachable.
+    Off,
+    /// Run it; fail when it cannot run.
+    Required,
+}
+
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// Simulated nodes (1 or 2).
+    pub nodes: usize,
+    pub agent: AgentMode,
+    /// Where `palisade`, `palisade-agent` and `palisadectl` are.
+    pub bin_dir: PathBuf,
+    pub bpf_object: PathBuf,
+    /// The CNI plugin; `None` = `<bin_dir>/palisade`.
+    pub cni_plugin: Option<PathBuf>,
+    /// A probe that has not completed after this long counts as blocked.
+    pub probe_timeout: Duration,
+    /// Bound of `palisadectl wait`.
+    pub sync_timeout: Duration,
+    /// Parent of the lab's directory.
+    pub base_dir: PathBuf,
+    /// Progress lines on stderr.
+    pub verbose: bool,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        LabConfig {
+            nodes: 1,
+            agent: AgentMode::Auto,
+            bin_dir: crate::bin_dir(),
+            bpf_object: crate::bpf_object(),
+            cni_plugin: None,
+            probe_timeout: Duration::from_millis(1000),
+            sync_timeout: Duration::from_secs(30),
+            base_dir: std::env::temp_dir(),
+            verbose: false,
+        }
+    }
+}
+
+/// What the lab enforces with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `palisade-agent` runs on every node.
+    Enforcing,
+    /// No agent: nothing is enforced. Carries the reason.
+    NoAgent(String),
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Enforcing => f.write_str("enforcing: palisade-agent runs on every node"),
+            Mode::NoAgent(why) => write!(
+                f,
+                "NO AGENT ({why}): policies are not enforced, everything is reachable"
+            ),
+        }
+    }
+}
+
+/// A set of user manifests to apply.
+#[derive(Clone, Debug)]
+pub enum Manifests {
+    /// Every `*.yaml` / `*.yml` file of a directory (each one named by its file stem).
+    Dir(PathBuf),
+    /// One file (named by its stem).
+    File(PathBuf),
+    /// Inline YAML under a name (applying the same name again replaces it).
+    Yaml { name: String, text: String },
+}
+
+impl Manifests {
+    pub fn yaml(name: &str, text: &str) -> Self {
+        Manifests::Yaml {
+            name: name.to_string(),
+            text: text.to_string(),
+        }
+    }
+
+    /// (name, text) of every manifest file this stands for.
+    fn load(&self) -> Result<Vec<(String, String)>, LabError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| LabError::Io {
+                op: "reading manifest",
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let stem = |p: &Path| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "manifest".into())
+        };
+        match self {
+            Manifests::Yaml { name, text } => Ok(vec![(name.clone(), text.clone())]),
+            Manifests::File(p) => Ok(vec![(stem(p), read(p)?)]),
+            Manifests::Dir(d) => {
+                let entries = std::fs::read_dir(d).map_err(|source| LabError::Io {
+                    op: "listing manifests",
+                    path: d.clone(),
+                    source,
+                })?;
+                let mut files: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.is_file()
+                            && matches!(
+                                p.extension().and_then(|e| e.to_str()),
+                                Some("yaml" | "yml")
+                            )
+                    })
+                    .collect();
+                files.sort();
+                files.iter().map(|p| Ok((stem(p), read(p)?))).collect()
+            }
+        }
+    }
+}
+
+impl From<&Path> for Manifests {
+    fn from(p: &Path) -> Self {
+        if p.is_dir() {
+            Manifests::Dir(p.to_path_buf())
+        } else {
+            Manifests::File(p.to_path_buf())
+        }
+    }
+}
+
+impl From<PathBuf> for Manifests {
+    fn from(p: PathBuf) -> Self {
+        Manifests::from(p.as_path())
+    }
+}
+
+struct Node {
+    netns: String,
+    name: String,
+    cni: NodeCni,
+}
+
+struct PodRuntime {
+    netns: String,
+    container_id: String,
+    namespace: String,
+    name: String,
+    node: usize,
+    ips: Vec<IpAddr>,
+    server: Option<PodServer>,
+    /// CNI ADD succeeded, so teardown runs DEL.
+    added: bool,
+}
+
+/// A running lab; dropping it tears everything down (CNI DEL for every pod, agents stopped,
+/// bpffs unmounted, namespaces and files removed).
+pub struct Lab {
+    id: String,
+    dir: PathBuf,
+    config: LabConfig,
+    mode: Mode,
+    nodes: Vec<Node>,
+    agents: Vec<Agent>,
+    base: Model,
+    model: Model,
+    /// Applied user manifests by name, in name order.
+    user: BTreeMap<String, Vec<Value>>,
+    /// Pods that exist, by `ns/name`.
+    pods: BTreeMap<String, PodRuntime>,
+}
+
+/// Subnet of the two-node underlay.
+const UNDERLAY_V4: &str = "192.168.254";
+const UNDERLAY_V6: &str = "fd00:ffff:";
+
+impl Lab {
+    /// Builds the model (see the module doc) and waits until it is enforced.
+    pub fn start(config: LabConfig) -> Result<Lab, LabError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(LabError::NotRoot);
+        }
+        raise_fd_limit();
+        let swept = netns::sweep_orphans(&config.base_dir);
+        if config.verbose && !swept.is_empty() {
+            eprintln!("lab: swept leftovers of dead labs: {}", swept.join(", "));
+        }
+        let id = crate::unique_name("lab");
+        let dir = config.base_dir.join(&id);
+        let nodes_n = config.nodes.clamp(1, 2);
+        let plugin = config
+            .cni_plugin
+            .clone()
+            .unwrap_or_else(|| config.bin_dir.join("palisade"));
+        if !cni::plugin_works(&plugin) {
+            return Err(LabError::PluginUnavailable { path: plugin });
+        }
+        let bins = AgentBins::in_dir(&config.bin_dir, config.bpf_object.clone());
+        let mode = match config.agent {
+            AgentMode::Off => Mode::NoAgent("--no-agent".into()),
+            AgentMode::Auto => match bins.unusable_reason() {
+                None => Mode::Enforcing,
+                Some(r) => Mode::NoAgent(r),
+            },
+            AgentMode::Required => match bins.unusable_reason() {
+                None => Mode::Enforcing,
+                Some(reason) => return Err(LabError::AgentUnavailable { reason }),
+            },
+        };
+        let base = Model::upstream(nodes_n);
+        let mut lab = Lab {
+            id: id.clone(),
+            dir: dir.clone(),
+            mode,
+            nodes: Vec::new(),
+            agents: Vec::new(),
+            model: base.clone(),
+            base,
+            user: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            config,
+        };
+        // From here on, an error drops `lab`, which removes what was built so far.
+        lab.log(format_args!("lab {id}: {}", lab.mode));
+        mkdir(&lab.manifests_dir())?;
+        for i in 0..nodes_n {
+            let netns_name = format!("{id}-n{i}");
+            let node_dir = dir.join(model::node_name(i));
+            let state_dir = node_dir.join("state");
+            mkdir(&state_dir)?;
+            netns::add(&netns_name)?;
+            let enforcing = lab.mode == Mode::Enforcing;
+            lab.nodes.push(Node {
+                netns: netns_name.clone(),
+                name: model::node_name(i),
+                cni: NodeCni {
+                    plugin: plugin.clone(),
+                    node_netns: netns_name.clone(),
+                    pod_cidrs: vec![format!("10.244.{i}.0/24"), format!("fd00:10:244:{i}::/64")],
+                    state_dir,
+                    agent_socket: enforcing.then(|| node_dir.join("agent.sock")),
+                },
+            });
+            netns::in_netns(&netns_name, || -> Result<(), LabError> {
+                netns::write_sysctl("net.ipv4.ip_forward", "1")?;
+                netns::write_sysctl("net.ipv6.conf.all.forwarding", "1")
+            })??;
+        }
+        if nodes_n == 2 {
+            lab.build_underlay()?;
+        }
+        lab.write_model()?;
+        if lab.mode == Mode::Enforcing {
+            for i in 0..lab.nodes.len() {
+                let node_dir = dir.join(&lab.nodes[i].name);
+                let agent = Agent::start(
+                    &bins,
+                    &lab.nodes[i].netns,
+                    &lab.nodes[i].name,
+                    &node_dir,
+                    &lab.manifests_dir(),
+                    &lab.nodes[i].cni.state_dir,
+                )?;
+                lab.agents.push(agent);
+            }
+            lab.wait_synced()?;
+        }
+        lab.reconcile_pods()?;
+        lab.wait_synced()?;
+        lab.log(format_args!(
+            "lab {id}: {} pods on {} node(s) ready",
+            lab.pods.len(),
+            lab.nodes.len()
+        ));
+        Ok(lab)
+    }
+
+    fn log(&self, args: fmt::Arguments<'_>) {
+        if self.config.verbose {
+            eprintln!("{args}");
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    pub fn enforcing(&self) -> bool {
+        self.mode == Mode::Enforcing
+    }
+
+    /// The directory the agents read (`--source dir:`).
+    pub fn manifests_dir(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The model as currently applied (user Namespace/Pod objects folded in).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// `ns/name` of every pod, in table order.
+    pub fn pod_ids(&self) -> Vec<String> {
+        self.model.pod_ids()
+    }
+
+    /// Addresses the CNI plugin gave a pod.
+    pub fn pod_ips(&self, id: &str) -> Option<&[IpAddr]> {
+        self.pods.get(id).map(|p| p.ips.as_slice())
+    }
+
+    /// Network namespace name of a pod.
+    pub fn pod_netns(&self, id: &str) -> Option<&str> {
+        self.pods.get(id).map(|p| p.netns.as_str())
+    }
+
+    /// Network namespace names of the nodes.
+    pub fn node_netns(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.netns.as_str()).collect()
+    }
+
+    /// Paths of the agents' logs.
+    pub fn agent_logs(&self) -> Vec<&Path> {
+        self.agents.iter().map(|a| a.log_path()).collect()
+    }
+
+    /// `palisadectl status` of every node.
+    pub fn agent_status(&self) -> Result<Vec<String>, LabError> {
+        self.agents.iter().map(Agent::status).collect()
+    }
+
+    /// Applies user manifests: Namespace and Pod objects change the model (labels, added
+    /// pods, which are created right away); every other object goes to the agents. Call
+    /// [`Lab::wait_synced`] before probing.
+    pub fn apply(&mut self, manifests: impl Into<Manifests>) -> Result<(), LabError> {
+        for (name, text) in manifests.into().load()? {
+            let docs = model::split_documents(&name, &text)?;
+            self.user.insert(sanitize(&name), docs);
+        }
+        self.sync()
+    }
+
+    /// [`Lab::apply`] of inline YAML under `name`.
+    pub fn apply_yaml(&mut self, name: &str, yaml: &str) -> Result<(), LabError> {
+        self.apply(Manifests::yaml(name, yaml))
+    }
+
+    /// Removes the user manifest applied under `name` (a file's stem for files).
+    pub fn remove(&mut self, name: &str) -> Result<(), LabError> {
+        self.user.remove(&sanitize(name));
+        self.sync()
+    }
+
+    /// Removes every user manifest: back to the bare model.
+    pub fn clear(&mut self) -> Result<(), LabError> {
+        self.user.clear();
+        self.sync()
+    }
+
+    /// Blocks until every agent enforces the current manifests (`palisadectl wait`); a no-op
+    /// without agents.
+    pub fn wait_synced(&self) -> Result<(), LabError> {
+        for a in &self.agents {
+            a.wait_synced(self.config.sync_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Probes every pod to every pod (itself included) on every (port, protocol), by the
+    /// destination's address of `family`, all in parallel.
+    pub fn probe_all(
+        &self,
+        ports: &[u16],
+        protocols: &[Protocol],
+        family: Family,
+    ) -> Result<Reachability, LabError> {
+        let ids = self.pod_ids();
+        let mut targets = Vec::new();
+        for id in &ids {
+            let addr = self
+                .pods
+                .get(id)
+                .and_then(|p| {
+                    p.ips.iter().copied().find(|a| match family {
+                        Family::V4 => a.is_ipv4(),
+                        Family::V6 => a.is_ipv6(),
+                    })
+                })
+                .ok_or_else(|| LabError::NoAddress {
+                    pod: id.clone(),
+                    family,
+                })?;
+            targets.push(Target {
+                id: id.clone(),
+                addr,
+            });
+        }
+        self.wait_links_ready(family)?;
+        let cases: Vec<Case> = ports
+            .iter()
+            .flat_map(|&port| {
+                protocols
+                    .iter()
+                    .map(move |&protocol| Case { port, protocol })
+            })
+            .collect();
+        let mut reach = Reachability::new(&ids, ports, protocols, family, None);
+        let timeout = self.config.probe_timeout;
+        let results: Vec<Result<(String, Vec<probe::Outcome>), LabError>> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = ids
+                    .iter()
+                    .map(|from| {
+                        let netns = &self.pods[from].netns;
+                        let (targets, cases) = (&targets, &cases);
+                        s.spawn(move || {
+                            probe::probe_from(netns, from, targets, cases, timeout)
+                                .map(|o| (from.clone(), o))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(LabError::ThreadPanicked {
+                                what: "probe".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+        for r in results {
+            let (from, outcomes) = r?;
+            for o in outcomes {
+                reach.observe(o.case, &from, &o.to, o.reachable);
+            }
+        }
+        Ok(reach)
+    }
+
+    /// Waits (bounded) until every pod's link is usable, so first-contact delays are not
+    /// mistaken for blocked traffic:
+    /// 1. the pod's `eth0` has carrier (`state UP`): the kernel reports a veth's carrier change
+    ///    through linkwatch, which batches events for up to a second, and IPv6 is not started
+    ///    on a device before it;
+    /// 2. for IPv6, `eth0` has a link-local address and no address of a pod or node namespace
+    ///    is tentative (duplicate address detection): a node-side veth whose link-local
+    ///    address is tentative sends no neighbour solicitation.
+    fn wait_links_ready(&self, family: Family) -> Result<(), LabError> {
+        let start = Instant::now();
+        let limit = Duration::from_secs(10);
+        let wait = |ns: &str, ready: &dyn Fn() -> Result<Option<String>, LabError>| loop {
+            match ready()? {
+                None => return Ok(()),
+                Some(why) if start.elapsed() > limit => {
+                    return Err(LabError::Timeout {
+                        what: format!("links of {ns} not ready: {why}"),
+                        after: limit,
+                    });
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        for p in self.pods.values() {
+            let ns = p.netns.as_str();
+            wait(ns, &|| {
+                let link = netns::ip(&["-n", ns, "-o", "link", "show", "dev", "eth0"])?;
+                if !link.contains("state UP") {
+                    return Ok(Some(link));
+                }
+                if family == Family::V6 {
+                    let ll = netns::ip(&[
+                        "-n", ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link",
+                    ])?;
+                    if ll.trim().is_empty() || ll.contains("tentative") {
+                        return Ok(Some(format!("link-local address: {ll:?}")));
+                    }
+                }
+                Ok(None)
+            })?;
+        }
+        if family == Family::V6 {
+            let all = self
+                .pods
+                .values()
+                .map(|p| p.netns.as_str())
+                .chain(self.nodes.iter().map(|n| n.netns.as_str()));
+            for ns in all {
+                wait(ns, &|| {
+                    let out = netns::ip(&["-n", ns, "-6", "addr", "show", "tentative"])?;
+                    Ok((!out.trim().is_empty()).then_some(out))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn build_underlay(&mut self) -> Result<(), LabError> {
+        let (a, b) = (self.nodes[0].netns.clone(), self.nodes[1].netns.clone());
+        netns::ip(&[
+            "-n", &a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &b,
+        ])?;
+        // The veth pair (and the routes) go away with the node namespaces.
+        for (i, ns) in [&a, &b].into_iter().enumerate() {
+            let v4 = format!("{UNDERLAY_V4}.{}/24", i + 1);
+            let v6 = format!("{UNDERLAY_V6}:{}/64", i + 1);
+            netns::ip(&["-n", ns, "addr", "add", &v4, "dev", "ul0"])?;
+            netns::ip(&["-n", ns, "addr", "add", &v6, "dev", "ul0", "nodad"])?;
+            netns::ip(&["-n", ns, "link", "set", "ul0", "up"])?;
+        }
+        for (i, ns) in [&a, &b].into_iter().enumerate() {
+            let j = 1 - i;
+            let via4 = format!("{UNDERLAY_V4}.{}", j + 1);
+            let via6 = format!("{UNDERLAY_V6}:{}", j + 1);
+            for cidr in &self.nodes[j].cni.pod_cidrs {
+                let via = if cidr.contains(':') { &via6 } else { &via4 };
+                netns::ip(&["-n", ns, "route", "add", cidr, "via", via, "dev", "ul0"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes the model from the base and the user manifests, rewrites the manifests
+    /// directory, and creates or removes pods.
+    fn sync(&mut self) -> Result<(), LabError> {
+        let mut model = self.base.clone();
+        for docs in self.user.values() {
+            model.overlay(docs)?;
+        }
+        self.model = model;
+        self.write_user_files()?;
+        self.reconcile_pods()
+    }
+
+    fn write_user_files(&self) -> Result<(), LabError> {
+        let dir = self.manifests_dir();
+        let wanted: BTreeSet<String> = self
+            .user
+            .keys()
+            .map(|n| format!("50-user-{n}.yaml"))
+            .collect();
+        let entries = std::fs::read_dir(&dir).map_err(|source| LabError::Io {
+            op: "listing",
+            path: dir.clone(),
+            source,
+        })?;
+        for e in entries.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f.starts_with("50-user-") && !wanted.contains(&f) {
+                std::fs::remove_file(e.path()).map_err(|source| LabError::Io {
+                    op: "removing",
+                    path: e.path(),
+                    source,
+                })?;
+            }
+        }
+        for (name, docs) in &self.user {
+            let rest: Vec<Value> = docs
+                .iter()
+                .filter(|d| !model::is_model_object(d))
+                .cloned()
+                .collect();
+            write_atomic(
+                &dir.join(format!("50-user-{name}.yaml")),
+                &model::join_documents(&rest),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_model(&self) -> Result<(), LabError> {
+        let ips: BTreeMap<String, Vec<IpAddr>> = self
+            .pods
+            .iter()
+            .map(|(id, p)| (id.clone(), p.ips.clone()))
+            .collect();
+        write_atomic(
+            &self.manifests_dir().join("00-model.yaml"),
+            &self.model.to_yaml(&ips),
+        )
+    }
+
+    /// Makes the running pods match the model: removes pods that left it (or moved node),
+    /// creates the new ones (model written and agents synced first: the plugin asks the
+    /// agent about the pod), then writes the model again with the new pods' addresses.
+    fn reconcile_pods(&mut self) -> Result<(), LabError> {
+        let stale: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(id, p)| self.model.pod(id).is_none_or(|m| m.node != p.node))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let new: Vec<ModelPod> = self
+            .model
+            .pods
+            .iter()
+            .filter(|m| self.pods.get(&m.id()).is_none_or(|p| p.node != m.node))
+            .cloned()
+            .collect();
+        for id in &stale {
+            if let Some(p) = self.pods.remove(id) {
+                self.teardown_pod(p)?;
+            }
+        }
+        self.write_model()?;
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.wait_synced()?;
+        for m in new {
+            self.add_pod(&m)?;
+        }
+        self.write_model()
+    }
+
+    fn add_pod(&mut self, m: &ModelPod) -> Result<(), LabError> {
+        let name = format!("{}-{}-{}", self.id, m.namespace, m.name);
+        netns::add(&name)?;
+        let mut rt = PodRuntime {
+            netns: name.clone(),
+            container_id: name.clone(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            node: m.node,
+            ips: Vec::new(),
+            server: None,
+            added: false,
+        };
+        let id = m.id();
+        // Recorded first, so a failure below still tears down what exists.
+        let node = &self.nodes[m.node];
+        let result = node
+            .cni
+            .add(&rt.container_id, &rt.netns, (&m.namespace, &m.name));
+        match result {
+            Ok(ips) => {
+                rt.ips = ips;
+                rt.added = true;
+            }
+            Err(e) => {
+                self.pods.insert(id, rt);
+                return Err(e);
+            }
+        }
+        match PodServer::start(&name, &PORTS) {
+            Ok(s) => rt.server = Some(s),
+            Err(e) => {
+                self.pods.insert(id, rt);
+                return Err(e);
+            }
+        }
+        self.log(format_args!(
+            "lab: pod {id} on {} ({name}): {:?}",
+            node.name, rt.ips
+        ));
+        self.pods.insert(id, rt);
+        Ok(())
+    }
+
+    fn teardown_pod(&self, mut p: PodRuntime) -> Result<(), LabError> {
+        p.server = None;
+        if p.added {
+            self.nodes[p.node]
+                .cni
+                .del(&p.container_id, &p.netns, (&p.namespace, &p.name))?;
+        }
+        netns::del(&p.netns)
+    }
+
+    fn teardown(&mut self) -> Vec<LabError> {
+        let mut errors = Vec::new();
+        let pods = std::mem::take(&mut self.pods);
+        for (_, p) in pods {
+            let ns = p.netns.clone();
+            if let Err(e) = self.teardown_pod(p) {
+                errors.push(e);
+                // The namespace goes anyway.
+                if let Err(e) = netns::del(&ns) {
+                    errors.push(e);
+                }
+            }
+        }
+        for mut a in self.agents.drain(..) {
+            if let Err(e) = a.stop() {
+                errors.push(e);
+            }
+        }
+        for n in self.nodes.drain(..) {
+            if let Err(e) = netns::del(&n.netns) {
+                errors.push(e);
+            }
+        }
+        if self.dir.exists()
+            && let Err(source) = std::fs::remove_dir_all(&self.dir)
+        {
+            errors.push(LabError::Io {
+                op: "removing lab directory",
+                path: self.dir.clone(),
+                source,
+            });
+        }
+        errors
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for e in self.teardown() {
+            eprintln!("lab {}: teardown: {e}", self.id);
+        }
+    }
+}
+
+fn mkdir(p: &Path) -> Result<(), LabError> {
+    std::fs::create_dir_all(p).map_err(|source| LabError::Io {
+        op: "creating directory",
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes through a temporary name the agents ignore, then renames: a watcher never reads a
+/// half-written manifest.
+fn write_atomic(path: &Path, text: &str) -> Result<(), LabError> {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text).map_err(|source| LabError::Io {
+        op: "writing",
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| LabError::Io {
+        op: "renaming into place",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// 9 pods x 36 probes each are open at once; lift the soft descriptor limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("lab: raising RLIMIT_NOFILE: {e}");
+    }
+}
