@@ -14,6 +14,7 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -229,6 +230,14 @@ impl Datapath {
         Ok(())
     }
 
+    /// Writes a conntrack entry directly (to stage flows of a given age).
+    pub fn set_conntrack(&mut self, key: CtKey, value: CtValue) -> Result<()> {
+        let mut m: HashMap<&mut MapData, CtKey, CtValue> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
+        m.insert(key, value, 0).context("writing pal_ct_v1")?;
+        Ok(())
+    }
+
     /// Every conntrack entry.
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>> {
         let m: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(self.map(maps::CONNTRACK)?)?;
@@ -298,6 +307,27 @@ impl Datapath {
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
         Ok(res.return_value)
+    }
+
+    /// Runs `frame` through `prog` `repeat` times in the kernel and returns the mean time
+    /// of one run, as `BPF_PROG_TEST_RUN` measures it.
+    pub fn time_per_run(&self, prog: Prog, frame: &[u8], repeat: u32) -> Result<Duration> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog.name())
+            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let res = p
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
+        Ok(res.duration)
     }
 
     /// (verified instructions, translated bytes) of a loaded program, as the kernel reports.
@@ -585,4 +615,17 @@ pub mod frame {
     pub fn ping4(src: [u8; 4], dst: [u8; 4], id: u16) -> Vec<u8> {
         V4::new(src, dst, IPPROTO_ICMP).frame(&echo(false, true, id))
     }
+}
+
+/// `bpf_ktime_get_ns()` as user space sees it (`CLOCK_MONOTONIC`), to stage conntrack ages.
+pub fn ktime_now_ns() -> Result<u64> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("clock_gettime(CLOCK_MONOTONIC)");
+    }
+    Ok(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64)
 }

@@ -973,3 +973,111 @@ fn privileged_port_set_with_other_protocols_does_not_leak_across_protocols() {
     // Full-length key sanity: exact entries use all 56 bits.
     assert_eq!(PORT_KEY_FULL_BITS, PORT_KEY_ANY_PORT_BITS + 16);
 }
+
+fn ct_entry(proto: u8, sport: u16, dport: u16) -> palisade_common::conntrack::CtKey {
+    palisade_common::conntrack::CtKey {
+        ep_id: 42,
+        dir: DIR_INGRESS,
+        proto,
+        family: FAMILY_V4,
+        _pad: 0,
+        saddr_be: addr16(&PEER4),
+        daddr_be: addr16(&POD4),
+        sport_be: sport.to_be_bytes(),
+        dport_be: dport.to_be_bytes(),
+    }
+}
+
+#[test]
+fn privileged_idle_flows_expire_by_protocol_and_closing_state() {
+    let Some(mut dp) = setup(
+        "privileged_idle_flows_expire_by_protocol_and_closing_state",
+        EP_INGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    use palisade_common::conntrack::{CT_CLOSING, CtValue};
+    let now = palisade_tests::bpf::ktime_now_ns().expect("clock");
+    let aged = |secs: u64, flags: u32| CtValue {
+        last_seen_ns: now.saturating_sub(secs * 1_000_000_000),
+        policy_gen: POLICY_A,
+        flags,
+        rule_ref: 0,
+        _pad: 0,
+    };
+    // Idle 30 s: a TCP flow lives, a closing TCP flow (10 s) does not.
+    dp.set_conntrack(ct_entry(IPPROTO_TCP, 1, 80), aged(30, 0))
+        .expect("staging flow");
+    dp.set_conntrack(ct_entry(IPPROTO_TCP, 2, 80), aged(30, CT_CLOSING))
+        .expect("staging flow");
+    // UDP: 60 s.
+    dp.set_conntrack(ct_entry(IPPROTO_UDP, 3, 53), aged(30, 0))
+        .expect("staging flow");
+    dp.set_conntrack(ct_entry(IPPROTO_UDP, 4, 53), aged(90, 0))
+        .expect("staging flow");
+    let tcp = |sport| V4::new(PEER4, POD4, IPPROTO_TCP).frame(&frame::tcp(sport, 80, TCP_ACK));
+    let udp = |sport| V4::new(PEER4, POD4, IPPROTO_UDP).frame(&frame::udp(sport, 53, 4));
+    expect(&dp, Prog::ToPod, &tcp(1), Reason::CT_ESTABLISHED);
+    expect(&dp, Prog::ToPod, &tcp(2), Reason::DEFAULT_DENY);
+    expect(&dp, Prog::ToPod, &udp(3), Reason::CT_ESTABLISHED);
+    expect(&dp, Prog::ToPod, &udp(4), Reason::DEFAULT_DENY);
+    // A passing packet refreshes the entry.
+    let ct = dp.conntrack().expect("reading conntrack");
+    let e = ct
+        .iter()
+        .find(|(k, _)| k.sport_be == 1u16.to_be_bytes())
+        .expect("flow 1");
+    assert!(e.1.last_seen_ns >= now);
+}
+
+#[test]
+fn privileged_icmp_errors_the_pod_sends_relate_to_its_inbound_flows() {
+    let Some(dp) = setup(
+        "privileged_icmp_errors_the_pod_sends_relate_to_its_inbound_flows",
+        EP_EGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    // The peer sends UDP to a closed port of the pod (admitted: ingress not isolated)...
+    let probe = V4::new(PEER4, POD4, IPPROTO_UDP).packet(&frame::udp(7000, 9, 4));
+    expect(
+        &dp,
+        Prog::ToPod,
+        &frame::eth(0x0800, &probe),
+        Reason::NOT_ISOLATED,
+    );
+    // ...and the pod answers port unreachable: related, though egress is isolated.
+    let unreach = V4::new(POD4, PEER4, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &probe[..28]));
+    expect(&dp, Prog::FromPod, &unreach, Reason::CT_RELATED);
+    // An error about a *reply* of that flow travelling back to the peer, reported by the
+    // peer's side: the embedded packet is the pod's reply, same direction as the admission.
+    let reply = V4::new(POD4, PEER4, IPPROTO_UDP).packet(&frame::udp(9, 7000, 4));
+    let err = V4::new(PEER4, POD4, IPPROTO_ICMP).frame(&frame::icmp(3, 1, &reply[..28]));
+    expect(&dp, Prog::ToPod, &err, Reason::CT_RELATED);
+    // ICMP errors never create flows.
+    assert_eq!(dp.conntrack().expect("reading conntrack").len(), 1);
+}
+
+#[test]
+fn privileged_program_cost_per_packet() {
+    let Some(mut dp) = setup("privileged_program_cost_per_packet", EP_INGRESS_ISOLATED) else {
+        return;
+    };
+    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
+    allow_port(&mut dp, PORTSET, IPPROTO_TCP, 80, 16, 1);
+    let repeat = 100_000;
+    let denied = dp
+        .time_per_run(Prog::ToPod, &syn_in(PEER4, 81), repeat)
+        .expect("timing");
+    // The first run admits the flow; the others are established.
+    let established = dp
+        .time_per_run(Prog::ToPod, &syn_in(PEER4, 80), repeat)
+        .expect("timing");
+    let arp = dp
+        .time_per_run(Prog::FromPod, &frame::arp(POD4, PEER4), repeat)
+        .expect("timing");
+    println!(
+        "per packet (BPF_PROG_TEST_RUN, mean of {repeat}): new flow denied {denied:?}, \
+         established {established:?}, ARP {arp:?}"
+    );
+}
