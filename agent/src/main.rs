@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Parser;
 use palisade_agent::agent::{Agent, AgentConfig};
-use palisade_agent::source::DirSource;
+use palisade_agent::source::{DirSource, KubeSource, Source};
 
 #[derive(Parser)]
 #[command(
@@ -15,9 +15,14 @@ use palisade_agent::source::DirSource;
     about = "Palisade node agent: enforces NetworkPolicy with eBPF"
 )]
 struct Args {
-    /// Source of cluster state: `dir:PATH` (a directory of Kubernetes YAML manifests, watched).
+    /// Source of cluster state: `kube` (the Kubernetes API: in-cluster service account, or
+    /// --kubeconfig), or `dir:PATH` (a directory of Kubernetes YAML manifests, watched).
     #[arg(long, env = "PALISADE_SOURCE")]
     source: String,
+    /// With `--source kube`: a kubeconfig file (its current context) instead of the
+    /// in-cluster service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// bpffs directory for pinned maps and links.
     #[arg(long, default_value = "/sys/fs/bpf/palisade")]
     bpffs: PathBuf,
@@ -50,12 +55,14 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let Some(dir) = args.source.strip_prefix("dir:") else {
-        bail!(
-            "--source {:?}: expected dir:PATH (the Kubernetes API source comes later)",
-            args.source
-        );
+    let dir = match args.source.as_str() {
+        "kube" => None,
+        s => match s.strip_prefix("dir:") {
+            Some(d) => Some(PathBuf::from(d)),
+            None => bail!("--source {s:?}: expected kube or dir:PATH"),
+        },
     };
+    let kubeconfig = args.kubeconfig;
     let cfg = AgentConfig {
         node: args.node_name,
         state_dir: args.state_dir,
@@ -63,14 +70,44 @@ fn main() -> Result<()> {
         object: args.bpf_object,
         debug_log: args.bpf_debug_log,
     };
-    let source = Box::new(DirSource::new(dir));
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        // Inside the runtime: the source's watcher is a task of it.
+        // Inside the runtime: the source's watchers are tasks of it.
+        let source: Box<dyn Source> = match dir {
+            Some(dir) => Box::new(DirSource::new(dir)),
+            None => Box::new(kube_source(&cfg, kubeconfig.as_deref()).await?),
+        };
         let agent = Agent::start(cfg, source)?;
         palisade_agent::run::run(agent, args.socket, resync).await
     })
+}
+
+/// Starts the API source and waits until every kind is listed (and this node's pod CIDR file
+/// written). Until then the agent does not start: what is pinned stays enforced, and the CNI
+/// socket is not answering against a half-synced view.
+async fn kube_source(
+    cfg: &AgentConfig,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<KubeSource> {
+    use anyhow::Context;
+    let config = palisade_agent::source::kube::client_config(kubeconfig)
+        .await
+        .context("Kubernetes client configuration")?;
+    let source = KubeSource::start(config, cfg.node.clone(), cfg.state_dir.clone())?;
+    tracing::info!("{}: listing {:?}", source.describe(), source.unlisted());
+    let mut report = tokio::time::interval(Duration::from_secs(10));
+    report.tick().await;
+    loop {
+        tokio::select! {
+            _ = source.wait_complete() => break,
+            _ = report.tick() => {
+                tracing::warn!("{}: still waiting for the initial list of {:?} (RBAC? see docs/kube-source.md)", source.describe(), source.unlisted());
+            }
+        }
+    }
+    tracing::info!("{}: every kind listed", source.describe());
+    Ok(source)
 }

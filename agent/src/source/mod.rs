@@ -1,17 +1,20 @@
 //! Sources of cluster state, behind one trait: a directory of Kubernetes YAML manifests
-//! (`dir`), and the Kubernetes API (`kube`, next).
+//! (`dir`), and the Kubernetes API (`kube`).
 
 pub mod dir;
+pub mod kube;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::Notify;
 
 pub use dir::DirSource;
+pub use kube::KubeSource;
 
 use crate::status::Problem;
 
@@ -29,7 +32,7 @@ pub trait Source: Send {
     fn describe(&self) -> String;
 }
 
-/// Objects keyed by (namespace, name); namespaces by name.
+/// Objects keyed by (namespace, name); namespaces and nodes by name.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Increases by one every time the source's content changes.
@@ -37,6 +40,10 @@ pub struct Snapshot {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<(String, String), Pod>,
     pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    /// Read by the API source; the directory source leaves them empty.
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<(String, String), Service>,
+    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
     /// Problems found while reading (files that do not parse, unknown kinds...).
     pub problems: Vec<Problem>,
 }
@@ -55,6 +62,30 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("unknown source {0:?}: expected dir:PATH")]
+    #[error("unknown source {0:?}: expected dir:PATH or kube")]
     Unknown(String),
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: ::kube::config::KubeconfigError,
+    },
+    #[error("loading the in-cluster config (service account)")]
+    InCluster {
+        #[source]
+        source: ::kube::config::InClusterError,
+    },
+    #[error("building the Kubernetes client")]
+    KubeClient {
+        #[source]
+        source: ::kube::Error,
+    },
+    #[error("the Kubernetes API source needs a tokio runtime")]
+    NoRuntime,
+    #[error("writing the pod CIDR file {path}")]
+    PodCidrFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
