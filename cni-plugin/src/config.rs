@@ -39,6 +39,10 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// `cni.dev/valid-attachments` (GC only).
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// `runtimeConfig.ips`: addresses the runtime asks for (the CNI conventions' `ips`
+    /// capability, `"capabilities": {"ips": true}` in the conflist). CIDR or plain address;
+    /// the prefix is ignored (the pod CIDR's applies).
+    pub requested_ips: Vec<IpAddr>,
 }
 
 /// Reads the `cniVersion` of a config without validating the rest (for error output).
@@ -120,6 +124,7 @@ impl NetConf {
             dns: obj.get("dns").cloned(),
             prev_result: obj.get("prevResult").cloned(),
             valid_attachments,
+            requested_ips: parse_runtime_ips(obj)?,
         })
     }
 
@@ -216,6 +221,42 @@ pub fn parse_pool_cidr(s: &str) -> std::result::Result<IpNetwork, String> {
         ));
     }
     IpNetwork::new(n.network(), n.prefix()).map_err(|e| format!("not a CIDR: {e}"))
+}
+
+/// `runtimeConfig.ips`: a list of `"10.0.1.11/16"` or `"10.0.1.11"` strings.
+fn parse_runtime_ips(obj: &Map<String, Value>) -> Result<Vec<IpAddr>> {
+    let Some(rc) = obj.get("runtimeConfig").filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let Some(ips) = rc.get("ips").filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let arr = ips.as_array().ok_or_else(|| {
+        Error::invalid_config("runtimeConfig.ips", short(ips), "must be a list of strings")
+    })?;
+    arr.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let f = format!("runtimeConfig.ips[{i}]");
+            let s = item
+                .as_str()
+                .ok_or_else(|| Error::invalid_config(&f, short(item), "must be a string"))?;
+            parse_requested_ip(s)
+                .map_err(|reason| Error::invalid_config(&f, format!("{s:?}"), reason))
+        })
+        .collect()
+}
+
+/// One requested address: `10.0.1.11`, `10.0.1.11/16`, `fd00::1:11/64`.
+pub fn parse_requested_ip(s: &str) -> std::result::Result<IpAddr, String> {
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    if let Some((_, prefix)) = s.split_once('/') {
+        prefix
+            .parse::<u8>()
+            .map_err(|_| format!("bad prefix length {prefix:?}"))?;
+    }
+    addr.parse::<IpAddr>()
+        .map_err(|e| format!("not an IP address: {e}"))
 }
 
 fn parse_attachments(v: &Value) -> Result<Vec<Attachment>> {
@@ -384,6 +425,21 @@ impl CniEnv {
 
     pub fn pod_name(&self) -> Option<String> {
         self.args.get("K8S_POD_NAME").cloned()
+    }
+
+    /// `CNI_ARGS` `IP=10.0.1.11,fd00::1:11` (host-local's convention): requested addresses.
+    pub fn requested_ips(&self) -> Result<Vec<IpAddr>> {
+        let Some(raw) = self.args.get("IP") else {
+            return Ok(Vec::new());
+        };
+        raw.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                parse_requested_ip(s).map_err(|reason| {
+                    Error::invalid_env("CNI_ARGS", format!("IP={raw}"), format!("{s:?}: {reason}"))
+                })
+            })
+            .collect()
     }
 }
 
@@ -574,6 +630,54 @@ mod tests {
         // DEL without CNI_NETNS is fine (the namespace may be gone).
         let del = [("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0")];
         assert!(CniEnv::from_env(Command::Del, &env_of(&del)).is_ok());
+    }
+
+    #[test]
+    fn runtime_config_ips_parse_with_or_without_prefix() {
+        let c = conf(r#","runtimeConfig":{"ips":["10.0.1.11/16","fd00::1:11"]}"#).unwrap();
+        assert_eq!(
+            c.requested_ips,
+            vec![
+                "10.0.1.11".parse::<IpAddr>().unwrap(),
+                "fd00::1:11".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert!(
+            conf(r#","runtimeConfig":{"portMappings":[]}"#)
+                .unwrap()
+                .requested_ips
+                .is_empty()
+        );
+        let e = conf(r#","runtimeConfig":{"ips":["10.0.1.300/16"]}"#).unwrap_err();
+        assert_eq!(e.code(), code::INVALID_CONFIG);
+        assert!(e.to_string().contains("runtimeConfig.ips[0]"), "{e}");
+        assert!(e.to_string().contains("10.0.1.300"), "{e}");
+        let e = conf(r#","runtimeConfig":{"ips":"10.0.1.1"}"#).unwrap_err();
+        assert!(e.to_string().contains("runtimeConfig.ips"), "{e}");
+    }
+
+    #[test]
+    fn cni_args_ip_gives_requested_addresses() {
+        let base = [
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_ARGS", "IgnoreUnknown=1;IP=10.0.0.10,fd00::10"),
+        ];
+        let env = CniEnv::from_env(Command::Add, &env_of(&base)).unwrap();
+        assert_eq!(env.requested_ips().unwrap().len(), 2);
+        let bad = [
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_ARGS", "IP=10.0.0.x"),
+        ];
+        let e = CniEnv::from_env(Command::Add, &env_of(&bad))
+            .unwrap()
+            .requested_ips()
+            .unwrap_err();
+        assert_eq!(e.code(), code::INVALID_ENV);
+        assert!(e.to_string().contains("10.0.0.x"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 102;
     /// Palisade: entering a network namespace failed.
     pub const NETNS: u32 = 103;
+    /// Palisade: a requested address (`ips` capability, `CNI_ARGS` `IP=`) is held by another
+    /// attachment.
+    pub const ADDRESS_TAKEN: u32 = 104;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,19 @@ pub enum Error {
     },
     #[error("pod CIDR {pool} is exhausted: no free address left")]
     PoolExhausted { pool: String },
+    #[error("requested address {address} cannot be allocated: {reason}")]
+    RequestedAddress {
+        address: std::net::IpAddr,
+        reason: String,
+    },
+    #[error(
+        "requested address {address} is already allocated to container {container_id} ({ifname})"
+    )]
+    AddressTaken {
+        address: std::net::IpAddr,
+        container_id: String,
+        ifname: String,
+    },
     #[error("netlink: {op} {object}: {message}")]
     Netlink {
         op: &'static str,
@@ -105,7 +121,8 @@ impl Error {
             Error::IncompatibleVersion { .. } | Error::VerbNotInVersion { .. } => {
                 code::INCOMPATIBLE_VERSION
             }
-            Error::InvalidConfig { .. } => code::INVALID_CONFIG,
+            Error::InvalidConfig { .. } | Error::RequestedAddress { .. } => code::INVALID_CONFIG,
+            Error::AddressTaken { .. } => code::ADDRESS_TAKEN,
             Error::InvalidEnv { .. } => code::INVALID_ENV,
             Error::Io { .. } => code::IO_FAILURE,
             Error::PoolExhausted { .. } => code::POOL_EXHAUSTED,

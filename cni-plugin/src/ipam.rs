@@ -104,6 +104,47 @@ pub fn next_free(
     None
 }
 
+/// For each pool, the requested address inside it (if any). Every requested address must
+/// fall in exactly one pool, be allocatable there, and be the only request for that pool.
+pub fn match_requested(pools: &[IpNetwork], requested: &[IpAddr]) -> Result<Vec<Option<IpAddr>>> {
+    let mut out = vec![None; pools.len()];
+    for &ip in requested {
+        let Some(i) = pools.iter().position(|p| p.contains(ip)) else {
+            return Err(Error::RequestedAddress {
+                address: ip,
+                reason: format!("outside the pod CIDRs {}", pool_list(pools)),
+            });
+        };
+        if is_reserved(&pools[i], ip) {
+            return Err(Error::RequestedAddress {
+                address: ip,
+                reason: format!(
+                    "reserved in pod CIDR {} (network, first host or broadcast address)",
+                    pools[i]
+                ),
+            });
+        }
+        match out[i] {
+            Some(other) if other != ip => {
+                return Err(Error::RequestedAddress {
+                    address: ip,
+                    reason: format!(
+                        "{other} is requested in the same pod CIDR {} (one address per family)",
+                        pools[i]
+                    ),
+                });
+            }
+            _ => out[i] = Some(ip),
+        }
+    }
+    Ok(out)
+}
+
+fn pool_list(pools: &[IpNetwork]) -> String {
+    let v: Vec<String> = pools.iter().map(ToString::to_string).collect();
+    v.join(", ")
+}
+
 /// The on-disk allocation store.
 pub struct Store {
     dir: PathBuf,
@@ -193,17 +234,53 @@ impl Store {
     /// Allocates one address per pool for `owner`. Idempotent: addresses `owner` already holds
     /// in a pool are returned again.
     pub fn allocate(&self, owner: &Owner, pools: &[IpNetwork]) -> Result<Vec<IpNetwork>> {
+        self.allocate_requested(owner, pools, &[])
+    }
+
+    /// [`Store::allocate`], except that in a pool holding one of the `requested` addresses
+    /// (the CNI `ips` capability, or `CNI_ARGS` `IP=`) exactly that address is allocated, as
+    /// host-local does. Pools without a requested address get one round-robin.
+    ///
+    /// Errors, each naming the address: [`Error::RequestedAddress`] when it lies in no pool, is
+    /// reserved (network, first host, broadcast), or two requested addresses fall in one pool;
+    /// [`Error::AddressTaken`] when another attachment holds it. Idempotent for the same
+    /// owner; an owner that held another address of that pool gives it up.
+    pub fn allocate_requested(
+        &self,
+        owner: &Owner,
+        pools: &[IpNetwork],
+        requested: &[IpAddr],
+    ) -> Result<Vec<IpNetwork>> {
+        let per_pool = match_requested(pools, requested)?;
         let _lock = self.lock()?;
         let allocs = self.scan()?;
         let taken: HashSet<IpAddr> = allocs.iter().map(|a| a.ip).collect();
         let mut out = Vec::with_capacity(pools.len());
-        for pool in pools {
+        for (pool, want) in pools.iter().zip(per_pool) {
             let mine = allocs
                 .iter()
                 .find(|a| &a.owner == owner && !is_reserved(pool, a.ip));
-            let ip = match mine {
-                Some(a) => a.ip,
-                None => {
+            let ip = match (mine, want) {
+                (Some(a), None) => a.ip,
+                (Some(a), Some(w)) if a.ip == w => a.ip,
+                (mine, Some(w)) => {
+                    if let Some(holder) = allocs.iter().find(|a| a.ip == w) {
+                        return Err(Error::AddressTaken {
+                            address: w,
+                            container_id: holder.owner.container_id.clone(),
+                            ifname: holder.owner.ifname.clone(),
+                        });
+                    }
+                    self.write_atomic(
+                        &w.to_string(),
+                        &format!("{}\n{}\n", owner.container_id, owner.ifname),
+                    )?;
+                    if let Some(old) = mine {
+                        self.remove(old.ip)?;
+                    }
+                    w
+                }
+                (None, None) => {
                     let ip =
                         next_free(pool, &taken, self.last(pool.is_ipv4())).ok_or_else(|| {
                             Error::PoolExhausted {
@@ -360,6 +437,71 @@ mod tests {
             s.release(&owner("a")).unwrap().is_empty(),
             "release is idempotent"
         );
+        assert_eq!(s.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn requested_addresses_are_allocated_exactly_and_idempotently() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let pools = [net("10.0.0.0/16"), net("fd00::/64")];
+        let want = [ip("10.0.1.11"), ip("fd00::1:11")];
+        let a = s.allocate_requested(&owner("a"), &pools, &want).unwrap();
+        assert_eq!(a[0].to_string(), "10.0.1.11/16");
+        assert_eq!(a[1].to_string(), "fd00::1:11/64");
+        assert_eq!(
+            s.allocate_requested(&owner("a"), &pools, &want).unwrap(),
+            a,
+            "same owner twice"
+        );
+        // Only the v4 address requested: v6 comes round-robin.
+        let b = s
+            .allocate_requested(&owner("b"), &pools, &[ip("10.0.2.12")])
+            .unwrap();
+        assert_eq!(b[0].to_string(), "10.0.2.12/16");
+        assert_eq!(b[1].to_string(), "fd00::2/64");
+        // The owner asks again for another address of the pool: it moves.
+        let b2 = s
+            .allocate_requested(&owner("b"), &pools, &[ip("10.0.2.13")])
+            .unwrap();
+        assert_eq!(b2[0].to_string(), "10.0.2.13/16");
+        let held: Vec<IpAddr> = s.list().unwrap().iter().map(|a| a.ip).collect();
+        assert!(!held.contains(&ip("10.0.2.12")), "{held:?}");
+    }
+
+    #[test]
+    fn requested_address_taken_outside_or_reserved_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let pools = [net("10.0.0.0/16"), net("fd00::/64")];
+        s.allocate_requested(&owner("a"), &pools, &[ip("10.0.1.11")])
+            .unwrap();
+        let e = s
+            .allocate_requested(&owner("b"), &pools, &[ip("10.0.1.11")])
+            .unwrap_err();
+        assert_eq!(e.code(), crate::error::code::ADDRESS_TAKEN);
+        assert!(e.to_string().contains("10.0.1.11"), "{e}");
+        assert!(e.to_string().contains("container a"), "{e}");
+        for (bad, needle) in [
+            ("192.168.1.1", "outside the pod CIDRs"),
+            ("10.0.0.1", "reserved"),
+            ("10.0.0.0", "reserved"),
+            ("10.0.255.255", "reserved"),
+            ("fd00::1", "reserved"),
+            ("fd01::5", "outside"),
+        ] {
+            let e = s
+                .allocate_requested(&owner("c"), &pools, &[ip(bad)])
+                .unwrap_err();
+            assert_eq!(e.code(), crate::error::code::INVALID_CONFIG, "{bad}");
+            assert!(e.to_string().contains(bad), "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        let e = s
+            .allocate_requested(&owner("c"), &pools, &[ip("10.0.3.3"), ip("10.0.3.4")])
+            .unwrap_err();
+        assert!(e.to_string().contains("same pod CIDR"), "{e}");
+        // Nothing of c's failed attempts is left.
         assert_eq!(s.list().unwrap().len(), 2);
     }
 

@@ -159,7 +159,13 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
         host_veth: None,
         record: false,
     };
-    let ips = store.allocate(&rollback.owner, &pools)?;
+    let mut requested = conf.requested_ips.clone();
+    for ip in env.requested_ips()? {
+        if !requested.contains(&ip) {
+            requested.push(ip);
+        }
+    }
+    let ips = store.allocate_requested(&rollback.owner, &pools, &requested)?;
     let has_v4 = ips.iter().any(IpNetwork::is_ipv4);
     let has_v6 = ips.iter().any(IpNetwork::is_ipv6);
 
