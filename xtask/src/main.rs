@@ -4,6 +4,7 @@
 //! and by `.ci/run`) does the installing.
 
 mod bench_cni;
+mod bench_policy;
 mod build;
 mod lab;
 mod test;
@@ -44,6 +45,9 @@ enum Bench {
     /// ADD/DEL latency (p50, p99) of palisade vs the reference ptp + host-local plugins,
     /// sequential and in parallel, in a throwaway node namespace.
     Cni(bench_cni::CniArgs),
+    /// Policy change -> enforcement latency (p50, p99) at 10 / 1,000 / 10,000 rules in the lab;
+    /// compile time and map memory for 10,000 pods and 1,000 policies (synthetic).
+    Policy(bench_policy::PolicyBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
         Cmd::Build(a) => build::build_all(&a).map(|_| ()),
         Cmd::Test(a) => test::run(&a),
         Cmd::Bench(Bench::Cni(a)) => bench_cni::run(&a),
+        Cmd::Bench(Bench::Policy(a)) => bench_policy::run(&a),
         Cmd::Lab(a) => lab::run_lab(&a),
         Cmd::Demo(a) => lab::run_demo(&a),
     }

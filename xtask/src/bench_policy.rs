@@ -1,0 +1,427 @@
+//! `cargo xtask bench policy`: what policy costs the control plane.
+//!
+//! 1. Synthetic state (10,000 pods, 1,000 policies, 100 local endpoints by default): compile
+//!    time, number of map entries, time to program every endpoint into the real (pinned) maps,
+//!    and the kernel's own accounting of map memory.
+//! 2. End to end in the lab: time from a policy file change to enforcement observed by packets,
+//!    with 10, 1,000 and 10,000 rules (see `change_latency`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use palisade_agent::applier::Applier;
+use palisade_agent::compile::desired_endpoint;
+use palisade_agent::datapath::Datapath;
+use palisade_agent::datapath_ops::Ops;
+use palisade_policy::{SyntheticSpec, synthetic_cluster};
+
+#[derive(clap::Args, Clone)]
+pub struct PolicyBenchArgs {
+    /// Namespaces of the synthetic cluster (pods = namespaces x pods-per-namespace).
+    #[arg(long, default_value_t = 100)]
+    pub namespaces: usize,
+    #[arg(long, default_value_t = 100)]
+    pub pods_per_namespace: usize,
+    /// Policies per namespace (policies = namespaces x this).
+    #[arg(long, default_value_t = 10)]
+    pub policies_per_namespace: usize,
+    /// Endpoints on the simulated node.
+    #[arg(long, default_value_t = 100)]
+    pub local_pods: usize,
+    /// Compile repetitions.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Rule counts for the end-to-end change latency.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+    pub rules: Vec<usize>,
+    /// Policy changes measured per rule count.
+    #[arg(long, default_value_t = 20)]
+    pub changes: usize,
+    /// Skip the end-to-end part.
+    #[arg(long)]
+    pub synthetic_only: bool,
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A private bpffs instance, unmounted on drop.
+pub struct PrivateBpffs {
+    pub dir: tempfile::TempDir,
+}
+
+impl PrivateBpffs {
+    pub fn mount() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("plt-bench-bpffs")
+            .tempdir()?;
+        nix::mount::mount(
+            Some("bpf"),
+            dir.path(),
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mount -t bpf bpf {}", dir.path().display()))?;
+        Ok(PrivateBpffs { dir })
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("umount {}: {e}", self.dir.path().display());
+        }
+    }
+}
+
+pub fn synthetic(args: &PolicyBenchArgs, bpf_object: Option<&PathBuf>) -> Result<()> {
+    let spec = SyntheticSpec {
+        namespaces: args.namespaces,
+        pods_per_namespace: args.pods_per_namespace,
+        policies_per_namespace: args.policies_per_namespace,
+        local_pods: args.local_pods,
+    };
+    let built = Instant::now();
+    let (cluster, local) = synthetic_cluster(spec);
+    println!(
+        "synthetic cluster: {} namespaces, {} pods, {} policies, {} local endpoints (built in {})",
+        cluster.namespaces.len(),
+        cluster.pods.len(),
+        cluster.policies.len(),
+        local.len(),
+        ms(built.elapsed())
+    );
+    let mut times = Vec::new();
+    let mut compiled = None;
+    for _ in 0..args.runs.max(1) {
+        let mut reg = palisade_policy::RuleRegistry::default();
+        let t = Instant::now();
+        let c = palisade_policy::compile(&cluster, &local, &mut reg);
+        times.push(t.elapsed());
+        compiled = Some(c);
+    }
+    times.sort();
+    let compiled = compiled.expect("at least one run");
+    let desired: Vec<_> = local
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pod)| {
+            let ep = compiled.endpoints.get(pod)?;
+            let addrs = cluster.pod(pod).map(|p| p.ips.clone()).unwrap_or_default();
+            Some(desired_endpoint(
+                Some(ep),
+                1000 + i as u32,
+                1 + i as u32,
+                &addrs,
+            ))
+        })
+        .collect();
+    let policy_entries: usize = desired.iter().map(|d| d.entries.len()).sum();
+    let mut sets = std::collections::BTreeSet::new();
+    for d in &desired {
+        for a in d.entries.values() {
+            if let palisade_agent::applier::Allow::Ports(c) = a {
+                sets.insert(c.clone());
+            }
+        }
+    }
+    let port_entries: usize = sets.iter().map(|c| c.len()).sum();
+    println!(
+        "compile ({} runs): median {}, min {}, max {}",
+        times.len(),
+        ms(percentile(&times, 0.5)),
+        ms(times[0]),
+        ms(times[times.len() - 1])
+    );
+    println!(
+        "desired state: {policy_entries} policy entries (pal_pol_v1), {} distinct port sets with {port_entries} entries (pal_port_v1)",
+        sets.len()
+    );
+    if !compiled.problems.is_empty() {
+        println!(
+            "problems reported by the compiler: {}",
+            compiled.problems.len()
+        );
+    }
+    let Some(object) = bpf_object else {
+        println!("(no eBPF object / not root: skipping the kernel map part)");
+        return Ok(());
+    };
+    let bpffs = PrivateBpffs::mount()?;
+    let mut dp = Datapath::open(object, bpffs.path())?;
+    let before: u64 = dp.map_memory().iter().map(|(_, b)| b).sum();
+    let mut applier = Applier::new();
+    let t = Instant::now();
+    for d in &desired {
+        applier.apply(&mut Ops(&mut dp.maps), d)?;
+    }
+    let programmed = t.elapsed();
+    println!(
+        "programming all {} endpoints into the kernel maps: {}",
+        desired.len(),
+        ms(programmed)
+    );
+    println!("kernel map memory (fdinfo memlock):");
+    let mut total = 0;
+    for (name, bytes) in dp.map_memory() {
+        total += bytes;
+        println!("  {name:<12} {:>10.1} KiB", bytes as f64 / 1024.0);
+    }
+    println!(
+        "  {:<12} {:>10.1} KiB (empty maps: {:.1} KiB)",
+        "total",
+        total as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
+    drop(dp);
+    Ok(())
+}
+
+/// The policy on x/a: `rules` ingress rules that never match the probe (one /32 from
+/// 198.18.0.0/15 and one UDP port each), plus, when `allow`, one rule allowing x/b on UDP 80.
+fn policy_yaml(rules: usize, allow: bool) -> String {
+    use std::fmt::Write;
+    let mut y = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n  ingress:\n",
+    );
+    for i in 0..rules {
+        let (hi, lo) = (18 + (i >> 16) as u32, (i & 0xffff) as u32);
+        writeln!(
+            y,
+            "  - from: [{{ipBlock: {{cidr: 198.{hi}.{}.{}/32}}}}]\n    ports: [{{port: {}, protocol: UDP}}]",
+            lo >> 8,
+            lo & 0xff,
+            1000 + i % 50_000
+        )
+        .expect("writing to a String");
+    }
+    if allow {
+        y.push_str("  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    ports: [{port: 80, protocol: UDP}]\n");
+    }
+    if rules == 0 && !allow {
+        y.push_str("  []\n");
+    }
+    y
+}
+
+fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<Instant> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    let at = Instant::now();
+    std::fs::rename(&tmp, dir.join(name)).context("renaming the policy into place")?;
+    Ok(at)
+}
+
+/// Probes x/b -> x/a UDP 80 back to back from inside x/b's namespace until told to stop.
+/// Each probe waits at most `timeout` for the echo. Returns (sent at, answered).
+fn probe_loop(
+    netns: String,
+    target: std::net::SocketAddr,
+    timeout: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    out: std::sync::Arc<std::sync::Mutex<Vec<(Instant, bool)>>>,
+) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || -> Result<()> {
+        let f = std::fs::File::open(format!("/var/run/netns/{netns}"))?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(target)?;
+        sock.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 64];
+        let mut seq: u64 = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            seq += 1;
+            let msg = seq.to_be_bytes();
+            let at = Instant::now();
+            sock.send(&msg)?;
+            let mut ok = false;
+            let deadline = at + timeout;
+            // Skip late echoes of earlier probes.
+            while Instant::now() < deadline {
+                match sock.recv(&mut buf) {
+                    Ok(n) if n >= 8 && buf[..8] == msg => {
+                        ok = true;
+                        break;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+            out.lock().expect("probe log").push((at, ok));
+            if ok {
+                // Pace answered probes a little so the log stays small.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// End to end: for each rule count, toggle the allow rule `changes` times and measure the time
+/// from the file's rename to the first probe of the new verdict after which every probe agrees.
+pub fn change_latency(args: &PolicyBenchArgs) -> Result<()> {
+    use palisade_tests::lab::{Lab, LabConfig};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let lab = Lab::start(LabConfig::default()).context("starting the lab")?;
+    if !lab.enforcing() {
+        anyhow::bail!(
+            "the lab is not enforcing ({}); build first: cargo xtask build",
+            lab.mode()
+        );
+    }
+    let dir = lab.manifests_dir();
+    let a_ip = lab
+        .pod_ips("x/a")
+        .and_then(|ips| ips.iter().find(|a| a.is_ipv4()).copied())
+        .context("x/a has no IPv4 address")?;
+    let b_ns = lab.pod_netns("x/b").context("no pod x/b")?.to_string();
+    println!(
+        "\nchange -> enforcement (x/b -> x/a UDP 80, toggling one allow rule among N that never match):"
+    );
+    println!(
+        "{:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "rules", "changes", "p50", "p99", "max", "apply p50"
+    );
+    for &rules in &args.rules {
+        write_atomic(&dir, "bench.yaml", &policy_yaml(rules, true))?;
+        lab.wait_synced()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let prober = probe_loop(
+            b_ns.clone(),
+            std::net::SocketAddr::new(a_ip, 80),
+            Duration::from_millis(1),
+            stop.clone(),
+            log.clone(),
+        );
+        let mut lat = Vec::new();
+        let mut allow = true;
+        for _ in 0..args.changes {
+            allow = !allow;
+            let text = policy_yaml(rules, allow);
+            let at = write_atomic(&dir, "bench.yaml", &text)?;
+            // Wait until the agent has applied it (not part of the measurement), then until
+            // probes after that point exist.
+            lab.wait_synced()?;
+            let applied = Instant::now();
+            loop {
+                let n = log
+                    .lock()
+                    .expect("probe log")
+                    .iter()
+                    .filter(|(t, _)| *t > applied)
+                    .count();
+                if n >= 3 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let entries = log.lock().expect("probe log").clone();
+            // The last probe before `at`... and the first after which all agree with `allow`.
+            let after: Vec<_> = entries.iter().filter(|(t, _)| *t >= at).collect();
+            let flip = after
+                .iter()
+                .rposition(|(_, ok)| *ok != allow)
+                .map(|i| i + 1)
+                .unwrap_or(0);
+            if let Some((t, _)) = after.get(flip) {
+                lat.push(t.duration_since(at));
+            }
+            log.lock().expect("probe log").clear();
+        }
+        stop.store(true, Ordering::Relaxed);
+        prober
+            .join()
+            .map_err(|_| anyhow::anyhow!("prober panicked"))??;
+        lat.sort();
+        let applies = agent_apply_times(&lab, args.changes);
+        let breakdown = last_apply_line(&lab);
+        println!(
+            "{rules:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            lat.len(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            ms(lat.last().copied().unwrap_or_default()),
+            applies.map(ms).unwrap_or_else(|| "-".into())
+        );
+        if let Some(line) = breakdown {
+            println!("         agent, last change: {line}");
+        }
+    }
+    std::fs::remove_file(dir.join("bench.yaml")).ok();
+    drop(lab);
+    Ok(())
+}
+
+/// The agent's last "applied in" line, without its log prefix.
+fn last_apply_line(lab: &palisade_tests::lab::Lab) -> Option<String> {
+    let log = std::fs::read_to_string(lab.agent_logs().first()?).ok()?;
+    let line = log.lines().rev().find(|l| l.contains("applied in "))?;
+    Some(line.split("applied in ").nth(1)?.to_string())
+}
+
+/// Median of the agent's own "applied in" lines of the last `changes` changes (source read +
+/// compile + map writes), when found.
+fn agent_apply_times(lab: &palisade_tests::lab::Lab, changes: usize) -> Option<Duration> {
+    let log = std::fs::read_to_string(lab.agent_logs().first()?).ok()?;
+    let mut v: Vec<Duration> = log
+        .lines()
+        .rev()
+        .filter(|l| l.contains("applied in "))
+        .take(changes)
+        .filter_map(|l| {
+            let rest = l.split("applied in ").nth(1)?;
+            let num: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let unit: String = rest[num.len()..]
+                .chars()
+                .take_while(|c| c.is_alphabetic() || *c == 'µ')
+                .collect();
+            let x: f64 = num.parse().ok()?;
+            Some(Duration::from_secs_f64(match unit.as_str() {
+                "s" => x,
+                "ms" => x / 1e3,
+                "µs" | "us" => x / 1e6,
+                "ns" => x / 1e9,
+                _ => return None,
+            }))
+        })
+        .collect();
+    v.sort();
+    Some(percentile(&v, 0.5))
+}
+
+pub fn run(args: &PolicyBenchArgs) -> Result<()> {
+    let root = nix::unistd::Uid::effective().is_root();
+    let art = if root {
+        Some(crate::build::build_all(&crate::build::BuildArgs::default())?)
+    } else {
+        None
+    };
+    synthetic(args, art.as_ref().map(|a| &a.bpf_object))?;
+    if args.synthetic_only {
+        return Ok(());
+    }
+    if !root {
+        anyhow::bail!("the end-to-end part needs root (network namespaces); use --synthetic-only");
+    }
+    change_latency(args)
+}
