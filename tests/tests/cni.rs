@@ -484,10 +484,14 @@ fn privileged_agent_socket_gets_the_endpoint_and_an_unreachable_agent_fails_add_
     )?;
     assert_clean(&node)?;
 
-    // A stand-in agent that accepts the add, then refuses the next one.
+    // A stand-in agent that accepts the add, then refuses the next one. While it holds the
+    // add, the node must have no route to the pod yet: nothing can reach a pod before the
+    // agent has programmed it (not even the first packet).
     let listener = std::os::unix::net::UnixListener::bind(&sock)?;
-    let agent = std::thread::spawn(move || -> Result<Vec<String>> {
+    let node_ns = node.ns.name.clone();
+    let agent = std::thread::spawn(move || -> Result<(Vec<String>, Vec<String>)> {
         let mut got = Vec::new();
+        let mut routes_seen = Vec::new();
         for answer in [
             r#"{"ok":true,"generation":7}"#,
             r#"{"ok":false,"error":"no room"}"#,
@@ -495,10 +499,21 @@ fn privileged_agent_socket_gets_the_endpoint_and_an_unreachable_agent_fails_add_
             let (s, _) = listener.accept()?;
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line)?;
+            if let Ok(palisade_cni::agent_api::Request::Add { endpoint }) =
+                serde_json::from_str(line.trim())
+            {
+                for ip in &endpoint.ips {
+                    let addr = ip.split('/').next().unwrap_or_default();
+                    let out = std::process::Command::new("ip")
+                        .args(["-n", &node_ns, "route", "show", "exact", addr])
+                        .output()?;
+                    routes_seen.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+                }
+            }
             got.push(line);
             (&s).write_all(format!("{answer}\n").as_bytes())?;
         }
-        Ok(got)
+        Ok((got, routes_seen))
     });
     ok_json(&inv(&node, "ADD", "agt1", Some(&pod.path)).run(&cfg)?)?;
     let pod2 = Netns::new("c")?;
@@ -507,9 +522,13 @@ fn privileged_agent_socket_gets_the_endpoint_and_an_unreachable_agent_fails_add_
         11,
         "no room",
     )?;
-    let got = agent
+    let (got, routes_seen) = agent
         .join()
         .map_err(|_| anyhow::anyhow!("agent thread panicked"))??;
+    ensure!(
+        routes_seen.iter().all(String::is_empty),
+        "the node routed to the pod before the agent answered: {routes_seen:?}"
+    );
     let req: palisade_cni::agent_api::Request = serde_json::from_str(got[0].trim())?;
     let palisade_cni::agent_api::Request::Add { endpoint } = req else {
         bail!("not an add: {}", got[0])

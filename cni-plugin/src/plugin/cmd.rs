@@ -232,11 +232,6 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
         Ok(pod.mac)
     })?;
 
-    // Node side: a host route per pod address.
-    for ip in &ips {
-        route::add_host_route(&nl, host.index, ip.ip())?;
-    }
-
     let record = EndpointRecord {
         container_id: env.container_id.clone(),
         netns: netns_str.clone(),
@@ -253,6 +248,12 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
     record.write(&conf.state_dir)?;
     if let Some(sock) = &conf.agent_socket {
         agent_api::call(sock, &Request::Add { endpoint: record })?;
+    }
+    // Node side: a host route per pod address, only now. Until this route exists nothing can
+    // reach the pod (the node has no route to its address), so no packet arrives before the
+    // agent has programmed the endpoint's policy and attached its programs.
+    for ip in &ips {
+        route::add_host_route(&nl, host.index, ip.ip())?;
     }
     rollback.disarm();
     Ok(AddResult {
