@@ -68,7 +68,10 @@ fn ips_of(out: &Output) -> Result<Vec<String>> {
 }
 
 fn expect_error(out: &Output, code: u64, needles: &[&str]) -> Result<()> {
-    ensure!(!out.status.success(), "plugin succeeded but should have failed");
+    ensure!(
+        !out.status.success(),
+        "plugin succeeded but should have failed"
+    );
     let v: Value = serde_json::from_slice(&out.stdout).context("error output is not JSON")?;
     ensure!(v["code"] == code, "expected code {code}, got {v}");
     let msg = v["msg"].as_str().unwrap_or_default();

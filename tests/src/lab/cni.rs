@@ -35,7 +35,9 @@ struct CniIp {
 }
 
 impl NodeCni {
-    pub fn config(&self) -> serde_json::Value {
+    /// The network configuration; `requested` addresses go to `runtimeConfig.ips` (the CNI
+    /// `ips` capability), as a runtime passes them.
+    pub fn config(&self, requested: &[IpAddr]) -> serde_json::Value {
         let mut c = serde_json::json!({
             "cniVersion": "1.1.0",
             "name": "palisade",
@@ -47,6 +49,10 @@ impl NodeCni {
         if let Some(s) = &self.agent_socket {
             c["agentSocket"] = serde_json::json!(s);
         }
+        if !requested.is_empty() {
+            let ips: Vec<String> = requested.iter().map(ToString::to_string).collect();
+            c["runtimeConfig"] = serde_json::json!({ "ips": ips });
+        }
         c
     }
 
@@ -56,6 +62,7 @@ impl NodeCni {
         container_id: &str,
         pod_netns: &str,
         k8s: (&str, &str),
+        requested: &[IpAddr],
     ) -> Result<String, LabError> {
         let cni_path = self.plugin.parent().unwrap_or(Path::new("/"));
         let mut cmd = Command::new("ip");
@@ -80,7 +87,7 @@ impl NodeCni {
             cmd: what.clone(),
             source,
         })?;
-        let config = self.config().to_string();
+        let config = self.config(requested).to_string();
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(config.as_bytes())
@@ -110,8 +117,9 @@ impl NodeCni {
         container_id: &str,
         pod_netns: &str,
         k8s: (&str, &str),
+        requested: &[IpAddr],
     ) -> Result<Vec<IpAddr>, LabError> {
-        let out = self.exec("ADD", container_id, pod_netns, k8s)?;
+        let out = self.exec("ADD", container_id, pod_netns, k8s, requested)?;
         let result: CniResult = serde_json::from_str(&out).map_err(|e| LabError::Cni {
             what: format!("parsing the ADD result for {}/{}", k8s.0, k8s.1),
             status: "exit 0".into(),
@@ -138,7 +146,8 @@ impl NodeCni {
         pod_netns: &str,
         k8s: (&str, &str),
     ) -> Result<(), LabError> {
-        self.exec("DEL", container_id, pod_netns, k8s).map(|_| ())
+        self.exec("DEL", container_id, pod_netns, k8s, &[])
+            .map(|_| ())
     }
 }
 

@@ -42,12 +42,12 @@ use std::time::{Duration, Instant};
 use serde_yaml::Value;
 
 pub use agent::AgentBins;
-pub use model::{Model, ModelPod, PORTS};
+pub use model::{Model, ModelPod, ModelPort, PORTS};
 pub use reachability::{Case, Family, Peer, ProbeCase, Protocol, Reachability, TruthTable};
 
 use agent::Agent;
 use cni::NodeCni;
-use probe::{PodServer, Target};
+use probe::{PodServer, SctpSeen, Target};
 
 /// Every failed lab operation, with the object it concerned.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +127,8 @@ pub enum LabError {
     NoAddress { pod: String, family: Family },
     #[error("timed out after {after:?}: {what}")]
     Timeout { what: String, after: Duration },
+    #[error("lab configuration: {reason}")]
+    Config { reason: String },
 }
 
 /// The stand-in CNI plugin (`stub_cni.py`) for lab tests while the real `palisade` binary does
@@ -170,6 +172,12 @@ pub struct LabConfig {
     pub base_dir: PathBuf,
     /// Progress lines on stderr.
     pub verbose: bool,
+    /// Build the policy crate's conformance model instead of the default one
+    /// ([`Model::conformance`]): pods at exactly `conformance::pod_addr` (pod CIDRs
+    /// `10.0.0.0/16` and `fd00::/64`, addresses requested through the plugin's `ips`
+    /// capability), the model's named ports (SCTP and the per-pod `web` port included), and
+    /// the outside host `ext` (192.168.1.1, 2001:db8::1) behind the node. One node only.
+    pub conformance_addresses: bool,
 }
 
 impl Default for LabConfig {
@@ -184,6 +192,7 @@ impl Default for LabConfig {
             sync_timeout: Duration::from_secs(30),
             base_dir: std::env::temp_dir(),
             verbose: false,
+            conformance_addresses: false,
         }
     }
 }
@@ -303,6 +312,15 @@ struct PodRuntime {
     added: bool,
 }
 
+/// A host outside the cluster: a namespace behind node 0 (veth `ext0` in the node, `eth0` in
+/// the host), serving like a pod.
+struct OutsideHost {
+    id: String,
+    netns: String,
+    ips: Vec<IpAddr>,
+    server: Option<PodServer>,
+}
+
 /// A running lab; dropping it tears everything down (CNI DEL for every pod, agents stopped,
 /// bpffs unmounted, namespaces and files removed).
 pub struct Lab {
@@ -318,7 +336,19 @@ pub struct Lab {
     user: BTreeMap<String, Vec<Value>>,
     /// Pods that exist, by `ns/name`.
     pods: BTreeMap<String, PodRuntime>,
+    /// Hosts outside the cluster (conformance mode: `ext`).
+    outside: Vec<OutsideHost>,
+    /// SCTP probes the servers received.
+    sctp_seen: SctpSeen,
 }
+
+/// Pod CIDRs of the conformance model's node (`conformance::pod_addr` lies inside).
+pub const CONFORMANCE_POD_CIDR_V4: &str = "10.0.0.0/16";
+pub const CONFORMANCE_POD_CIDR_V6: &str = "fd00::/64";
+
+/// The node's addresses on the link to the outside hosts.
+const OUTSIDE_GW_V4: &str = "192.168.1.254";
+const OUTSIDE_GW_V6: &str = "2001:db8::fe";
 
 /// Subnet of the two-node underlay.
 const UNDERLAY_V4: &str = "192.168.254";
@@ -357,7 +387,18 @@ impl Lab {
                 Some(reason) => return Err(LabError::AgentUnavailable { reason }),
             },
         };
-        let base = Model::upstream(nodes_n);
+        if config.conformance_addresses && nodes_n != 1 {
+            return Err(LabError::Config {
+                reason: format!(
+                    "conformance_addresses needs one node (the model's addresses are not split by node), not {nodes_n}"
+                ),
+            });
+        }
+        let base = if config.conformance_addresses {
+            Model::conformance()
+        } else {
+            Model::upstream(nodes_n)
+        };
         let mut lab = Lab {
             id: id.clone(),
             dir: dir.clone(),
@@ -368,6 +409,8 @@ impl Lab {
             base,
             user: BTreeMap::new(),
             pods: BTreeMap::new(),
+            outside: Vec::new(),
+            sctp_seen: SctpSeen::default(),
             config,
         };
         // From here on, an error drops `lab`, which removes what was built so far.
@@ -386,7 +429,14 @@ impl Lab {
                 cni: NodeCni {
                     plugin: plugin.clone(),
                     node_netns: netns_name.clone(),
-                    pod_cidrs: vec![format!("10.244.{i}.0/24"), format!("fd00:10:244:{i}::/64")],
+                    pod_cidrs: if lab.config.conformance_addresses {
+                        vec![
+                            CONFORMANCE_POD_CIDR_V4.into(),
+                            CONFORMANCE_POD_CIDR_V6.into(),
+                        ]
+                    } else {
+                        vec![format!("10.244.{i}.0/24"), format!("fd00:10:244:{i}::/64")]
+                    },
                     state_dir,
                     agent_socket: enforcing.then(|| node_dir.join("agent.sock")),
                 },
@@ -398,6 +448,9 @@ impl Lab {
         }
         if nodes_n == 2 {
             lab.build_underlay()?;
+        }
+        if lab.config.conformance_addresses {
+            lab.add_outside_host("ext")?;
         }
         lab.write_model()?;
         if lab.mode == Mode::Enforcing {
@@ -532,14 +585,67 @@ impl Lab {
         protocols: &[Protocol],
         family: Family,
     ) -> Result<Reachability, LabError> {
-        let ids = self.pod_ids();
+        let cases: Vec<Case> = ports
+            .iter()
+            .flat_map(|&port| {
+                protocols
+                    .iter()
+                    .map(move |&protocol| Case { port, protocol })
+            })
+            .collect();
+        self.probe_cases(&self.pod_ids(), &cases, family)
+    }
+
+    /// Ids of the hosts outside the cluster (`ext` in conformance mode).
+    pub fn outside_ids(&self) -> Vec<String> {
+        self.outside.iter().map(|o| o.id.clone()).collect()
+    }
+
+    /// Addresses of an outside host.
+    pub fn outside_ips(&self, id: &str) -> Option<&[IpAddr]> {
+        self.outside
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| o.ips.as_slice())
+    }
+
+    /// Every endpoint (pods, then outside hosts) to every endpoint, on every case (port and
+    /// protocol: TCP, UDP, SCTP, ICMP with port 0), by the destination's address of
+    /// `family`, all in parallel: a round costs the probe timeout once when anything is
+    /// blocked. The table's ids are `ns/name` for pods and the outside hosts' names.
+    pub fn probe_everything(
+        &self,
+        cases: &[Case],
+        family: Family,
+    ) -> Result<Reachability, LabError> {
+        let mut ids = self.pod_ids();
+        ids.extend(self.outside_ids());
+        self.probe_cases(&ids, cases, family)
+    }
+
+    /// Network namespace and addresses of a pod or outside host.
+    fn endpoint(&self, id: &str) -> Option<(&str, &[IpAddr])> {
+        if let Some(p) = self.pods.get(id) {
+            return Some((p.netns.as_str(), p.ips.as_slice()));
+        }
+        self.outside
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| (o.netns.as_str(), o.ips.as_slice()))
+    }
+
+    fn probe_cases(
+        &self,
+        ids: &[String],
+        cases: &[Case],
+        family: Family,
+    ) -> Result<Reachability, LabError> {
         let mut targets = Vec::new();
-        for id in &ids {
+        for id in ids {
             let addr = self
-                .pods
-                .get(id)
-                .and_then(|p| {
-                    p.ips.iter().copied().find(|a| match family {
+                .endpoint(id)
+                .and_then(|(_, ips)| {
+                    ips.iter().copied().find(|a| match family {
                         Family::V4 => a.is_ipv4(),
                         Family::V6 => a.is_ipv6(),
                     })
@@ -554,25 +660,18 @@ impl Lab {
             });
         }
         self.wait_links_ready(family)?;
-        let cases: Vec<Case> = ports
-            .iter()
-            .flat_map(|&port| {
-                protocols
-                    .iter()
-                    .map(move |&protocol| Case { port, protocol })
-            })
-            .collect();
-        let mut reach = Reachability::new(&ids, ports, protocols, family, None);
+        let mut reach = Reachability::with_cases(ids, cases, family, None);
         let timeout = self.config.probe_timeout;
+        let seen = &self.sctp_seen;
         let results: Vec<Result<(String, Vec<probe::Outcome>), LabError>> =
             std::thread::scope(|s| {
                 let handles: Vec<_> = ids
                     .iter()
                     .map(|from| {
-                        let netns = &self.pods[from].netns;
-                        let (targets, cases) = (&targets, &cases);
+                        let netns = self.endpoint(from).map(|(n, _)| n).unwrap_or_default();
+                        let targets = &targets;
                         s.spawn(move || {
-                            probe::probe_from(netns, from, targets, cases, timeout)
+                            probe::probe_from(netns, from, targets, cases, timeout, seen)
                                 .map(|o| (from.clone(), o))
                         })
                     })
@@ -595,6 +694,116 @@ impl Lab {
             }
         }
         Ok(reach)
+    }
+
+    /// Builds an outside host `id` (conformance mode): a namespace `<lab>-<id>` joined to node
+    /// 0 by a veth (`ext0` in the node, `eth0` in the host), with the model's addresses
+    /// (`conformance::external_addr`) on `eth0` and the node's `192.168.1.254` /
+    /// `2001:db8::fe` on `ext0`, so the node reaches the host through the connected routes
+    /// 192.168.1.0/24 and 2001:db8::/64; the host routes only the pod CIDRs back via the node
+    /// (no default route). The host serves like a pod.
+    fn add_outside_host(&mut self, id: &str) -> Result<(), LabError> {
+        let netns_name = format!("{}-{id}", self.id);
+        let node = self.nodes[0].netns.clone();
+        netns::add(&netns_name)?;
+        let ips = vec![
+            palisade_policy::conformance::external_addr(id, false),
+            palisade_policy::conformance::external_addr(id, true),
+        ];
+        // Recorded first: teardown removes the namespace (and the veth with it).
+        self.outside.push(OutsideHost {
+            id: id.to_string(),
+            netns: netns_name.clone(),
+            ips: ips.clone(),
+            server: None,
+        });
+        netns::ip(&[
+            "-n",
+            &node,
+            "link",
+            "add",
+            "ext0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns_name,
+        ])?;
+        for (ns, dev) in [(node.as_str(), "ext0"), (netns_name.as_str(), "eth0")] {
+            netns::in_netns(ns, || {
+                netns::write_sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0")
+            })??;
+        }
+        let (v4, v6) = (ips[0].to_string(), ips[1].to_string());
+        netns::ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_GW_V4}/24"),
+            "dev",
+            "ext0",
+        ])?;
+        netns::ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_GW_V6}/64"),
+            "dev",
+            "ext0",
+            "nodad",
+        ])?;
+        netns::ip(&[
+            "-n",
+            &netns_name,
+            "addr",
+            "add",
+            &format!("{v4}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        netns::ip(&[
+            "-n",
+            &netns_name,
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        netns::ip(&["-n", &node, "link", "set", "ext0", "up"])?;
+        netns::ip(&["-n", &netns_name, "link", "set", "eth0", "up"])?;
+        for cidr in &self.nodes[0].cni.pod_cidrs {
+            let via = if cidr.contains(':') {
+                OUTSIDE_GW_V6
+            } else {
+                OUTSIDE_GW_V4
+            };
+            netns::ip(&[
+                "-n",
+                &netns_name,
+                "route",
+                "add",
+                cidr,
+                "via",
+                via,
+                "dev",
+                "eth0",
+            ])?;
+        }
+        allow_ping(&netns_name)?;
+        let server = PodServer::start(&netns_name, id, &PORTS, &self.sctp_seen)?;
+        if let Some(o) = self.outside.iter_mut().find(|o| o.id == id) {
+            o.server = Some(server);
+        }
+        self.log(format_args!(
+            "lab: outside host {id} ({netns_name}): {ips:?}"
+        ));
+        Ok(())
     }
 
     /// Waits (bounded) until every pod's link is usable, so first-contact delays are not
@@ -788,9 +997,14 @@ impl Lab {
         let id = m.id();
         // Recorded first, so a failure below still tears down what exists.
         let node = &self.nodes[m.node];
-        let result = node
-            .cni
-            .add(&rt.container_id, &rt.netns, (&m.namespace, &m.name));
+        let result = allow_ping(&name).and_then(|()| {
+            node.cni.add(
+                &rt.container_id,
+                &rt.netns,
+                (&m.namespace, &m.name),
+                &m.requested_ips,
+            )
+        });
         match result {
             Ok(ips) => {
                 rt.ips = ips;
@@ -801,7 +1015,7 @@ impl Lab {
                 return Err(e);
             }
         }
-        match PodServer::start(&name, &PORTS) {
+        match PodServer::start(&name, &id, &PORTS, &self.sctp_seen) {
             Ok(s) => rt.server = Some(s),
             Err(e) => {
                 self.pods.insert(id, rt);
@@ -837,6 +1051,12 @@ impl Lab {
                 if let Err(e) = netns::del(&ns) {
                     errors.push(e);
                 }
+            }
+        }
+        for mut o in self.outside.drain(..) {
+            o.server = None;
+            if let Err(e) = netns::del(&o.netns) {
+                errors.push(e);
             }
         }
         for mut a in self.agents.drain(..) {
@@ -892,6 +1112,14 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), LabError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Lets every group open ICMP ping sockets in namespace `netns` (the ICMP probes use them;
+/// `net.ipv4.ping_group_range` is per namespace and covers IPv6 ping sockets too).
+fn allow_ping(netns: &str) -> Result<(), LabError> {
+    netns::in_netns(netns, || {
+        netns::write_sysctl("net.ipv4.ping_group_range", "0 2147483647")
+    })?
 }
 
 fn sanitize(name: &str) -> String {

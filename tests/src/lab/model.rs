@@ -36,6 +36,33 @@ pub struct ModelPod {
     pub labels: Labels,
     /// Index of the node the pod runs on.
     pub node: usize,
+    /// Named container ports its Pod object declares.
+    pub ports: Vec<ModelPort>,
+    /// Addresses the CNI plugin is asked for (`runtimeConfig.ips`); empty = any.
+    pub requested_ips: Vec<IpAddr>,
+}
+
+/// A named container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// The default model's ports: `serve-<port>-<proto>` for TCP and UDP on 80 and 81.
+pub fn default_ports() -> Vec<ModelPort> {
+    let mut v = Vec::new();
+    for port in PORTS {
+        for protocol in Protocol::ALL {
+            v.push(ModelPort {
+                name: port_name(port, protocol),
+                port,
+                protocol,
+            });
+        }
+    }
+    v
 }
 
 impl ModelPod {
@@ -88,8 +115,53 @@ impl Model {
                     name: pod.to_string(),
                     labels: Labels::from([("pod".to_string(), pod.to_string())]),
                     node,
+                    ports: default_ports(),
+                    requested_ips: Vec::new(),
                 });
             }
+        }
+        m
+    }
+
+    /// The policy crate's conformance model (`palisade_policy::conformance::model_cluster`):
+    /// the same namespaces, pods and labels, every pod at its fixed addresses
+    /// (`conformance::pod_addr`) with the named ports the model gives it (`serve-*` for TCP,
+    /// UDP and SCTP, and `web`, which differs per pod). One node.
+    pub fn conformance() -> Model {
+        let cluster = palisade_policy::conformance::model_cluster();
+        let mut m = Model {
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+            nodes: 1,
+        };
+        for (name, labels) in &cluster.namespaces {
+            m.namespaces.push(ModelNamespace {
+                name: name.clone(),
+                labels: labels.clone(),
+            });
+        }
+        for p in &cluster.pods {
+            let ports = p
+                .ports
+                .iter()
+                .map(|np| ModelPort {
+                    name: np.name.clone(),
+                    port: np.port,
+                    protocol: match np.protocol {
+                        palisade_policy::Protocol::Tcp => Protocol::Tcp,
+                        palisade_policy::Protocol::Udp => Protocol::Udp,
+                        palisade_policy::Protocol::Sctp => Protocol::Sctp,
+                    },
+                })
+                .collect();
+            m.pods.push(ModelPod {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels: p.labels.clone(),
+                node: 0,
+                ports,
+                requested_ips: p.ips.clone(),
+            });
         }
         m
     }
@@ -173,6 +245,8 @@ impl Model {
                         name,
                         labels: meta.labels.unwrap_or_default(),
                         node,
+                        ports: default_ports(),
+                        requested_ips: Vec::new(),
                     });
                 }
             }
@@ -192,16 +266,17 @@ impl Model {
             }));
         }
         for pod in &self.pods {
-            let mut ports = Vec::new();
-            for port in PORTS {
-                for proto in Protocol::ALL {
-                    ports.push(json!({
-                        "name": port_name(port, proto),
-                        "containerPort": port,
-                        "protocol": proto.as_str(),
-                    }));
-                }
-            }
+            let ports: Vec<_> = pod
+                .ports
+                .iter()
+                .map(|p| {
+                    json!({
+                        "name": p.name,
+                        "containerPort": p.port,
+                        "protocol": p.protocol.as_str(),
+                    })
+                })
+                .collect();
             let mut doc = json!({
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -287,6 +362,34 @@ mod tests {
         assert_eq!(m.namespaces[1].labels["ns"], "y");
         assert_eq!(m.namespaces[1].labels[NS_NAME_LABEL], "y");
         assert_eq!(m.pods[4].labels["pod"], "b");
+    }
+
+    #[test]
+    fn conformance_model_has_fixed_addresses_and_per_pod_web_ports() {
+        let m = Model::conformance();
+        assert_eq!(m.pod_ids().len(), 9);
+        let yb = m.pod("y/b").expect("y/b");
+        assert_eq!(
+            yb.requested_ips,
+            vec![
+                "10.0.1.11".parse::<IpAddr>().expect("ip"),
+                "fd00::1:11".parse::<IpAddr>().expect("ip")
+            ]
+        );
+        let web = |id: &str| {
+            let p = m.pod(id).expect("pod");
+            let w = p.ports.iter().find(|p| p.name == "web").expect("web port");
+            (w.port, w.protocol)
+        };
+        assert_eq!(web("x/a"), (80, Protocol::Tcp));
+        assert_eq!(web("x/b"), (81, Protocol::Tcp));
+        assert_eq!(web("z/c"), (80, Protocol::Udp));
+        assert!(yb.ports.iter().any(|p| p.name == "serve-81-sctp"));
+        let text = m.to_yaml(&BTreeMap::new());
+        assert!(
+            text.contains("serve-80-sctp") && text.contains("name: web"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,23 +12,56 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Transport protocol of a probe.
+/// Protocol of a probe.
+///
+/// - TCP: a connect; UDP: a datagram echoed by the server.
+/// - SCTP: this kernel has no SCTP, so the probe is a crafted INIT packet sent from a raw
+///   socket; reachable when the destination's raw IP-protocol-132 socket received it.
+/// - ICMP: an echo request (ICMPv6 echo for v6) from a ping socket; the port is 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
     Tcp,
     #[serde(rename = "UDP")]
     Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+    #[serde(rename = "ICMP")]
+    Icmp,
 }
 
 impl Protocol {
+    /// What the servers of the default model answer: TCP and UDP.
     pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
 
-    /// The Kubernetes spelling (`TCP`, `UDP`).
+    /// The Kubernetes spelling (`TCP`, `UDP`, `SCTP`); `ICMP` for echo probes.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            Protocol::Icmp => "ICMP",
+        }
+    }
+
+    /// IP protocol number (ICMP: 1, also for v6 probes, as the policy model numbers them).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Icmp => 1,
+        }
+    }
+
+    /// The protocol of an IP protocol number, if probes know it.
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
+            1 | 58 => Some(Protocol::Icmp),
+            _ => None,
         }
     }
 }
@@ -244,6 +277,23 @@ impl Reachability {
             pods: pods.to_vec(),
             family,
             tables,
+        }
+    }
+
+    /// A table for every case of `cases`, each cell set to `default`.
+    pub fn with_cases(
+        pods: &[String],
+        cases: &[Case],
+        family: Family,
+        default: Option<bool>,
+    ) -> Self {
+        Reachability {
+            pods: pods.to_vec(),
+            family,
+            tables: cases
+                .iter()
+                .map(|&c| (c, TruthTable::new(pods, default)))
+                .collect(),
         }
     }
 
