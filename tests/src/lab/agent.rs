@@ -1,7 +1,6 @@
 //! One `palisade-agent` per lab node, run inside the node namespace with a private bpffs
 //! mount, and `palisadectl` to wait until the manifests directory is enforced.
 
-use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -89,6 +88,16 @@ pub struct Agent {
     mounted: bool,
     log: PathBuf,
     ctl: PathBuf,
+    /// How to start it again (`respawn`).
+    spawn: SpawnArgs,
+}
+
+#[derive(Clone, Debug)]
+struct SpawnArgs {
+    bins: AgentBins,
+    node_netns: String,
+    manifests: PathBuf,
+    state_dir: PathBuf,
 }
 
 /// How long the agent may take to open its socket.
@@ -127,37 +136,62 @@ impl Agent {
         let mut agent = Agent {
             node: node_name.to_string(),
             child: None,
-            socket: socket.clone(),
-            bpffs: bpffs.clone(),
+            socket,
+            bpffs,
             mounted: true,
-            log: log.clone(),
+            log,
             ctl: bins.ctl.clone(),
+            spawn: SpawnArgs {
+                bins: bins.clone(),
+                node_netns: node_netns.to_string(),
+                manifests: manifests.to_path_buf(),
+                state_dir: state_dir.to_path_buf(),
+            },
         };
-        let log_file = File::create(&log).map_err(|source| LabError::Io {
-            op: "creating agent log",
-            path: log.clone(),
-            source,
-        })?;
+        agent.spawn_process(false)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent process (appending to its log when `append`) and waits for its socket.
+    fn spawn_process(&mut self, append: bool) -> Result<(), LabError> {
+        let SpawnArgs {
+            bins,
+            node_netns,
+            manifests,
+            state_dir,
+        } = self.spawn.clone();
+        let log = self.log.clone();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&log)
+            .map_err(|source| LabError::Io {
+                op: "opening agent log",
+                path: log.clone(),
+                source,
+            })?;
         let log_err = log_file.try_clone().map_err(|source| LabError::Io {
             op: "duplicating agent log handle",
             path: log.clone(),
             source,
         })?;
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", node_netns])
+        cmd.args(["netns", "exec", &node_netns])
             .arg(&bins.agent)
             .arg("--source")
             .arg(format!("dir:{}", manifests.display()))
             .arg("--bpffs")
-            .arg(&bpffs)
+            .arg(&self.bpffs)
             .arg("--bpf-object")
             .arg(&bins.bpf_object)
             .arg("--state-dir")
-            .arg(state_dir)
+            .arg(&state_dir)
             .arg("--socket")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("--node-name")
-            .arg(node_name)
+            .arg(&self.node)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -179,9 +213,45 @@ impl Agent {
             cmd: format!("{cmd:?}"),
             source,
         })?;
-        agent.child = Some(child);
-        agent.wait_socket()?;
-        Ok(agent)
+        self.child = Some(child);
+        self.wait_socket()
+    }
+
+    /// `kill -9` the agent: no cleanup of any kind runs. Its pinned maps and links stay in the
+    /// node's bpffs (which stays mounted), as after a crash.
+    pub fn kill_hard(&mut self) -> Result<(), LabError> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().map_err(|source| LabError::Spawn {
+                cmd: format!("kill -9 agent of {}", self.node),
+                source,
+            })?;
+            child.wait().map_err(|source| LabError::Spawn {
+                cmd: format!("wait agent of {}", self.node),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new agent process on the same node, bpffs, state and socket (after
+    /// `kill_hard`), and waits until it accepts connections.
+    pub fn respawn(&mut self) -> Result<(), LabError> {
+        self.kill_hard()?;
+        if self.socket.exists() {
+            // A killed agent leaves its socket file; the new one replaces it, but the wait
+            // below must not connect to a stale file: remove it first.
+            std::fs::remove_file(&self.socket).map_err(|source| LabError::Io {
+                op: "removing stale agent socket",
+                path: self.socket.clone(),
+                source,
+            })?;
+        }
+        self.spawn_process(true)
+    }
+
+    /// `palisadectl endpoints` (text table).
+    pub fn endpoints(&self) -> Result<String, LabError> {
+        self.ctl(&["endpoints"])
     }
 
     fn wait_socket(&mut self) -> Result<(), LabError> {
@@ -302,5 +372,12 @@ impl Drop for Agent {
         if let Err(e) = self.stop() {
             eprintln!("lab: stopping the agent of {}: {e}", self.node);
         }
+    }
+}
+
+impl super::Lab {
+    /// The agent of node `index` (for crash and restart tests).
+    pub fn agent_mut(&mut self, index: usize) -> Option<&mut Agent> {
+        self.agents.get_mut(index)
     }
 }

@@ -1,0 +1,394 @@
+//! The agent's lifecycle under real traffic, in the lab: a crash, a restart that adopts pinned
+//! state, policy changes on established connections, and policy churn while traffic flows.
+//!
+//! Every test runs the real CNI plugin, agent and eBPF datapath in namespaces (see docs/lab.md)
+//! and uses its own TCP echo servers on port 8080/8081 in pods, so that connections can stay
+//! open across events (the lab's own servers close TCP connections at once).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use palisade_tests::lab::netns::in_netns;
+use palisade_tests::lab::{Lab, LabConfig};
+use palisade_tests::require_privileges;
+
+/// A TCP echo server inside a pod's namespace, serving until dropped.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(netns: &str, port: u16) -> Result<Echo> {
+        let listener = in_netns(netns, move || TcpListener::bind(("::", port)))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        let s = s.clone();
+                        std::thread::spawn(move || {
+                            if c.set_nonblocking(false).is_err()
+                                || c.set_read_timeout(Some(Duration::from_millis(100)))
+                                    .is_err()
+                            {
+                                return;
+                            }
+                            let mut buf = [0u8; 256];
+                            while !s.load(Ordering::Relaxed) {
+                                match c.read(&mut buf) {
+                                    Ok(0) => return,
+                                    Ok(n) => {
+                                        if c.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Nothing to accept: wait for the listener to become readable.
+                        let mut fds = [libc::pollfd {
+                            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        }];
+                        // SAFETY: one valid pollfd for the duration of the call.
+                        unsafe { libc::poll(fds.as_mut_ptr(), 1, 50) };
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Echo {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            eprintln!("echo server thread panicked");
+        }
+    }
+}
+
+/// A TCP connection opened from inside a pod's namespace.
+struct Conn {
+    stream: TcpStream,
+    seq: u8,
+}
+
+impl Conn {
+    /// Connects, or fails after `timeout` (a dropped SYN never completes).
+    fn open(netns: &str, to: SocketAddr, timeout: Duration) -> Result<Conn> {
+        let stream = in_netns(netns, move || TcpStream::connect_timeout(&to, timeout))?
+            .with_context(|| format!("connect from {netns} to {to}"))?;
+        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        Ok(Conn { stream, seq: 0 })
+    }
+
+    /// One byte out and back. False when the echo does not come back in time.
+    fn roundtrip(&mut self) -> bool {
+        self.seq = self.seq.wrapping_add(1);
+        if self.stream.write_all(&[self.seq]).is_err() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            match self.stream.read(&mut b) {
+                Ok(1) if b[0] == self.seq => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+fn can_connect(netns: &str, to: SocketAddr) -> bool {
+    Conn::open(netns, to, Duration::from_millis(700)).is_ok()
+}
+
+fn lab(test: &str) -> Result<Option<Lab>> {
+    if !require_privileges(test) {
+        return Ok(None);
+    }
+    let lab = Lab::start(LabConfig::default())?;
+    if !lab.enforcing() {
+        bail!(
+            "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
+            lab.mode()
+        );
+    }
+    Ok(Some(lab))
+}
+
+fn v4(lab: &Lab, pod: &str) -> Result<IpAddr> {
+    lab.pod_ips(pod)
+        .and_then(|ips| ips.iter().copied().find(IpAddr::is_ipv4))
+        .with_context(|| format!("{pod} has no IPv4 address"))
+}
+
+fn ns<'a>(lab: &'a Lab, pod: &str) -> Result<&'a str> {
+    lab.pod_netns(pod).with_context(|| format!("no pod {pod}"))
+}
+
+/// x/a accepts TCP 8080 from namespaces listed in `from` only.
+fn allow_8080_from(from: &[&str]) -> String {
+    let peers: Vec<String> = from
+        .iter()
+        .map(|n| format!("{{namespaceSelector: {{matchLabels: {{ns: {n}}}}}}}"))
+        .collect();
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: a-8080, namespace: x}}
+spec:
+  podSelector: {{matchLabels: {{pod: a}}}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{}]
+    ports: [{{port: 8080}}]
+",
+        peers.join(", ")
+    )
+}
+
+/// Threat model: the agent is a process that can crash or be OOM-killed at any moment. A node
+/// must not fall open (allow all) or closed (deny all) when it does: enforcement lives in the
+/// kernel, pinned, and the next agent must take it over without a reset that would cut
+/// established connections or open a window.
+#[test]
+fn privileged_agent_killed_with_sigkill_keeps_enforcing_and_its_successor_adopts_without_rewriting()
+-> Result<()> {
+    let Some(mut lab) = lab(
+        "privileged_agent_killed_with_sigkill_keeps_enforcing_and_its_successor_adopts_without_rewriting",
+    )?
+    else {
+        return Ok(());
+    };
+    let a = SocketAddr::new(v4(&lab, "x/a")?, 8080);
+    let _echo = Echo::start(ns(&lab, "x/a")?, 8080)?;
+    lab.apply_yaml("a-8080", &allow_8080_from(&["y"]))?;
+    lab.wait_synced()?;
+    let mut established = Conn::open(ns(&lab, "y/b")?, a, Duration::from_secs(2))?;
+    ensure!(
+        established.roundtrip(),
+        "y/b -> x/a:8080 allowed, but no echo"
+    );
+    ensure!(
+        !can_connect(ns(&lab, "z/c")?, a),
+        "z/c -> x/a:8080 must be denied"
+    );
+    let agent = lab.agent_mut(0).context("no agent")?;
+    let before = agent.endpoints()?;
+
+    agent.kill_hard()?;
+    // Without any agent: the established connection lives on, new allowed connections open,
+    // denied ones stay denied.
+    ensure!(
+        established.roundtrip(),
+        "established connection broken by the agent's death"
+    );
+    ensure!(
+        can_connect(ns(&lab, "y/c")?, a),
+        "new allowed connection refused without the agent"
+    );
+    ensure!(
+        !can_connect(ns(&lab, "z/c")?, a),
+        "denied connection passed without the agent"
+    );
+
+    let agent = lab.agent_mut(0).context("no agent")?;
+    agent.respawn()?;
+    lab.wait_synced()?;
+    let after = lab.agent_mut(0).context("no agent")?.endpoints()?;
+    // Same endpoint ids and the same policy ids: the successor adopted the pinned state and
+    // rewrote nothing.
+    ensure!(
+        before == after,
+        "endpoints changed across the restart:\nbefore:\n{before}\nafter:\n{after}"
+    );
+    let log = std::fs::read_to_string(lab.agent_logs()[0])?;
+    ensure!(
+        log.contains("adopted pinned state: 9 endpoints"),
+        "no adoption in the agent log:\n{log}"
+    );
+    ensure!(
+        established.roundtrip(),
+        "established connection broken by the restart"
+    );
+    ensure!(
+        !can_connect(ns(&lab, "z/c")?, a),
+        "denied connection passed after the restart"
+    );
+    Ok(())
+}
+
+/// Threat model: a policy change that revokes access must not leave connections opened
+/// under the old policy running (the safer default; documented in README).
+#[test]
+fn privileged_policy_change_cuts_established_connections_it_forbids_and_keeps_the_others()
+-> Result<()> {
+    let Some(mut lab) = lab(
+        "privileged_policy_change_cuts_established_connections_it_forbids_and_keeps_the_others",
+    )?
+    else {
+        return Ok(());
+    };
+    let a = SocketAddr::new(v4(&lab, "x/a")?, 8080);
+    let _echo = Echo::start(ns(&lab, "x/a")?, 8080)?;
+    lab.apply_yaml("a-8080", &allow_8080_from(&["y", "z"]))?;
+    lab.wait_synced()?;
+    let mut from_y = Conn::open(ns(&lab, "y/b")?, a, Duration::from_secs(2))?;
+    let mut from_z = Conn::open(ns(&lab, "z/b")?, a, Duration::from_secs(2))?;
+    ensure!(
+        from_y.roundtrip() && from_z.roundtrip(),
+        "both connections must work first"
+    );
+
+    lab.apply_yaml("a-8080", &allow_8080_from(&["z"]))?;
+    lab.wait_synced()?;
+    ensure!(
+        !from_y.roundtrip(),
+        "y/b's connection survived a policy that now forbids it"
+    );
+    ensure!(
+        from_z.roundtrip(),
+        "z/b's connection, still allowed, was cut"
+    );
+    ensure!(
+        !can_connect(ns(&lab, "y/c")?, a),
+        "new connection from y allowed after revocation"
+    );
+    let status = lab.agent_status()?.join("\n");
+    ensure!(
+        status.contains("policy_changed"),
+        "no policy_changed drop counted:\n{status}"
+    );
+
+    // Granting access again lets new connections in.
+    lab.apply_yaml("a-8080", &allow_8080_from(&["y", "z"]))?;
+    lab.wait_synced()?;
+    ensure!(
+        can_connect(ns(&lab, "y/c")?, a),
+        "y is allowed again but cannot connect"
+    );
+    Ok(())
+}
+
+/// Threat model: while the agent rewrites a policy, a packet must see the old policy or the
+/// new one, never a moment of allow-all (a flow neither allows passes) or deny-all (a flow
+/// both allow fails).
+#[test]
+fn privileged_policy_churn_under_traffic_never_opens_or_closes_what_both_policies_agree_on()
+-> Result<()> {
+    let Some(mut lab) = lab(
+        "privileged_policy_churn_under_traffic_never_opens_or_closes_what_both_policies_agree_on",
+    )?
+    else {
+        return Ok(());
+    };
+    let a_ip = v4(&lab, "x/a")?;
+    let _echo80 = Echo::start(ns(&lab, "x/a")?, 8080)?;
+    let _echo81 = Echo::start(ns(&lab, "x/a")?, 8081)?;
+    // Policy A: y on 8080. Policy B: y on 8080, and z on 8081, and x/a isolated for egress
+    // too (a second direction switching). Both allow y -> 8080; neither allows z -> 8080.
+    let policy_a = allow_8080_from(&["y"]);
+    let policy_b = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-8080, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{port: 8080}]
+  - from: [{namespaceSelector: {matchLabels: {ns: z}}}]
+    ports: [{port: 8081}]
+  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.255.0.0/16]}}]
+    ports: [{port: 9, protocol: UDP}]
+";
+    lab.apply_yaml("a-8080", &policy_a)?;
+    lab.wait_synced()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let always_failed = Arc::new(AtomicUsize::new(0));
+    let never_passed = Arc::new(AtomicUsize::new(0));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let y = ns(&lab, "y/b")?.to_string();
+    let z = ns(&lab, "z/c")?.to_string();
+    let mut probers = Vec::new();
+    {
+        let (stop, failed, attempts) = (stop.clone(), always_failed.clone(), attempts.clone());
+        probers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                // A new connection each time: each one is a fresh policy decision.
+                if Conn::open(&y, SocketAddr::new(a_ip, 8080), Duration::from_secs(1)).is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    {
+        let (stop, passed) = (stop.clone(), never_passed.clone());
+        probers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if Conn::open(&z, SocketAddr::new(a_ip, 8080), Duration::from_millis(100)).is_ok() {
+                    passed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for i in 0..20 {
+        let text = if i % 2 == 0 {
+            policy_b
+        } else {
+            policy_a.as_str()
+        };
+        lab.apply_yaml("a-8080", text)?;
+        lab.wait_synced()?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in probers {
+        p.join().map_err(|_| anyhow::anyhow!("prober panicked"))?;
+    }
+    let (failed, passed, tried) = (
+        always_failed.load(Ordering::Relaxed),
+        never_passed.load(Ordering::Relaxed),
+        attempts.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "churn: {tried} connections y -> x/a:8080 (allowed by both), {failed} failed; z -> x/a:8080 (allowed by neither) passed {passed} times"
+    );
+    ensure!(tried > 20, "too few probes to mean anything: {tried}");
+    ensure!(
+        failed == 0,
+        "{failed} of {tried} connections allowed by both policies failed during churn"
+    );
+    ensure!(
+        passed == 0,
+        "a connection allowed by neither policy passed {passed} times during churn"
+    );
+    Ok(())
+}
