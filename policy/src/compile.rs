@@ -233,7 +233,7 @@ static NO_LABELS: Labels = Labels::new();
 
 struct Block {
     cidr: Prefix,
-    except: Vec<Prefix>,
+    except: Excepts,
     ports: Arc<PortUnion>,
 }
 
@@ -390,7 +390,7 @@ impl<'a> Compiler<'a> {
                         ] {
                             blocks.push(Block {
                                 cidr,
-                                except: Vec::new(),
+                                except: Excepts::Few(Vec::new()),
                                 ports: base.clone(),
                             });
                         }
@@ -407,7 +407,7 @@ impl<'a> Compiler<'a> {
                             match peer {
                                 Peer::Block { cidr, except } => blocks.push(Block {
                                     cidr: *cidr,
-                                    except: except.clone(),
+                                    except: Excepts::new(except),
                                     ports: base.clone(),
                                 }),
                                 Peer::Pods { .. } => {
@@ -421,18 +421,23 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+        // Only blocks whose cidr contains P matter for P: index them by cidr and walk P's
+        // ancestors at the prefix lengths that occur (at most 33 for IPv4, 129 for IPv6),
+        // instead of testing every block against every P.
+        let by_cidr = PrefixIndex::new(blocks.iter().enumerate().map(|(i, b)| (b.cidr, i)));
         let mut s: BTreeSet<Prefix> = hosts.keys().copied().collect();
         for b in &blocks {
             s.insert(b.cidr);
-            s.extend(b.except.iter().copied());
+            s.extend(b.except.iter());
         }
         for p in s {
             let mut u = hosts.remove(&p).unwrap_or_default();
             let mut shadowing = false;
-            for b in &blocks {
-                if b.cidr.contains(&p) {
-                    shadowing |= b.cidr.len < p.len;
-                    if !b.except.iter().any(|e| e.contains(&p)) {
+            for (cidr, covering) in by_cidr.containing(&p) {
+                shadowing |= cidr.len < p.len;
+                for &bi in covering {
+                    let b = &blocks[bi];
+                    if !b.except.contains(&p) {
                         u.merge(&b.ports);
                     }
                 }
@@ -452,6 +457,76 @@ impl<'a> Compiler<'a> {
                 },
                 allow,
             );
+        }
+    }
+}
+
+/// Prefixes with values, for the question "which of them contain P": a hash map by exact
+/// prefix plus the prefix lengths that occur per family, so a query probes only P's ancestors
+/// at those lengths.
+struct PrefixIndex<T> {
+    by_prefix: HashMap<Prefix, Vec<T>>,
+    /// Distinct lengths present, ascending: `[0]` IPv4, `[1]` IPv6.
+    lens: [Vec<u8>; 2],
+}
+
+impl<T> PrefixIndex<T> {
+    fn new(items: impl IntoIterator<Item = (Prefix, T)>) -> Self {
+        let mut by_prefix: HashMap<Prefix, Vec<T>> = HashMap::new();
+        let mut lens: [BTreeSet<u8>; 2] = Default::default();
+        for (p, v) in items {
+            lens[usize::from(!p.is_v4())].insert(p.len);
+            by_prefix.entry(p).or_default().push(v);
+        }
+        PrefixIndex {
+            by_prefix,
+            lens: lens.map(|l| l.into_iter().collect()),
+        }
+    }
+
+    /// Every indexed prefix containing `p` (itself included), shortest first, with its values.
+    fn containing<'s>(&'s self, p: &Prefix) -> impl Iterator<Item = (Prefix, &'s [T])> + 's {
+        let p = *p;
+        self.lens[usize::from(!p.is_v4())]
+            .iter()
+            .take_while(move |l| **l <= p.len)
+            .filter_map(move |&l| {
+                let a = Prefix::new(p.addr, l);
+                self.by_prefix.get(&a).map(|v| (a, v.as_slice()))
+            })
+    }
+}
+
+/// The excepts of one ipBlock: a plain list when short, indexed when long (a block with
+/// thousands of excepts would otherwise make the union step quadratic again).
+enum Excepts {
+    Few(Vec<Prefix>),
+    Many(PrefixIndex<()>),
+}
+
+impl Excepts {
+    const INDEX_ABOVE: usize = 8;
+
+    fn new(except: &[Prefix]) -> Self {
+        if except.len() > Self::INDEX_ABOVE {
+            Excepts::Many(PrefixIndex::new(except.iter().map(|e| (*e, ()))))
+        } else {
+            Excepts::Few(except.to_vec())
+        }
+    }
+
+    fn iter(&self) -> Box<dyn Iterator<Item = Prefix> + '_> {
+        match self {
+            Excepts::Few(v) => Box::new(v.iter().copied()),
+            Excepts::Many(ix) => Box::new(ix.by_prefix.keys().copied()),
+        }
+    }
+
+    /// Whether some except contains `p`.
+    fn contains(&self, p: &Prefix) -> bool {
+        match self {
+            Excepts::Few(v) => v.iter().any(|e| e.contains(p)),
+            Excepts::Many(ix) => ix.containing(p).next().is_some(),
         }
     }
 }
@@ -488,4 +563,50 @@ fn port_union(rule: &NormRule, ctx: Option<&PodInfo>, r: u32) -> PortUnion {
         }
     }
     u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Prefix {
+        Prefix::parse(s).expect("prefix")
+    }
+
+    /// The indexed forms answer exactly what testing every prefix would.
+    #[test]
+    fn indexed_containment_equals_testing_every_prefix() {
+        let mut set: Vec<Prefix> = Vec::new();
+        for i in 0..40u32 {
+            let a = std::net::Ipv4Addr::from(0x0a00_0000 | (i * 0x0001_3700));
+            set.push(Prefix::new(IpAddr::V4(a), (8 + i % 25) as u8));
+        }
+        set.push(p("fd00::/8"));
+        set.push(p("fd00:1::/32"));
+        set.push(p("0.0.0.0/0"));
+        let many = Excepts::new(&set);
+        assert!(matches!(many, Excepts::Many(_)));
+        let few = Excepts::Few(set.clone());
+        let ix = PrefixIndex::new(set.iter().map(|s| (*s, ())));
+        let mut probes: Vec<Prefix> = set.clone();
+        for i in 0..2000u32 {
+            let a =
+                std::net::Ipv4Addr::from(0x0a00_0000u32.wrapping_add(i.wrapping_mul(0x9e37_79b9)));
+            probes.push(Prefix::new(IpAddr::V4(a), (i % 33) as u8));
+        }
+        probes.push(p("fd00:1:2::/48"));
+        probes.push(p("fe80::/10"));
+        probes.push(p("::/0"));
+        for q in &probes {
+            assert_eq!(many.contains(q), few.contains(q), "{q}");
+            let want: Vec<Prefix> = {
+                let mut v: Vec<Prefix> = set.iter().filter(|s| s.contains(q)).copied().collect();
+                v.sort_by_key(|s| s.len);
+                v.dedup();
+                v
+            };
+            let got: Vec<Prefix> = ix.containing(q).map(|(s, _)| s).collect();
+            assert_eq!(got, want, "{q}");
+        }
+    }
 }
