@@ -38,9 +38,43 @@ pub struct PolicyBenchArgs {
     /// Policy changes measured per rule count.
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
+    /// File formats the policy is written in for the end-to-end part (the directory source
+    /// reads both; YAML parsing dominates large policies, the Kubernetes API source gets JSON).
+    #[arg(long, value_delimiter = ',', default_value = "yaml,json")]
+    pub formats: Vec<Format>,
     /// Skip the end-to-end part.
     #[arg(long)]
     pub synthetic_only: bool,
+}
+
+/// How the benchmark writes its policy file.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    fn file(self) -> &'static str {
+        match self {
+            Format::Yaml => "bench.yaml",
+            Format::Json => "bench.json",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Format::Yaml => "dir/yaml",
+            Format::Json => "dir/json",
+        }
+    }
+
+    fn policy(self, rules: usize, allow: bool) -> String {
+        match self {
+            Format::Yaml => policy_yaml(rules, allow),
+            Format::Json => policy_json(rules, allow),
+        }
+    }
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -218,12 +252,65 @@ fn policy_yaml(rules: usize, allow: bool) -> String {
     y
 }
 
+/// The same policy as `policy_yaml`, as one JSON object.
+fn policy_json(rules: usize, allow: bool) -> String {
+    use std::fmt::Write;
+    let mut j = String::from(
+        r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"bench","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"pod":"a"}},"policyTypes":["Ingress"],"ingress":["#,
+    );
+    let mut sep = "";
+    for i in 0..rules {
+        let (hi, lo) = (18 + (i >> 16) as u32, (i & 0xffff) as u32);
+        write!(
+            j,
+            r#"{sep}{{"from":[{{"ipBlock":{{"cidr":"198.{hi}.{}.{}/32"}}}}],"ports":[{{"port":{},"protocol":"UDP"}}]}}"#,
+            lo >> 8,
+            lo & 0xff,
+            1000 + i % 50_000
+        )
+        .expect("writing to a String");
+        sep = ",";
+    }
+    if allow {
+        write!(
+            j,
+            r#"{sep}{{"from":[{{"podSelector":{{"matchLabels":{{"pod":"b"}}}}}}],"ports":[{{"port":80,"protocol":"UDP"}}]}}"#
+        )
+        .expect("writing to a String");
+    }
+    j.push_str("]}}\n");
+    j
+}
+
 fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<Instant> {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     let at = Instant::now();
     std::fs::rename(&tmp, dir.join(name)).context("renaming the policy into place")?;
     Ok(at)
+}
+
+/// Waits until `sock` is readable or `deadline` passes. The wait is a `ppoll` with the exact
+/// remaining time: `SO_RCVTIMEO` is kept in jiffies and rounds up (with HZ=250 a 1 ms receive
+/// timeout waits ~8 ms), which made every denied probe last ~8 ms and quantized the
+/// deny -> allow figures.
+fn readable_before(sock: &std::net::UdpSocket, deadline: Instant) -> Result<bool> {
+    use nix::poll::{PollFd, PollFlags, ppoll};
+    use std::os::fd::AsFd;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        let left = nix::sys::time::TimeSpec::from_duration(deadline - now);
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match ppoll(&mut fds, Some(left), None) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("ppoll on the probe socket"),
+        }
+    }
 }
 
 /// Probes x/b -> x/a UDP 80 back to back from inside x/b's namespace until told to stop.
@@ -240,7 +327,7 @@ fn probe_loop(
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
         let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
         sock.connect(target)?;
-        sock.set_read_timeout(Some(timeout))?;
+        sock.set_nonblocking(true)?;
         let mut buf = [0u8; 64];
         let mut seq: u64 = 0;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -251,14 +338,18 @@ fn probe_loop(
             let mut ok = false;
             let deadline = at + timeout;
             // Skip late echoes of earlier probes.
-            while Instant::now() < deadline {
-                match sock.recv(&mut buf) {
-                    Ok(n) if n >= 8 && buf[..8] == msg => {
-                        ok = true;
-                        break;
+            'wait: while readable_before(&sock, deadline)? {
+                loop {
+                    match sock.recv(&mut buf) {
+                        Ok(n) if n >= 8 && buf[..8] == msg => {
+                            ok = true;
+                            break 'wait;
+                        }
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // An ICMP error queued on the socket: not an echo.
+                        Err(_) => break,
                     }
-                    Ok(_) => continue,
-                    Err(_) => break,
                 }
             }
             out.lock().expect("probe log").push((at, ok));
@@ -275,8 +366,6 @@ fn probe_loop(
 /// from the file's rename to the first probe of the new verdict after which every probe agrees.
 pub fn change_latency(args: &PolicyBenchArgs) -> Result<()> {
     use palisade_tests::lab::{Lab, LabConfig};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
 
     let lab = Lab::start(LabConfig::default()).context("starting the lab")?;
     if !lab.enforcing() {
@@ -292,88 +381,139 @@ pub fn change_latency(args: &PolicyBenchArgs) -> Result<()> {
         .context("x/a has no IPv4 address")?;
     let b_ns = lab.pod_netns("x/b").context("no pod x/b")?.to_string();
     println!(
-        "\nchange -> enforcement (x/b -> x/a UDP 80, toggling one allow rule among N that never match):"
+        "\nchange -> enforcement (x/b -> x/a UDP 80, toggling one allow rule among N that never match;"
     );
     println!(
-        "{:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
-        "rules", "changes", "p50", "p99", "max", "apply p50"
+        "source: the agent's directory source, the policy written as one YAML or JSON file and renamed into place):"
     );
+    println!(
+        "{:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "source", "rules", "changes", "p50", "p99", "max", "apply p50"
+    );
+    let mut written: Option<Format> = None;
     for &rules in &args.rules {
-        write_atomic(&dir, "bench.yaml", &policy_yaml(rules, true))?;
-        lab.wait_synced()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let prober = probe_loop(
-            b_ns.clone(),
-            std::net::SocketAddr::new(a_ip, 80),
-            Duration::from_millis(1),
-            stop.clone(),
-            log.clone(),
-        );
-        let mut lat = Vec::new();
-        let mut allow = true;
-        for _ in 0..args.changes {
-            allow = !allow;
-            let text = policy_yaml(rules, allow);
-            let at = write_atomic(&dir, "bench.yaml", &text)?;
-            // Wait until the agent has applied it (not part of the measurement), then until
-            // probes after that point exist.
-            lab.wait_synced()?;
-            let applied = Instant::now();
-            loop {
-                let n = log
-                    .lock()
-                    .expect("probe log")
-                    .iter()
-                    .filter(|(t, _)| *t > applied)
-                    .count();
-                if n >= 3 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
+        for &format in &args.formats {
+            if let Some(old) = written.filter(|f| *f != format) {
+                std::fs::remove_file(dir.join(old.file()))
+                    .with_context(|| format!("removing {}", old.file()))?;
             }
-            let entries = log.lock().expect("probe log").clone();
-            // The last probe before `at`... and the first after which all agree with `allow`.
-            let after: Vec<_> = entries.iter().filter(|(t, _)| *t >= at).collect();
-            let flip = after
-                .iter()
-                .rposition(|(_, ok)| *ok != allow)
-                .map(|i| i + 1)
-                .unwrap_or(0);
-            if let Some((t, _)) = after.get(flip) {
-                lat.push(t.duration_since(at));
+            written = Some(format);
+            let lat = toggle(&lab, &dir, format, rules, args.changes, a_ip, &b_ns)?;
+            let applies = agent_apply_times(&lab, args.changes);
+            let breakdown = last_apply_line(&lab);
+            println!(
+                "{:>10} {rules:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+                format.label(),
+                lat.len(),
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
+                ms(lat.last().copied().unwrap_or_default()),
+                applies.map(ms).unwrap_or_else(|| "-".into())
+            );
+            if let Some(line) = breakdown {
+                println!("{:>21} agent, last change: {line}", "");
             }
-            log.lock().expect("probe log").clear();
-        }
-        stop.store(true, Ordering::Relaxed);
-        prober
-            .join()
-            .map_err(|_| anyhow::anyhow!("prober panicked"))??;
-        lat.sort();
-        let applies = agent_apply_times(&lab, args.changes);
-        let breakdown = last_apply_line(&lab);
-        println!(
-            "{rules:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
-            lat.len(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99)),
-            ms(lat.last().copied().unwrap_or_default()),
-            applies.map(ms).unwrap_or_else(|| "-".into())
-        );
-        if let Some(line) = breakdown {
-            println!("         agent, last change: {line}");
         }
     }
-    std::fs::remove_file(dir.join("bench.yaml")).ok();
+    if let Some(f) = written {
+        std::fs::remove_file(dir.join(f.file())).ok();
+    }
     drop(lab);
     Ok(())
+}
+
+/// Toggles the allow rule `changes` times with the policy written as `format`; returns the
+/// sorted latencies.
+fn toggle(
+    lab: &palisade_tests::lab::Lab,
+    dir: &Path,
+    format: Format,
+    rules: usize,
+    changes: usize,
+    a_ip: std::net::IpAddr,
+    b_ns: &str,
+) -> Result<Vec<Duration>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    write_atomic(dir, format.file(), &format.policy(rules, true))?;
+    lab.wait_synced()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let prober = probe_loop(
+        b_ns.to_string(),
+        std::net::SocketAddr::new(a_ip, 80),
+        Duration::from_millis(1),
+        stop.clone(),
+        log.clone(),
+    );
+    let mut lat = Vec::new();
+    let mut allow = true;
+    for _ in 0..changes {
+        allow = !allow;
+        let text = format.policy(rules, allow);
+        let at = write_atomic(dir, format.file(), &text)?;
+        // Wait until the agent has applied it (not part of the measurement), then until
+        // probes after that point exist.
+        lab.wait_synced()?;
+        let applied = Instant::now();
+        loop {
+            let n = log
+                .lock()
+                .expect("probe log")
+                .iter()
+                .filter(|(t, _)| *t > applied)
+                .count();
+            if n >= 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let entries = log.lock().expect("probe log").clone();
+        // The first probe sent after the rename after which every probe agrees with `allow`.
+        let after: Vec<_> = entries.iter().filter(|(t, _)| *t >= at).collect();
+        let flip = after
+            .iter()
+            .rposition(|(_, ok)| *ok != allow)
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        if let Some((t, _)) = after.get(flip) {
+            lat.push(t.duration_since(at));
+        }
+        log.lock().expect("probe log").clear();
+    }
+    stop.store(true, Ordering::Relaxed);
+    prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("prober panicked"))??;
+    lat.sort();
+    Ok(lat)
+}
+
+/// `s` without ANSI escape sequences (the agent's log is colored).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in 0x40..=0x7e.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The agent's last "applied in" line, without its log prefix.
 fn last_apply_line(lab: &palisade_tests::lab::Lab) -> Option<String> {
     let log = std::fs::read_to_string(lab.agent_logs().first()?).ok()?;
     let line = log.lines().rev().find(|l| l.contains("applied in "))?;
-    Some(line.split("applied in ").nth(1)?.to_string())
+    Some(strip_ansi(line.split("applied in ").nth(1)?))
 }
 
 /// Median of the agent's own "applied in" lines of the last `changes` changes (source read +
