@@ -6,8 +6,10 @@
 //! direction: established) or the reversed tuple admitted in the other direction (a reply).
 //! The agent reads it for `palisadectl` and never purges it on restart.
 //!
-//! Ports are network byte order; for ICMP echo both ports hold the echo identifier, so the
-//! reversed tuple of a request is the tuple of its reply. Protocols without ports use 0.
+//! Ports are network byte order. An ICMP echo request is keyed (sport = identifier, dport = 0)
+//! and an echo reply (sport = 0, dport = identifier): the reversed tuple of a request is the
+//! tuple of its reply, while a peer's echo *request* that reuses the identifier is not (it
+//! must pass policy as a new flow). Protocols without ports use 0.
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -29,8 +29,10 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 
 /// A flow's identity as carried by one packet. Addresses and ports in network byte order;
-/// IPv4 addresses use the first 4 bytes. ICMP echo messages carry their identifier in both
-/// ports; other protocols without ports use 0.
+/// IPv4 addresses use the first 4 bytes. An ICMP echo request carries its identifier as
+/// (sport = id, dport = 0) and an echo reply as (sport = 0, dport = id), so the reversed tuple
+/// of a request is its reply, and a peer's *request* reusing the identifier never is; other
+/// protocols without ports use 0.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Tuple {
@@ -270,8 +272,7 @@ fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
         let h: [u8; 8] = load(ctx, off)?;
         let ty = h[0];
         if ty == 8 || ty == 0 {
-            pkt.t.sport = [h[4], h[5]];
-            pkt.t.dport = [h[4], h[5]];
+            echo_ports(&mut pkt.t, ty == 8, [h[4], h[5]]);
         } else if icmp4_is_error(ty) {
             pkt.icmp_error = 1;
             pkt.has_inner = inner_v4(ctx, off + 8, &mut pkt.inner) as u8;
@@ -284,9 +285,14 @@ fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
             // redirect: the pod's link to its gateway.
             return Err(Reason::NEIGHBOR);
         }
+        if ((130..=132).contains(&ty) || ty == 143) && pkt.t.daddr[0] == 0xff {
+            // MLD query/report/done (v1 and v2) to a multicast group: link-scoped multicast
+            // membership the kernel sends from a link-local source when the pod's interface
+            // comes up. Not a way to reach a pod; counting it as spoofed would mislead.
+            return Err(Reason::NEIGHBOR);
+        }
         if ty == 128 || ty == 129 {
-            pkt.t.sport = [h[4], h[5]];
-            pkt.t.dport = [h[4], h[5]];
+            echo_ports(&mut pkt.t, ty == 128, [h[4], h[5]]);
         } else if icmp6_is_error(ty) {
             pkt.icmp_error = 1;
             pkt.has_inner = inner_v6(ctx, off + 8, &mut pkt.inner) as u8;
@@ -308,10 +314,21 @@ fn inner_ports(ctx: &TcContext, off: usize, t: &mut Tuple) -> bool {
     } else if (p == IPPROTO_ICMP && (h[0] == 8 || h[0] == 0))
         || (p == IPPROTO_ICMPV6 && (h[0] == 128 || h[0] == 129))
     {
-        t.sport = [h[4], h[5]];
-        t.dport = [h[4], h[5]];
+        echo_ports(t, h[0] == 8 || h[0] == 128, [h[4], h[5]]);
     }
     true
+}
+
+/// Echo identifier as ports: a request is (id, 0), a reply (0, id). See [`Tuple`].
+#[inline(always)]
+fn echo_ports(t: &mut Tuple, request: bool, id: [u8; 2]) {
+    if request {
+        t.sport = id;
+        t.dport = [0, 0];
+    } else {
+        t.sport = [0, 0];
+        t.dport = id;
+    }
 }
 
 /// Parses the IPv4 packet embedded in an ICMP error. `false` when it is truncated or

@@ -18,13 +18,7 @@ use palisade_tests::require_privileges;
 
 /// Attacks the datapath is known to let through, with the reason: the test observes them,
 /// prints them LOUDLY, and does not fail, so CI stays green while the gap is open.
-const KNOWN_DATAPATH_GAPS: &[(&str, &str)] = &[(
-    "icmp_echo_request_reusing_the_identifier_of_a_tracked_request_passes_as_its_reply",
-    "conntrack keys ICMP echo by (addresses, identifier as both ports) without the type, so a \
-     peer's echo REQUEST with identifier N matches the reversed tuple of the pod's own echo \
-     request with identifier N and passes as ct_reply, although the pod's ingress policy \
-     denies ICMP from that peer (expected: default_deny)",
-)];
+const KNOWN_DATAPATH_GAPS: &[(&str, &str)] = &[];
 
 fn lab() -> Lab {
     Lab::start(LabConfig {

@@ -491,6 +491,13 @@ fn privileged_neighbour_traffic_passes_isolated_endpoints() {
     // Echo is not neighbour discovery.
     let ping6 = V6::new(PEER6, POD6, IPPROTO_ICMPV6).frame(&frame::echo(true, true, 1));
     expect(&dp, Prog::ToPod, &ping6, Reason::DEFAULT_DENY);
+    // An MLDv2 report from the pod's link-local address to ff02::16 is link-scoped multicast
+    // membership, not spoofing; the same message to a unicast peer is spoofed.
+    let mld_group = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    let mld = V6::new(LINK_LOCAL6, mld_group, IPPROTO_ICMPV6).frame(&frame::icmp(143, 0, &[]));
+    expect(&dp, Prog::FromPod, &mld, Reason::NEIGHBOR);
+    let mld_unicast = V6::new(LINK_LOCAL6, PEER6, IPPROTO_ICMPV6).frame(&frame::icmp(143, 0, &[]));
+    expect(&dp, Prog::FromPod, &mld_unicast, Reason::SPOOFED_SOURCE);
 }
 
 #[test]

@@ -169,11 +169,12 @@ impl Spec {
                 IPPROTO_UDP => frame::udp(self.sport, self.dport, 8),
                 IPPROTO_SCTP => frame::sctp(self.sport, self.dport),
                 IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-                    // Echo: the identifier is both "ports"; requests and replies alike.
+                    // Echo: a request is keyed (id, 0), a reply (0, id).
+                    let request = self.dport == 0;
                     frame::echo(
                         self.family == FAMILY_V6,
-                        self.sport <= self.dport,
-                        self.sport,
+                        request,
+                        if request { self.sport } else { self.dport },
                     )
                 }
                 _ => vec![0u8; 8],
@@ -555,7 +556,7 @@ fn random_spec(rng: &mut Rng, history: &[Spec]) -> Spec {
     }
     let (sport, dport) = if matches!(proto, IPPROTO_ICMP | IPPROTO_ICMPV6) {
         let id = rng.pick(&SPORTS);
-        (id, id)
+        if rng.chance(50) { (id, 0) } else { (0, id) }
     } else if proto == 47 {
         (0, 0)
     } else {
