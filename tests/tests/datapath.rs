@@ -1088,3 +1088,30 @@ fn privileged_program_cost_per_packet() {
          established {established:?}, ARP {arp:?}"
     );
 }
+
+/// Threat model: a pod is deleted and a new pod gets its address (and, in this test, even its
+/// host interface index). Flows the old pod had admitted must not admit traffic of the new
+/// pod: conntrack keys carry the endpoint id, which the agent never reuses.
+#[test]
+fn privileged_reused_address_does_not_inherit_the_previous_pods_tracked_flows() {
+    let Some(mut dp) = setup(
+        "privileged_reused_address_does_not_inherit_the_previous_pods_tracked_flows",
+        EP_EGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    // The old pod (ep_id 42, not ingress-isolated) accepted a connection from the peer.
+    expect(&dp, Prog::ToPod, &syn_in(PEER4, 8080), Reason::NOT_ISOLATED);
+    let reply =
+        V4::new(POD4, PEER4, IPPROTO_TCP).frame(&frame::tcp(8080, 40000, TCP_SYN | TCP_ACK));
+    expect(&dp, Prog::FromPod, &reply, Reason::CT_REPLY);
+    // A new pod with the same address on the same interface, isolated both ways, no rules.
+    let mut new_pod = endpoint(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED, POLICY_A);
+    new_pod.ep_id = 43;
+    dp.set_endpoint(TEST_RUN_IFINDEX, new_pod)
+        .expect("replacing the endpoint");
+    // The old flow's packets are new flows for the new pod, and its policy denies them.
+    expect(&dp, Prog::FromPod, &reply, Reason::DEFAULT_DENY);
+    let data_in = V4::new(PEER4, POD4, IPPROTO_TCP).frame(&frame::tcp(40000, 8080, frame::TCP_ACK));
+    expect(&dp, Prog::ToPod, &data_in, Reason::DEFAULT_DENY);
+}
