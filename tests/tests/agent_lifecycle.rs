@@ -392,3 +392,62 @@ spec:
     );
     Ok(())
 }
+
+/// Threat model: a typo in a policy update (here a CIDR that does not parse) must neither
+/// lift the protection the policy gave (fail open) nor disturb other policies; it is reported
+/// with the object, the field and the bad value.
+#[test]
+fn privileged_invalid_policy_update_keeps_the_last_valid_version_and_is_reported() -> Result<()> {
+    let Some(mut lab) =
+        lab("privileged_invalid_policy_update_keeps_the_last_valid_version_and_is_reported")?
+    else {
+        return Ok(());
+    };
+    let a = SocketAddr::new(v4(&lab, "x/a")?, 8080);
+    let _echo = Echo::start(ns(&lab, "x/a")?, 8080)?;
+    lab.apply_yaml("a-8080", &allow_8080_from(&["y"]))?;
+    lab.wait_synced()?;
+    ensure!(
+        can_connect(ns(&lab, "y/b")?, a) && !can_connect(ns(&lab, "z/b")?, a),
+        "setup"
+    );
+
+    // The update would open x/a to z and carries a bad CIDR: it is rejected as a whole.
+    let bad = allow_8080_from(&["y", "z"])
+        .replace("  - from: [", "  - from: [{ipBlock: {cidr: 10.0.0.0/33}}, ");
+    lab.apply_yaml("a-8080", &bad)?;
+    lab.wait_synced()?;
+    ensure!(
+        can_connect(ns(&lab, "y/b")?, a),
+        "the last valid version no longer admits y"
+    );
+    ensure!(
+        !can_connect(ns(&lab, "z/b")?, a),
+        "the invalid update was enforced (z admitted)"
+    );
+    let status = lab.agent_status()?.join("\n");
+    for needle in [
+        "NetworkPolicy x/a-8080",
+        "ipBlock.cidr",
+        "10.0.0.0/33",
+        "keeping the last valid version",
+    ] {
+        ensure!(
+            status.contains(needle),
+            "status does not mention {needle:?}:\n{status}"
+        );
+    }
+    // Fixing it takes effect, and the problem goes away.
+    lab.apply_yaml("a-8080", &allow_8080_from(&["y", "z"]))?;
+    lab.wait_synced()?;
+    ensure!(
+        can_connect(ns(&lab, "z/b")?, a),
+        "the fixed update is not enforced"
+    );
+    let status = lab.agent_status()?.join("\n");
+    ensure!(
+        !status.contains("10.0.0.0/33"),
+        "the problem is still reported:\n{status}"
+    );
+    Ok(())
+}
