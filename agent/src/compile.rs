@@ -4,14 +4,21 @@
 //! Invalid NetworkPolicies: an update that fails validation does not replace the last valid
 //! version of that policy (nothing lost); a policy that was never valid is not enforced. Both
 //! are reported as problems naming the object and field.
+//!
+//! Incremental work: a compile prepares (validates and normalizes) only the policies that
+//! changed since the previous compile (same `Arc` from the source, or an equal object), and
+//! converts to map entries only the endpoint policies that changed. Port set contents keep
+//! their `Arc` from one compile to the next, so the applier's comparisons of unchanged entries
+//! stop at the pointer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED};
+use palisade_common::policy::POL_ALL_PORTS;
 use palisade_policy as policy;
 
 use crate::applier::{Allow, DesiredEndpoint, Entries, PortContent};
@@ -19,15 +26,32 @@ use crate::endpoints::{EndpointRecord, RecordExt};
 use crate::source::Snapshot;
 use crate::status::Problem;
 
+/// What the agent knows about one NetworkPolicy of the source.
+struct PolicyState {
+    /// The object last seen.
+    seen: Arc<NetworkPolicy>,
+    /// Problems of `seen` (empty when it is valid).
+    problems: Vec<policy::Problem>,
+    /// What is enforced: `seen` when valid, else the last valid version, if any.
+    enforced: Option<Arc<policy::Prepared>>,
+}
+
 pub struct Compiler {
     registry: policy::RuleRegistry,
-    last_good: BTreeMap<(String, String), NetworkPolicy>,
+    /// Per policy (namespace, name), from the previous compile.
+    policies: BTreeMap<(String, String), PolicyState>,
+    /// Port set -> its `pal_port_v1` content, from the previous compile.
+    port_contents: HashMap<policy::PortSet, Arc<PortContent>>,
+    /// The previous compile's distinct endpoint policies with their converted entries.
+    converted: Vec<(Arc<policy::EndpointPolicy>, Arc<Entries>)>,
 }
 
 pub struct Compiled {
     pub problems: Vec<Problem>,
     /// Local endpoint key -> its policy (None: its pod is not in the source).
     endpoints: BTreeMap<String, Option<Arc<policy::EndpointPolicy>>>,
+    /// Map entries of each distinct endpoint policy, by `Arc` address.
+    entries: HashMap<usize, Arc<Entries>>,
     /// "namespace/name" -> local endpoint key.
     pods: BTreeMap<String, String>,
 }
@@ -47,12 +71,35 @@ impl Compiler {
     pub fn load(_state_dir: &Path) -> Self {
         Compiler {
             registry: policy::RuleRegistry::default(),
-            last_good: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            port_contents: HashMap::new(),
+            converted: Vec::new(),
         }
     }
 
     pub fn registry(&self) -> &policy::RuleRegistry {
         &self.registry
+    }
+
+    /// The state of policy `key` now that the source holds `np`: the previous state when the
+    /// object did not change, else `np` prepared anew (keeping the last valid version when
+    /// `np` is invalid).
+    fn policy_state(old: Option<PolicyState>, np: &Arc<NetworkPolicy>) -> PolicyState {
+        match old {
+            Some(st) if Arc::ptr_eq(&st.seen, np) || *st.seen == **np => st,
+            old => match policy::prepare(np) {
+                Ok(p) => PolicyState {
+                    seen: np.clone(),
+                    problems: Vec::new(),
+                    enforced: Some(Arc::new(p)),
+                },
+                Err(problems) => PolicyState {
+                    seen: np.clone(),
+                    problems,
+                    enforced: old.and_then(|o| o.enforced),
+                },
+            },
+        }
     }
 
     pub fn compile(&mut self, snap: &Snapshot, locals: &[(String, &EndpointRecord)]) -> Compiled {
@@ -78,38 +125,34 @@ impl Compiler {
             }
             cluster.pods.push(info);
         }
-        let mut next_good = BTreeMap::new();
+        let mut old = std::mem::take(&mut self.policies);
         for (key, np) in &snap.policies {
-            let found = policy::validate(np);
-            if found.is_empty() {
-                next_good.insert(key.clone(), np.clone());
-                cluster.policies.push(np.clone());
-                continue;
-            }
-            let kept = self.last_good.get(key).cloned();
-            for p in &found {
+            let st = Self::policy_state(old.remove(key), np);
+            for p in &st.problems {
                 let mut p = to_problem(p);
-                p.message.push_str(if kept.is_some() {
+                p.message.push_str(if st.enforced.is_some() {
                     "; keeping the last valid version of this policy"
                 } else {
                     "; policy not enforced"
                 });
                 problems.push(p);
             }
-            if let Some(old) = kept {
-                cluster.policies.push(old.clone());
-                next_good.insert(key.clone(), old);
-            }
+            self.policies.insert(key.clone(), st);
         }
-        self.last_good = next_good;
+        let prepared: Vec<&policy::Prepared> = self
+            .policies
+            .values()
+            .filter_map(|st| st.enforced.as_deref())
+            .collect();
 
         let local_pods: Vec<policy::PodKey> = local_by_pod
             .keys()
             .filter(|k| snap.pods.contains_key(*k))
             .map(|(n, p)| policy::PodKey::new(n, p))
             .collect();
-        let out = policy::compile(&cluster, &local_pods, &mut self.registry);
+        let out = policy::compile_prepared(&cluster, &prepared, &local_pods, &mut self.registry);
         problems.extend(out.problems.iter().map(to_problem));
+        let entries = self.convert_all(out.endpoints.values());
         let mut endpoints = BTreeMap::new();
         let mut pods = BTreeMap::new();
         for (key, r) in locals {
@@ -124,9 +167,107 @@ impl Compiler {
         Compiled {
             problems,
             endpoints,
+            entries,
             pods,
         }
     }
+
+    /// Map entries of every distinct endpoint policy: those equal to one of the previous
+    /// compile are reused, the others converted, with the port set contents of the previous
+    /// compile reused by content.
+    fn convert_all<'a>(
+        &mut self,
+        eps: impl Iterator<Item = &'a Arc<policy::EndpointPolicy>>,
+    ) -> HashMap<usize, Arc<Entries>> {
+        let mut out: HashMap<usize, Arc<Entries>> = HashMap::new();
+        let mut converted = Vec::new();
+        let mut contents = PortContents {
+            old: std::mem::take(&mut self.port_contents),
+            new: HashMap::new(),
+        };
+        for ep in eps {
+            let addr = Arc::as_ptr(ep) as usize;
+            if out.contains_key(&addr) {
+                continue;
+            }
+            let reused = self
+                .converted
+                .iter()
+                .find(|(old, _)| Arc::ptr_eq(old, ep) || **old == **ep)
+                .map(|(_, e)| e.clone());
+            let entries = match reused {
+                Some(e) => {
+                    // Keep its port sets alive in the cache.
+                    for allow in ep.entries.values() {
+                        if let policy::PeerAllow::Ports(set) = allow {
+                            contents.get(set);
+                        }
+                    }
+                    e
+                }
+                None => Arc::new(convert(ep, &mut contents)),
+            };
+            converted.push((ep.clone(), entries.clone()));
+            out.insert(addr, entries);
+        }
+        self.converted = converted;
+        self.port_contents = contents.new;
+        out
+    }
+}
+
+/// Port set contents by port set: `new` collects those used now, taking them from `old` (the
+/// previous compile's) when present so their `Arc` stays the same.
+struct PortContents {
+    old: HashMap<policy::PortSet, Arc<PortContent>>,
+    new: HashMap<policy::PortSet, Arc<PortContent>>,
+}
+
+impl PortContents {
+    fn get(&mut self, set: &policy::PortSet) -> Arc<PortContent> {
+        if set.is_empty() {
+            // Portset 0: deny. Not interned (the applier writes no port entries for it).
+            return Arc::new(PortContent::new());
+        }
+        if let Some(c) = self.new.get(set) {
+            return c.clone();
+        }
+        let c = match self.old.remove_entry(set) {
+            Some((_, c)) => c,
+            None => Arc::new(
+                policy::port_map_entries(0, set)
+                    .into_iter()
+                    .map(|(plen, key, v)| (plen, key, v.rule_ref))
+                    .collect(),
+            ),
+        };
+        self.new.insert(set.clone(), c.clone());
+        c
+    }
+}
+
+/// The `pal_pol_v1` entries of `ep` (policy id 0), port sets resolved through `contents`.
+fn convert(ep: &policy::EndpointPolicy, contents: &mut PortContents) -> Entries {
+    // `policy_map_entries` asks for a port set id per entry; here the id only pairs the entry
+    // with its resolved content.
+    let mut allows: Vec<Allow> = Vec::new();
+    let raw = policy::policy_map_entries(ep, 0, |ps| {
+        allows.push(Allow::Ports(contents.get(ps)));
+        allows.len() as u32
+    });
+    let deny = Arc::new(PortContent::new());
+    raw.into_iter()
+        .map(|(plen, key, v)| {
+            let allow = if v.flags & POL_ALL_PORTS != 0 {
+                Allow::All(v.rule_ref)
+            } else if v.portset_id == 0 {
+                Allow::Ports(deny.clone())
+            } else {
+                std::mem::replace(&mut allows[v.portset_id as usize - 1], Allow::All(0))
+            };
+            ((plen, key), allow)
+        })
+        .collect()
 }
 
 impl Compiled {
@@ -142,8 +283,22 @@ impl Compiled {
         ep_id: u32,
         r: &EndpointRecord,
     ) -> DesiredEndpoint {
-        let ep = self.endpoints.get(key).and_then(|e| e.as_deref());
-        desired_endpoint(ep, ifindex, ep_id, &r.addrs())
+        let ep = self.endpoints.get(key).and_then(|e| e.as_ref());
+        let mut d = unknown_endpoint(ifindex, ep_id, &r.addrs());
+        if let Some(ep) = ep {
+            set_isolation(&mut d, ep);
+            match self.entries.get(&(Arc::as_ptr(ep) as usize)) {
+                Some(e) => d.entries = (**e).clone(),
+                None => {
+                    let mut contents = PortContents {
+                        old: HashMap::new(),
+                        new: HashMap::new(),
+                    };
+                    d.entries = convert(ep, &mut contents);
+                }
+            }
+        }
+        d
     }
 
     pub fn describe(&self, pod: &str, compiler: &Compiler) -> Option<String> {
@@ -155,15 +310,8 @@ impl Compiled {
     }
 }
 
-/// The endpoint as the maps should hold it, from its compiled policy. `None` (a pod the source
-/// does not know yet) gives an endpoint isolated both ways with nothing allowed: fail closed
-/// until its labels are known.
-pub fn desired_endpoint(
-    ep: Option<&policy::EndpointPolicy>,
-    ifindex: u32,
-    ep_id: u32,
-    addrs: &[IpAddr],
-) -> DesiredEndpoint {
+/// An endpoint isolated both ways with nothing allowed, with its addresses.
+fn unknown_endpoint(ifindex: u32, ep_id: u32, addrs: &[IpAddr]) -> DesiredEndpoint {
     let mut d = DesiredEndpoint {
         ifindex,
         ep_id,
@@ -184,7 +332,10 @@ pub fn desired_endpoint(
             }
         }
     }
-    let Some(ep) = ep else { return d };
+    d
+}
+
+fn set_isolation(d: &mut DesiredEndpoint, ep: &policy::EndpointPolicy) {
     d.flags &= !(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
     if ep.ingress_isolated {
         d.flags |= EP_INGRESS_ISOLATED;
@@ -192,32 +343,131 @@ pub fn desired_endpoint(
     if ep.egress_isolated {
         d.flags |= EP_EGRESS_ISOLATED;
     }
-    // Port sets numbered by first appearance, only to pair entries with their contents.
-    let mut contents: Vec<Arc<PortContent>> = Vec::new();
-    let mut by_set: BTreeMap<policy::PortSet, u32> = BTreeMap::new();
-    let raw = policy::policy_map_entries(ep, 0, |ps: &policy::PortSet| {
-        if let Some(id) = by_set.get(ps) {
-            return *id;
-        }
-        contents.push(Arc::new(
-            policy::port_map_entries(0, ps)
-                .into_iter()
-                .map(|(plen, key, v)| (plen, key, v.rule_ref))
-                .collect(),
-        ));
-        let id = contents.len() as u32;
-        by_set.insert(ps.clone(), id);
-        id
-    });
-    for (plen, key, v) in raw {
-        let allow = if v.flags & palisade_common::policy::POL_ALL_PORTS != 0 {
-            Allow::All(v.rule_ref)
-        } else if v.portset_id == 0 {
-            Allow::Ports(Arc::new(PortContent::new()))
-        } else {
-            Allow::Ports(contents[v.portset_id as usize - 1].clone())
-        };
-        d.entries.insert((plen, key), allow);
-    }
+}
+
+/// The endpoint as the maps should hold it, from its compiled policy. `None` (a pod the source
+/// does not know yet) gives an endpoint isolated both ways with nothing allowed: fail closed
+/// until its labels are known.
+pub fn desired_endpoint(
+    ep: Option<&policy::EndpointPolicy>,
+    ifindex: u32,
+    ep_id: u32,
+    addrs: &[IpAddr],
+) -> DesiredEndpoint {
+    let mut d = unknown_endpoint(ifindex, ep_id, addrs);
+    let Some(ep) = ep else { return d };
+    set_isolation(&mut d, ep);
+    let mut contents = PortContents {
+        old: HashMap::new(),
+        new: HashMap::new(),
+    };
+    d.entries = convert(ep, &mut contents);
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ns: &str, name: &str, n: u8) -> EndpointRecord {
+        EndpointRecord {
+            container_id: format!("{ns}{name}"),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            pod_namespace: Some(ns.into()),
+            pod_name: Some(name.into()),
+            ips: vec![format!("10.244.0.{n}/24")],
+            host_veth: String::new(),
+            host_ifindex: u32::from(n),
+            mac: String::new(),
+            created_unix_ms: 0,
+        }
+    }
+
+    fn snapshot(policies: &[&str]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&format!(
+                "metadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}\nstatus: {{podIP: 10.244.0.{}}}\n",
+                i + 1
+            ))
+            .unwrap();
+            s.pods.insert(("x".into(), (*name).into()), Arc::new(pod));
+        }
+        for (i, p) in policies.iter().enumerate() {
+            let np: NetworkPolicy = serde_yaml::from_str(p).unwrap();
+            s.policies
+                .insert(("x".into(), format!("p{i}")), Arc::new(np));
+        }
+        s
+    }
+
+    const ALLOW_B: &str = "metadata: {name: p0, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}, {ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.8/29]}}]\n    ports: [{port: 80}]\n";
+    const ALLOW_C: &str = "metadata: {name: p0, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: c}}}]\n    ports: [{port: 81, protocol: UDP}]\n";
+    const INVALID: &str = "metadata: {name: p0, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{ipBlock: {cidr: not-a-cidr}}]\n";
+    const EGRESS_B: &str = "metadata: {name: p1, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: 53, protocol: UDP}]}]\n";
+
+    /// A compiler that reuses what did not change gives, at every step, exactly what a fresh
+    /// compiler given the same history gives (caches never change the answer).
+    #[test]
+    fn incremental_compile_equals_compile_from_scratch() {
+        let records: Vec<EndpointRecord> = (1..=3)
+            .map(|n| record("x", ["a", "b", "c"][n as usize - 1], n))
+            .collect();
+        let locals: Vec<(String, &EndpointRecord)> = records.iter().map(|r| (r.key(), r)).collect();
+        let steps: Vec<Vec<&str>> = vec![
+            vec![ALLOW_B],
+            vec![ALLOW_B, EGRESS_B],
+            vec![ALLOW_C, EGRESS_B],
+            vec![INVALID, EGRESS_B],
+            vec![INVALID],
+            vec![ALLOW_B],
+            vec![],
+        ];
+        let mut incremental = Compiler::load(Path::new("/nonexistent"));
+        let mut history: Vec<Snapshot> = Vec::new();
+        let mut prev: Option<Snapshot> = None;
+        for step in &steps {
+            let mut snap = snapshot(step);
+            // Unchanged objects keep their Arc, as the sources guarantee.
+            if let Some(prev) = &prev {
+                for (k, v) in snap.policies.iter_mut() {
+                    if let Some(old) = prev.policies.get(k).filter(|o| ***o == **v) {
+                        *v = old.clone();
+                    }
+                }
+            }
+            history.push(snap.clone());
+            let got = incremental.compile(&snap, &locals);
+            let mut fresh = Compiler::load(Path::new("/nonexistent"));
+            let mut want = None;
+            for s in &history {
+                want = Some(fresh.compile(s, &locals));
+            }
+            let want = want.unwrap();
+            assert_eq!(got.problems, want.problems, "step {step:?}");
+            for (i, (key, r)) in locals.iter().enumerate() {
+                let g = got.desired(key, r.host_ifindex, i as u32, r);
+                let w = want.desired(key, r.host_ifindex, i as u32, r);
+                assert_eq!(g, w, "step {step:?}, endpoint {key}");
+                let ep = want.endpoints[key].as_deref();
+                assert_eq!(
+                    g,
+                    desired_endpoint(ep, r.host_ifindex, i as u32, &r.addrs()),
+                    "step {step:?}, endpoint {key}"
+                );
+            }
+            prev = Some(snap);
+        }
+        // The invalid update kept the allow-c version; then the policy went away.
+        let s = snapshot(&[INVALID]);
+        let c = incremental.compile(&s, &locals);
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p.message.ends_with("policy not enforced")),
+            "{:?}",
+            c.problems
+        );
+    }
 }

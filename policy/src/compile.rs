@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
 use crate::model::{Cluster, Labels, NamedPort, PodInfo, PodKey};
 use crate::ports::{PortSet, PortUnion};
 use crate::prefix::Prefix;
@@ -144,36 +146,73 @@ pub struct Compiled {
     pub problems: Vec<Problem>,
 }
 
+/// A NetworkPolicy that passed validation, in the normalized form `compile_prepared` works
+/// on. Preparing is the per-policy part of a compile (parsing CIDRs, selectors, ports): a
+/// caller that compiles repeatedly keeps the `Prepared` of every policy that did not change.
+#[derive(Clone, Debug)]
+pub struct Prepared(NormPolicy);
+
+impl Prepared {
+    /// `namespace/name` of the policy.
+    pub fn key(&self) -> (&str, &str) {
+        (&self.0.namespace, &self.0.name)
+    }
+}
+
+/// Validates and normalizes one policy: `Err` lists every problem (as `validate` does).
+pub fn prepare(policy: &NetworkPolicy) -> Result<Prepared, Vec<Problem>> {
+    normalize(policy).map(Prepared)
+}
+
 /// Compiles the policy of every pod in `local_pods` (the pods on this node). Every pod of the
 /// cluster is a potential peer. Invalid policies are skipped whole and reported.
 pub fn compile(cluster: &Cluster, local_pods: &[PodKey], reg: &mut RuleRegistry) -> Compiled {
-    let mut out = Compiled::default();
-    let mut policies: Vec<NormPolicy> = Vec::new();
-    let mut refs: Vec<[Vec<u32>; 2]> = Vec::new();
+    let mut problems = Vec::new();
+    let mut prepared: Vec<Prepared> = Vec::new();
     for p in &cluster.policies {
-        match normalize(p) {
-            Ok(n) => {
-                let mk = |dir: Direction, reg: &mut RuleRegistry| -> Vec<u32> {
-                    (0..n.rules(dir).map_or(0, Vec::len))
-                        .map(|index| {
-                            reg.rule_ref(&RuleId {
-                                namespace: n.namespace.clone(),
-                                policy: n.name.clone(),
-                                direction: dir,
-                                index,
-                            })
-                        })
-                        .collect()
-                };
-                refs.push([mk(Direction::Ingress, reg), mk(Direction::Egress, reg)]);
-                policies.push(n);
-            }
-            Err(problems) => {
-                debug_assert!(problems.iter().all(|pr| pr.object == policy_object_name(p)));
-                out.problems.extend(problems);
+        match prepare(p) {
+            Ok(n) => prepared.push(n),
+            Err(found) => {
+                debug_assert!(found.iter().all(|pr| pr.object == policy_object_name(p)));
+                problems.extend(found);
             }
         }
     }
+    let refs: Vec<&Prepared> = prepared.iter().collect();
+    let mut out = compile_prepared(cluster, &refs, local_pods, reg);
+    problems.append(&mut out.problems);
+    out.problems = problems;
+    out
+}
+
+/// `compile` over policies already prepared: `policies` replaces `cluster.policies`, which is
+/// not read. The result is the one `compile` gives for a cluster holding those policies.
+pub fn compile_prepared(
+    cluster: &Cluster,
+    policies: &[&Prepared],
+    local_pods: &[PodKey],
+    reg: &mut RuleRegistry,
+) -> Compiled {
+    let mut out = Compiled::default();
+    let policies: Vec<&NormPolicy> = policies.iter().map(|p| &p.0).collect();
+    let refs: Vec<[Vec<u32>; 2]> = policies
+        .iter()
+        .map(|n| {
+            let mk = |dir: Direction, reg: &mut RuleRegistry| -> Vec<u32> {
+                (0..n.rules(dir).map_or(0, Vec::len))
+                    .map(|index| {
+                        reg.rule_ref(&RuleId {
+                            namespace: n.namespace.clone(),
+                            policy: n.name.clone(),
+                            direction: dir,
+                            index,
+                        })
+                    })
+                    .collect()
+            };
+            [mk(Direction::Ingress, reg), mk(Direction::Egress, reg)]
+        })
+        .collect();
     let mut c = Compiler::new(cluster, &policies, &refs);
     let pod_by_key: HashMap<(&str, &str), &PodInfo> = cluster
         .pods
@@ -217,7 +256,7 @@ pub fn compile(cluster: &Cluster, local_pods: &[PodKey], reg: &mut RuleRegistry)
 
 struct Compiler<'a> {
     cluster: &'a Cluster,
-    policies: &'a [NormPolicy],
+    policies: &'a [&'a NormPolicy],
     refs: &'a [[Vec<u32>; 2]],
     /// Every namespace: declared ones with their labels, plus those only pods mention.
     namespaces: BTreeMap<&'a str, &'a Labels>,
@@ -238,7 +277,11 @@ struct Block {
 }
 
 impl<'a> Compiler<'a> {
-    fn new(cluster: &'a Cluster, policies: &'a [NormPolicy], refs: &'a [[Vec<u32>; 2]]) -> Self {
+    fn new(
+        cluster: &'a Cluster,
+        policies: &'a [&'a NormPolicy],
+        refs: &'a [[Vec<u32>; 2]],
+    ) -> Self {
         let mut namespaces: BTreeMap<&str, &Labels> = cluster
             .namespaces
             .iter()

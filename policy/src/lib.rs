@@ -7,6 +7,8 @@
 //!   input. [`parse_manifests`] + [`Cluster::from_objects`] build one from YAML.
 //! - [`validate`] lists a policy's [`Problem`]s; [`compile`] skips invalid policies whole and
 //!   reports them in [`Compiled::problems`] (the agent decides about last-known-good).
+//! - [`prepare`] validates and normalizes one policy; [`compile_prepared`] compiles from
+//!   prepared policies, so a caller that compiles repeatedly prepares only what changed.
 //! - [`compile`]`(cluster, local_pods, &mut registry)` gives one [`EndpointPolicy`] per local
 //!   pod: isolation per direction and a map [`PeerPrefix`] -> [`PeerAllow`]. Every pod of the
 //!   cluster is a peer. The [`RuleRegistry`] gives stable `rule_ref`s (>= 1) to
@@ -39,7 +41,10 @@ mod selector;
 mod synth;
 mod validate;
 
-pub use compile::{Compiled, EndpointPolicy, PeerAllow, PeerPrefix, RuleId, RuleRegistry, compile};
+pub use compile::{
+    Compiled, EndpointPolicy, PeerAllow, PeerPrefix, Prepared, RuleId, RuleRegistry, compile,
+    compile_prepared, prepare,
+};
 pub use eval::{DirectionVerdict, Evaluator, evaluate, pod_endpoint};
 pub use manifest::{Error, NAMESPACE_NAME_LABEL, Object, parse_manifests, pod_info};
 pub use model::{Cluster, Endpoint, Labels, NamedPort, PodInfo, PodKey, Protocol, proto_name};

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde::Deserialize;
 use tokio::io::unix::AsyncFd;
@@ -31,12 +32,22 @@ use tokio::sync::Notify;
 use super::{Snapshot, Source, SourceError};
 use crate::status::Problem;
 
-/// One parsed object of a manifest file.
+/// One parsed object of a manifest file, as snapshots share it (namespaced objects without a
+/// namespace are already put in `default`).
 #[derive(Clone, Debug)]
 enum Object {
-    Namespace(Box<Namespace>),
-    Pod(Box<Pod>),
-    NetworkPolicy(Box<NetworkPolicy>),
+    Namespace(Arc<Namespace>),
+    Pod(Arc<Pod>),
+    NetworkPolicy(Arc<NetworkPolicy>),
+}
+
+/// (namespace, name) of a namespaced object, `default` when it names none; sets it.
+fn default_namespace(meta: &mut ObjectMeta) -> (String, String) {
+    let ns = meta
+        .namespace
+        .get_or_insert_with(|| "default".into())
+        .clone();
+    (ns, meta.name.clone().unwrap_or_default())
 }
 
 /// What the last rescan made of one file.
@@ -218,36 +229,27 @@ impl DirSource {
                 .collect(),
             ..Default::default()
         };
+        // Shared, not copied: an object of an unchanged file keeps its `Arc`.
         for parsed in self.files.values() {
             for o in parsed.objects.iter() {
                 match o {
                     Object::Namespace(ns) => {
                         let name = ns.metadata.name.clone().unwrap_or_default();
-                        snap.namespaces.insert(name, (**ns).clone());
+                        snap.namespaces.insert(name, ns.clone());
                     }
                     Object::Pod(p) => {
                         let key = (
-                            p.metadata
-                                .namespace
-                                .clone()
-                                .unwrap_or_else(|| "default".into()),
+                            p.metadata.namespace.clone().unwrap_or_default(),
                             p.metadata.name.clone().unwrap_or_default(),
                         );
-                        let mut p = (**p).clone();
-                        p.metadata.namespace = Some(key.0.clone());
-                        snap.pods.insert(key, p);
+                        snap.pods.insert(key, p.clone());
                     }
                     Object::NetworkPolicy(np) => {
                         let key = (
-                            np.metadata
-                                .namespace
-                                .clone()
-                                .unwrap_or_else(|| "default".into()),
+                            np.metadata.namespace.clone().unwrap_or_default(),
                             np.metadata.name.clone().unwrap_or_default(),
                         );
-                        let mut np = (**np).clone();
-                        np.metadata.namespace = Some(key.0.clone());
-                        snap.policies.insert(key, np);
+                        snap.policies.insert(key, np.clone());
                     }
                 }
             }
@@ -372,9 +374,17 @@ fn classify(i: usize, meta: TypeMeta, problems: &mut Vec<Problem>) -> Option<(Ki
 /// Deserializes a document of `kind` with `de`, a deserializer of one format.
 fn typed<'de, D: serde::Deserializer<'de>>(kind: Kind, de: D) -> Result<Object, D::Error> {
     Ok(match kind {
-        Kind::Namespace => Object::Namespace(Box::new(Namespace::deserialize(de)?)),
-        Kind::Pod => Object::Pod(Box::new(Pod::deserialize(de)?)),
-        Kind::NetworkPolicy => Object::NetworkPolicy(Box::new(NetworkPolicy::deserialize(de)?)),
+        Kind::Namespace => Object::Namespace(Arc::new(Namespace::deserialize(de)?)),
+        Kind::Pod => {
+            let mut p = Pod::deserialize(de)?;
+            default_namespace(&mut p.metadata);
+            Object::Pod(Arc::new(p))
+        }
+        Kind::NetworkPolicy => {
+            let mut np = NetworkPolicy::deserialize(de)?;
+            default_namespace(&mut np.metadata);
+            Object::NetworkPolicy(Arc::new(np))
+        }
     })
 }
 

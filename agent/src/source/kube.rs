@@ -315,14 +315,18 @@ impl KubeSource {
     }
 
     fn snapshot(&self, st: &State) -> Snapshot {
-        fn by_name<K: Watched>(store: &Store<K>) -> std::collections::BTreeMap<String, K> {
+        // The stores' `Arc`s are handed out as they are: no object is copied, and an object
+        // that did not change keeps its `Arc` from one snapshot to the next.
+        fn by_name<K: Watched>(store: &Store<K>) -> std::collections::BTreeMap<String, Arc<K>> {
             store
                 .state()
                 .into_iter()
-                .map(|o| (o.meta().name.clone().unwrap_or_default(), (*o).clone()))
+                .map(|o| (o.meta().name.clone().unwrap_or_default(), o))
                 .collect()
         }
-        fn by_key<K: Watched>(store: &Store<K>) -> std::collections::BTreeMap<(String, String), K> {
+        fn by_key<K: Watched>(
+            store: &Store<K>,
+        ) -> std::collections::BTreeMap<(String, String), Arc<K>> {
             store
                 .state()
                 .into_iter()
@@ -333,7 +337,7 @@ impl KubeSource {
                             m.namespace.clone().unwrap_or_default(),
                             m.name.clone().unwrap_or_default(),
                         ),
-                        (*o).clone(),
+                        o,
                     )
                 })
                 .collect()

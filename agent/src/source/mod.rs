@@ -33,17 +33,23 @@ pub trait Source: Send {
 }
 
 /// Objects keyed by (namespace, name); namespaces and nodes by name.
+///
+/// Objects are shared (`Arc`), and a source hands out the same `Arc` for an object that did
+/// not change since its previous snapshot (the API source's reflector stores keep one `Arc`
+/// per object version; the directory source keeps the objects of unchanged files). So a new
+/// snapshot copies no object, and a consumer may treat `Arc::ptr_eq` as "unchanged" to skip
+/// work (it must still be correct when two equal objects come in different `Arc`s).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Increases by one every time the source's content changes.
     pub generation: u64,
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<(String, String), Pod>,
-    pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub pods: BTreeMap<(String, String), Arc<Pod>>,
+    pub policies: BTreeMap<(String, String), Arc<NetworkPolicy>>,
     /// Read by the API source; the directory source leaves them empty.
-    pub nodes: BTreeMap<String, Node>,
-    pub services: BTreeMap<(String, String), Service>,
-    pub endpoint_slices: BTreeMap<(String, String), EndpointSlice>,
+    pub nodes: BTreeMap<String, Arc<Node>>,
+    pub services: BTreeMap<(String, String), Arc<Service>>,
+    pub endpoint_slices: BTreeMap<(String, String), Arc<EndpointSlice>>,
     /// Problems found while reading (files that do not parse, unknown kinds...).
     pub problems: Vec<Problem>,
 }
