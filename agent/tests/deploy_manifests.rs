@@ -776,6 +776,8 @@ fn kind_cluster_has_no_default_cni_iptables_kube_proxy_the_pod_subnet_and_two_wo
             _ => None,
         })
         .unwrap();
+    // docs/install.md uses the name (`kind load --name`, node containers `palisade-*`).
+    assert_eq!(cluster["name"], "palisade");
     let net = &cluster["networking"];
     assert_eq!(net["disableDefaultCNI"], true);
     assert_eq!(net["kubeProxyMode"], "iptables");
@@ -919,4 +921,36 @@ fn uninstall_daemonset_mounts_the_node_paths_the_script_removes() {
             .flatten()
             .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none())
     );
+}
+
+#[test]
+fn every_deploy_path_the_install_guide_names_exists() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/install.md"))
+        .unwrap();
+    let mut named = BTreeSet::new();
+    for (i, _) in guide.match_indices("deploy/") {
+        let path: String = guide[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "/._-".contains(*c))
+            .collect();
+        let path = path.trim_end_matches('.');
+        if path != "deploy/" {
+            named.insert(path.to_string());
+        }
+    }
+    assert!(named.contains("deploy/kind/cluster.yaml"), "{named:?}");
+    for path in named {
+        let on_disk = Path::new(DEPLOY).join(path.trim_start_matches("deploy/"));
+        assert!(
+            on_disk.exists(),
+            "docs/install.md names {path}, which does not exist"
+        );
+    }
+    // The objects it waits for and execs into.
+    let docs = all_docs();
+    for name in ["palisade", "palisade-uninstall"] {
+        daemonset(&docs, name);
+        assert!(guide.contains(&format!("ds/{name}")), "ds/{name}");
+    }
+    assert!(guide.contains("-t palisade:dev") && guide.contains("docker-image palisade:dev"));
 }
