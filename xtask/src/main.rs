@@ -4,6 +4,7 @@
 //! and by `.ci/run`) does the installing.
 
 mod bench_cni;
+mod bench_datapath;
 mod bench_policy;
 mod build;
 mod lab;
@@ -48,6 +49,9 @@ enum Bench {
     /// Policy change -> enforcement latency (p50, p99) at 10 / 1,000 / 10,000 rules in the lab;
     /// compile time and map memory for 10,000 pods and 1,000 policies (synthetic).
     Policy(bench_policy::PolicyBenchArgs),
+    /// Per-packet cost pod to pod (TCP RR, CRR, stream): no filtering, an empty TC program,
+    /// Palisade and iptables/ipset at 0 to 10,000 rules, interleaved.
+    Datapath(bench_datapath::DatapathArgs),
 }
 
 fn main() -> Result<()> {
@@ -57,6 +61,7 @@ fn main() -> Result<()> {
         Cmd::Test(a) => test::run(&a),
         Cmd::Bench(Bench::Cni(a)) => bench_cni::run(&a),
         Cmd::Bench(Bench::Policy(a)) => bench_policy::run(&a),
+        Cmd::Bench(Bench::Datapath(a)) => bench_datapath::run(&a),
         Cmd::Lab(a) => lab::run_lab(&a),
         Cmd::Demo(a) => lab::run_demo(&a),
     }

@@ -46,6 +46,13 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     handle(&ctx, DIR_EGRESS)
 }
 
+/// Returns `TC_ACT_OK` unconditionally: the fixed cost of any TC program on these hooks,
+/// for `cargo xtask bench datapath`. The agent never attaches it.
+#[classifier]
+pub fn pass(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 /// Evaluates, counts, optionally logs, and turns the verdict into a TC action. Every error
 /// path of `evaluate` arrives here as a reason, so nothing leaves uncounted, and everything
 /// that is not an explicit pass is `TC_ACT_SHOT` (fail closed).

@@ -1,0 +1,1107 @@
+//! `cargo xtask bench datapath`: Palisade's per-packet cost next to no filtering, an empty TC
+//! program and iptables / ipset, pod to pod through the host-side veths of one lab node.
+//!
+//! Client y/b, server x/a (on the same node). Configurations, run interleaved in every
+//! repetition so the machine's noise hits them alike:
+//! - `baseline`: no programs, no rules (the agent killed, its pinned links removed);
+//! - `empty-tc`: the object's `pass` classifier (returns `TC_ACT_OK`) attached with TCX to the
+//!   ingress and egress of the client's and the server's host veths;
+//! - `palisade/N`: the agent, x/a isolated for ingress by one policy with N ipBlock/port rules
+//!   that never match the flow plus one that does;
+//! - `ipt-stateless/N`, `ipt-stateful/N`, `ipset/N`: the same rules as kube-router-style
+//!   FORWARD rules in the node namespace (stateful: conntrack ESTABLISHED accepted first), or
+//!   as one `hash:net,port` set matched by one rule.
+//!
+//! Measures (client and server pinned to CPU 0): TCP request/response rate over one
+//! connection (RR, 1 byte each way), new connections per second with one request each (CRR),
+//! and iperf3 stream throughput. Each cell is reported as the ratio to the baseline of the same
+//! repetition (median, min-max) plus absolute medians; also written as JSON and an SVG chart
+//! under target/bench/.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+use palisade_tests::lab::{AgentMode, Lab, LabConfig};
+
+use crate::bench_policy::PrivateBpffs;
+
+#[derive(clap::Args, Clone)]
+pub struct DatapathArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Repetitions of the whole interleaved sweep.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Rule counts (non-matching rules; one matching rule is always added).
+    #[arg(long, value_delimiter = ',', default_value = "0,100,1000,10000")]
+    pub rules: Vec<usize>,
+    /// Smoke run: 0.5 s per measurement, 2 repetitions, rule counts 0 and 100.
+    #[arg(long)]
+    pub quick: bool,
+    /// Skip building the eBPF object and the release binaries.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Where the JSON and SVG go (default target/bench).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+const RR_PORT: u16 = 7001;
+const CRR_PORT: u16 = 7002;
+const STREAM_PORT: u16 = 5201;
+const CPU: usize = 0;
+const SET: &str = "plt-bench";
+const CHAIN: &str = "PLT-BENCH-FW";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Config {
+    Baseline,
+    EmptyTc,
+    Palisade(usize),
+    IptStateless(usize),
+    IptStateful(usize),
+    Ipset(usize),
+}
+
+impl Config {
+    fn label(self) -> String {
+        match self {
+            Config::Baseline => "baseline".into(),
+            Config::EmptyTc => "empty-tc".into(),
+            Config::Palisade(n) => format!("palisade/{n}"),
+            Config::IptStateless(n) => format!("ipt-stateless/{n}"),
+            Config::IptStateful(n) => format!("ipt-stateful/{n}"),
+            Config::Ipset(n) => format!("ipset/{n}"),
+        }
+    }
+
+    fn family(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::EmptyTc => "empty-tc",
+            Config::Palisade(_) => "palisade",
+            Config::IptStateless(_) => "ipt-stateless",
+            Config::IptStateful(_) => "ipt-stateful",
+            Config::Ipset(_) => "ipset",
+        }
+    }
+
+    fn rules(self) -> Option<usize> {
+        match self {
+            Config::Baseline | Config::EmptyTc => None,
+            Config::Palisade(n)
+            | Config::IptStateless(n)
+            | Config::IptStateful(n)
+            | Config::Ipset(n) => Some(n),
+        }
+    }
+}
+
+/// One measurement of one configuration.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+struct Sample {
+    /// Transactions per second over one connection.
+    rr: f64,
+    /// Median RR round trip, µs.
+    rr_p50_us: f64,
+    /// Connections per second (connect, 1-byte request, 1-byte response, close).
+    crr: f64,
+    /// Stream throughput, Gbit/s.
+    stream_gbps: f64,
+}
+
+type Metric = (&'static str, fn(&Sample) -> f64);
+
+const METRICS: [Metric; 3] = [
+    ("TCP_RR", |s| s.rr),
+    ("TCP_CRR", |s| s.crr),
+    ("TCP_STREAM", |s| s.stream_gbps),
+];
+
+/// Everything the run needs about the lab.
+struct Topo {
+    node: String,
+    client_ns: String,
+    server_ns: String,
+    server_ip: IpAddr,
+    client_ip: IpAddr,
+    /// Host-side veths of the client and the server (node namespace).
+    veths: Vec<String>,
+    ifindexes: Vec<u32>,
+    links_dir: PathBuf,
+}
+
+pub fn run(args: &DatapathArgs) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("bench datapath needs root (network namespaces, TC programs, iptables)");
+    }
+    let (seconds, reps, rules) = if args.quick {
+        (0.5, 2, vec![0, 100])
+    } else {
+        (args.seconds, args.reps.max(1), args.rules.clone())
+    };
+    let bpf_object = if args.no_build {
+        palisade_tests::bpf_object()
+    } else {
+        crate::build::build_all(&crate::build::BuildArgs::default())?.bpf_object
+    };
+    let dur = Duration::from_secs_f64(seconds);
+
+    let mut configs = vec![Config::Baseline, Config::EmptyTc];
+    configs.extend(rules.iter().map(|&n| Config::Palisade(n)));
+    configs.extend(rules.iter().map(|&n| Config::IptStateless(n)));
+    configs.extend(rules.iter().map(|&n| Config::IptStateful(n)));
+    configs.extend(rules.iter().map(|&n| Config::Ipset(n)));
+
+    let mut lab = Lab::start(LabConfig {
+        agent: AgentMode::Required,
+        ..LabConfig::default()
+    })
+    .context("starting the lab")?;
+    let topo = topology(&lab)?;
+    eprintln!(
+        "bench datapath: client y/b ({}) -> server x/a ({}) via {:?} in {}; {} configurations x {reps} repetitions x 3 measures of {seconds} s",
+        topo.client_ip,
+        topo.server_ip,
+        topo.veths,
+        topo.node,
+        configs.len()
+    );
+    tune_pods(&topo)?;
+    let _iperf = IperfServer::start(&topo)?;
+    let mut empty = EmptyTc::load(&bpf_object)?;
+    let mut agent_up = true;
+    let mut firewall = Firewall::new(&topo.node);
+    // Sweep leftovers of an interrupted earlier run in this lab (none normally).
+    firewall.clean()?;
+
+    let mut results: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
+    let started = Instant::now();
+    for rep in 0..reps {
+        for &config in &configs {
+            // Palisade configurations need the agent; all others need it gone.
+            let want_agent = matches!(config, Config::Palisade(_));
+            if want_agent && !agent_up {
+                start_agent(&mut lab, &topo)?;
+                agent_up = true;
+            } else if !want_agent && agent_up {
+                stop_agent(&mut lab, &topo)?;
+                agent_up = false;
+            }
+            match config {
+                Config::Baseline => {}
+                Config::EmptyTc => empty.attach(&topo)?,
+                Config::Palisade(n) => {
+                    lab.apply_yaml("bench", &policy_yaml(n, topo.client_ip))?;
+                    lab.wait_synced()?;
+                }
+                Config::IptStateless(n) => firewall.install(n, false, false, &topo)?,
+                Config::IptStateful(n) => firewall.install(n, true, false, &topo)?,
+                Config::Ipset(n) => firewall.install(n, false, true, &topo)?,
+            }
+            let sample = measure(&topo, dur);
+            // Always undo, also when the measurement failed.
+            match config {
+                Config::EmptyTc => empty.detach()?,
+                Config::IptStateless(_) | Config::IptStateful(_) | Config::Ipset(_) => {
+                    firewall.clean()?
+                }
+                _ => {}
+            }
+            let sample = sample.with_context(|| format!("measuring {}", config.label()))?;
+            eprintln!(
+                "rep {}/{reps} {:<18} RR {:>9.0}/s (p50 {:>6.1} µs)  CRR {:>8.0}/s  STREAM {:>6.2} Gbit/s  [{:.0} s]",
+                rep + 1,
+                config.label(),
+                sample.rr,
+                sample.rr_p50_us,
+                sample.crr,
+                sample.stream_gbps,
+                started.elapsed().as_secs_f64()
+            );
+            results.entry(config).or_default().push(sample);
+        }
+    }
+    if !agent_up {
+        // Leave the lab as it was built (its teardown expects a running agent or none).
+        start_agent(&mut lab, &topo)?;
+    }
+    let report = Report::new(&configs, &results, seconds, reps);
+    let table = report.table();
+    println!("{table}");
+    let out_dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| crate::build::root().join("target/bench"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let json_path = out_dir.join(format!("datapath-{stamp}.json"));
+    let svg_path = out_dir.join(format!("datapath-{stamp}.svg"));
+    std::fs::write(&json_path, report.json(&table)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    std::fs::write(&svg_path, report.svg(&rules))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    println!(
+        "written: {} and {}",
+        json_path.display(),
+        svg_path.display()
+    );
+    // Rules and programs go before the lab's namespaces.
+    drop(firewall);
+    drop(empty);
+    drop(lab);
+    Ok(())
+}
+
+fn topology(lab: &Lab) -> Result<Topo> {
+    let v4 = |id: &str| -> Result<IpAddr> {
+        lab.pod_ips(id)
+            .and_then(|ips| ips.iter().find(|a| a.is_ipv4()).copied())
+            .with_context(|| format!("{id} has no IPv4 address"))
+    };
+    let node = lab
+        .node_netns()
+        .first()
+        .context("the lab has no node")?
+        .to_string();
+    let server_ip = v4("x/a")?;
+    let client_ip = v4("y/b")?;
+    let mut veths = Vec::new();
+    let mut ifindexes = Vec::new();
+    for ip in [client_ip, server_ip] {
+        let out = cmd_output(Command::new("ip").args([
+            "-n",
+            &node,
+            "-o",
+            "route",
+            "get",
+            &ip.to_string(),
+        ]))?;
+        let dev = word_after(&out, "dev").with_context(|| format!("no dev in {out:?}"))?;
+        let link =
+            cmd_output(Command::new("ip").args(["-n", &node, "-o", "link", "show", "dev", &dev]))?;
+        let idx: u32 = link
+            .split(':')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .with_context(|| format!("no ifindex in {link:?}"))?;
+        veths.push(dev);
+        ifindexes.push(idx);
+    }
+    Ok(Topo {
+        node,
+        client_ns: lab.pod_netns("y/b").context("no pod y/b")?.to_string(),
+        server_ns: lab.pod_netns("x/a").context("no pod x/a")?.to_string(),
+        server_ip,
+        client_ip,
+        veths,
+        ifindexes,
+        links_dir: lab.dir().join("n0/bpffs/links"),
+    })
+}
+
+fn word_after(text: &str, key: &str) -> Option<String> {
+    let mut it = text.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == key {
+            return it.next().map(str::to_string);
+        }
+    }
+    None
+}
+
+fn cmd_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cmd_stdin(cmd: &mut Command, input: &str) -> Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    child
+        .stdin
+        .take()
+        .context("child stdin")?
+        .write_all(input.as_bytes())
+        .with_context(|| format!("writing to {cmd:?}"))?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The client opens tens of thousands of connections per measurement: reuse TIME_WAIT ports
+/// and use a wide port range (pod namespaces only).
+fn tune_pods(topo: &Topo) -> Result<()> {
+    for (key, value) in [
+        ("net.ipv4.tcp_tw_reuse", "1"),
+        ("net.ipv4.ip_local_port_range", "1024 65000"),
+    ] {
+        cmd_output(Command::new("ip").args([
+            "netns",
+            "exec",
+            &topo.client_ns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Kills the agent and removes its pinned links: nothing stays attached.
+fn stop_agent(lab: &mut Lab, topo: &Topo) -> Result<()> {
+    lab.agent_mut(0).context("no agent")?.kill_hard()?;
+    for e in std::fs::read_dir(&topo.links_dir)
+        .with_context(|| format!("listing {}", topo.links_dir.display()))?
+    {
+        let p = e?.path();
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Respawns the agent and waits until it has attached to both veths and enforces the
+/// manifests.
+fn start_agent(lab: &mut Lab, topo: &Topo) -> Result<()> {
+    lab.agent_mut(0).context("no agent")?.respawn()?;
+    lab.wait_synced()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(&topo.links_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let attached = topo.ifindexes.iter().all(|i| {
+            names
+                .iter()
+                .filter(|n| n.starts_with(&format!("{i}-")))
+                .count()
+                >= 2
+        });
+        if attached {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the respawned agent did not attach to {:?} within 10 s (pins: {names:?})",
+                topo.veths
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// x/a isolated for ingress: `rules` rules (one /32 from 198.18.0.0/15 and one UDP port each)
+/// that never match, plus one allowing the client's address on every port.
+fn policy_yaml(rules: usize, client: IpAddr) -> String {
+    let mut y = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n  ingress:\n",
+    );
+    for i in 0..rules {
+        let (hi, lo, port) = nonmatching(i);
+        writeln!(
+            y,
+            "  - from: [{{ipBlock: {{cidr: 198.{hi}.{}.{}/32}}}}]\n    ports: [{{port: {port}, protocol: UDP}}]",
+            lo >> 8,
+            lo & 0xff,
+        )
+        .expect("writing to a String");
+    }
+    writeln!(y, "  - from: [{{ipBlock: {{cidr: {client}/32}}}}]").expect("writing to a String");
+    y
+}
+
+/// The i-th non-matching rule: 198.<hi>.<lo>/32, UDP port.
+fn nonmatching(i: usize) -> (u32, u32, u32) {
+    (
+        18 + (i >> 16) as u32,
+        (i & 0xffff) as u32,
+        1000 + (i % 50_000) as u32,
+    )
+}
+
+/// iptables / ipset rules in the node namespace.
+struct Firewall {
+    node: String,
+}
+
+impl Firewall {
+    fn new(node: &str) -> Self {
+        Firewall {
+            node: node.to_string(),
+        }
+    }
+
+    fn ipt(&self, tool: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.node, tool]);
+        c
+    }
+
+    /// kube-router style: FORWARD jumps to a per-pod chain for traffic to the server; the
+    /// chain holds the rules, the matching one last, then DROP.
+    fn install(&mut self, rules: usize, stateful: bool, ipset: bool, topo: &Topo) -> Result<()> {
+        if ipset {
+            let mut s = format!(
+                "create {SET} hash:net,port family inet hashsize 1024 maxelem {}\n",
+                (rules + 1).max(65536)
+            );
+            for i in 0..rules {
+                let (hi, lo, port) = nonmatching(i);
+                writeln!(
+                    s,
+                    "add {SET} 198.{hi}.{}.{}/32,udp:{port}",
+                    lo >> 8,
+                    lo & 0xff
+                )
+                .expect("writing to a String");
+            }
+            cmd_stdin(self.ipt("ipset").arg("restore"), &s)?;
+        }
+        let mut t = format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:{CHAIN} - [0:0]\n"
+        );
+        if stateful {
+            t.push_str("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+        }
+        writeln!(t, "-A FORWARD -d {}/32 -j {CHAIN}", topo.server_ip).expect("String");
+        if ipset {
+            writeln!(
+                t,
+                "-A {CHAIN} -p udp -m set --match-set {SET} src,dst -j ACCEPT"
+            )
+            .expect("String");
+        } else {
+            for i in 0..rules {
+                let (hi, lo, port) = nonmatching(i);
+                writeln!(
+                    t,
+                    "-A {CHAIN} -s 198.{hi}.{}.{}/32 -p udp -m udp --dport {port} -j ACCEPT",
+                    lo >> 8,
+                    lo & 0xff
+                )
+                .expect("String");
+            }
+        }
+        writeln!(t, "-A {CHAIN} -s {}/32 -j ACCEPT", topo.client_ip).expect("String");
+        writeln!(t, "-A {CHAIN} -j DROP\nCOMMIT").expect("String");
+        cmd_stdin(&mut self.ipt("iptables-restore"), &t)
+    }
+
+    /// Removes the rules, the chain and the set, and the nf_tables table iptables-nft left
+    /// behind (its base chains would stay hooked, costing every later configuration).
+    fn clean(&mut self) -> Result<()> {
+        let tables = cmd_output(self.ipt("nft").args(["list", "tables"]))?;
+        if tables.lines().any(|l| l.trim() == "table ip filter") {
+            cmd_output(self.ipt("nft").args(["delete", "table", "ip", "filter"]))?;
+        }
+        let sets = cmd_output(self.ipt("ipset").args(["list", "-n"]))?;
+        if sets.lines().any(|l| l.trim() == SET) {
+            cmd_output(self.ipt("ipset").args(["destroy", SET]))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        if let Err(e) = self.clean() {
+            eprintln!(
+                "bench datapath: cleaning iptables/ipset in {}: {e:#}",
+                self.node
+            );
+        }
+    }
+}
+
+/// The `pass` classifier, attached with TCX while the empty-TC configuration runs.
+struct EmptyTc {
+    ebpf: aya::Ebpf,
+    links: Vec<aya::programs::tc::SchedClassifierLinkId>,
+    _bpffs: PrivateBpffs,
+}
+
+impl EmptyTc {
+    fn load(object: &Path) -> Result<Self> {
+        // The object's maps declare pinning: give them a private bpffs.
+        let bpffs = PrivateBpffs::mount()?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(bpffs.path())
+            .load_file(object)
+            .with_context(|| format!("loading {}", object.display()))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut("pass")
+            .context("the eBPF object has no `pass` program (rebuild: cargo xtask build-ebpf)")?
+            .try_into()?;
+        prog.load().context("loading `pass`")?;
+        Ok(EmptyTc {
+            ebpf,
+            links: Vec::new(),
+            _bpffs: bpffs,
+        })
+    }
+
+    fn attach(&mut self, topo: &Topo) -> Result<()> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut("pass")
+            .context("no `pass`")?
+            .try_into()?;
+        let veths = topo.veths.clone();
+        // Interface names resolve in the caller's namespace: attach from a thread in the node.
+        let ids = palisade_tests::lab::netns::in_netns(&topo.node, move || -> Result<Vec<_>> {
+            let mut ids = Vec::new();
+            for dev in &veths {
+                for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    ids.push(
+                        prog.attach_with_options(
+                            dev,
+                            hook,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .with_context(|| format!("attaching `pass` to {dev} {hook:?}"))?,
+                    );
+                }
+            }
+            Ok(ids)
+        })??;
+        self.links = ids;
+        Ok(())
+    }
+
+    fn detach(&mut self) -> Result<()> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut("pass")
+            .context("no `pass`")?
+            .try_into()?;
+        for id in self.links.drain(..) {
+            prog.detach(id).context("detaching `pass`")?;
+        }
+        Ok(())
+    }
+}
+
+/// iperf3 server in the server pod, pinned to the bench CPU, killed on drop.
+struct IperfServer {
+    child: Child,
+}
+
+impl IperfServer {
+    fn start(topo: &Topo) -> Result<Self> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &topo.server_ns, "taskset", "-c"])
+            .arg(CPU.to_string())
+            .args(["iperf3", "-s", "-p"])
+            .arg(STREAM_PORT.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s")?;
+        let server = IperfServer { child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = cmd_output(Command::new("ip").args([
+                "netns",
+                "exec",
+                &topo.server_ns,
+                "ss",
+                "-Hltn",
+                &format!("sport = :{STREAM_PORT}"),
+            ]))?;
+            if !out.trim().is_empty() {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!("iperf3 -s not listening on {STREAM_PORT} after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        // `ip netns exec` execs iperf3 (same pid): kill the process we started.
+        if let Err(e) = self.child.kill() {
+            eprintln!("killing iperf3 -s: {e}");
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("waiting for iperf3 -s: {e}");
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside namespace `ns`, pinned to the bench CPU.
+fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}"))
+        .with_context(|| format!("opening netns {ns}"))?;
+    Ok(std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let mut set = nix::sched::CpuSet::new();
+        set.set(CPU).context("cpu set")?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .context("sched_setaffinity")?;
+        f()
+    }))
+}
+
+fn join<T>(h: std::thread::JoinHandle<Result<T>>, what: &str) -> Result<T> {
+    h.join()
+        .map_err(|_| anyhow::anyhow!("{what} thread panicked"))?
+}
+
+/// Listens in the server namespace; returns once listening.
+fn server<T: Send + 'static>(
+    topo: &Topo,
+    port: u16,
+    serve: impl FnOnce(TcpListener) -> Result<T> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T>>> {
+    let addr = SocketAddr::new(topo.server_ip, port);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = spawn_in(&topo.server_ns, move || {
+        let l = TcpListener::bind(addr);
+        let l = match l {
+            Ok(l) => {
+                tx.send(None).ok();
+                l
+            }
+            Err(e) => {
+                let msg = format!("binding {addr}: {e}");
+                tx.send(Some(msg.clone())).ok();
+                bail!(msg)
+            }
+        };
+        serve(l)
+    })?;
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(None) => Ok(h),
+        Ok(Some(e)) => bail!(e),
+        Err(_) => bail!("server thread did not start listening"),
+    }
+}
+
+fn measure(topo: &Topo, dur: Duration) -> Result<Sample> {
+    let (rr, rr_p50_us) = rr(topo, dur)?;
+    let crr = crr(topo, dur)?;
+    let stream_gbps = stream(topo, dur)?;
+    Ok(Sample {
+        rr,
+        rr_p50_us,
+        crr,
+        stream_gbps,
+    })
+}
+
+/// 1-byte request / 1-byte response over one connection for `dur` (after a warm-up).
+fn rr(topo: &Topo, dur: Duration) -> Result<(f64, f64)> {
+    let srv = server(topo, RR_PORT, |l| {
+        let (mut c, _) = l.accept()?;
+        c.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        loop {
+            match c.read(&mut b)? {
+                0 => return Ok(()),
+                _ => c.write_all(&b)?,
+            }
+        }
+    })?;
+    let to = SocketAddr::new(topo.server_ip, RR_PORT);
+    let cli = spawn_in(&topo.client_ns, move || {
+        let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .with_context(|| format!("RR connect to {to}"))?;
+        c.set_nodelay(true)?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut b = [1u8; 1];
+        let mut one = || -> Result<()> {
+            c.write_all(&b)?;
+            c.read_exact(&mut b).context("RR response")?;
+            Ok(())
+        };
+        for _ in 0..200 {
+            one()?;
+        }
+        let mut lat = Vec::with_capacity(1 << 16);
+        let start = Instant::now();
+        while start.elapsed() < dur {
+            let t = Instant::now();
+            one()?;
+            lat.push(t.elapsed());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        lat.sort();
+        let p50 = crate::bench_policy::percentile(&lat, 0.5);
+        Ok((lat.len() as f64 / secs, p50.as_secs_f64() * 1e6))
+    })?;
+    let out = join(cli, "RR client");
+    join(srv, "RR server")?;
+    out
+}
+
+/// Connect, 1-byte request, 1-byte response, server closes, client closes; for `dur`.
+fn crr(topo: &Topo, dur: Duration) -> Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_srv = stop.clone();
+    let srv = server(topo, CRR_PORT, move |l| {
+        let mut b = [0u8; 1];
+        loop {
+            let (mut c, _) = l.accept()?;
+            if stop_srv.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            c.set_nodelay(true)?;
+            if c.read(&mut b)? == 1 {
+                c.write_all(&b)?;
+            }
+        }
+    })?;
+    let to = SocketAddr::new(topo.server_ip, CRR_PORT);
+    let cli = spawn_in(&topo.client_ns, move || {
+        let one = || -> Result<()> {
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .with_context(|| format!("CRR connect to {to}"))?;
+            c.set_nodelay(true)?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut b = [1u8; 1];
+            c.write_all(&b)?;
+            c.read_exact(&mut b).context("CRR response")?;
+            // Wait for the server's FIN: the server closes first (TIME_WAIT on its side).
+            let mut rest = [0u8; 16];
+            while c.read(&mut rest)? > 0 {}
+            Ok(())
+        };
+        for _ in 0..50 {
+            one()?;
+        }
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < dur {
+            one()?;
+            n += 1;
+        }
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })?;
+    let out = join(cli, "CRR client");
+    stop.store(true, Ordering::Relaxed);
+    // Wake the server's accept (from the client namespace).
+    let to2 = to;
+    let waker = spawn_in(&topo.client_ns, move || {
+        TcpStream::connect_timeout(&to2, Duration::from_secs(2))
+            .map(|_| ())
+            .context("waking the CRR server")
+    })?;
+    join(waker, "CRR waker")?;
+    join(srv, "CRR server")?;
+    out
+}
+
+/// iperf3 stream from the client pod to the server pod, both on the bench CPU.
+fn stream(topo: &Topo, dur: Duration) -> Result<f64> {
+    let secs = dur.as_secs_f64().ceil().max(1.0) as u64;
+    let out = cmd_output(
+        Command::new("ip")
+            .args(["netns", "exec", &topo.client_ns, "taskset", "-c"])
+            .arg(CPU.to_string())
+            .args(["iperf3", "-J", "-c"])
+            .arg(topo.server_ip.to_string())
+            .arg("-p")
+            .arg(STREAM_PORT.to_string())
+            .arg("-t")
+            .arg(secs.to_string()),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing iperf3 -J")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no end.sum_received.bits_per_second in iperf3 output: {out}"))?;
+    Ok(bps / 1e9)
+}
+
+/// Median, min and max of a non-empty slice.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (med, s[0], s[n - 1])
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    config: String,
+    family: String,
+    rules: Option<usize>,
+    samples: Vec<Sample>,
+    /// Per metric: median, min, max of the ratio to the same repetition's baseline.
+    ratio: BTreeMap<String, (f64, f64, f64)>,
+    /// Per metric: median of the absolute values.
+    median: BTreeMap<String, f64>,
+    rr_p50_us_median: f64,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    seconds: f64,
+    reps: usize,
+}
+
+impl Report {
+    fn new(
+        configs: &[Config],
+        results: &BTreeMap<Config, Vec<Sample>>,
+        seconds: f64,
+        reps: usize,
+    ) -> Self {
+        let base = results.get(&Config::Baseline).cloned().unwrap_or_default();
+        let rows = configs
+            .iter()
+            .map(|c| {
+                let samples = results.get(c).cloned().unwrap_or_default();
+                let mut ratio = BTreeMap::new();
+                let mut median = BTreeMap::new();
+                for (name, f) in METRICS {
+                    let r: Vec<f64> = samples
+                        .iter()
+                        .zip(&base)
+                        .map(|(s, b)| f(s) / f(b))
+                        .collect();
+                    ratio.insert(name.to_string(), stats(&r));
+                    let abs: Vec<f64> = samples.iter().map(f).collect();
+                    median.insert(name.to_string(), stats(&abs).0);
+                }
+                let p50: Vec<f64> = samples.iter().map(|s| s.rr_p50_us).collect();
+                Row {
+                    config: c.label(),
+                    family: c.family().into(),
+                    rules: c.rules(),
+                    samples,
+                    ratio,
+                    median,
+                    rr_p50_us_median: stats(&p50).0,
+                }
+            })
+            .collect();
+        Report {
+            rows,
+            seconds,
+            reps,
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut t = String::new();
+        writeln!(
+            t,
+            "\nratio to baseline of the same repetition: median [min-max] over {} repetitions of {} s; absolute medians",
+            self.reps, self.seconds
+        )
+        .expect("String");
+        writeln!(
+            t,
+            "| configuration | TCP_RR | TCP_CRR | TCP_STREAM | RR/s | RR p50 µs | CRR/s | Gbit/s |"
+        )
+        .expect("String");
+        writeln!(t, "|---|---|---|---|---:|---:|---:|---:|").expect("String");
+        for r in &self.rows {
+            let cell = |m: &str| {
+                let (med, lo, hi) = r.ratio[m];
+                format!("{med:.3} [{lo:.3}-{hi:.3}]")
+            };
+            writeln!(
+                t,
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} |",
+                r.config,
+                cell("TCP_RR"),
+                cell("TCP_CRR"),
+                cell("TCP_STREAM"),
+                r.median["TCP_RR"],
+                r.rr_p50_us_median,
+                r.median["TCP_CRR"],
+                r.median["TCP_STREAM"]
+            )
+            .expect("String");
+        }
+        t
+    }
+
+    fn json(&self, table: &str) -> Result<String> {
+        let machine = machine();
+        Ok(serde_json::to_string_pretty(&serde_json::json!({
+            "bench": "datapath",
+            "client": "y/b",
+            "server": "x/a",
+            "seconds": self.seconds,
+            "repetitions": self.reps,
+            "machine": machine,
+            "rows": self.rows,
+            "table": table,
+        }))?)
+    }
+
+    /// Ratio vs rule count, one panel per metric, one line per enforcer (palisade, iptables
+    /// stateless/stateful, ipset), the empty TC program as a dashed reference.
+    fn svg(&self, rules: &[usize]) -> String {
+        let (w, ph, pad) = (640.0, 240.0, 50.0);
+        let h = ph * 3.0 + 40.0;
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        );
+        let families = [
+            ("palisade", "#1f77b4"),
+            ("ipt-stateless", "#d62728"),
+            ("ipt-stateful", "#ff7f0e"),
+            ("ipset", "#2ca02c"),
+        ];
+        let n = rules.len().max(1);
+        let x = |i: usize| pad + (w - 2.0 * pad) * (i as f64 + 0.5) / n as f64;
+        for (p, (metric, _)) in METRICS.iter().enumerate() {
+            let top = 20.0 + ph * p as f64;
+            let y = |r: f64| top + 20.0 + (ph - 60.0) * (1.0 - r.clamp(0.0, 1.2) / 1.2);
+            writeln!(
+                s,
+                "<text x=\"{pad}\" y=\"{}\" font-weight=\"bold\">{metric}: ratio to no filtering vs non-matching rules</text>",
+                top + 10.0
+            )
+            .expect("String");
+            for g in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2] {
+                writeln!(
+                    s,
+                    "<line x1=\"{pad}\" x2=\"{x2}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{tx}\" y=\"{ty:.1}\" text-anchor=\"end\">{g:.1}</text>",
+                    x2 = w - pad,
+                    yy = y(g),
+                    tx = pad - 4.0,
+                    ty = y(g) + 4.0
+                )
+                .expect("String");
+            }
+            for (i, r) in rules.iter().enumerate() {
+                writeln!(
+                    s,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{r}</text>",
+                    x(i),
+                    y(0.0) + 14.0
+                )
+                .expect("String");
+            }
+            if let Some(e) = self.rows.iter().find(|r| r.family == "empty-tc") {
+                let v = e.ratio[*metric].0;
+                writeln!(
+                    s,
+                    "<line x1=\"{pad}\" x2=\"{x2}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>",
+                    x2 = w - pad,
+                    yy = y(v)
+                )
+                .expect("String");
+            }
+            for (k, (fam, color)) in families.iter().enumerate() {
+                let pts: Vec<String> = rules
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| {
+                        let r = self
+                            .rows
+                            .iter()
+                            .find(|r| r.family == *fam && r.rules == Some(*n))?;
+                        let v = r.ratio[*metric].0;
+                        v.is_finite().then(|| format!("{:.1},{:.1}", x(i), y(v)))
+                    })
+                    .collect();
+                writeln!(
+                    s,
+                    "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+                    pts.join(" ")
+                )
+                .expect("String");
+                for p in &pts {
+                    let (px, py) = p.split_once(',').unwrap_or(("0", "0"));
+                    writeln!(
+                        s,
+                        "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{color}\"/>"
+                    )
+                    .expect("String");
+                }
+                writeln!(
+                    s,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{fam}</text>",
+                    w - pad - 90.0,
+                    top + 30.0 + 13.0 * k as f64
+                )
+                .expect("String");
+            }
+            writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#888\">empty TC (dashed)</text>",
+                w - pad - 90.0,
+                top + 30.0 + 13.0 * families.len() as f64
+            )
+            .expect("String");
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    serde_json::json!({"nproc": nproc, "kernel": kernel, "cpu": model})
+}
