@@ -54,6 +54,18 @@ pub struct Compiled {
     entries: HashMap<usize, Arc<Entries>>,
     /// "namespace/name" -> local endpoint key.
     pods: BTreeMap<String, String>,
+    /// What this compile replaced (old policy objects and their prepared forms, old entries).
+    /// Freeing a large policy takes milliseconds; held here, it is freed when this `Compiled`
+    /// is replaced, i.e. after the next apply has written its maps, off the path from a
+    /// change to its enforcement.
+    _retired: Retired,
+}
+
+#[derive(Default)]
+struct Retired {
+    policies: Vec<PolicyState>,
+    entries: Vec<(Arc<policy::EndpointPolicy>, Arc<Entries>)>,
+    port_contents: Vec<HashMap<policy::PortSet, Arc<PortContent>>>,
 }
 
 fn to_problem(p: &policy::Problem) -> Problem {
@@ -84,21 +96,29 @@ impl Compiler {
     /// The state of policy `key` now that the source holds `np`: the previous state when the
     /// object did not change, else `np` prepared anew (keeping the last valid version when
     /// `np` is invalid).
-    fn policy_state(old: Option<PolicyState>, np: &Arc<NetworkPolicy>) -> PolicyState {
+    fn policy_state(
+        old: Option<PolicyState>,
+        np: &Arc<NetworkPolicy>,
+        retired: &mut Retired,
+    ) -> PolicyState {
         match old {
             Some(st) if Arc::ptr_eq(&st.seen, np) || *st.seen == **np => st,
-            old => match policy::prepare(np) {
-                Ok(p) => PolicyState {
-                    seen: np.clone(),
-                    problems: Vec::new(),
-                    enforced: Some(Arc::new(p)),
-                },
-                Err(problems) => PolicyState {
-                    seen: np.clone(),
-                    problems,
-                    enforced: old.and_then(|o| o.enforced),
-                },
-            },
+            old => {
+                let st = match policy::prepare(np) {
+                    Ok(p) => PolicyState {
+                        seen: np.clone(),
+                        problems: Vec::new(),
+                        enforced: Some(Arc::new(p)),
+                    },
+                    Err(problems) => PolicyState {
+                        seen: np.clone(),
+                        problems,
+                        enforced: old.as_ref().and_then(|o| o.enforced.clone()),
+                    },
+                };
+                retired.policies.extend(old);
+                st
+            }
         }
     }
 
@@ -125,9 +145,10 @@ impl Compiler {
             }
             cluster.pods.push(info);
         }
+        let mut retired = Retired::default();
         let mut old = std::mem::take(&mut self.policies);
         for (key, np) in &snap.policies {
-            let st = Self::policy_state(old.remove(key), np);
+            let st = Self::policy_state(old.remove(key), np, &mut retired);
             for p in &st.problems {
                 let mut p = to_problem(p);
                 p.message.push_str(if st.enforced.is_some() {
@@ -139,6 +160,8 @@ impl Compiler {
             }
             self.policies.insert(key.clone(), st);
         }
+        // Policies gone from the source.
+        retired.policies.extend(old.into_values());
         let prepared: Vec<&policy::Prepared> = self
             .policies
             .values()
@@ -152,7 +175,7 @@ impl Compiler {
             .collect();
         let out = policy::compile_prepared(&cluster, &prepared, &local_pods, &mut self.registry);
         problems.extend(out.problems.iter().map(to_problem));
-        let entries = self.convert_all(out.endpoints.values());
+        let entries = self.convert_all(out.endpoints.values(), &mut retired);
         let mut endpoints = BTreeMap::new();
         let mut pods = BTreeMap::new();
         for (key, r) in locals {
@@ -169,6 +192,7 @@ impl Compiler {
             endpoints,
             entries,
             pods,
+            _retired: retired,
         }
     }
 
@@ -178,6 +202,7 @@ impl Compiler {
     fn convert_all<'a>(
         &mut self,
         eps: impl Iterator<Item = &'a Arc<policy::EndpointPolicy>>,
+        retired: &mut Retired,
     ) -> HashMap<usize, Arc<Entries>> {
         let mut out: HashMap<usize, Arc<Entries>> = HashMap::new();
         let mut converted = Vec::new();
@@ -210,7 +235,10 @@ impl Compiler {
             converted.push((ep.clone(), entries.clone()));
             out.insert(addr, entries);
         }
-        self.converted = converted;
+        retired
+            .entries
+            .extend(std::mem::replace(&mut self.converted, converted));
+        retired.port_contents.push(contents.old);
         self.port_contents = contents.new;
         out
     }

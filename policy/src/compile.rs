@@ -40,10 +40,20 @@ impl std::fmt::Display for RuleId {
 /// rule, so a `rule_ref` seen in a counter or a conntrack entry always names the same rule.
 #[derive(Clone, Debug, Default)]
 pub struct RuleRegistry {
-    by_id: BTreeMap<RuleId, u32>,
+    /// (namespace, policy) -> references of its ingress and egress rules, by index. A rule
+    /// without a reference yet has 0 there.
+    by_policy: HashMap<(String, String), [Vec<u32>; 2]>,
     by_ref: BTreeMap<u32, RuleId>,
     last: u32,
-    used: BTreeSet<u32>,
+    /// Bit `r` set: reference `r` was used since the last `drop_unused`.
+    used: Vec<u64>,
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
 }
 
 impl RuleRegistry {
@@ -51,24 +61,94 @@ impl RuleRegistry {
         Self::default()
     }
 
+    fn mark_used(&mut self, r: u32) {
+        let (word, bit) = (r as usize / 64, r % 64);
+        if self.used.len() <= word {
+            self.used.resize(word + 1, 0);
+        }
+        self.used[word] |= 1 << bit;
+    }
+
+    fn is_used(&self, r: u32) -> bool {
+        self.used
+            .get(r as usize / 64)
+            .is_some_and(|w| w & (1 << (r % 64)) != 0)
+    }
+
     /// The reference of `id`, assigning the next free number on first sight. Marks it used.
     pub fn rule_ref(&mut self, id: &RuleId) -> u32 {
-        let r = match self.by_id.get(id) {
-            Some(r) => *r,
+        let r = match self.get(id) {
+            Some(r) => r,
             None => {
                 self.last += 1;
-                self.by_id.insert(id.clone(), self.last);
+                let refs = &mut self
+                    .by_policy
+                    .entry((id.namespace.clone(), id.policy.clone()))
+                    .or_default()[dir_index(id.direction)];
+                if refs.len() <= id.index {
+                    refs.resize(id.index + 1, 0);
+                }
+                refs[id.index] = self.last;
                 self.by_ref.insert(self.last, id.clone());
                 self.last
             }
         };
-        self.used.insert(r);
+        self.mark_used(r);
         r
+    }
+
+    /// The references of rules `0..count` of one direction of one policy, assigning numbers
+    /// to those seen for the first time (in index order). Marks them used.
+    pub(crate) fn policy_refs(
+        &mut self,
+        namespace: &str,
+        policy: &str,
+        direction: Direction,
+        count: usize,
+    ) -> Vec<u32> {
+        let key = (namespace.to_string(), policy.to_string());
+        let mut refs = self
+            .by_policy
+            .get(&key)
+            .map(|d| d[dir_index(direction)].clone())
+            .unwrap_or_default();
+        if refs.len() < count {
+            refs.resize(count, 0);
+        }
+        let mut assigned = false;
+        for (index, r) in refs.iter_mut().enumerate().take(count) {
+            if *r == 0 {
+                self.last += 1;
+                *r = self.last;
+                self.by_ref.insert(
+                    self.last,
+                    RuleId {
+                        namespace: namespace.to_string(),
+                        policy: policy.to_string(),
+                        direction,
+                        index,
+                    },
+                );
+                assigned = true;
+            }
+        }
+        for &r in &refs[..count] {
+            self.mark_used(r);
+        }
+        if assigned {
+            self.by_policy.entry(key).or_default()[dir_index(direction)] = refs.clone();
+        }
+        refs.truncate(count);
+        refs
     }
 
     /// The reference of `id`, if it has one (does not assign or mark).
     pub fn get(&self, id: &RuleId) -> Option<u32> {
-        self.by_id.get(id).copied()
+        self.by_policy
+            .get(&(id.namespace.clone(), id.policy.clone()))
+            .and_then(|d| d[dir_index(id.direction)].get(id.index))
+            .copied()
+            .filter(|r| *r != 0)
     }
 
     /// The rule behind a reference.
@@ -90,14 +170,21 @@ impl RuleRegistry {
         let stale: Vec<u32> = self
             .by_ref
             .keys()
-            .filter(|r| !self.used.contains(r))
+            .filter(|r| !self.is_used(**r))
             .copied()
             .collect();
         for r in &stale {
-            if let Some(id) = self.by_ref.remove(r) {
-                self.by_id.remove(&id);
+            if let Some(id) = self.by_ref.remove(r)
+                && let Some(d) = self
+                    .by_policy
+                    .get_mut(&(id.namespace.clone(), id.policy.clone()))
+                && let Some(slot) = d[dir_index(id.direction)].get_mut(id.index)
+            {
+                *slot = 0;
             }
         }
+        self.by_policy
+            .retain(|_, d| d.iter().flatten().any(|r| *r != 0));
         self.used.clear();
         stale
     }
@@ -198,19 +285,9 @@ pub fn compile_prepared(
     let refs: Vec<[Vec<u32>; 2]> = policies
         .iter()
         .map(|n| {
-            let mk = |dir: Direction, reg: &mut RuleRegistry| -> Vec<u32> {
-                (0..n.rules(dir).map_or(0, Vec::len))
-                    .map(|index| {
-                        reg.rule_ref(&RuleId {
-                            namespace: n.namespace.clone(),
-                            policy: n.name.clone(),
-                            direction: dir,
-                            index,
-                        })
-                    })
-                    .collect()
-            };
-            [mk(Direction::Ingress, reg), mk(Direction::Egress, reg)]
+            Direction::BOTH.map(|dir| {
+                reg.policy_refs(&n.namespace, &n.name, dir, n.rules(dir).map_or(0, Vec::len))
+            })
         })
         .collect();
     let mut c = Compiler::new(cluster, &policies, &refs);
