@@ -14,7 +14,7 @@ need_root() {
 
 APT_PKGS=(
   llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev   # bpf-linker
-  iproute2 iptables ipset conntrack                    # lab and tests
+  iproute2 iptables ipset conntrack nftables           # lab, tests, benchmark cleanup
   containernetworking-plugins                          # reference CNI plugins (ptp, host-local, portmap)
   golang-go golang-github-appc-cni-dev                 # libcni runtime-side test client
   sockperf iperf3 socat                                # traffic tools
