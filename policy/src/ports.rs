@@ -134,7 +134,26 @@ impl PortUnion {
                     _ => merged.push(seg),
                 }
             }
+            // When every port of the protocol is allowed (port 0 is painted only by an
+            // all-ports rule, which then covers everything), that rule is one `len` 0 entry and
+            // only ports that a lower rule names get longer prefixes. Splitting the whole range
+            // instead would leave no `len` 0 entry, and a later fragment with unknown ports
+            // (looked up at `len` 0) would be denied although every port is allowed.
+            let all_ports = merged.first().filter(|m| m.0 == 0).map(|m| m.2);
+            if let Some(r) = all_ports {
+                set.insert(
+                    PortPrefix {
+                        proto: Some(proto),
+                        port: 0,
+                        len: 0,
+                    },
+                    r,
+                );
+            }
             for (lo, hi, r) in merged {
+                if Some(r) == all_ports {
+                    continue;
+                }
                 for (port, len) in split_range(lo, hi) {
                     set.insert(
                         PortPrefix {
@@ -240,5 +259,26 @@ mod tests {
         assert_eq!(set.lookup(6, 81), Some(1));
         assert_eq!(set.lookup(6, 80), Some(4));
         assert_eq!(set.lookup(1, 0), Some(4));
+    }
+
+    /// Found by the kernel-vs-spec differential test: `{protocol: TCP}` (every TCP port) in
+    /// one rule and a lower rule naming TCP 53 must still give an entry for every TCP port,
+    /// which is what a later fragment with unknown ports is looked up against.
+    #[test]
+    fn every_port_of_a_protocol_keeps_one_entry_when_a_lower_rule_names_a_port() {
+        let mut u = PortUnion::default();
+        u.add_range(6, 0, 65535, 5);
+        u.add_range(6, 53, 53, 2);
+        let set = u.finish().unwrap_err();
+        let whole = PortPrefix {
+            proto: Some(6),
+            port: 0,
+            len: 0,
+        };
+        assert_eq!(set.0.get(&whole), Some(&5));
+        assert_eq!(set.lookup(6, 53), Some(2));
+        assert_eq!(set.lookup(6, 54), Some(5));
+        assert_eq!(set.lookup(6, 0), Some(5));
+        assert_eq!(set.0.len(), 2, "{set:?}");
     }
 }
