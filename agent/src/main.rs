@@ -8,6 +8,12 @@ use clap::Parser;
 use palisade_agent::agent::{Agent, AgentConfig};
 use palisade_agent::source::{DirSource, KubeSource, Source};
 
+/// mimalloc rather than glibc malloc: a policy change builds and drops ~10^5 small objects per
+/// 10,000 rules; with glibc (chunk consolidation on free) a change of a 10,000-rule policy took
+/// ~45 ms in process, with mimalloc ~25 ms (`cargo xtask bench policy`, docs/policy.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "palisade-agent",
@@ -16,7 +22,7 @@ use palisade_agent::source::{DirSource, KubeSource, Source};
 )]
 struct Args {
     /// Source of cluster state: `kube` (the Kubernetes API: in-cluster service account, or
-    /// --kubeconfig), or `dir:PATH` (a directory of Kubernetes YAML manifests, watched).
+    /// --kubeconfig), or `dir:PATH` (a directory of Kubernetes YAML or JSON manifests, watched).
     #[arg(long, env = "PALISADE_SOURCE")]
     source: String,
     /// With `--source kube`: a kubeconfig file (its current context) instead of the
