@@ -313,14 +313,23 @@ fn readable_before(sock: &std::net::UdpSocket, deadline: Instant) -> Result<bool
     }
 }
 
+/// One probe: sequence number, when it was sent, whether its echo came back.
+#[derive(Clone, Copy)]
+struct Probe {
+    seq: u64,
+    at: Instant,
+    ok: bool,
+}
+
 /// Probes x/b -> x/a UDP 80 back to back from inside x/b's namespace until told to stop.
-/// Each probe waits at most `timeout` for the echo. Returns (sent at, answered).
+/// Each probe waits at most `timeout` for its echo before the next is sent; an echo that comes
+/// later still marks its probe answered (a slow echo on a loaded machine is not a denial).
 fn probe_loop(
     netns: String,
     target: std::net::SocketAddr,
     timeout: Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    out: std::sync::Arc<std::sync::Mutex<Vec<(Instant, bool)>>>,
+    out: std::sync::Arc<std::sync::Mutex<Vec<Probe>>>,
 ) -> std::thread::JoinHandle<Result<()>> {
     std::thread::spawn(move || -> Result<()> {
         let f = std::fs::File::open(format!("/var/run/netns/{netns}"))?;
@@ -345,6 +354,13 @@ fn probe_loop(
                             ok = true;
                             break 'wait;
                         }
+                        Ok(n) if n >= 8 => {
+                            let late = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+                            let mut log = out.lock().expect("probe log");
+                            if let Some(p) = log.iter_mut().rev().find(|p| p.seq == late) {
+                                p.ok = true;
+                            }
+                        }
                         Ok(_) => continue,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // An ICMP error queued on the socket: not an echo.
@@ -352,7 +368,7 @@ fn probe_loop(
                     }
                 }
             }
-            out.lock().expect("probe log").push((at, ok));
+            out.lock().expect("probe log").push(Probe { seq, at, ok });
             if ok {
                 // Pace answered probes a little so the log stays small.
                 std::thread::sleep(Duration::from_micros(200));
@@ -462,7 +478,7 @@ fn toggle(
                 .lock()
                 .expect("probe log")
                 .iter()
-                .filter(|(t, _)| *t > applied)
+                .filter(|p| p.at > applied)
                 .count();
             if n >= 3 {
                 break;
@@ -471,14 +487,16 @@ fn toggle(
         }
         let entries = log.lock().expect("probe log").clone();
         // The first probe sent after the rename after which every probe agrees with `allow`.
-        let after: Vec<_> = entries.iter().filter(|(t, _)| *t >= at).collect();
+        // The newest probe may still be waiting for its echo: it is left out.
+        let mut after: Vec<_> = entries.iter().filter(|p| p.at >= at).collect();
+        after.pop();
         let flip = after
             .iter()
-            .rposition(|(_, ok)| *ok != allow)
+            .rposition(|p| p.ok != allow)
             .map(|i| i + 1)
             .unwrap_or(0);
-        if let Some((t, _)) = after.get(flip) {
-            lat.push(t.duration_since(at));
+        if let Some(p) = after.get(flip) {
+            lat.push(p.at.duration_since(at));
         }
         log.lock().expect("probe log").clear();
     }
