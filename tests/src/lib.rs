@@ -8,6 +8,7 @@
 //!   sweep of leftovers by name prefix runs at test start.
 
 pub mod bpf;
+pub mod rng;
 
 pub mod lab;
 pub mod netns;

@@ -62,34 +62,7 @@ const VARIANT_PERCENT: u64 = 35;
 const EP_ID: u32 = 7;
 const GRE: u8 = 47;
 
-/// xorshift64*: small, seedable, good enough to spread cases.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn upto(&mut self, n: usize) -> usize {
-        self.below(n as u64 + 1) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize].clone()
-    }
-}
+use palisade_tests::rng::Rng;
 
 // ---------------------------------------------------------------------------------------
 // Random clusters and policies (the vocabulary of policy/tests/prop.rs: small enough that
