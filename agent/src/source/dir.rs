@@ -2,7 +2,9 @@
 //!
 //! Files: `*.yaml` / `*.yml` (multi-document YAML) and `*.json` (one JSON object, or several
 //! one after the other), as `kubectl apply -f DIR` reads them. Other names (such as the temporary file of
-//! a `write + rename`) are neither read nor watched.
+//! a `write + rename`) are neither read nor watched. Kinds read: Namespace, Pod, Node, Service
+//! (v1), NetworkPolicy (networking.k8s.io/v1), EndpointSlice (discovery.k8s.io/v1); other kinds
+//! are ignored, another apiVersion of these is reported and skipped.
 //!
 //! Nothing is lost on bad input: a file that does not parse keeps contributing the objects it
 //! held when it last parsed, and the parse error is reported as a problem naming the file and
@@ -21,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -39,6 +42,9 @@ enum Object {
     Namespace(Arc<Namespace>),
     Pod(Arc<Pod>),
     NetworkPolicy(Arc<NetworkPolicy>),
+    Node(Arc<Node>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
 }
 
 /// (namespace, name) of a namespaced object, `default` when it names none; sets it.
@@ -251,6 +257,24 @@ impl DirSource {
                         );
                         snap.policies.insert(key, np.clone());
                     }
+                    Object::Node(n) => {
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        snap.nodes.insert(name, n.clone());
+                    }
+                    Object::Service(svc) => {
+                        let key = (
+                            svc.metadata.namespace.clone().unwrap_or_default(),
+                            svc.metadata.name.clone().unwrap_or_default(),
+                        );
+                        snap.services.insert(key, svc.clone());
+                    }
+                    Object::EndpointSlice(es) => {
+                        let key = (
+                            es.metadata.namespace.clone().unwrap_or_default(),
+                            es.metadata.name.clone().unwrap_or_default(),
+                        );
+                        snap.endpoint_slices.insert(key, es.clone());
+                    }
                 }
             }
         }
@@ -333,6 +357,31 @@ enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Node,
+    Service,
+    EndpointSlice,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Node => "Node",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    /// The one apiVersion the agent reads this kind in.
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Namespace | Kind::Pod | Kind::Node | Kind::Service => "v1",
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
 }
 
 /// Which kind document `i` is, from its `kind` and `apiVersion`; `None` (with a problem when
@@ -340,35 +389,41 @@ enum Kind {
 fn classify(i: usize, meta: TypeMeta, problems: &mut Vec<Problem>) -> Option<(Kind, String)> {
     let kind = meta.kind.unwrap_or_default();
     let what = format!("document {i} ({kind})");
-    match kind.as_str() {
-        "Namespace" => Some((Kind::Namespace, what)),
-        "Pod" => Some((Kind::Pod, what)),
-        "NetworkPolicy" => {
-            if meta.api_version.as_deref() != Some("networking.k8s.io/v1") {
-                problems.push(Problem {
-                    object: what,
-                    field: "apiVersion".into(),
-                    message: format!(
-                        "NetworkPolicy apiVersion {:?} is not networking.k8s.io/v1; skipped",
-                        meta.api_version.unwrap_or_default()
-                    ),
-                });
-                return None;
-            }
-            Some((Kind::NetworkPolicy, what))
-        }
+    let known = match kind.as_str() {
+        "Namespace" => Kind::Namespace,
+        "Pod" => Kind::Pod,
+        "NetworkPolicy" => Kind::NetworkPolicy,
+        "Node" => Kind::Node,
+        "Service" => Kind::Service,
+        "EndpointSlice" => Kind::EndpointSlice,
         "List" => {
             problems.push(Problem {
                 object: what,
                 field: "kind".into(),
                 message: "kind List is not supported; write one document per object".into(),
             });
-            None
+            return None;
         }
-        // Services, EndpointSlices and Nodes are read by the Kubernetes API source; in a
-        // directory they are accepted and ignored for now.
-        _ => None,
+        // Other kinds (Deployments, ConfigMaps...) may share the directory; not ours.
+        _ => return None,
+    };
+    // Namespaces and Pods are core/v1 only and have always been read without checking
+    // apiVersion; the other kinds must name the one version the agent reads.
+    let checked = !matches!(known, Kind::Namespace | Kind::Pod);
+    if checked && meta.api_version.as_deref() != Some(known.api_version()) {
+        problems.push(Problem {
+            object: what,
+            field: "apiVersion".into(),
+            message: format!(
+                "{} apiVersion {:?} is not {}; skipped",
+                known.name(),
+                meta.api_version.unwrap_or_default(),
+                known.api_version()
+            ),
+        });
+        return None;
     }
+    Some((known, what))
 }
 
 /// Deserializes a document of `kind` with `de`, a deserializer of one format.
@@ -385,15 +440,22 @@ fn typed<'de, D: serde::Deserializer<'de>>(kind: Kind, de: D) -> Result<Object, 
             default_namespace(&mut np.metadata);
             Object::NetworkPolicy(Arc::new(np))
         }
+        Kind::Node => Object::Node(Arc::new(Node::deserialize(de)?)),
+        Kind::Service => {
+            let mut svc = Service::deserialize(de)?;
+            default_namespace(&mut svc.metadata);
+            Object::Service(Arc::new(svc))
+        }
+        Kind::EndpointSlice => {
+            let mut es = EndpointSlice::deserialize(de)?;
+            default_namespace(&mut es.metadata);
+            Object::EndpointSlice(Arc::new(es))
+        }
     })
 }
 
 fn schema_problem(what: String, kind: Kind, field: String, e: impl std::fmt::Display) -> Problem {
-    let kind = match kind {
-        Kind::Namespace => "Namespace",
-        Kind::Pod => "Pod",
-        Kind::NetworkPolicy => "NetworkPolicy",
-    };
+    let kind = kind.name();
     Problem {
         object: what,
         field,
@@ -513,6 +575,85 @@ mod tests {
             snap.problems[0].object.contains("p.yaml"),
             "{:?}",
             snap.problems
+        );
+    }
+
+    #[test]
+    fn nodes_services_and_endpoint_slices_are_read_with_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cluster.yaml"),
+            r#"apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.254.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: web}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dflt}
+spec: {ports: [{port: 53}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: x
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.5]
+  targetRef: {kind: Pod, name: a, namespace: x}
+ports: [{name: http, port: 8080, protocol: TCP}]
+"#,
+        )
+        .unwrap();
+        let mut s = DirSource::new(dir.path());
+        let snap = s.rescan().unwrap().unwrap();
+        assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+        let n1 = &snap.nodes["n1"];
+        assert_eq!(
+            n1.spec.as_ref().unwrap().pod_cidrs.as_deref().unwrap(),
+            ["10.244.1.0/24", "fd00:10:244:1::/64"]
+        );
+        assert_eq!(
+            snap.services.keys().cloned().collect::<Vec<_>>(),
+            [
+                ("default".to_string(), "dflt".to_string()),
+                ("x".into(), "web".into())
+            ]
+        );
+        let es = &snap.endpoint_slices[&("x".to_string(), "web-abc".to_string())];
+        assert_eq!(es.endpoints.as_ref().unwrap()[0].addresses, ["10.244.1.5"]);
+        assert_eq!(es.ports.as_ref().unwrap()[0].port, Some(8080));
+        // A Node removed from the directory leaves the snapshot.
+        std::fs::remove_file(dir.path().join("cluster.yaml")).unwrap();
+        let snap = s.rescan().unwrap().unwrap();
+        assert!(snap.nodes.is_empty() && snap.services.is_empty());
+        assert!(snap.endpoint_slices.is_empty());
+    }
+
+    #[test]
+    fn endpoint_slice_of_another_api_version_is_skipped_and_named() {
+        let (objs, problems) = parse_manifests(
+            "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\naddressType: IPv4\nendpoints: []\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n}\n",
+        )
+        .unwrap();
+        assert_eq!(objs.len(), 1, "the Node is read");
+        assert!(matches!(objs[0], Object::Node(_)));
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].field == "apiVersion" && problems[0].message.contains("v1beta1"),
+            "{problems:?}"
         );
     }
 

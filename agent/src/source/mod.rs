@@ -46,7 +46,7 @@ pub struct Snapshot {
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     pub pods: BTreeMap<(String, String), Arc<Pod>>,
     pub policies: BTreeMap<(String, String), Arc<NetworkPolicy>>,
-    /// Read by the API source; the directory source leaves them empty.
+    /// Nodes by name; Services and EndpointSlices by (namespace, name). Read by both sources.
     pub nodes: BTreeMap<String, Arc<Node>>,
     pub services: BTreeMap<(String, String), Arc<Service>>,
     pub endpoint_slices: BTreeMap<(String, String), Arc<EndpointSlice>>,
