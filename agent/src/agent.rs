@@ -23,6 +23,8 @@ pub struct AgentConfig {
     pub bpffs: PathBuf,
     pub object: PathBuf,
     pub debug_log: bool,
+    /// Routes to other nodes' pod CIDRs and masquerade (see `routing`, `masquerade`).
+    pub network: crate::routing::NetworkConfig,
 }
 
 struct Local {
@@ -40,6 +42,8 @@ pub struct Agent {
     ep_ids: EpIds,
     locals: BTreeMap<String, Local>,
     host_addrs: BTreeSet<HostAddrKey>,
+    /// Routes to the other nodes' pods and masquerade rules, kept in line with the Nodes.
+    network: crate::routing::NodeNetwork,
     applied_generation: u64,
     compiled: Option<Compiled>,
     last_error: Option<String>,
@@ -65,6 +69,7 @@ impl Agent {
         );
         let ep_ids = EpIds::open(&cfg.state_dir, applier.max_ep_id() + 1)?;
         let compiler = compile::Compiler::load(&cfg.state_dir);
+        let network = crate::routing::NodeNetwork::new(cfg.network.clone(), cfg.node.clone());
         let mut agent = Agent {
             cfg,
             source,
@@ -75,6 +80,7 @@ impl Agent {
             ep_ids,
             locals: BTreeMap::new(),
             host_addrs: BTreeSet::new(),
+            network,
             applied_generation: 0,
             compiled: None,
             last_error: None,
@@ -134,6 +140,8 @@ impl Agent {
     /// last attempt failed).
     pub fn reconcile(&mut self) {
         self.refresh_host_addrs();
+        // Only does work when the Nodes changed (or the last attempt failed).
+        self.network.sync(&self.snapshot.nodes, false);
         if !self.dirty && self.last_error.is_none() {
             return;
         }
@@ -198,6 +206,12 @@ impl Agent {
             total - compile_time
         );
         Ok(())
+    }
+
+    /// Periodic resync of routes and masquerade, even when the Nodes did not change (repairs
+    /// a route someone deleted).
+    pub fn resync_network(&mut self) {
+        self.network.sync(&self.snapshot.nodes, true);
     }
 
     fn refresh_host_addrs(&mut self) {
@@ -348,6 +362,7 @@ impl Agent {
         if let Some(c) = &self.compiled {
             problems.extend(c.problems.iter().cloned());
         }
+        problems.extend(self.network.problems().iter().cloned());
         let counters = self
             .dp
             .counters()

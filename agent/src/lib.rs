@@ -10,6 +10,8 @@ pub mod compile;
 pub mod datapath;
 pub mod datapath_ops;
 pub mod endpoints;
+pub mod masquerade;
+pub mod routing;
 pub mod run;
 pub mod source;
 pub mod status;

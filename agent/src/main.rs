@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Parser;
 use palisade_agent::agent::{Agent, AgentConfig};
+use palisade_agent::routing::{Cidr, NetworkConfig};
 use palisade_agent::source::{DirSource, KubeSource, Source};
 
 /// mimalloc rather than glibc malloc: a policy change builds and drops ~10^5 small objects per
@@ -50,6 +51,24 @@ struct Args {
     /// Emit per-packet debug lines from the datapath (aya-log).
     #[arg(long)]
     bpf_debug_log: bool,
+    /// The cluster's pod CIDRs (repeatable): traffic from pods to them is never masqueraded.
+    /// Default: the union of every Node's spec.podCIDRs.
+    #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
+    cluster_cidrs: Vec<Cidr>,
+    /// The Service CIDRs (repeatable): traffic from pods to them is never masqueraded.
+    #[arg(long = "service-cidr", value_parser = parse_cidr)]
+    service_cidrs: Vec<Cidr>,
+    /// Masquerade (SNAT to the node's address) pod traffic leaving the cluster's pod and
+    /// service CIDRs (nftables table `inet palisade`); `--masquerade=false` deletes the table.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade: bool,
+    /// Route to every other Node's pod CIDRs via its InternalIP (routes of protocol 80).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pod_routes: bool,
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    Cidr::parse(s).ok_or_else(|| format!("{s:?} is not a CIDR (e.g. 10.244.0.0/16)"))
 }
 
 fn main() -> Result<()> {
@@ -75,6 +94,12 @@ fn main() -> Result<()> {
         bpffs: args.bpffs,
         object: args.bpf_object,
         debug_log: args.bpf_debug_log,
+        network: NetworkConfig {
+            routes: args.pod_routes,
+            masquerade: args.masquerade,
+            cluster_cidrs: args.cluster_cidrs,
+            service_cidrs: args.service_cidrs,
+        },
     };
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -91,6 +91,7 @@ pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<
             _ = tick.tick() => {
                 agent.rescan();
                 agent.reconcile();
+                agent.resync_network();
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
