@@ -25,6 +25,9 @@ pub struct AgentConfig {
     pub debug_log: bool,
     /// Routes to other nodes' pod CIDRs and masquerade (see `routing`, `masquerade`).
     pub network: crate::routing::NetworkConfig,
+    /// Interfaces that get `to_uplink` (Service traffic leaving the node, judged after
+    /// translation); empty: those holding a default route, re-read at every reconcile.
+    pub uplinks: Vec<String>,
 }
 
 struct Local {
@@ -44,6 +47,10 @@ pub struct Agent {
     host_addrs: BTreeSet<HostAddrKey>,
     /// Routes to the other nodes' pods and masquerade rules, kept in line with the Nodes.
     network: crate::routing::NodeNetwork,
+    /// Content of `pal_svc_v1` as last written.
+    svc_addrs: BTreeSet<palisade_common::service::SvcAddrKey>,
+    /// Uplink (name, ifindex) pairs `to_uplink` is attached to.
+    uplinks: Vec<(String, u32)>,
     applied_generation: u64,
     compiled: Option<Compiled>,
     last_error: Option<String>,
@@ -81,6 +88,8 @@ impl Agent {
             locals: BTreeMap::new(),
             host_addrs: BTreeSet::new(),
             network,
+            svc_addrs: BTreeSet::new(),
+            uplinks: Vec::new(),
             applied_generation: 0,
             compiled: None,
             last_error: None,
@@ -142,6 +151,7 @@ impl Agent {
         self.refresh_host_addrs();
         // Only does work when the Nodes changed (or the last attempt failed).
         self.network.sync(&self.snapshot.nodes, false);
+        self.refresh_uplinks();
         if !self.dirty && self.last_error.is_none() {
             return;
         }
@@ -166,6 +176,7 @@ impl Agent {
             .map(|(k, l)| (k.clone(), &l.record))
             .collect();
         let compiled = self.compiler.compile(&self.snapshot, &locals);
+        self.sync_services()?;
         let compile_time = started.elapsed();
         for p in &compiled.problems {
             tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
@@ -206,6 +217,76 @@ impl Agent {
             total - compile_time
         );
         Ok(())
+    }
+
+    /// `pal_svc_v1` := the snapshot's Service addresses (added before removed).
+    fn sync_services(&mut self) -> anyhow::Result<()> {
+        let (want, problems) = crate::services::service_addrs(&self.snapshot);
+        for p in &problems {
+            tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
+        }
+        let map = palisade_common::maps::SERVICES;
+        for k in want.difference(&self.svc_addrs) {
+            self.dp
+                .maps
+                .services
+                .insert(k, 1, 0)
+                .map_err(|e| anyhow::anyhow!("adding a Service address to {map}: {e}"))?;
+        }
+        // Entries a previous agent wrote that are no longer wanted, too.
+        let stale: Vec<_> = self
+            .dp
+            .maps
+            .services
+            .keys()
+            .flatten()
+            .filter(|k| !want.contains(k))
+            .collect();
+        for k in stale {
+            if let Err(e) = self.dp.maps.services.remove(&k) {
+                tracing::warn!("removing a Service address from {map}: {e}");
+            }
+        }
+        self.svc_addrs = want;
+        Ok(())
+    }
+
+    /// Keeps `to_uplink` attached to the uplinks (`--uplink`, or the default-route
+    /// interfaces), re-attaching when an interface was re-created, detaching from the rest.
+    fn refresh_uplinks(&mut self) {
+        let names = if self.cfg.uplinks.is_empty() {
+            crate::services::default_route_interfaces()
+        } else {
+            self.cfg.uplinks.clone()
+        };
+        let mut want = Vec::new();
+        for n in names {
+            let Ok(c) = std::ffi::CString::new(n.as_str()) else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if ifindex == 0 {
+                continue;
+            }
+            want.push((n, ifindex));
+        }
+        if want == self.uplinks {
+            return;
+        }
+        let mut attached = Vec::new();
+        for (n, ifindex) in &want {
+            match self.dp.attach_uplink(*ifindex) {
+                Ok(()) => {
+                    tracing::info!("to_uplink attached to {n} (ifindex {ifindex})");
+                    attached.push((n.clone(), *ifindex));
+                }
+                Err(e) => tracing::error!("uplink {n}: {:#}", anyhow::Error::from(e)),
+            }
+        }
+        let keep: Vec<u32> = attached.iter().map(|a| a.1).collect();
+        self.dp.detach_uplinks_except(&keep);
+        self.uplinks = attached;
     }
 
     /// Periodic resync of routes and masquerade, even when the Nodes did not change (repairs

@@ -4,6 +4,8 @@
 //! Layout under `--bpffs DIR`:
 //! - `DIR/maps/<map name>`: every map, pinned by name (names carry a layout version, see
 //!   `palisade_common::maps`), reused by the next agent;
+//! - `DIR/links/uplink/<ifindex>-to_uplink`: the node uplinks' TC egress (Service traffic
+//!   judged after translation, see `palisade_common::service`);
 //! - `DIR/links/<ifindex>-<program>`: one pinned TCX link per hook. A pinned link keeps its
 //!   program attached after the agent exits or is killed, so enforcement never depends on the
 //!   agent process. A restarted agent swaps its freshly loaded program into the existing link
@@ -22,6 +24,7 @@ use palisade_common::conntrack::{CtKey, CtValue};
 use palisade_common::endpoint::EndpointInfo;
 use palisade_common::maps;
 use palisade_common::policy::{PolicyKey, PolicyValue, PortKey, PortValue};
+use palisade_common::service::SvcAddrKey;
 use palisade_common::stats::{Config, Counter, HostAddrKey, STATS_SLOTS};
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,7 @@ pub struct Maps {
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub config: aya::maps::Array<MapData, Config>,
+    pub services: HashMap<MapData, SvcAddrKey, u32>,
 }
 
 pub struct Datapath {
@@ -104,6 +108,7 @@ pub struct Datapath {
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     maps_dir: PathBuf,
     links_dir: PathBuf,
+    uplink_links_dir: PathBuf,
     pub maps: Maps,
 }
 
@@ -128,7 +133,8 @@ impl Datapath {
     pub fn open(object: &Path, bpffs: &Path) -> Result<Self> {
         let maps_dir = bpffs.join("maps");
         let links_dir = bpffs.join("links");
-        for d in [&maps_dir, &links_dir] {
+        let uplink_links_dir = links_dir.join("uplink");
+        for d in [&maps_dir, &links_dir, &uplink_links_dir] {
             std::fs::create_dir_all(d).map_err(|source| DatapathError::PinDir {
                 path: d.clone(),
                 source,
@@ -148,7 +154,7 @@ impl Datapath {
                 None
             }
         };
-        for (name, _) in HOOKS {
+        for name in HOOKS.iter().map(|h| h.0).chain([maps::PROG_TO_UPLINK]) {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::MissingProgram(name))?
@@ -165,12 +171,14 @@ impl Datapath {
             conntrack: take(&mut ebpf, maps::CONNTRACK)?,
             stats: take(&mut ebpf, maps::STATS)?,
             config: take(&mut ebpf, maps::CONFIG)?,
+            services: take(&mut ebpf, maps::SERVICES)?,
         };
         Ok(Datapath {
             ebpf,
             _logger: logger,
             maps_dir,
             links_dir,
+            uplink_links_dir,
             maps,
         })
     }
@@ -182,9 +190,54 @@ impl Datapath {
     /// Attaches both programs to the interface, or, when links are already pinned for it
     /// (a previous agent attached them), swaps this agent's programs into them atomically.
     pub fn attach(&mut self, ifindex: u32) -> Result<()> {
-        let ifname = ifname_of(ifindex).ok_or(DatapathError::NoInterface(ifindex))?;
         for (name, attach_type) in HOOKS {
             let path = self.link_path(ifindex, name);
+            self.attach_one(ifindex, name, attach_type, path)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches `to_uplink` to the TC egress of a node uplink (or swaps it into the pinned
+    /// link), like `attach`.
+    pub fn attach_uplink(&mut self, ifindex: u32) -> Result<()> {
+        let name = maps::PROG_TO_UPLINK;
+        let path = self
+            .uplink_links_dir
+            .join(format!("{ifindex}-{}", maps::PROG_TO_UPLINK));
+        self.attach_one(ifindex, name, TcAttachType::Egress, path)
+    }
+
+    /// Removes the pinned `to_uplink` links of interfaces not in `keep`.
+    pub fn detach_uplinks_except(&mut self, keep: &[u32]) {
+        let Ok(rd) = std::fs::read_dir(&self.uplink_links_dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            let Some(ifindex) = n
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(i, _)| i.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !keep.contains(&ifindex)
+                && let Err(err) = std::fs::remove_file(e.path())
+            {
+                tracing::warn!("removing link pin {}: {err}", e.path().display());
+            }
+        }
+    }
+
+    fn attach_one(
+        &mut self,
+        ifindex: u32,
+        name: &'static str,
+        attach_type: TcAttachType,
+        path: PathBuf,
+    ) -> Result<()> {
+        let ifname = ifname_of(ifindex).ok_or(DatapathError::NoInterface(ifindex))?;
+        {
             let prog: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
@@ -292,6 +345,7 @@ impl Datapath {
             maps::HOST_ADDRS,
             maps::STATS,
             maps::CONFIG,
+            maps::SERVICES,
         ];
         let mut out = Vec::new();
         for name in names {

@@ -13,5 +13,6 @@ pub mod endpoints;
 pub mod masquerade;
 pub mod routing;
 pub mod run;
+pub mod services;
 pub mod source;
 pub mod status;

@@ -65,6 +65,11 @@ struct Args {
     /// Route to every other Node's pod CIDRs via its InternalIP (routes of protocol 80).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pod_routes: bool,
+    /// An interface that Service traffic translated to a remote backend leaves the node
+    /// through (its TC egress gets `to_uplink`); repeatable. Default: every interface holding
+    /// a default route.
+    #[arg(long = "uplink")]
+    uplinks: Vec<String>,
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -100,6 +105,7 @@ fn main() -> Result<()> {
             cluster_cidrs: args.cluster_cidrs,
             service_cidrs: args.service_cidrs,
         },
+        uplinks: args.uplinks,
     };
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -31,6 +31,10 @@ const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
 pub const CT_SEEN_REPLY: u32 = 1 << 0;
 /// A FIN or RST was seen; the entry gets the short timeout.
 pub const CT_CLOSING: u32 = 1 << 1;
+/// A flow to a Service address, tracked untranslated at the client's `from_pod`: its egress
+/// is judged after translation (`crate::service`), so the entry admits the Service's replies
+/// and is never re-checked against the client's policy itself.
+pub const CT_SERVICE: u32 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

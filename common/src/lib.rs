@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod maps;
 pub mod packet;
 pub mod policy;
+pub mod service;
 pub mod stats;
 pub mod verdict;
 

@@ -12,10 +12,13 @@ pub const HOST_ADDRS: &str = "pal_host_v1";
 pub const FRAGMENTS: &str = "pal_frag_v1";
 pub const STATS: &str = "pal_stat_v1";
 pub const CONFIG: &str = "pal_cfg_v1";
+pub const SERVICES: &str = "pal_svc_v1";
 
 /// Program names (ELF section function names) in the eBPF object.
 pub const PROG_TO_POD: &str = "to_pod";
 pub const PROG_FROM_POD: &str = "from_pod";
+/// TC egress of the node's uplink: judges Service traffic translated to a remote backend.
+pub const PROG_TO_UPLINK: &str = "to_uplink";
 
 /// Capacities. The agent checks its desired state against these before writing and reports
 /// what does not fit instead of truncating.
@@ -25,3 +28,4 @@ pub const PORTS_MAX: u32 = 262_144;
 pub const CONNTRACK_MAX: u32 = 262_144;
 pub const HOST_ADDRS_MAX: u32 = 256;
 pub const FRAGMENTS_MAX: u32 = 8_192;
+pub const SERVICES_MAX: u32 = 65_536;

@@ -22,6 +22,9 @@ impl Reason {
     pub const HOST: Reason = Reason(6);
     /// ARP and IPv6 neighbour discovery between the pod and its gateway.
     pub const NEIGHBOR: Reason = Reason(7);
+    /// Egress to a Service address: judged after translation, at the backend's `to_pod` or
+    /// at `to_uplink` (see `crate::service`).
+    pub const SERVICE_DEFERRED: Reason = Reason(8);
 
     // --- drops (32 and up) ---
     /// Isolated and no rule allows it.
@@ -56,6 +59,7 @@ impl Reason {
             5 => "ct_related",
             6 => "host",
             7 => "neighbor",
+            8 => "service_deferred",
             32 => "default_deny",
             33 => "spoofed_source",
             34 => "bad_header",
@@ -70,7 +74,7 @@ impl Reason {
     }
 
     /// Every reason, for counters and docs.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::NOT_ISOLATED,
         Reason::POLICY_ALLOW,
         Reason::CT_ESTABLISHED,
@@ -78,6 +82,7 @@ impl Reason {
         Reason::CT_RELATED,
         Reason::HOST,
         Reason::NEIGHBOR,
+        Reason::SERVICE_DEFERRED,
         Reason::DEFAULT_DENY,
         Reason::SPOOFED_SOURCE,
         Reason::BAD_HEADER,

@@ -11,7 +11,10 @@ use aya_ebpf::{
 use palisade_common::{
     conntrack::{CtKey, CtValue, FragKey, FragValue},
     endpoint::EndpointInfo,
-    maps::{CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, HOST_ADDRS_MAX, POLICY_MAX, PORTS_MAX},
+    maps::{
+        CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, HOST_ADDRS_MAX, POLICY_MAX, PORTS_MAX,
+        SERVICES_MAX,
+    },
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
     stats::{Config, Counter, HostAddrKey, STATS_SLOTS},
 };
@@ -41,6 +44,11 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGME
 /// Addresses of this node. Written by the agent.
 #[map(name = "pal_host_v1")]
 pub static HOST_ADDRS: HashMap<HostAddrKey, u32> = HashMap::pinned(HOST_ADDRS_MAX, 0);
+
+/// Service addresses (ClusterIPs, external IPs, load balancer IPs): egress to them is judged
+/// after translation (`palisade_common::service`). Written by the agent.
+#[map(name = "pal_svc_v1")]
+pub static SERVICES: HashMap<HostAddrKey, u32> = HashMap::pinned(SERVICES_MAX, 0);
 
 /// Packets and bytes per `stats_index(dir, reason)`.
 #[map(name = "pal_stat_v1")]

@@ -1,12 +1,15 @@
 //! The Palisade datapath object: two TC classifiers attached to the host side of each pod's
-//! veth.
+//! veth, and one on the node's uplink.
 //!
 //! - `to_pod` (TC egress of the host veth): traffic going into the pod, `DIR_INGRESS`, the
 //!   peer is the source.
 //! - `from_pod` (TC ingress of the host veth): traffic leaving the pod, `DIR_EGRESS`, the peer
 //!   is the destination.
+//! - `to_uplink` (TC egress of the node's uplink): only packets that `from_pod` sent to a
+//!   Service address (`SVC_MARK`), judged after the kernel translated them
+//!   (`palisade_common::service`); `to_pod` does the same for a local backend first.
 //!
-//! Both run the same evaluation (`evaluate`), documented step by step above it and in
+//! All run the same evaluation (`evaluate`), documented step by step above it and in
 //! `docs/datapath.md`.
 #![no_std]
 #![no_main]
@@ -19,31 +22,43 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
-    conntrack::{CT_CLOSING, CT_SEEN_REPLY},
+    conntrack::{CT_CLOSING, CT_SEEN_REPLY, CT_SERVICE},
     decide::{CtMatch, Facts, decide},
     endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
     packet::IPPROTO_TCP,
+    service::SVC_MARK,
     stats::{CFG_DEBUG_LOG, HostAddrKey},
     verdict::{Reason, Verdict},
 };
 use palisade_ebpf::{
     addr_eq,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
-    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH},
+    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES},
     parse::{FRAG_FIRST, FRAG_LATER, Packet, TCP_FIN, TCP_RST, Tuple, parse},
     policy, stats,
 };
 
-/// Packets going into the pod.
+/// Packets going into the pod. A packet `from_pod` sent to a Service address and the kernel
+/// translated to this pod is first judged as the sender's egress (`deferred_egress`).
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    handle(&ctx, DIR_INGRESS)
+    if deferred_egress(&ctx) == TC_ACT_SHOT {
+        return TC_ACT_SHOT;
+    }
+    handle(&ctx, DIR_INGRESS, ifindex(&ctx), false)
 }
 
 /// Packets leaving the pod.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    handle(&ctx, DIR_EGRESS)
+    handle(&ctx, DIR_EGRESS, ifindex(&ctx), false)
+}
+
+/// Packets leaving the node: only Service traffic translated to a remote backend (or to
+/// anything else outside the node) is judged; everything else passes untouched and uncounted.
+#[classifier]
+pub fn to_uplink(ctx: TcContext) -> i32 {
+    deferred_egress(&ctx)
 }
 
 /// Returns `TC_ACT_OK` unconditionally: the fixed cost of any TC program on these hooks,
@@ -53,12 +68,26 @@ pub fn pass(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// A packet carrying `SVC_MARK`: judged as egress of the pod whose host veth it came in
+/// through (`skb->ingress_ifindex`), on its translated tuple. The mark is cleared. Unmarked
+/// packets: `TC_ACT_OK` without counting.
+#[inline(always)]
+fn deferred_egress(ctx: &TcContext) -> i32 {
+    // SAFETY: the context pointer the kernel passed to this program.
+    let (mark, iif) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).ingress_ifindex) };
+    if mark & SVC_MARK == 0 {
+        return TC_ACT_OK;
+    }
+    ctx.set_mark(mark & !SVC_MARK);
+    handle(ctx, DIR_EGRESS, iif, true)
+}
+
 /// Evaluates, counts, optionally logs, and turns the verdict into a TC action. Every error
 /// path of `evaluate` arrives here as a reason, so nothing leaves uncounted, and everything
 /// that is not an explicit pass is `TC_ACT_SHOT` (fail closed).
 #[inline(always)]
-fn handle(ctx: &TcContext, dir: u8) -> i32 {
-    let v = match evaluate(ctx, dir) {
+fn handle(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> i32 {
+    let v = match evaluate(ctx, dir, ep_ifindex, deferred) {
         Ok(v) => v,
         Err(reason) => Verdict::drop(reason),
     };
@@ -68,9 +97,10 @@ fn handle(ctx: &TcContext, dir: u8) -> i32 {
     {
         debug!(
             ctx,
-            "dir={} ifindex={} reason={} rule={}",
+            "dir={} ifindex={} ep_ifindex={} reason={} rule={}",
             dir,
             ifindex(ctx),
+            ep_ifindex,
             v.reason.0,
             v.rule_ref
         );
@@ -96,6 +126,18 @@ fn own_source(ep: &EndpointInfo, t: &Tuple) -> bool {
     }
 }
 
+/// Whether the destination is a Service address (`pal_svc_v1`).
+#[inline(always)]
+fn to_service(t: &Tuple) -> bool {
+    let k = HostAddrKey {
+        family: t.family,
+        _pad: [0; 3],
+        addr_be: t.daddr,
+    };
+    // SAFETY: presence check only.
+    unsafe { SERVICES.get(k) }.is_some()
+}
+
 #[inline(always)]
 fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
     let bit = if dir == DIR_INGRESS {
@@ -107,23 +149,34 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 }
 
 /// Evaluation order (`Err` = a verdict decided before `decide`: a drop reason, or `NEIGHBOR`):
-/// 1. Endpoint: `skb->ifindex` in `pal_ep_v1`; none => `NO_ENDPOINT`.
+/// 1. Endpoint: `ep_ifindex` in `pal_ep_v1` (the hook's interface; for a `deferred` egress
+///    judgement, the interface the packet came in through); none => `NO_ENDPOINT`. A deferred
+///    judgement of an endpoint that is not egress-isolated passes here (`NOT_ISOLATED`).
 /// 2. Parse L2/L3/L4 (`parse`): ARP and IPv6 neighbour discovery => `NEIGHBOR`; malformed =>
 ///    `BAD_HEADER` / `UNKNOWN_L3` / `EXT_HEADERS_TOO_LONG`.
 /// 3. Fragments: a later fragment takes its ports from `pal_frag_v1`; unknown ports make it
 ///    an untracked fragment (only all-ports rules can admit it).
-/// 4. Anti-spoofing (`from_pod` only): the source must be the pod's address.
+/// 4. Anti-spoofing (`from_pod` only): the source must be the pod's address. (A deferred
+///    judgement skips it: `from_pod` checked it, and the kernel may since have masqueraded it.)
 /// 5. Host peer: the peer address is in `pal_host_v1`.
+/// 5b. Service (`from_pod` only): the destination is in `pal_svc_v1`: tracked as `CT_SERVICE`,
+///    marked `SVC_MARK`, passed as `SERVICE_DEFERRED` (judged after translation).
 /// 6. Conntrack (skipped when 4 or 5 already decide): established, reply, related, or new.
 /// 7. Policy lookups, only when the verdict depends on them: a new flow, or a tracked flow
 ///    admitted under another `policy_gen`, at an endpoint isolated in the direction the flow was
-///    admitted in. A re-check evaluates the flow as it was admitted (its conntrack key).
+///    admitted in. A re-check evaluates the flow as it was admitted (its conntrack key). A
+///    `CT_SERVICE` flow is never re-checked: its egress is judged on its translated packets.
 /// 8. `decide` (palisade_common::decide) gives the verdict; then the state follows it: a
 ///    passing new flow is tracked (and a first fragment's ports recorded), a tracked flow is
 ///    refreshed (and re-stamped with the current policy), a flow the new policy forbids is
 ///    forgotten.
 #[inline(always)]
-fn evaluate(ctx: &TcContext, dir: u8) -> Result<Verdict, Reason> {
+fn evaluate(
+    ctx: &TcContext,
+    dir: u8,
+    ep_ifindex: u32,
+    deferred: bool,
+) -> Result<Verdict, Reason> {
     let s = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch entry; a TC program run is not preempted by another run
         // on the same CPU.
@@ -133,11 +186,14 @@ fn evaluate(ctx: &TcContext, dir: u8) -> Result<Verdict, Reason> {
 
     // 1.
     // SAFETY: copied out, so a concurrent agent update cannot tear it mid-evaluation.
-    s.ep = match unsafe { ENDPOINTS.get(ifindex(ctx)) } {
+    s.ep = match unsafe { ENDPOINTS.get(ep_ifindex) } {
         Some(ep) => *ep,
         None => return Err(Reason::NO_ENDPOINT),
     };
     let ep = &s.ep;
+    if deferred && !isolated(ep, DIR_EGRESS) {
+        return Ok(Verdict::pass(Reason::NOT_ISOLATED, 0));
+    }
 
     // 2.
     s.pkt = Packet::ZERO;
@@ -157,7 +213,7 @@ fn evaluate(ctx: &TcContext, dir: u8) -> Result<Verdict, Reason> {
     }
 
     // 4.
-    let spoofed = dir == DIR_EGRESS && !own_source(ep, &pkt.t);
+    let spoofed = dir == DIR_EGRESS && !deferred && !own_source(ep, &pkt.t);
 
     // 5.
     let peer_is_host = !spoofed && {
@@ -188,13 +244,30 @@ fn evaluate(ctx: &TcContext, dir: u8) -> Result<Verdict, Reason> {
         return Ok(decide(&f));
     }
 
-    // 6.
+    // 5b.
     let now = conntrack::now();
     let key = &mut s.key;
+    if dir == DIR_EGRESS && !deferred && to_service(&pkt.t) {
+        let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
+        if ct != CT_NEW {
+            // SAFETY: live map value found by the lookup.
+            unsafe { (*value).last_seen_ns = now };
+        } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
+            conntrack::insert(key, now, ep.policy_gen, 0, CT_SERVICE)
+                .map_err(|_| Reason::INTERNAL_ERROR)?;
+        }
+        // SAFETY: the context pointer the kernel passed to this program.
+        let mark = unsafe { (*ctx.skb.skb).mark };
+        ctx.set_mark(mark | SVC_MARK);
+        return Ok(Verdict::pass(Reason::SERVICE_DEFERRED, 0));
+    }
+
+    // 6.
     let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
     let tracked = ct != CT_NEW;
     // SAFETY: `value` is the live map value found by the lookup when `tracked`.
-    let ct_current = tracked && unsafe { (*value).policy_gen } == ep.policy_gen;
+    let ct_current = tracked
+        && unsafe { (*value).policy_gen == ep.policy_gen || (*value).flags & CT_SERVICE != 0 };
 
     // 7. The question asked: the flow in the direction it was admitted (for a new flow, the
     // packet itself; `key` holds it either way).
