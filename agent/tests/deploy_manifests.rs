@@ -954,3 +954,85 @@ fn every_deploy_path_the_install_guide_names_exists() {
     }
     assert!(guide.contains("-t palisade:dev") && guide.contains("docker-image palisade:dev"));
 }
+
+#[test]
+fn agent_masquerades_outside_kinds_pod_and_service_subnets() {
+    let docs = all_docs();
+    let settings = agent_settings(&docs);
+    let cluster = docs
+        .iter()
+        .find_map(|d| match &d.object {
+            Object::KindCluster(v) => Some(v.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let net = &cluster["networking"];
+    assert_eq!(
+        settings.get("cluster-cidr").map(String::as_str),
+        net["podSubnet"].as_str(),
+        "--cluster-cidr is kind's podSubnet"
+    );
+    assert_eq!(
+        settings.get("service-cidr").map(String::as_str),
+        net["serviceSubnet"].as_str(),
+        "--service-cidr is kind's serviceSubnet"
+    );
+    assert_eq!(settings.get("masquerade").map(String::as_str), Some("true"));
+    // The agent runs `nft`; uninstall.sh runs `nft` and `ip`: the image carries both.
+    let dockerfile = std::fs::read_to_string(Path::new(DEPLOY).join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("nftables") && dockerfile.contains("iproute2"),
+        "the image lacks nftables or iproute2"
+    );
+}
+
+#[test]
+fn uninstall_script_deletes_the_masquerade_table_and_the_agents_routes() {
+    let node = FakeNode::new();
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("calls");
+    // Stand-ins: `nft list` finds the table; `ip route show proto 80` finds a route (IPv4 only).
+    for (name, body) in [
+        ("nft", "echo \"nft $*\" >> \"$LOG\"\n"),
+        (
+            "ip",
+            "echo \"ip $*\" >> \"$LOG\"\n[ \"$1 $3\" = \"-4 show\" ] && echo '10.244.2.0/24 via 192.168.254.3 proto 80'\nexit 0\n",
+        ),
+    ] {
+        let p = bin.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        let mut perm = std::fs::metadata(&p).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&p, perm).unwrap();
+    }
+    let out = Command::new("sh")
+        .arg(Path::new(DEPLOY).join("uninstall/uninstall.sh"))
+        .env("PALISADE_HOST_ROOT", node.root.path())
+        .env("PALISADE_NETWORK_CLEANUP", "1")
+        .env("LOG", &log)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        calls,
+        [
+            "nft list table inet palisade",
+            "nft delete table inet palisade",
+            "ip -4 route show proto 80",
+            "ip -4 route flush proto 80",
+            "ip -6 route show proto 80",
+        ]
+    );
+    // Without PALISADE_NETWORK_CLEANUP a fake node's run touches no network state.
+    std::fs::remove_file(&log).unwrap();
+    let out = node.uninstall(&format!("{}:/usr/bin:/bin", bin.path().display()));
+    assert!(out.status.success());
+    assert!(!log.exists(), "nft or ip ran against a fake node");
+}
