@@ -28,6 +28,7 @@
 
 mod agent;
 mod cni;
+pub mod kubeproxy;
 pub mod model;
 pub mod netns;
 mod probe;

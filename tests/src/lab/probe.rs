@@ -13,6 +13,7 @@
 //!   timeout are blocked.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -164,8 +165,15 @@ fn serve(
         drop(fds);
         for (i, l) in tcp.iter().enumerate() {
             if ready[i] {
-                // Accept and close: the probe only needs the handshake.
-                while let Ok((conn, _)) = l.accept() {
+                // Tell who we are and close: a probe only needs the handshake, a
+                // `who_answers` client reads the identity (a few bytes into an empty send
+                // buffer: the write does not block).
+                while let Ok((mut conn, _)) = l.accept() {
+                    if let Err(e) = conn.write_all(identity(id).as_bytes())
+                        && e.kind() != std::io::ErrorKind::ConnectionReset
+                    {
+                        eprintln!("lab: identity to a TCP client: {e}");
+                    }
                     drop(conn);
                 }
             }
@@ -173,7 +181,14 @@ fn serve(
         for (i, u) in udp.iter().enumerate() {
             if ready[tcp.len() + i] {
                 while let Ok((n, peer)) = u.recv_from(&mut buf) {
-                    if let Err(e) = u.send_to(&buf[..n], peer) {
+                    // A `who_answers` request gets the identity, anything else its echo.
+                    let who = identity(id);
+                    let answer = if buf[..n].starts_with(WHO_REQUEST) {
+                        who.as_bytes()
+                    } else {
+                        &buf[..n]
+                    };
+                    if let Err(e) = u.send_to(answer, peer) {
                         eprintln!("lab: UDP echo to {peer}: {e}");
                     }
                 }
@@ -197,6 +212,16 @@ fn serve(
         }
     }
 }
+
+/// What a server says about itself: `plt-id <endpoint id>\n`.
+fn identity(id: &str) -> String {
+    format!("{IDENTITY_PREFIX}{id}\n")
+}
+
+const IDENTITY_PREFIX: &str = "plt-id ";
+
+/// A UDP datagram that starts with this asks the server for its identity.
+const WHO_REQUEST: &[u8] = b"plt-who";
 
 /// IP protocol number of SCTP.
 pub const IPPROTO_SCTP: i32 = 132;
@@ -308,8 +333,25 @@ pub fn probe_from(
     timeout: Duration,
     seen: &SctpSeen,
 ) -> Result<Vec<Outcome>, LabError> {
+    probe_from_mapped(pod_netns, from, targets, cases, timeout, seen, &|_, c| {
+        c.port
+    })
+}
+
+/// [`probe_from`] where the port on the wire is `port_of(target, case)` rather than the case's
+/// port (probes through a Service port that differs from the target port; the outcome still
+/// names the case).
+pub fn probe_from_mapped(
+    pod_netns: &str,
+    from: &str,
+    targets: &[Target],
+    cases: &[Case],
+    timeout: Duration,
+    seen: &SctpSeen,
+    port_of: &(dyn Fn(&Target, Case) -> u16 + Sync),
+) -> Result<Vec<Outcome>, LabError> {
     in_netns(pod_netns, || {
-        run_probes(from, targets, cases, timeout, seen)
+        run_probes(from, targets, cases, timeout, seen, port_of)
     })?
     .map_err(|source| LabError::Probe {
         pod_netns: pod_netns.to_string(),
@@ -323,11 +365,13 @@ fn run_probes(
     cases: &[Case],
     timeout: Duration,
     seen: &SctpSeen,
+    port_of: &(dyn Fn(&Target, Case) -> u16 + Sync),
 ) -> Result<Vec<Outcome>, Errno> {
     let mut probes: Vec<(Case, &Target, State)> = Vec::new();
     for t in targets {
         for &case in cases {
-            let sa = SockaddrStorage::from(SocketAddr::new(t.addr, case.port));
+            let wire_port = port_of(t, case);
+            let sa = SockaddrStorage::from(SocketAddr::new(t.addr, wire_port));
             let family = match t.addr {
                 IpAddr::V4(_) => AddressFamily::Inet,
                 IpAddr::V6(_) => AddressFamily::Inet6,
@@ -398,7 +442,7 @@ fn run_probes(
                     // A fresh source port per probe, as a real client would pick: a probe
                     // must not match a flow an earlier round left in conntrack.
                     let src_port = 32_768 + (token & 0x3fff) as u16;
-                    let packet = sctp_init_packet(src_port, case.port, token);
+                    let packet = sctp_init_packet(src_port, wire_port, token);
                     match send(fd.as_raw_fd(), &packet, MsgFlags::empty()) {
                         Ok(_) | Err(Errno::EAGAIN) => State::Sctp { fd, packet, token },
                         Err(_) => State::Done(false),
@@ -517,6 +561,163 @@ fn run_probes(
             case,
             to: t.id.clone(),
             reachable: matches!(s, State::Done(true)),
+        })
+        .collect())
+}
+
+/// `count` TCP connections or UDP identity requests at once from inside `pod_netns` to
+/// `dest`, each from its own socket (a new flow, balanced on its own by kube-proxy's random
+/// DNAT); each yields the identity the answering server gave, or `None` when it did not
+/// answer within `timeout`.
+pub fn who_answers(
+    pod_netns: &str,
+    dest: SocketAddr,
+    protocol: Protocol,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Option<String>>, LabError> {
+    in_netns(pod_netns, || run_who(dest, protocol, count, timeout))?.map_err(|source| {
+        LabError::Probe {
+            pod_netns: pod_netns.to_string(),
+            source,
+        }
+    })
+}
+
+enum Who {
+    Connecting(OwnedFd),
+    Reading(OwnedFd, Vec<u8>),
+    Asking(OwnedFd),
+    Done(Option<String>),
+}
+
+fn parse_identity(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.strip_prefix(IDENTITY_PREFIX)
+        .map(|r| r.trim_end().to_string())
+}
+
+fn run_who(
+    dest: SocketAddr,
+    protocol: Protocol,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Option<String>>, Errno> {
+    let family = if dest.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let sa = SockaddrStorage::from(dest);
+    let mut all = Vec::with_capacity(count);
+    for _ in 0..count {
+        let w = match protocol {
+            Protocol::Tcp => {
+                let fd = socket(family, SockType::Stream, flags, None)?;
+                match connect(fd.as_raw_fd(), &sa) {
+                    Ok(()) => Who::Reading(fd, Vec::new()),
+                    Err(Errno::EINPROGRESS) => Who::Connecting(fd),
+                    Err(_) => Who::Done(None),
+                }
+            }
+            Protocol::Udp => {
+                let fd = socket(family, SockType::Datagram, flags, None)?;
+                connect(fd.as_raw_fd(), &sa)?;
+                match send(fd.as_raw_fd(), WHO_REQUEST, MsgFlags::empty()) {
+                    Ok(_) | Err(Errno::EAGAIN) => Who::Asking(fd),
+                    Err(_) => Who::Done(None),
+                }
+            }
+            Protocol::Sctp | Protocol::Icmp => return Err(Errno::EPROTONOSUPPORT),
+        };
+        all.push(w);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut next_resend = Instant::now() + UDP_RESEND;
+    let mut buf = [0u8; 512];
+    loop {
+        let pending: Vec<usize> = (0..all.len())
+            .filter(|&i| !matches!(all[i], Who::Done(_)))
+            .collect();
+        let now = Instant::now();
+        if pending.is_empty() || now >= deadline {
+            break;
+        }
+        if now >= next_resend {
+            for &i in &pending {
+                if let Who::Asking(fd) = &all[i]
+                    && let Err(e) = send(fd.as_raw_fd(), WHO_REQUEST, MsgFlags::empty())
+                    && e != Errno::EAGAIN
+                {
+                    all[i] = Who::Done(None);
+                }
+            }
+            next_resend = now + UDP_RESEND;
+        }
+        let wait = deadline.min(next_resend).saturating_duration_since(now);
+        let ready: Vec<usize> = {
+            let mut fds = Vec::new();
+            let mut idx = Vec::new();
+            for &i in &pending {
+                let (fd, ev) = match &all[i] {
+                    Who::Connecting(fd) => (fd, PollFlags::POLLOUT),
+                    Who::Reading(fd, _) | Who::Asking(fd) => (fd, PollFlags::POLLIN),
+                    Who::Done(_) => continue,
+                };
+                fds.push(PollFd::new(fd.as_fd(), ev));
+                idx.push(i);
+            }
+            let ms = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            fds.iter()
+                .zip(idx)
+                .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, i)| i)
+                .collect()
+        };
+        for i in ready {
+            let next = match std::mem::replace(&mut all[i], Who::Done(None)) {
+                Who::Connecting(fd) => match getsockopt(&fd, sockopt::SocketError) {
+                    Ok(0) => Who::Reading(fd, Vec::new()),
+                    _ => Who::Done(None),
+                },
+                Who::Reading(fd, mut got) => {
+                    match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                        Ok(0) => Who::Done(parse_identity(&got)),
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            if got.contains(&b'\n') {
+                                Who::Done(parse_identity(&got))
+                            } else {
+                                Who::Reading(fd, got)
+                            }
+                        }
+                        Err(Errno::EAGAIN) => Who::Reading(fd, got),
+                        Err(_) => Who::Done(parse_identity(&got)),
+                    }
+                }
+                Who::Asking(fd) => match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                    Ok(n) => match parse_identity(&buf[..n]) {
+                        Some(id) => Who::Done(Some(id)),
+                        None => Who::Asking(fd),
+                    },
+                    Err(Errno::EAGAIN) => Who::Asking(fd),
+                    Err(_) => Who::Done(None),
+                },
+                done @ Who::Done(_) => done,
+            };
+            all[i] = next;
+        }
+    }
+    Ok(all
+        .into_iter()
+        .map(|w| match w {
+            Who::Done(id) => id,
+            _ => None,
         })
         .collect())
 }

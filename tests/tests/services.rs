@@ -1,0 +1,460 @@
+//! Services under policy in the lab: kube-proxy-style iptables DNAT in every node namespace
+//! (tests/src/lab/kubeproxy.rs), pods probed through ClusterIPs. Policy is about pods and their
+//! ports; a Service is only a path: a connection to ClusterIP:port must reach a backend exactly
+//! when the client's egress and the backend's ingress allow that backend pod on its target
+//! port. See docs/services.md.
+//!
+//! Every pod of the 3x3 model gets its own Service (`svc-<pod>` in its namespace), so the
+//! truth tables through ClusterIPs read like the pod-IP ones (the column is the backend pod).
+//! Hairpin (a pod reaching itself through its Service) is not judged: the lab's kube-proxy does
+//! not masquerade.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use palisade_tests::lab::kubeproxy::{ServiceTarget, per_pod_services_yaml};
+use palisade_tests::lab::{
+    AgentMode, Case, Family, Lab, LabConfig, PORTS, Peer, Protocol, Reachability, plugin_works,
+    stub_plugin,
+};
+use palisade_tests::require_privileges;
+
+fn config(agent: AgentMode, nodes: usize) -> LabConfig {
+    let mut c = LabConfig {
+        agent,
+        nodes,
+        verbose: true,
+        ..LabConfig::default()
+    };
+    if agent == AgentMode::Off && !plugin_works(&palisade_tests::bin_dir().join("palisade")) {
+        c.cni_plugin = Some(stub_plugin());
+    }
+    c
+}
+
+fn cases() -> Vec<Case> {
+    PORTS
+        .iter()
+        .flat_map(|&port| Protocol::ALL.map(|protocol| Case { port, protocol }))
+        .collect()
+}
+
+/// A lab with a Service per pod (`port_offset` added to every Service port; `named` targets
+/// by the pods' port names).
+fn lab_with_services(agent: AgentMode, nodes: usize, port_offset: u16, named: bool) -> Lab {
+    let mut lab = Lab::start(config(agent, nodes)).expect("lab starts");
+    eprintln!("lab {}: {}", lab.id(), lab.mode());
+    let yaml = per_pod_services_yaml(&lab.model().pods, port_offset, named);
+    lab.apply_services("services", &yaml)
+        .expect("services applied");
+    lab.wait_synced().expect("synced");
+    lab
+}
+
+fn targets(lab: &Lab, family: Family, port_offset: u16) -> Vec<ServiceTarget> {
+    lab.per_pod_service_targets(family, port_offset)
+        .expect("service targets")
+}
+
+/// One policy case: manifests and the expected table (from "everything reachable").
+struct PolicyCase {
+    name: &'static str,
+    manifests: &'static str,
+    expect: fn(&mut Reachability),
+}
+
+/// Applies each case, probes every pod through every pod's Service in v4 and v6, compares.
+fn run_cases(lab: &mut Lab, port_offset: u16, cases_: &[PolicyCase]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases_ {
+        lab.apply_yaml(case.name, case.manifests)
+            .unwrap_or_else(|e| panic!("{}: apply: {e}", case.name));
+        lab.wait_synced()
+            .unwrap_or_else(|e| panic!("{}: sync: {e}", case.name));
+        for family in [Family::V4, Family::V6] {
+            let t = targets(lab, family, port_offset);
+            let start = std::time::Instant::now();
+            let observed = lab
+                .probe_services(&t, &cases(), family)
+                .unwrap_or_else(|e| panic!("{}: probe: {e}", case.name));
+            let mut expected = Reachability::all_reachable_like(&observed);
+            (case.expect)(&mut expected);
+            match expected.diff(&observed, true) {
+                None => eprintln!(
+                    "ok   {} ({family}, through ClusterIPs): {} in {:?}",
+                    case.name,
+                    observed.summary(),
+                    start.elapsed()
+                ),
+                Some(d) => {
+                    eprintln!("FAIL {} ({family})", case.name);
+                    failures.push(format!("case {} ({family}):\n{d}", case.name));
+                }
+            }
+        }
+        lab.remove(case.name)
+            .unwrap_or_else(|e| panic!("{}: remove: {e}", case.name));
+    }
+    if !failures.is_empty() {
+        for l in lab.agent_logs() {
+            eprintln!("agent log: {}", l.display());
+        }
+    }
+    failures
+}
+
+fn assert_no_failures(failures: Vec<String>, runs: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} case runs failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The representative upstream cases, read through ClusterIPs.
+const TRUTH_TABLE_CASES: &[PolicyCase] = &[
+    PolicyCase {
+        name: "deny_all_ingress_of_backend_x_a_blocks_its_service",
+        manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-ingress-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+",
+        expect: |r| {
+            r.expect_all_ingress("x/a", false);
+        },
+    },
+    PolicyCase {
+        name: "egress_of_x_a_allowed_to_pod_y_b_only",
+        manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-to-y-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to:
+        - namespaceSelector: {matchLabels: {ns: y}}
+          podSelector: {matchLabels: {pod: b}}
+",
+        expect: |r| {
+            r.expect_all_egress("x/a", false);
+            r.expect("x/a", "y/b", true);
+        },
+    },
+    PolicyCase {
+        name: "egress_of_x_allowed_to_namespace_z_on_tcp_80_only",
+        manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-to-z, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {matchLabels: {ns: z}}}]
+      ports: [{protocol: TCP, port: 80}]
+",
+        expect: |r| {
+            r.expect_peer(&Peer::ns("x"), &Peer::any(), false);
+            r.table_mut(80, Protocol::Tcp)
+                .set_peers(&Peer::ns("x"), &Peer::ns("z"), true);
+        },
+    },
+];
+
+/// Baseline (no agent): the DNAT plumbing alone: every pod reaches every other pod through
+/// its Service, v4 and v6, TCP and UDP, also with Service ports that differ from the target
+/// ports and with named target ports.
+#[test]
+fn privileged_services_baseline_every_pod_reaches_every_backend_through_cluster_ips() {
+    if !require_privileges(
+        "privileged_services_baseline_every_pod_reaches_every_backend_through_cluster_ips",
+    ) {
+        return;
+    }
+    for (offset, named) in [(0, false), (1000, true)] {
+        let lab = lab_with_services(AgentMode::Off, 1, offset, named);
+        for family in [Family::V4, Family::V6] {
+            let observed = lab
+                .probe_services(&targets(&lab, family, offset), &cases(), family)
+                .expect("probes run");
+            eprintln!("offset {offset} named {named} {family}:\n{observed}");
+            let expected = Reachability::all_reachable_like(&observed);
+            if let Some(d) = expected.diff(&observed, true) {
+                panic!("no agent, service port +{offset}, named {named}, {family}:\n{d}");
+            }
+        }
+    }
+}
+
+/// Baseline, two nodes: backends on the other node are reached through the ClusterIP too.
+#[test]
+fn privileged_services_baseline_two_nodes_backends_on_other_node() {
+    if !require_privileges("privileged_services_baseline_two_nodes_backends_on_other_node") {
+        return;
+    }
+    let lab = lab_with_services(AgentMode::Off, 2, 0, false);
+    for family in [Family::V4, Family::V6] {
+        let observed = lab
+            .probe_services(&targets(&lab, family, 0), &cases(), family)
+            .expect("probes run");
+        let expected = Reachability::all_reachable_like(&observed);
+        if let Some(d) = expected.diff(&observed, true) {
+            panic!("no agent, two nodes, {family}:\n{d}");
+        }
+    }
+}
+
+/// (a) The upstream-style truth tables hold when probing through ClusterIPs.
+#[test]
+fn privileged_services_truth_tables_hold_through_cluster_ips() {
+    if !require_privileges("privileged_services_truth_tables_hold_through_cluster_ips") {
+        return;
+    }
+    let mut lab = lab_with_services(AgentMode::Required, 1, 0, false);
+    let failures = run_cases(&mut lab, 0, TRUTH_TABLE_CASES);
+    assert_no_failures(failures, TRUTH_TABLE_CASES.len() * 2);
+}
+
+/// (b) Service port != targetPort: egress rules name the pod's port (80), never the Service
+/// port (1080): a rule on the Service port allows nothing, a rule on the target port allows
+/// the connection through the Service port.
+#[test]
+fn privileged_services_egress_is_judged_on_the_target_port_not_the_service_port() {
+    if !require_privileges(
+        "privileged_services_egress_is_judged_on_the_target_port_not_the_service_port",
+    ) {
+        return;
+    }
+    let mut lab = lab_with_services(AgentMode::Required, 1, 1000, false);
+    let cases_ = [
+        PolicyCase {
+            name: "egress_of_x_a_on_target_port_80_to_y",
+            manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {matchLabels: {ns: y}}}]
+      ports: [{protocol: TCP, port: 80}, {protocol: UDP, port: 80}]
+",
+            expect: |r| {
+                r.expect_all_egress("x/a", false);
+                for p in Protocol::ALL {
+                    r.table_mut(80, p)
+                        .set_peers(&Peer::pod("x", "a"), &Peer::ns("y"), true);
+                }
+            },
+        },
+        PolicyCase {
+            name: "egress_of_x_a_on_service_port_1080_allows_nothing",
+            manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-1080, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - ports: [{protocol: TCP, port: 1080}, {protocol: UDP, port: 1080}, {protocol: TCP, port: 1081}, {protocol: UDP, port: 1081}]
+",
+            expect: |r| {
+                r.expect_all_egress("x/a", false);
+            },
+        },
+        PolicyCase {
+            name: "ingress_of_y_b_on_target_port_81_through_service_port_1081",
+            manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ingress-81, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Ingress]
+  ingress:
+    - ports: [{protocol: TCP, port: 81}]
+",
+            expect: |r| {
+                r.expect_all_ingress("y/b", false);
+                r.table_mut(81, Protocol::Tcp)
+                    .set_peers(&Peer::any(), &Peer::pod("y", "b"), true);
+            },
+        },
+    ];
+    let failures = run_cases(&mut lab, 1000, &cases_);
+    assert_no_failures(failures, cases_.len() * 2);
+}
+
+/// (c) Named targetPort: the Services target `serve-<port>-<proto>` by name (resolved through
+/// the EndpointSlices, as kube-proxy does), Service ports are 1080/1081, and an egress rule
+/// with a named port allows exactly that port of the backends.
+#[test]
+fn privileged_services_named_target_port_is_judged_as_the_pods_named_port() {
+    if !require_privileges("privileged_services_named_target_port_is_judged_as_the_pods_named_port")
+    {
+        return;
+    }
+    let mut lab = lab_with_services(AgentMode::Required, 1, 1000, true);
+    let cases_ = [PolicyCase {
+        name: "egress_of_x_a_by_named_port_serve_81_tcp_to_z",
+        manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-named, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {matchLabels: {ns: z}}}]
+      ports: [{protocol: TCP, port: serve-81-tcp}]
+",
+        expect: |r| {
+            r.expect_all_egress("x/a", false);
+            r.table_mut(81, Protocol::Tcp)
+                .set_peers(&Peer::pod("x", "a"), &Peer::ns("z"), true);
+        },
+    }];
+    let failures = run_cases(&mut lab, 1000, &cases_);
+    assert_no_failures(failures, cases_.len() * 2);
+}
+
+/// The pods of y labelled `app=web` and a Service `y/web` (ports 80 TCP and UDP, ClusterIPs
+/// 10.96.2.1 and fd00:10:96::201) in front of them.
+const WEB_SERVICE: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: y, labels: {pod: a, app: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y, labels: {pod: b, app: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y, labels: {pod: c, app: web}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: y}
+spec:
+  selector: {app: web}
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.2.1
+  clusterIPs: [10.96.2.1, \"fd00:10:96::201\"]
+  ports:
+    - {name: http, protocol: TCP, port: 80, targetPort: 80}
+    - {name: echo, protocol: UDP, port: 80, targetPort: 80}
+";
+
+/// Who answered `n` new flows from `from` to `y/web` (counted per backend; `None` = no answer).
+fn answers(
+    lab: &Lab,
+    from: &str,
+    family: Family,
+    protocol: Protocol,
+    n: usize,
+) -> (BTreeSet<String>, usize, Vec<Option<String>>) {
+    let ip = lab.cluster_ip("y", "web", family).expect("ClusterIP");
+    let got = lab
+        .who_answers(
+            from,
+            SocketAddr::new(ip, 80),
+            protocol,
+            n,
+            Duration::from_millis(1500),
+        )
+        .expect("connections run");
+    let ids: BTreeSet<String> = got.iter().flatten().cloned().collect();
+    let unanswered = got.iter().filter(|g| g.is_none()).count();
+    (ids, unanswered, got)
+}
+
+/// Baseline of (d): without policy, 45 flows through the ClusterIP reach all three backends
+/// (the random DNAT spreads them; each backend is missed with probability (2/3)^45 < 1e-7).
+#[test]
+fn privileged_services_baseline_random_dnat_reaches_every_backend() {
+    if !require_privileges("privileged_services_baseline_random_dnat_reaches_every_backend") {
+        return;
+    }
+    let mut lab = Lab::start(config(AgentMode::Off, 1)).expect("lab starts");
+    lab.apply_services("web", WEB_SERVICE).expect("web applied");
+    for family in [Family::V4, Family::V6] {
+        for protocol in Protocol::ALL {
+            let (ids, unanswered, got) = answers(&lab, "x/a", family, protocol, 45);
+            let all: BTreeSet<String> = ["y/a", "y/b", "y/c"].map(String::from).into();
+            assert_eq!(ids, all, "{family} {protocol}: {got:?}");
+            assert_eq!(unanswered, 0, "{family} {protocol}: {got:?}");
+        }
+    }
+}
+
+/// (d) A Service whose backends are partly allowed: x/a may reach y/a and y/b but not y/c.
+/// Of 45 new flows through the ClusterIP (TCP connections, UDP exchanges), every answered one
+/// comes from an allowed backend, both allowed backends answer, and y/c never does (the flows
+/// DNATed to it get no answer).
+#[test]
+fn privileged_services_partly_allowed_backends_only_allowed_ones_answer() {
+    if !require_privileges("privileged_services_partly_allowed_backends_only_allowed_ones_answer") {
+        return;
+    }
+    let mut lab = Lab::start(config(AgentMode::Required, 1)).expect("lab starts");
+    lab.apply_services("web", WEB_SERVICE).expect("web applied");
+    lab.apply_yaml(
+        "egress-partly",
+        "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-partly, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to:
+        - namespaceSelector: {matchLabels: {ns: y}}
+          podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, b]}]}
+",
+    )
+    .expect("policy applied");
+    lab.wait_synced().expect("synced");
+    let allowed: BTreeSet<String> = ["y/a", "y/b"].map(String::from).into();
+    for family in [Family::V4, Family::V6] {
+        for protocol in Protocol::ALL {
+            let (ids, unanswered, got) = answers(&lab, "x/a", family, protocol, 45);
+            eprintln!("{family} {protocol}: answered by {ids:?}, {unanswered} of 45 unanswered");
+            assert_eq!(
+                ids, allowed,
+                "{family} {protocol}: only (and both) allowed backends answer: {got:?}"
+            );
+            assert!(
+                unanswered > 0,
+                "{family} {protocol}: some flows were sent to y/c and must have failed: {got:?}"
+            );
+        }
+    }
+    // A pod without egress policy still reaches all three.
+    let (ids, _, got) = answers(&lab, "x/b", Family::V4, Protocol::Tcp, 45);
+    assert_eq!(ids.len(), 3, "x/b has no egress policy: {got:?}");
+}
+
+/// (e) Backends on another node: with two nodes (pods round robin, so x/a on n0 and x/b, y/a
+/// on n1), the truth tables hold through ClusterIPs across the underlay.
+#[test]
+fn privileged_services_two_nodes_truth_tables_hold_through_cluster_ips() {
+    if !require_privileges("privileged_services_two_nodes_truth_tables_hold_through_cluster_ips") {
+        return;
+    }
+    let mut lab = lab_with_services(AgentMode::Required, 2, 0, false);
+    let failures = run_cases(&mut lab, 0, &TRUTH_TABLE_CASES[..2]);
+    assert_no_failures(failures, 4);
+}
