@@ -29,7 +29,7 @@ use palisade_common::{
     DIR_EGRESS, DIR_INGRESS,
     conntrack::{CtKey, CtValue},
     endpoint::EndpointInfo,
-    maps::{self, PROG_FROM_POD, PROG_TO_POD},
+    maps::{self, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK},
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
     stats::{Config, Counter, HostAddrKey, stats_index},
     verdict::Reason,
@@ -138,6 +138,8 @@ pub enum Prog {
     ToPod,
     /// `from_pod`, `DIR_EGRESS`.
     FromPod,
+    /// `to_uplink`: judges only Service traffic after translation, as `DIR_EGRESS`.
+    ToUplink,
 }
 
 impl Prog {
@@ -145,12 +147,13 @@ impl Prog {
         match self {
             Prog::ToPod => PROG_TO_POD,
             Prog::FromPod => PROG_FROM_POD,
+            Prog::ToUplink => PROG_TO_UPLINK,
         }
     }
     pub fn dir(self) -> u8 {
         match self {
             Prog::ToPod => DIR_INGRESS,
-            Prog::FromPod => DIR_EGRESS,
+            Prog::FromPod | Prog::ToUplink => DIR_EGRESS,
         }
     }
 }
@@ -201,7 +204,7 @@ impl Datapath {
                     object.display()
                 )
             })?;
-        for name in [PROG_TO_POD, PROG_FROM_POD] {
+        for name in [PROG_TO_POD, PROG_FROM_POD, PROG_TO_UPLINK] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -273,6 +276,14 @@ impl Datapath {
         let mut m: HashMap<&mut MapData, HostAddrKey, u32> =
             HashMap::try_from(self.map_mut(maps::HOST_ADDRS)?)?;
         m.insert(key, 1, 0).context("writing pal_host_v1")?;
+        Ok(())
+    }
+
+    /// Adds a Service address to `pal_svc_v1`.
+    pub fn add_service(&mut self, key: HostAddrKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, HostAddrKey, u32> =
+            HashMap::try_from(self.map_mut(maps::SERVICES)?)?;
+        m.insert(key, 1, 0).context("writing pal_svc_v1")?;
         Ok(())
     }
 
@@ -359,6 +370,43 @@ impl Datapath {
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
         Ok(res.return_value)
+    }
+
+    /// Runs `frame` through `prog` once on an skb with `mark` and `ingress_ifindex` set (the
+    /// kernel copies both from the test run's `__sk_buff` context): the TC action and the
+    /// mark the program left.
+    pub fn run_with_mark(
+        &self,
+        prog: Prog,
+        frame: &[u8],
+        mark: u32,
+        ingress_ifindex: u32,
+    ) -> Result<(u32, u32)> {
+        let p: &SchedClassifier = self
+            .ebpf
+            .program(prog.name())
+            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        // `struct __sk_buff` up to and including `ifindex`: mark at byte 8,
+        // ingress_ifindex at 36; every other field zero, as the kernel requires.
+        let mut ctx = [0u8; 44];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        // The kernel copies the whole `__sk_buff` back (ENOSPC if the buffer is smaller).
+        let mut ctx_out = [0u8; 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        };
+        let res = p
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
+        let out_mark = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
+        Ok((res.return_value, out_mark))
     }
 
     /// Runs `frame` through `prog` `repeat` times in the kernel and returns the mean time

@@ -1115,3 +1115,133 @@ fn privileged_reused_address_does_not_inherit_the_previous_pods_tracked_flows() 
     let data_in = V4::new(PEER4, POD4, IPPROTO_TCP).frame(&frame::tcp(40000, 8080, frame::TCP_ACK));
     expect(&dp, Prog::ToPod, &data_in, Reason::DEFAULT_DENY);
 }
+
+const SVC4: [u8; 4] = [10, 96, 0, 10];
+const CLIENT_IFINDEX: u32 = 77;
+
+fn svc_key(addr: [u8; 4]) -> HostAddrKey {
+    HostAddrKey {
+        family: FAMILY_V4,
+        _pad: [0; 3],
+        addr_be: addr16(&addr),
+    }
+}
+
+#[track_caller]
+fn counted(dp: &Datapath, dir: u8, reason: Reason) -> u64 {
+    dp.counter(dir, reason).expect("reading a counter").packets
+}
+
+/// Egress to a Service address is not judged at `from_pod` (the destination is not a pod yet):
+/// the packet is marked and its flow tracked as `CT_SERVICE`. After translation, the marked
+/// packet is judged as egress of the pod it came from (`skb->ingress_ifindex`) at `to_uplink`
+/// (remote backend) or `to_pod` (local backend, before that pod's ingress): an allowed backend
+/// passes, a forbidden one is dropped, on the backend's own port. Replies from the Service
+/// address match the tracked flow, also after a policy change; the translated flow is
+/// re-checked against the new policy.
+#[test]
+fn privileged_service_traffic_is_judged_after_translation() {
+    use palisade_common::{conntrack::CT_SERVICE, service::SVC_MARK};
+    // The client under test on the test-run interface, isolated both ways; one egress rule:
+    // PEER4 on TCP 8080 (the Service's target port).
+    let Some(mut dp) = setup(
+        "privileged_service_traffic_is_judged_after_translation",
+        EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    allow_peer(&mut dp, POLICY_A, DIR_EGRESS, &PEER4, 32, portset(PORTSET));
+    allow_port(&mut dp, PORTSET, IPPROTO_TCP, 8080, 16, 9);
+    dp.add_service(svc_key(SVC4)).unwrap();
+
+    // from_pod: to the Service address, port 80 (no rule names it): deferred and marked.
+    let syn = V4::new(POD4, SVC4, IPPROTO_TCP).frame(&frame::tcp(40000, 80, TCP_SYN));
+    let (action, mark) = dp
+        .run_with_mark(Prog::FromPod, &syn, 0x4000, 0)
+        .expect("from_pod");
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(mark, 0x4000 | SVC_MARK, "mark set, other bits kept");
+    assert_eq!(counted(&dp, DIR_EGRESS, Reason::SERVICE_DEFERRED), 1);
+    let ct = dp.conntrack().unwrap();
+    assert!(
+        ct.iter()
+            .any(|(k, v)| k.daddr_be[..4] == SVC4 && v.flags & CT_SERVICE != 0),
+        "the untranslated flow is tracked as CT_SERVICE: {ct:?}"
+    );
+
+    // to_uplink: an unmarked packet is not judged (and not counted).
+    let other = V4::new(POD4, OTHER4, IPPROTO_TCP).frame(&frame::tcp(40001, 8080, TCP_SYN));
+    let before = dp
+        .counter(DIR_EGRESS, Reason::DEFAULT_DENY)
+        .unwrap()
+        .packets;
+    let (action, _) = dp
+        .run_with_mark(Prog::ToUplink, &other, 0, TEST_RUN_IFINDEX)
+        .unwrap();
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(counted(&dp, DIR_EGRESS, Reason::DEFAULT_DENY), before);
+
+    // to_uplink, translated to the allowed backend and port: passes, mark cleared.
+    let allowed = V4::new(POD4, PEER4, IPPROTO_TCP).frame(&frame::tcp(40000, 8080, TCP_SYN));
+    let (action, mark) = dp
+        .run_with_mark(
+            Prog::ToUplink,
+            &allowed,
+            0x4000 | SVC_MARK,
+            TEST_RUN_IFINDEX,
+        )
+        .unwrap();
+    assert_eq!((action, mark), (TC_ACT_OK, 0x4000));
+    assert_eq!(counted(&dp, DIR_EGRESS, Reason::POLICY_ALLOW), 1);
+
+    // Translated to a forbidden backend, or to the allowed backend on another port: dropped.
+    for (dst, port) in [(OTHER4, 8080), (PEER4, 8081)] {
+        let f = V4::new(POD4, dst, IPPROTO_TCP).frame(&frame::tcp(40002, port, TCP_SYN));
+        let (action, _) = dp
+            .run_with_mark(Prog::ToUplink, &f, SVC_MARK, TEST_RUN_IFINDEX)
+            .unwrap();
+        assert_eq!(action, TC_ACT_SHOT, "{dst:?}:{port}");
+    }
+    assert_eq!(counted(&dp, DIR_EGRESS, Reason::DEFAULT_DENY), before + 2);
+
+    // The reply comes back from the Service address (un-translated by the kernel): it is a
+    // reply of the tracked flow, at an ingress-isolated pod.
+    let reply = V4::new(SVC4, POD4, IPPROTO_TCP).frame(&frame::tcp(80, 40000, TCP_SYN | TCP_ACK));
+    expect(&dp, Prog::ToPod, &reply, Reason::CT_REPLY);
+
+    // A local backend: to_pod first judges the sender's egress (the sender's veth is another
+    // interface), then the backend's own ingress.
+    let mut client = endpoint(EP_EGRESS_ISOLATED, POLICY_B);
+    client.ep_id = 43;
+    client.ipv4_be = PEER4;
+    dp.set_endpoint(CLIENT_IFINDEX, client).unwrap();
+    let to_backend = V4::new(PEER4, POD4, IPPROTO_TCP).frame(&frame::tcp(41000, 8080, TCP_SYN));
+    let (action, _) = dp
+        .run_with_mark(Prog::ToPod, &to_backend, SVC_MARK, CLIENT_IFINDEX)
+        .unwrap();
+    assert_eq!(action, TC_ACT_SHOT, "policy B allows the client nothing");
+    allow_peer(&mut dp, POLICY_B, DIR_EGRESS, &POD4, 32, all_ports(11));
+    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, all_ports(12));
+    let (action, _) = dp
+        .run_with_mark(Prog::ToPod, &to_backend, SVC_MARK, CLIENT_IFINDEX)
+        .unwrap();
+    assert_eq!(
+        action, TC_ACT_OK,
+        "egress of the client and ingress of the backend allow it"
+    );
+
+    // Policy change of the first client: the translated flow is re-checked and cut; replies
+    // from the Service address still match the CT_SERVICE flow (never re-checked itself).
+    dp.set_endpoint(
+        TEST_RUN_IFINDEX,
+        endpoint(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED, POLICY_B + 1),
+    )
+    .unwrap();
+    let ack = V4::new(POD4, PEER4, IPPROTO_TCP).frame(&frame::tcp(40000, 8080, TCP_ACK));
+    let (action, _) = dp
+        .run_with_mark(Prog::ToUplink, &ack, SVC_MARK, TEST_RUN_IFINDEX)
+        .unwrap();
+    assert_eq!(action, TC_ACT_SHOT);
+    assert_eq!(counted(&dp, DIR_EGRESS, Reason::POLICY_CHANGED), 1);
+    expect(&dp, Prog::ToPod, &reply, Reason::CT_REPLY);
+}

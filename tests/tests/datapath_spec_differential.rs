@@ -433,7 +433,7 @@ impl Probe {
     fn direction(&self) -> palisade_policy::Direction {
         match self.prog {
             Prog::ToPod => palisade_policy::Direction::Ingress,
-            Prog::FromPod => palisade_policy::Direction::Egress,
+            Prog::FromPod | Prog::ToUplink => palisade_policy::Direction::Egress,
         }
     }
 }
@@ -493,7 +493,7 @@ fn build(p: &Probe, a: &Addrs, sport: u16, shape: Shape) -> Vec<u8> {
         IpAddr::V4(peer) => {
             let (src, dst) = match p.prog {
                 Prog::ToPod => (peer.octets(), a.pod4),
-                Prog::FromPod => (a.pod4, peer.octets()),
+                Prog::FromPod | Prog::ToUplink => (a.pod4, peer.octets()),
             };
             let mut h = V4::new(src, dst, p.proto);
             match shape {
@@ -517,7 +517,7 @@ fn build(p: &Probe, a: &Addrs, sport: u16, shape: Shape) -> Vec<u8> {
         IpAddr::V6(peer) => {
             let (src, dst) = match p.prog {
                 Prog::ToPod => (peer.octets(), a.pod6),
-                Prog::FromPod => (a.pod6, peer.octets()),
+                Prog::FromPod | Prog::ToUplink => (a.pod6, peer.octets()),
             };
             let mut h = V6::new(src, dst, p.proto);
             match shape {
