@@ -26,7 +26,8 @@ pub struct AgentConfig {
     /// Routes to other nodes' pod CIDRs and masquerade (see `routing`, `masquerade`).
     pub network: crate::routing::NetworkConfig,
     /// Interfaces that get `to_uplink` (Service traffic leaving the node, judged after
-    /// translation); empty: those holding a default route, re-read at every reconcile.
+    /// translation); empty: the interface holding this node's InternalIP and those holding a
+    /// default route, re-read at every reconcile.
     pub uplinks: Vec<String>,
 }
 
@@ -255,7 +256,12 @@ impl Agent {
     /// interfaces), re-attaching when an interface was re-created, detaching from the rest.
     fn refresh_uplinks(&mut self) {
         let names = if self.cfg.uplinks.is_empty() {
-            crate::services::default_route_interfaces()
+            let own = crate::services::internal_ips(&self.snapshot, &self.cfg.node);
+            let mut n = crate::services::interfaces_holding(&own);
+            n.extend(crate::services::default_route_interfaces());
+            n.sort();
+            n.dedup();
+            n
         } else {
             self.cfg.uplinks.clone()
         };

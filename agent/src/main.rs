@@ -66,8 +66,8 @@ struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pod_routes: bool,
     /// An interface that Service traffic translated to a remote backend leaves the node
-    /// through (its TC egress gets `to_uplink`); repeatable. Default: every interface holding
-    /// a default route.
+    /// through (its TC egress gets `to_uplink`); repeatable. Default: the interface holding
+    /// this node's InternalIP, and every interface holding a default route.
     #[arg(long = "uplink")]
     uplinks: Vec<String>,
 }

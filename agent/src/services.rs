@@ -89,6 +89,43 @@ pub fn service_addrs(snap: &Snapshot) -> (BTreeSet<SvcAddrKey>, Vec<Problem>) {
     (out, problems)
 }
 
+/// This node's InternalIP addresses (`status.addresses`), from the snapshot's Nodes.
+pub fn internal_ips(snap: &Snapshot, node: &str) -> Vec<IpAddr> {
+    snap.nodes
+        .get(node)
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+/// Interfaces (of the agent's network namespace) holding one of `addrs`.
+pub fn interfaces_holding(addrs: &[IpAddr]) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    if addrs.is_empty() {
+        return Vec::new();
+    }
+    if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+        for a in ifs {
+            let Some(sa) = a.address else { continue };
+            let ip = if let Some(v4) = sa.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            if addrs.contains(&ip) {
+                out.insert(a.interface_name);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// Interfaces holding a default route (IPv4 `/proc/net/route`, IPv6 `/proc/net/ipv6_route`),
 /// the uplinks when `--uplink` is not given. Read from procfs of the agent's network namespace.
 pub fn default_route_interfaces() -> Vec<String> {
