@@ -145,7 +145,7 @@ fn privileged_datapath_loads_and_reports_program_sizes() {
     let Some(dp) = setup("privileged_datapath_loads_and_reports_program_sizes", 0) else {
         return;
     };
-    for prog in [Prog::ToPod, Prog::FromPod] {
+    for prog in [Prog::ToPod, Prog::FromPod, Prog::ToUplink] {
         let (verified, xlated) = dp.program_size(prog).expect("program info");
         println!(
             "{}: verified instructions {verified:?}, translated bytes {xlated:?}",
