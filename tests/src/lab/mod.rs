@@ -28,6 +28,7 @@
 
 mod agent;
 mod cni;
+pub mod dns;
 pub mod kubeproxy;
 pub mod model;
 pub mod netns;
