@@ -51,6 +51,8 @@ impl AgentBins {
                     "--bpf-object",
                     "--socket",
                     "--node-name",
+                    "--cluster-cidr",
+                    "--service-cidr",
                 ] {
                     if !text.contains(flag) {
                         return Some(format!(
@@ -98,14 +100,17 @@ struct SpawnArgs {
     node_netns: String,
     manifests: PathBuf,
     state_dir: PathBuf,
+    /// `--cluster-cidr` / `--service-cidr` arguments.
+    network_args: Vec<String>,
 }
 
 /// How long the agent may take to open its socket.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Agent {
-    /// Mounts a private bpffs under `node_dir/bpffs`, starts the agent in `node_netns` and
-    /// waits (bounded) until its socket accepts connections.
+    /// Mounts a private bpffs under `node_dir/bpffs`, starts the agent in `node_netns` (with
+    /// `network_args`: `--cluster-cidr`, `--service-cidr`) and waits (bounded) until its
+    /// socket accepts connections.
     pub fn start(
         bins: &AgentBins,
         node_netns: &str,
@@ -113,6 +118,7 @@ impl Agent {
         node_dir: &Path,
         manifests: &Path,
         state_dir: &Path,
+        network_args: &[String],
     ) -> Result<Agent, LabError> {
         let bpffs = node_dir.join("bpffs");
         std::fs::create_dir_all(&bpffs).map_err(|source| LabError::Io {
@@ -146,6 +152,7 @@ impl Agent {
                 node_netns: node_netns.to_string(),
                 manifests: manifests.to_path_buf(),
                 state_dir: state_dir.to_path_buf(),
+                network_args: network_args.to_vec(),
             },
         };
         agent.spawn_process(false)?;
@@ -159,6 +166,7 @@ impl Agent {
             node_netns,
             manifests,
             state_dir,
+            network_args,
         } = self.spawn.clone();
         let log = self.log.clone();
         let log_file = std::fs::OpenOptions::new()
@@ -192,6 +200,7 @@ impl Agent {
             .arg(&self.socket)
             .arg("--node-name")
             .arg(&self.node)
+            .args(&network_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -19,8 +19,11 @@
 //!   `10.244.<i>.0/24` and `fd00:10:244:<i>::/64`; files under `<tmp>/<id>/n<i>/` (CNI state,
 //!   agent socket, agent log, private bpffs mount);
 //! - pod `ns/name`: network namespace `<id>-<ns>-<name>`, container id the same;
-//! - with two nodes, a veth pair `ul0` joins the node namespaces (`192.168.254.<i+1>/24`,
-//!   `fd00:ffff::<i+1>/64`), each node routing the other's pod CIDRs through it;
+//! - with two or three nodes, an underlay bridge `br0` in namespace `<id>-ul` joins the nodes:
+//!   each node's uplink is a veth `eth0` (`192.168.254.<i+1>/24`, `fd00:ffff::<i+1>/64`;
+//!   [`Lab::node_uplink`]) whose peer `n<i>` is a bridge port. Enforcing, the lab writes a Node
+//!   object per node (`01-nodes.yaml`: podCIDRs, InternalIPs) and the agents route the other
+//!   nodes' pod CIDRs (routes of protocol 80); without agents the lab adds those routes itself;
 //! - manifests for the agents: `<tmp>/<id>/manifests/` (`00-model.yaml` + one file per
 //!   applied user manifest).
 //!
@@ -158,7 +161,7 @@ pub enum AgentMode {
 
 #[derive(Clone, Debug)]
 pub struct LabConfig {
-    /// Simulated nodes (1 or 2).
+    /// Simulated nodes (1 to 3).
     pub nodes: usize,
     pub agent: AgentMode,
     /// Where `palisade`, `palisade-agent` and `palisadectl` are.
@@ -338,8 +341,10 @@ pub struct Lab {
     user: BTreeMap<String, Vec<Value>>,
     /// Pods that exist, by `ns/name`.
     pods: BTreeMap<String, PodRuntime>,
-    /// Hosts outside the cluster (conformance mode: `ext`).
+    /// Hosts outside the cluster (conformance mode: `ext`; underlay hosts).
     outside: Vec<OutsideHost>,
+    /// Namespace of the underlay bridge (two or three nodes).
+    underlay: Option<String>,
     /// SCTP probes the servers received.
     sctp_seen: SctpSeen,
 }
@@ -352,9 +357,15 @@ pub const CONFORMANCE_POD_CIDR_V6: &str = "fd00::/64";
 const OUTSIDE_GW_V4: &str = "192.168.1.254";
 const OUTSIDE_GW_V6: &str = "2001:db8::fe";
 
-/// Subnet of the two-node underlay.
+/// Subnet of the multi-node underlay.
 const UNDERLAY_V4: &str = "192.168.254";
 const UNDERLAY_V6: &str = "fd00:ffff:";
+/// The cluster's pod CIDRs (every node's `10.244.<i>.0/24`, `fd00:10:244:<i>::/64`) and
+/// Service CIDRs (kind's defaults), passed to the agents (`--cluster-cidr`, `--service-cidr`).
+pub const CLUSTER_CIDRS: [&str; 2] = ["10.244.0.0/16", "fd00:10:244::/48"];
+pub const SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/12", "fd00:10:96::/112"];
+/// `rtm_protocol` of the agent's routes (`palisade_agent::routing::RTPROT_PALISADE`).
+pub const ROUTE_PROTOCOL: &str = "80";
 
 impl Lab {
     /// Builds the model (see the module doc) and waits until it is enforced.
@@ -369,7 +380,7 @@ impl Lab {
         }
         let id = crate::unique_name("lab");
         let dir = config.base_dir.join(&id);
-        let nodes_n = config.nodes.clamp(1, 2);
+        let nodes_n = config.nodes.clamp(1, 3);
         let plugin = config
             .cni_plugin
             .clone()
@@ -412,6 +423,7 @@ impl Lab {
             user: BTreeMap::new(),
             pods: BTreeMap::new(),
             outside: Vec::new(),
+            underlay: None,
             sctp_seen: SctpSeen::default(),
             config,
         };
@@ -448,7 +460,7 @@ impl Lab {
                 netns::write_sysctl("net.ipv6.conf.all.forwarding", "1")
             })??;
         }
-        if nodes_n == 2 {
+        if nodes_n >= 2 {
             lab.build_underlay()?;
         }
         if lab.config.conformance_addresses {
@@ -456,6 +468,19 @@ impl Lab {
         }
         lab.write_model()?;
         if lab.mode == Mode::Enforcing {
+            let multi = nodes_n >= 2;
+            if multi {
+                lab.write_nodes(&lab.node_objects())?;
+            }
+            let mut network_args = Vec::new();
+            if !lab.config.conformance_addresses {
+                for c in CLUSTER_CIDRS {
+                    network_args.extend(["--cluster-cidr".to_string(), c.to_string()]);
+                }
+            }
+            for c in SERVICE_CIDRS {
+                network_args.extend(["--service-cidr".to_string(), c.to_string()]);
+            }
             for i in 0..lab.nodes.len() {
                 let node_dir = dir.join(&lab.nodes[i].name);
                 let agent = Agent::start(
@@ -465,10 +490,15 @@ impl Lab {
                     &node_dir,
                     &lab.manifests_dir(),
                     &lab.nodes[i].cni.state_dir,
+                    &network_args,
                 )?;
                 lab.agents.push(agent);
             }
             lab.wait_synced()?;
+            if multi {
+                let want = lab.expected_pod_routes();
+                lab.wait_pod_routes(&want)?;
+            }
         }
         lab.reconcile_pods()?;
         lab.wait_synced()?;
@@ -530,6 +560,209 @@ impl Lab {
     /// Network namespace names of the nodes.
     pub fn node_netns(&self) -> Vec<&str> {
         self.nodes.iter().map(|n| n.netns.as_str()).collect()
+    }
+
+    /// The uplink of node `i` (its link to the underlay bridge, in the node's namespace):
+    /// `eth0`; `None` with one node (no underlay) or no such node.
+    pub fn node_uplink(&self, i: usize) -> Option<&'static str> {
+        (self.underlay.is_some() && i < self.nodes.len()).then_some("eth0")
+    }
+
+    /// Node `i`'s underlay addresses (its InternalIPs): `192.168.254.<i+1>`, `fd00:ffff::<i+1>`.
+    pub fn node_addrs(i: usize) -> [IpAddr; 2] {
+        [
+            format!("{UNDERLAY_V4}.{}", i + 1).parse().expect("IPv4"),
+            format!("{UNDERLAY_V6}:{}", i + 1).parse().expect("IPv6"),
+        ]
+    }
+
+    /// Pod CIDRs of node `i` (what its CNI plugin allocates from).
+    pub fn node_pod_cidrs(&self, i: usize) -> Option<&[String]> {
+        self.nodes.get(i).map(|n| n.cni.pod_cidrs.as_slice())
+    }
+
+    /// The Node objects the lab writes for the agents (multi-node, enforcing): name,
+    /// spec.podCIDRs, status.addresses (InternalIP of each family, Hostname).
+    pub fn node_objects(&self) -> Vec<serde_json::Value> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let [v4, v6] = Self::node_addrs(i);
+                serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": n.name},
+                    "spec": {"podCIDR": n.cni.pod_cidrs.first(), "podCIDRs": n.cni.pod_cidrs},
+                    "status": {"addresses": [
+                        {"type": "InternalIP", "address": v4.to_string()},
+                        {"type": "InternalIP", "address": v6.to_string()},
+                        {"type": "Hostname", "address": n.name},
+                    ]},
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces the Node objects in the manifests directory (`01-nodes.yaml`); the agents pick
+    /// them up like any manifest change.
+    pub fn write_nodes(&self, nodes: &[serde_json::Value]) -> Result<(), LabError> {
+        let docs: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_yaml::to_value(n).map_err(|e| LabError::Manifest {
+                    what: "Node".into(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        write_atomic(
+            &self.manifests_dir().join("01-nodes.yaml"),
+            &model::join_documents(&docs),
+        )
+    }
+
+    /// Palisade's routes (protocol 80) in node `i`, as `(destination, gateway)` pairs of both
+    /// families, sorted.
+    pub fn palisade_routes(&self, i: usize) -> Result<Vec<(String, String)>, LabError> {
+        let ns = &self.nodes[i].netns;
+        let mut out = Vec::new();
+        for fam in ["-4", "-6"] {
+            let text = netns::ip(&["-n", ns, fam, "route", "show", "proto", ROUTE_PROTOCOL])?;
+            for line in text.lines() {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                if let Some(p) = w.iter().position(|x| *x == "via") {
+                    out.push((w[0].to_string(), w[p + 1].to_string()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// For every node: the routes the agents should hold, from the default Node objects
+    /// (every other node's pod CIDRs via its underlay address of the same family).
+    pub fn expected_pod_routes(&self) -> Vec<Vec<(String, String)>> {
+        (0..self.nodes.len())
+            .map(|i| {
+                let mut want: Vec<(String, String)> = (0..self.nodes.len())
+                    .filter(|&j| j != i)
+                    .flat_map(|j| {
+                        let [v4, v6] = Self::node_addrs(j);
+                        self.nodes[j].cni.pod_cidrs.iter().map(move |c| {
+                            let via = if c.contains(':') { v6 } else { v4 };
+                            (canonical_cidr(c), via.to_string())
+                        })
+                    })
+                    .collect();
+                want.sort();
+                want
+            })
+            .collect()
+    }
+
+    /// Waits (bounded by the sync timeout) until node `i`'s Palisade routes are `want[i]`,
+    /// for every node.
+    pub fn wait_pod_routes(&self, want: &[Vec<(String, String)>]) -> Result<(), LabError> {
+        let start = Instant::now();
+        let limit = self.config.sync_timeout;
+        for (i, w) in want.iter().enumerate() {
+            loop {
+                let got = self.palisade_routes(i)?;
+                if &got == w {
+                    break;
+                }
+                if start.elapsed() > limit {
+                    let status = self
+                        .agents
+                        .get(i)
+                        .map(|a| a.status().unwrap_or_else(|e| e.to_string()))
+                        .unwrap_or_default();
+                    return Err(LabError::Timeout {
+                        what: format!(
+                            "routes of node {}: want {w:?}, have {got:?}; agent status: {status}",
+                            self.nodes[i].name
+                        ),
+                        after: limit,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a host outside the cluster on the underlay (two or three nodes): namespace
+    /// `<lab>-<id>`, `eth0` on the bridge with `192.168.254.<host>/24` and `fd00:ffff::<host>/64`
+    /// and no route to the pod CIDRs (so only masqueraded pod traffic can be answered),
+    /// serving like a pod. Returns its addresses.
+    pub fn add_underlay_host(&mut self, id: &str, host: u8) -> Result<Vec<IpAddr>, LabError> {
+        let Some(ul) = self.underlay.clone() else {
+            return Err(LabError::Config {
+                reason: "an underlay host needs two or three nodes".into(),
+            });
+        };
+        let netns_name = format!("{}-{id}", self.id);
+        netns::add(&netns_name)?;
+        let ips: Vec<IpAddr> = vec![
+            format!("{UNDERLAY_V4}.{host}").parse().expect("IPv4"),
+            format!("{UNDERLAY_V6}:{host}").parse().expect("IPv6"),
+        ];
+        self.outside.push(OutsideHost {
+            id: id.to_string(),
+            netns: netns_name.clone(),
+            ips: ips.clone(),
+            server: None,
+        });
+        let port = format!("h-{id}");
+        netns::ip(&[
+            "-n",
+            &ul,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns_name,
+        ])?;
+        netns::ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+        netns::in_netns(&netns_name, || {
+            netns::write_sysctl("net.ipv6.conf.eth0.accept_dad", "0")
+        })??;
+        for (addr, len) in [(ips[0], 24), (ips[1], 64)] {
+            netns::ip(&[
+                "-n",
+                &netns_name,
+                "addr",
+                "add",
+                &format!("{addr}/{len}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
+        netns::ip(&["-n", &netns_name, "link", "set", "eth0", "up"])?;
+        allow_ping(&netns_name)?;
+        let server = PodServer::start(&netns_name, id, &PORTS, &self.sctp_seen)?;
+        if let Some(o) = self.outside.iter_mut().find(|o| o.id == id) {
+            o.server = Some(server);
+        }
+        self.log(format_args!(
+            "lab: underlay host {id} ({netns_name}): {ips:?}"
+        ));
+        Ok(ips)
+    }
+
+    /// Network namespace of an outside host.
+    pub fn outside_netns(&self, id: &str) -> Option<&str> {
+        self.outside
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| o.netns.as_str())
     }
 
     /// Paths of the agents' logs.
@@ -865,26 +1098,45 @@ impl Lab {
         Ok(())
     }
 
+    /// The underlay: a bridge `br0` in namespace `<id>-ul`; per node a veth `eth0` (node) /
+    /// `n<i>` (bridge port). Without agents the lab routes the pod CIDRs itself; with agents
+    /// the agents do (from the Node objects).
     fn build_underlay(&mut self) -> Result<(), LabError> {
-        let (a, b) = (self.nodes[0].netns.clone(), self.nodes[1].netns.clone());
-        netns::ip(&[
-            "-n", &a, "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &b,
-        ])?;
-        // The veth pair (and the routes) go away with the node namespaces.
-        for (i, ns) in [&a, &b].into_iter().enumerate() {
-            let v4 = format!("{UNDERLAY_V4}.{}/24", i + 1);
-            let v6 = format!("{UNDERLAY_V6}:{}/64", i + 1);
-            netns::ip(&["-n", ns, "addr", "add", &v4, "dev", "ul0"])?;
-            netns::ip(&["-n", ns, "addr", "add", &v6, "dev", "ul0", "nodad"])?;
-            netns::ip(&["-n", ns, "link", "set", "ul0", "up"])?;
+        let ul = format!("{}-ul", self.id);
+        netns::add(&ul)?;
+        // Recorded first: teardown removes it (and the bridge ports with it).
+        self.underlay = Some(ul.clone());
+        netns::ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        netns::ip(&["-n", &ul, "link", "set", "br0", "up"])?;
+        for i in 0..self.nodes.len() {
+            let ns = self.nodes[i].netns.clone();
+            let port = format!("n{i}");
+            netns::ip(&[
+                "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            netns::ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+            let [v4, v6] = Self::node_addrs(i);
+            netns::ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            netns::ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            netns::ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
-        for (i, ns) in [&a, &b].into_iter().enumerate() {
-            let j = 1 - i;
-            let via4 = format!("{UNDERLAY_V4}.{}", j + 1);
-            let via6 = format!("{UNDERLAY_V6}:{}", j + 1);
-            for cidr in &self.nodes[j].cni.pod_cidrs {
-                let via = if cidr.contains(':') { &via6 } else { &via4 };
-                netns::ip(&["-n", ns, "route", "add", cidr, "via", via, "dev", "ul0"])?;
+        if self.mode == Mode::Enforcing {
+            return Ok(());
+        }
+        for (i, want) in self.expected_pod_routes().into_iter().enumerate() {
+            let ns = self.nodes[i].netns.clone();
+            for (cidr, via) in want {
+                netns::ip(&["-n", &ns, "route", "add", &cidr, "via", &via, "dev", "eth0"])?;
             }
         }
         Ok(())
@@ -1071,6 +1323,11 @@ impl Lab {
                 errors.push(e);
             }
         }
+        if let Some(ul) = self.underlay.take()
+            && let Err(e) = netns::del(&ul)
+        {
+            errors.push(e);
+        }
         if self.dir.exists()
             && let Err(source) = std::fs::remove_dir_all(&self.dir)
         {
@@ -1089,6 +1346,18 @@ impl Drop for Lab {
         for e in self.teardown() {
             eprintln!("lab {}: teardown: {e}", self.id);
         }
+    }
+}
+
+/// A CIDR as `ip route` prints it (`fd00:10:244:0::/64` -> `fd00:10:244::/64`); unparsable
+/// text is returned as is.
+pub fn canonical_cidr(s: &str) -> String {
+    match s.split_once('/') {
+        Some((a, len)) => match a.parse::<IpAddr>() {
+            Ok(ip) => format!("{ip}/{len}"),
+            Err(_) => s.to_string(),
+        },
+        None => s.to_string(),
     }
 }
 
