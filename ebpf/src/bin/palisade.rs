@@ -159,9 +159,10 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 /// 4. Anti-spoofing (`from_pod` only): the source must be the pod's address. (A deferred
 ///    judgement skips it: `from_pod` checked it, and the kernel may since have masqueraded it.)
 /// 5. Host peer: the peer address is in `pal_host_v1`.
-/// 5b. Service (`from_pod` only): the destination is in `pal_svc_v1`: tracked as `CT_SERVICE`,
-///    marked `SVC_MARK`, passed as `SERVICE_DEFERRED` (judged after translation).
 /// 6. Conntrack (skipped when 4 or 5 already decide): established, reply, related, or new.
+/// 6b. Service (`from_pod` only): a new flow whose destination is in `pal_svc_v1`, or a packet
+///    of a `CT_SERVICE` flow: tracked as `CT_SERVICE`, marked `SVC_MARK`, passed as
+///    `SERVICE_DEFERRED` (judged after translation).
 /// 7. Policy lookups, only when the verdict depends on them: a new flow, or a tracked flow
 ///    admitted under another `policy_gen`, at an endpoint isolated in the direction the flow was
 ///    admitted in. A re-check evaluates the flow as it was admitted (its conntrack key). A
@@ -244,26 +245,35 @@ fn evaluate(
         return Ok(decide(&f));
     }
 
-    // 5b.
+    // 6.
     let now = conntrack::now();
     let key = &mut s.key;
-    if dir == DIR_EGRESS && !deferred && to_service(&pkt.t) {
-        let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
-        if ct != CT_NEW {
+    let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
+
+    // 6b. (after the conntrack lookup, so a packet of a tracked flow costs no extra lookup:
+    // the entry says whether its flow goes to a Service.)
+    if dir == DIR_EGRESS && !deferred {
+        let service = if ct == CT_NEW {
+            to_service(&pkt.t)
+        } else {
             // SAFETY: live map value found by the lookup.
-            unsafe { (*value).last_seen_ns = now };
-        } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
-            conntrack::insert(key, now, ep.policy_gen, 0, CT_SERVICE)
-                .map_err(|_| Reason::INTERNAL_ERROR)?;
+            unsafe { (*value).flags & CT_SERVICE != 0 }
+        };
+        if service {
+            if ct != CT_NEW {
+                // SAFETY: as above.
+                unsafe { (*value).last_seen_ns = now };
+            } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
+                conntrack::insert(key, now, ep.policy_gen, 0, CT_SERVICE)
+                    .map_err(|_| Reason::INTERNAL_ERROR)?;
+            }
+            // SAFETY: the context pointer the kernel passed to this program.
+            let mark = unsafe { (*ctx.skb.skb).mark };
+            ctx.set_mark(mark | SVC_MARK);
+            return Ok(Verdict::pass(Reason::SERVICE_DEFERRED, 0));
         }
-        // SAFETY: the context pointer the kernel passed to this program.
-        let mark = unsafe { (*ctx.skb.skb).mark };
-        ctx.set_mark(mark | SVC_MARK);
-        return Ok(Verdict::pass(Reason::SERVICE_DEFERRED, 0));
     }
 
-    // 6.
-    let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
     let tracked = ct != CT_NEW;
     // SAFETY: `value` is the live map value found by the lookup when `tracked`.
     let ct_current = tracked
