@@ -10,13 +10,15 @@
 //!   that never match the flow plus one that does;
 //! - `ipt-stateless/N`, `ipt-stateful/N`, `ipset/N`: the same rules as kube-router-style
 //!   FORWARD rules in the node namespace (stateful: conntrack ESTABLISHED accepted first), or
-//!   as one `hash:net,port` set matched by one rule.
+//!   as one `hash:net,port` set (entries `198.x.y.z/32,udp:P`, each rule's protocol and port)
+//!   matched by one rule without `-p`, so every packet of the bench's TCP flows is looked up.
 //!
 //! Measures (client and server pinned to CPU 0): TCP request/response rate over one
-//! connection (RR, 1 byte each way), new connections per second with one request each (CRR),
-//! and iperf3 stream throughput. Each cell is reported as the ratio to the baseline of the same
-//! repetition (median, min-max) plus absolute medians; also written as JSON and an SVG chart
-//! under target/bench/.
+//! connection (RR, 1 byte each way) and new connections per second with one request each
+//! (CRR), both from the generator below; iperf3 stream throughput; sockperf TCP ping-pong round
+//! trip (p50, p99). Each cell is reported as the ratio to the baseline of the same repetition
+//! (median, min-max) plus absolute medians; also written as JSON and an SVG chart under
+//! target/bench/.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,7 +47,15 @@ pub struct DatapathArgs {
     /// Rule counts (non-matching rules; one matching rule is always added).
     #[arg(long, value_delimiter = ',', default_value = "0,100,1000,10000")]
     pub rules: Vec<usize>,
-    /// Smoke run: 0.5 s per measurement, 2 repetitions, rule counts 0 and 100.
+    /// Which configurations besides baseline and empty-tc: any of palisade, ipt-stateless,
+    /// ipt-stateful, ipset.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "palisade,ipt-stateless,ipt-stateful,ipset"
+    )]
+    pub enforcers: Vec<String>,
+    /// Smoke run: 0.5 s per measurement (sockperf: 1 s), 2 repetitions, rule counts 0 and 100.
     #[arg(long)]
     pub quick: bool,
     /// Skip building the eBPF object and the release binaries.
@@ -59,9 +69,13 @@ pub struct DatapathArgs {
 const RR_PORT: u16 = 7001;
 const CRR_PORT: u16 = 7002;
 const STREAM_PORT: u16 = 5201;
+const PP_PORT: u16 = 7003;
 const CPU: usize = 0;
 const SET: &str = "plt-bench";
 const CHAIN: &str = "PLT-BENCH-FW";
+
+/// An enforcer's configuration at a rule count.
+type ConfigOf = fn(usize) -> Config;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Config {
@@ -118,14 +132,50 @@ struct Sample {
     crr: f64,
     /// Stream throughput, Gbit/s.
     stream_gbps: f64,
+    /// sockperf TCP ping-pong (14-byte messages, one connection): median round trip, µs.
+    pp_p50_us: f64,
+    /// sockperf: 99th percentile round trip, µs.
+    pp_p99_us: f64,
 }
 
-type Metric = (&'static str, fn(&Sample) -> f64);
+/// A measure in the table: name, value, and whether higher is better (rates) or lower
+/// (latencies). Ratios are always "this configuration's performance / baseline's": a rate
+/// divided by the baseline's rate, the baseline's latency divided by this latency. So 1.0 is
+/// as fast as no filtering and 0.9 is 10% slower, for every column.
+struct Metric {
+    name: &'static str,
+    value: fn(&Sample) -> f64,
+    higher_is_better: bool,
+}
 
-const METRICS: [Metric; 3] = [
-    ("TCP_RR", |s| s.rr),
-    ("TCP_CRR", |s| s.crr),
-    ("TCP_STREAM", |s| s.stream_gbps),
+impl Metric {
+    fn ratio(&self, s: &Sample, base: &Sample) -> f64 {
+        let (v, b) = ((self.value)(s), (self.value)(base));
+        if self.higher_is_better { v / b } else { b / v }
+    }
+}
+
+const METRICS: [Metric; 4] = [
+    Metric {
+        name: "TCP_RR",
+        value: |s| s.rr,
+        higher_is_better: true,
+    },
+    Metric {
+        name: "TCP_CRR",
+        value: |s| s.crr,
+        higher_is_better: true,
+    },
+    Metric {
+        name: "TCP_STREAM",
+        value: |s| s.stream_gbps,
+        higher_is_better: true,
+    },
+    Metric {
+        name: "PP_LAT",
+        value: |s| s.pp_p50_us,
+        higher_is_better: false,
+    },
 ];
 
 /// Everything the run needs about the lab.
@@ -158,10 +208,22 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
     let dur = Duration::from_secs_f64(seconds);
 
     let mut configs = vec![Config::Baseline, Config::EmptyTc];
-    configs.extend(rules.iter().map(|&n| Config::Palisade(n)));
-    configs.extend(rules.iter().map(|&n| Config::IptStateless(n)));
-    configs.extend(rules.iter().map(|&n| Config::IptStateful(n)));
-    configs.extend(rules.iter().map(|&n| Config::Ipset(n)));
+    let families: [(&str, ConfigOf); 4] = [
+        ("palisade", Config::Palisade),
+        ("ipt-stateless", Config::IptStateless),
+        ("ipt-stateful", Config::IptStateful),
+        ("ipset", Config::Ipset),
+    ];
+    for e in &args.enforcers {
+        if !families.iter().any(|(name, _)| name == e) {
+            bail!("unknown enforcer {e:?} (palisade, ipt-stateless, ipt-stateful, ipset)");
+        }
+    }
+    for (name, config) in families {
+        if args.enforcers.iter().any(|e| e == name) {
+            configs.extend(rules.iter().map(|&n| config(n)));
+        }
+    }
 
     let mut lab = Lab::start(LabConfig {
         agent: AgentMode::Required,
@@ -170,7 +232,7 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
     .context("starting the lab")?;
     let topo = topology(&lab)?;
     eprintln!(
-        "bench datapath: client y/b ({}) -> server x/a ({}) via {:?} in {}; {} configurations x {reps} repetitions x 3 measures of {seconds} s",
+        "bench datapath: client y/b ({}) -> server x/a ({}) via {:?} in {}; {} configurations x {reps} repetitions x 4 measures of {seconds} s",
         topo.client_ip,
         topo.server_ip,
         topo.veths,
@@ -178,7 +240,20 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
         configs.len()
     );
     tune_pods(&topo)?;
-    let _iperf = IperfServer::start(&topo)?;
+    let port = STREAM_PORT.to_string();
+    let _iperf = Daemon::start(
+        &topo,
+        "iperf3 -s",
+        &["iperf3", "-s", "-p", &port],
+        STREAM_PORT,
+    )?;
+    let (ip, port) = (topo.server_ip.to_string(), PP_PORT.to_string());
+    let _sockperf = Daemon::start(
+        &topo,
+        "sockperf server",
+        &["sockperf", "server", "--tcp", "-i", &ip, "-p", &port],
+        PP_PORT,
+    )?;
     let mut empty = EmptyTc::load(&bpf_object)?;
     let mut agent_up = true;
     let mut firewall = Firewall::new(&topo.node);
@@ -186,6 +261,13 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
     firewall.clean()?;
 
     let mut results: BTreeMap<Config, Vec<Sample>> = BTreeMap::new();
+    let load_before = loadavg();
+    // Four measures of `seconds` each plus ~1 s of tool start-up and sockperf warm-up per cell;
+    // configuration changes (10k-rule policies, iptables-restore) come on top.
+    eprintln!(
+        "bench datapath: expect about {:.0} min of measuring (load average before: {load_before})",
+        (configs.len() * reps) as f64 * (4.0 * seconds + 1.5) / 60.0
+    );
     let started = Instant::now();
     for rep in 0..reps {
         for &config in &configs {
@@ -220,13 +302,14 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
             }
             let sample = sample.with_context(|| format!("measuring {}", config.label()))?;
             eprintln!(
-                "rep {}/{reps} {:<18} RR {:>9.0}/s (p50 {:>6.1} µs)  CRR {:>8.0}/s  STREAM {:>6.2} Gbit/s  [{:.0} s]",
+                "rep {}/{reps} {:<18} RR {:>7.0}/s (p50 {:>5.1} µs)  CRR {:>6.0}/s  STREAM {:>5.2} Gbit/s  pp p50 {:>5.1} µs  [{:.0} s]",
                 rep + 1,
                 config.label(),
                 sample.rr,
                 sample.rr_p50_us,
                 sample.crr,
                 sample.stream_gbps,
+                sample.pp_p50_us,
                 started.elapsed().as_secs_f64()
             );
             results.entry(config).or_default().push(sample);
@@ -236,9 +319,20 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
         // Leave the lab as it was built (its teardown expects a running agent or none).
         start_agent(&mut lab, &topo)?;
     }
-    let report = Report::new(&configs, &results, seconds, reps);
+    let elapsed = started.elapsed();
+    let load_after = loadavg();
+    let mut report = Report::new(&configs, &results, seconds, reps);
+    report.run_secs = elapsed.as_secs_f64();
+    report.load = [load_before, load_after];
+    report.bpf_object = bpf_object.display().to_string();
     let table = report.table();
     println!("{table}");
+    println!(
+        "run time {:.1} min; load average before {}, after {}",
+        elapsed.as_secs_f64() / 60.0,
+        report.load[0],
+        report.load[1]
+    );
     let out_dir = args
         .out_dir
         .clone()
@@ -382,14 +476,21 @@ fn tune_pods(topo: &Topo) -> Result<()> {
     Ok(())
 }
 
-/// Kills the agent and removes its pinned links: nothing stays attached.
+/// Kills the agent and removes its pinned links (pod veths and uplink): nothing stays
+/// attached.
 fn stop_agent(lab: &mut Lab, topo: &Topo) -> Result<()> {
     lab.agent_mut(0).context("no agent")?.kill_hard()?;
     for e in std::fs::read_dir(&topo.links_dir)
         .with_context(|| format!("listing {}", topo.links_dir.display()))?
     {
         let p = e?.path();
-        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        // Per-veth pins are files; the uplink's pins are in a directory.
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        }
+        .with_context(|| format!("removing {}", p.display()))?;
     }
     Ok(())
 }
@@ -503,11 +604,10 @@ impl Firewall {
         }
         writeln!(t, "-A FORWARD -d {}/32 -j {CHAIN}", topo.server_ip).expect("String");
         if ipset {
-            writeln!(
-                t,
-                "-A {CHAIN} -p udp -m set --match-set {SET} src,dst -j ACCEPT"
-            )
-            .expect("String");
+            // No `-p`: every packet to the server, the bench's TCP included, is looked up in
+            // the set (source address, protocol and destination port), as kube-router's
+            // per-pod rules look up their sets; the entries keep each rule's protocol.
+            writeln!(t, "-A {CHAIN} -m set --match-set {SET} src,dst -j ACCEPT").expect("String");
         } else {
             for i in 0..rules {
                 let (hi, lo, port) = nonmatching(i);
@@ -619,24 +719,26 @@ impl EmptyTc {
     }
 }
 
-/// iperf3 server in the server pod, pinned to the bench CPU, killed on drop.
-struct IperfServer {
+/// A server (iperf3 or sockperf) in the server pod, pinned to the bench CPU, killed on drop.
+struct Daemon {
+    what: &'static str,
     child: Child,
 }
 
-impl IperfServer {
-    fn start(topo: &Topo) -> Result<Self> {
+impl Daemon {
+    /// Starts `args` under `taskset` in the server namespace and waits until something listens
+    /// on TCP `port` there.
+    fn start(topo: &Topo, what: &'static str, args: &[&str], port: u16) -> Result<Self> {
         let child = Command::new("ip")
             .args(["netns", "exec", &topo.server_ns, "taskset", "-c"])
             .arg(CPU.to_string())
-            .args(["iperf3", "-s", "-p"])
-            .arg(STREAM_PORT.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting iperf3 -s")?;
-        let server = IperfServer { child };
+            .with_context(|| format!("starting {what} ({args:?})"))?;
+        let server = Daemon { what, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = cmd_output(Command::new("ip").args([
@@ -645,27 +747,27 @@ impl IperfServer {
                 &topo.server_ns,
                 "ss",
                 "-Hltn",
-                &format!("sport = :{STREAM_PORT}"),
+                &format!("sport = :{port}"),
             ]))?;
             if !out.trim().is_empty() {
                 return Ok(server);
             }
             if Instant::now() > deadline {
-                bail!("iperf3 -s not listening on {STREAM_PORT} after 10 s");
+                bail!("{what} not listening on {port} after 10 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-impl Drop for IperfServer {
+impl Drop for Daemon {
     fn drop(&mut self) {
-        // `ip netns exec` execs iperf3 (same pid): kill the process we started.
+        // `ip netns exec` and `taskset` exec the server (same pid): kill the process we started.
         if let Err(e) = self.child.kill() {
-            eprintln!("killing iperf3 -s: {e}");
+            eprintln!("killing {}: {e}", self.what);
         }
         if let Err(e) = self.child.wait() {
-            eprintln!("waiting for iperf3 -s: {e}");
+            eprintln!("waiting for {}: {e}", self.what);
         }
     }
 }
@@ -726,11 +828,46 @@ fn measure(topo: &Topo, dur: Duration) -> Result<Sample> {
     let (rr, rr_p50_us) = rr(topo, dur)?;
     let crr = crr(topo, dur)?;
     let stream_gbps = stream(topo, dur)?;
+    let (pp_p50_us, pp_p99_us) = ping_pong(topo, dur)?;
     Ok(Sample {
         rr,
         rr_p50_us,
         crr,
         stream_gbps,
+        pp_p50_us,
+        pp_p99_us,
+    })
+}
+
+/// sockperf TCP ping-pong from the client pod to the server pod's `sockperf server`, both on
+/// the bench CPU, for `dur` (rounded up to whole seconds) including sockperf's own warm-up:
+/// median and p99 round trip, µs.
+fn ping_pong(topo: &Topo, dur: Duration) -> Result<(f64, f64)> {
+    // Whole seconds only; sockperf's -t includes its ~0.4 s warm-up, which is not measured.
+    let secs = dur.as_secs_f64().ceil().max(1.0) as u64;
+    let out = cmd_output(
+        Command::new("ip")
+            .args(["netns", "exec", &topo.client_ns, "taskset", "-c"])
+            .arg(CPU.to_string())
+            .args(["sockperf", "ping-pong", "--tcp", "--full-rtt", "-i"])
+            .arg(topo.server_ip.to_string())
+            .arg("-p")
+            .arg(PP_PORT.to_string())
+            .arg("-t")
+            .arg(secs.to_string()),
+    )?;
+    let p50 = sockperf_value(&out, "percentile 50.000 =")
+        .with_context(|| format!("no median in sockperf output: {out}"))?;
+    let p99 = sockperf_value(&out, "percentile 99.000 =")
+        .with_context(|| format!("no p99 in sockperf output: {out}"))?;
+    Ok((p50, p99))
+}
+
+/// The number after `key` on sockperf's summary lines ("---> percentile 50.000 =    8.457").
+fn sockperf_value(out: &str, key: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        let (_, rest) = l.split_once(key)?;
+        rest.split_whitespace().next()?.parse().ok()
     })
 }
 
@@ -884,12 +1021,19 @@ struct Row {
     /// Per metric: median of the absolute values.
     median: BTreeMap<String, f64>,
     rr_p50_us_median: f64,
+    pp_p99_us_median: f64,
 }
 
 struct Report {
     rows: Vec<Row>,
     seconds: f64,
     reps: usize,
+    /// Wall time of the interleaved sweep, s.
+    run_secs: f64,
+    /// /proc/loadavg before and after the sweep (the machine may be shared).
+    load: [String; 2],
+    /// The eBPF object the agent and the empty TC program were loaded from.
+    bpf_object: String,
 }
 
 impl Report {
@@ -906,17 +1050,18 @@ impl Report {
                 let samples = results.get(c).cloned().unwrap_or_default();
                 let mut ratio = BTreeMap::new();
                 let mut median = BTreeMap::new();
-                for (name, f) in METRICS {
+                for m in &METRICS {
                     let r: Vec<f64> = samples
                         .iter()
                         .zip(&base)
-                        .map(|(s, b)| f(s) / f(b))
+                        .map(|(s, b)| m.ratio(s, b))
                         .collect();
-                    ratio.insert(name.to_string(), stats(&r));
-                    let abs: Vec<f64> = samples.iter().map(f).collect();
-                    median.insert(name.to_string(), stats(&abs).0);
+                    ratio.insert(m.name.to_string(), stats(&r));
+                    let abs: Vec<f64> = samples.iter().map(m.value).collect();
+                    median.insert(m.name.to_string(), stats(&abs).0);
                 }
                 let p50: Vec<f64> = samples.iter().map(|s| s.rr_p50_us).collect();
+                let pp99: Vec<f64> = samples.iter().map(|s| s.pp_p99_us).collect();
                 Row {
                     config: c.label(),
                     family: c.family().into(),
@@ -925,6 +1070,7 @@ impl Report {
                     ratio,
                     median,
                     rr_p50_us_median: stats(&p50).0,
+                    pp_p99_us_median: stats(&pp99).0,
                 }
             })
             .collect();
@@ -932,6 +1078,9 @@ impl Report {
             rows,
             seconds,
             reps,
+            run_secs: 0.0,
+            load: Default::default(),
+            bpf_object: String::new(),
         }
     }
 
@@ -939,16 +1088,16 @@ impl Report {
         let mut t = String::new();
         writeln!(
             t,
-            "\nratio to baseline of the same repetition: median [min-max] over {} repetitions of {} s; absolute medians",
+            "\nratio to baseline of the same repetition (rates: value/baseline; PP_LAT: baseline/latency): median [min-max] over {} repetitions of {} s; absolute medians",
             self.reps, self.seconds
         )
         .expect("String");
         writeln!(
             t,
-            "| configuration | TCP_RR | TCP_CRR | TCP_STREAM | RR/s | RR p50 µs | CRR/s | Gbit/s |"
+            "| configuration | TCP_RR | TCP_CRR | TCP_STREAM | PP_LAT | RR/s | RR p50 µs | CRR/s | Gbit/s | pp p50 µs | pp p99 µs |"
         )
         .expect("String");
-        writeln!(t, "|---|---|---|---|---:|---:|---:|---:|").expect("String");
+        writeln!(t, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|").expect("String");
         for r in &self.rows {
             let cell = |m: &str| {
                 let (med, lo, hi) = r.ratio[m];
@@ -956,15 +1105,18 @@ impl Report {
             };
             writeln!(
                 t,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.2} | {:.1} | {:.1} |",
                 r.config,
                 cell("TCP_RR"),
                 cell("TCP_CRR"),
                 cell("TCP_STREAM"),
+                cell("PP_LAT"),
                 r.median["TCP_RR"],
                 r.rr_p50_us_median,
                 r.median["TCP_CRR"],
-                r.median["TCP_STREAM"]
+                r.median["TCP_STREAM"],
+                r.median["PP_LAT"],
+                r.pp_p99_us_median,
             )
             .expect("String");
         }
@@ -980,6 +1132,11 @@ impl Report {
             "seconds": self.seconds,
             "repetitions": self.reps,
             "machine": machine,
+            "bpf_object": self.bpf_object,
+            "git_head": git_head(),
+            "run_secs": self.run_secs,
+            "loadavg_before": self.load[0],
+            "loadavg_after": self.load[1],
             "rows": self.rows,
             "table": table,
         }))?)
@@ -989,7 +1146,7 @@ impl Report {
     /// stateless/stateful, ipset), the empty TC program as a dashed reference.
     fn svg(&self, rules: &[usize]) -> String {
         let (w, ph, pad) = (640.0, 240.0, 50.0);
-        let h = ph * 3.0 + 40.0;
+        let h = ph * METRICS.len() as f64 + 40.0;
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
         );
@@ -1001,7 +1158,7 @@ impl Report {
         ];
         let n = rules.len().max(1);
         let x = |i: usize| pad + (w - 2.0 * pad) * (i as f64 + 0.5) / n as f64;
-        for (p, (metric, _)) in METRICS.iter().enumerate() {
+        for (p, metric) in METRICS.iter().map(|m| m.name).enumerate() {
             let top = 20.0 + ph * p as f64;
             let y = |r: f64| top + 20.0 + (ph - 60.0) * (1.0 - r.clamp(0.0, 1.2) / 1.2);
             writeln!(
@@ -1031,7 +1188,7 @@ impl Report {
                 .expect("String");
             }
             if let Some(e) = self.rows.iter().find(|r| r.family == "empty-tc") {
-                let v = e.ratio[*metric].0;
+                let v = e.ratio[metric].0;
                 writeln!(
                     s,
                     "<line x1=\"{pad}\" x2=\"{x2}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#888\" stroke-dasharray=\"4 3\"/>",
@@ -1049,7 +1206,7 @@ impl Report {
                             .rows
                             .iter()
                             .find(|r| r.family == *fam && r.rules == Some(*n))?;
-                        let v = r.ratio[*metric].0;
+                        let v = r.ratio[metric].0;
                         v.is_finite().then(|| format!("{:.1},{:.1}", x(i), y(v)))
                     })
                     .collect();
@@ -1086,6 +1243,27 @@ impl Report {
         s.push_str("</svg>\n");
         s
     }
+}
+
+/// `git rev-parse HEAD` of the checkout (the binaries may include uncommitted changes).
+fn git_head() -> String {
+    cmd_output(
+        Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(crate::build::root()),
+    )
+    .map(|s| s.trim().to_string())
+    .unwrap_or_default()
+}
+
+/// The first three fields of /proc/loadavg.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn machine() -> serde_json::Value {
