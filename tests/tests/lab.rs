@@ -82,6 +82,32 @@ fn privileged_lab_two_nodes_without_policies_everything_is_reachable() {
     }
 }
 
+/// Without agents (baseline) nobody programs routes from Node objects: the lab routes the pod
+/// CIDRs over the underlay itself.
+#[test]
+fn privileged_lab_three_nodes_without_agents_the_lab_routes_the_pods() {
+    if !require_privileges("privileged_lab_three_nodes_without_agents_the_lab_routes_the_pods") {
+        return;
+    }
+    let lab = Lab::start(LabConfig {
+        nodes: 3,
+        ..config(AgentMode::Off)
+    })
+    .expect("lab starts");
+    assert!(!lab.enforcing());
+    for family in [Family::V4, Family::V6] {
+        let observed = lab
+            .probe_all(&[80], &[Protocol::Tcp, Protocol::Udp], family)
+            .expect("probes run");
+        let expected = Reachability::all_reachable_like(&observed);
+        assert_reachability(
+            &format!("three nodes, no agent, {family}"),
+            &expected,
+            &observed,
+        );
+    }
+}
+
 #[test]
 fn privileged_lab_applied_pod_is_added_probed_and_removed() {
     if !require_privileges("privileged_lab_applied_pod_is_added_probed_and_removed") {
