@@ -194,20 +194,20 @@ fn privileged_services_baseline_every_pod_reaches_every_backend_through_cluster_
     }
 }
 
-/// Baseline, two nodes: backends on the other node are reached through the ClusterIP too.
+/// Baseline, three nodes: backends on other nodes are reached through the ClusterIP too.
 #[test]
-fn privileged_services_baseline_two_nodes_backends_on_other_node() {
-    if !require_privileges("privileged_services_baseline_two_nodes_backends_on_other_node") {
+fn privileged_services_baseline_three_nodes_backends_on_other_nodes() {
+    if !require_privileges("privileged_services_baseline_three_nodes_backends_on_other_nodes") {
         return;
     }
-    let lab = lab_with_services(AgentMode::Off, 2, 0, false);
+    let lab = lab_with_services(AgentMode::Off, 3, 0, false);
     for family in [Family::V4, Family::V6] {
         let observed = lab
             .probe_services(&targets(&lab, family, 0), &cases(), family)
             .expect("probes run");
         let expected = Reachability::all_reachable_like(&observed);
         if let Some(d) = expected.diff(&observed, true) {
-            panic!("no agent, two nodes, {family}:\n{d}");
+            panic!("no agent, three nodes, {family}:\n{d}");
         }
     }
 }
@@ -399,16 +399,9 @@ fn privileged_services_baseline_random_dnat_reaches_every_backend() {
     }
 }
 
-/// (d) A Service whose backends are partly allowed: x/a may reach y/a and y/b but not y/c.
-/// Of 45 new flows through the ClusterIP (TCP connections, UDP exchanges), every answered one
-/// comes from an allowed backend, both allowed backends answer, and y/c never does (the flows
-/// DNATed to it get no answer).
-#[test]
-fn privileged_services_partly_allowed_backends_only_allowed_ones_answer() {
-    if !require_privileges("privileged_services_partly_allowed_backends_only_allowed_ones_answer") {
-        return;
-    }
-    let mut lab = Lab::start(config(AgentMode::Required, 1)).expect("lab starts");
+/// Runs (d) on a lab of `nodes` nodes (see the tests below).
+fn partly_allowed_backends(nodes: usize) {
+    let mut lab = Lab::start(config(AgentMode::Required, nodes)).expect("lab starts");
     lab.apply_services("web", WEB_SERVICE).expect("web applied");
     lab.apply_yaml(
         "egress-partly",
@@ -427,6 +420,14 @@ spec:
     )
     .expect("policy applied");
     lab.wait_synced().expect("synced");
+    let node_of = |id: &str| lab.model().pod(id).map(|p| p.node);
+    eprintln!(
+        "client x/a on node {:?}; backends y/a {:?}, y/b {:?}, y/c (forbidden) {:?}",
+        node_of("x/a"),
+        node_of("y/a"),
+        node_of("y/b"),
+        node_of("y/c")
+    );
     let allowed: BTreeSet<String> = ["y/a", "y/b"].map(String::from).into();
     for family in [Family::V4, Family::V6] {
         for protocol in Protocol::ALL {
@@ -447,14 +448,40 @@ spec:
     assert_eq!(ids.len(), 3, "x/b has no egress policy: {got:?}");
 }
 
-/// (e) Backends on another node: with two nodes (pods round robin, so x/a on n0 and x/b, y/a
-/// on n1), the truth tables hold through ClusterIPs across the underlay.
+/// (d) A Service whose backends are partly allowed: x/a may reach y/a and y/b but not y/c.
+/// Of 45 new flows through the ClusterIP (TCP connections, UDP exchanges), every answered one
+/// comes from an allowed backend, both allowed backends answer, and y/c never does (the flows
+/// DNATed to it get no answer; each backend is missed with probability (2/3)^45 < 1e-7).
 #[test]
-fn privileged_services_two_nodes_truth_tables_hold_through_cluster_ips() {
-    if !require_privileges("privileged_services_two_nodes_truth_tables_hold_through_cluster_ips") {
+fn privileged_services_partly_allowed_backends_only_allowed_ones_answer() {
+    if !require_privileges("privileged_services_partly_allowed_backends_only_allowed_ones_answer") {
         return;
     }
-    let mut lab = lab_with_services(AgentMode::Required, 2, 0, false);
+    partly_allowed_backends(1);
+}
+
+/// (d) and (e) across nodes: three nodes, pods round robin, so the client x/a and the allowed
+/// y/a share node n0 while the allowed y/b (n1) and the forbidden y/c (n2) are remote: the
+/// translated packet to a remote backend is judged where it leaves the node.
+#[test]
+fn privileged_services_three_nodes_partly_allowed_backends_only_allowed_ones_answer() {
+    if !require_privileges(
+        "privileged_services_three_nodes_partly_allowed_backends_only_allowed_ones_answer",
+    ) {
+        return;
+    }
+    partly_allowed_backends(3);
+}
+
+/// (e) Backends on other nodes: with three nodes (pods round robin: x/a on n0, x/b on n1, x/c
+/// on n2, ...), the truth tables hold through ClusterIPs across the underlay.
+#[test]
+fn privileged_services_three_nodes_truth_tables_hold_through_cluster_ips() {
+    if !require_privileges("privileged_services_three_nodes_truth_tables_hold_through_cluster_ips")
+    {
+        return;
+    }
+    let mut lab = lab_with_services(AgentMode::Required, 3, 0, false);
     let failures = run_cases(&mut lab, 0, &TRUTH_TABLE_CASES[..2]);
     assert_no_failures(failures, 4);
 }
