@@ -10,6 +10,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,6 +127,17 @@ impl Lab {
             .arg(format!("--log-facility={}", log.display()));
         for (name, ip) in records {
             cmd.arg(format!("--host-record={name},{ip}"));
+        }
+        // If the test process dies without dropping the guard, dnsmasq dies with it (the
+        // signal comes when the spawning thread exits, which outlives the guard in a test).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let what = format!("{cmd:?}");
         let child = cmd
