@@ -43,7 +43,11 @@ fn cases() -> Vec<Case> {
 /// A lab with a Service per pod (`port_offset` added to every Service port; `named` targets
 /// by the pods' port names).
 fn lab_with_services(agent: AgentMode, nodes: usize, port_offset: u16, named: bool) -> Lab {
-    let mut lab = Lab::start(config(agent, nodes)).expect("lab starts");
+    services_on(config(agent, nodes), port_offset, named)
+}
+
+fn services_on(config: LabConfig, port_offset: u16, named: bool) -> Lab {
+    let mut lab = Lab::start(config).expect("lab starts");
     eprintln!("lab {}: {}", lab.id(), lab.mode());
     let yaml = per_pod_services_yaml(&lab.model().pods, port_offset, named);
     lab.apply_services("services", &yaml)
@@ -66,6 +70,15 @@ struct PolicyCase {
 
 /// Applies each case, probes every pod through every pod's Service in v4 and v6, compares.
 fn run_cases(lab: &mut Lab, port_offset: u16, cases_: &[PolicyCase]) -> Vec<String> {
+    run_cases_with(lab, port_offset, &cases(), cases_)
+}
+
+fn run_cases_with(
+    lab: &mut Lab,
+    port_offset: u16,
+    probe_cases: &[Case],
+    cases_: &[PolicyCase],
+) -> Vec<String> {
     let mut failures = Vec::new();
     for case in cases_ {
         lab.apply_yaml(case.name, case.manifests)
@@ -76,7 +89,7 @@ fn run_cases(lab: &mut Lab, port_offset: u16, cases_: &[PolicyCase]) -> Vec<Stri
             let t = targets(lab, family, port_offset);
             let start = std::time::Instant::now();
             let observed = lab
-                .probe_services(&t, &cases(), family)
+                .probe_services(&t, probe_cases, family)
                 .unwrap_or_else(|e| panic!("{}: probe: {e}", case.name));
             let mut expected = Reachability::all_reachable_like(&observed);
             (case.expect)(&mut expected);
@@ -484,4 +497,70 @@ fn privileged_services_three_nodes_truth_tables_hold_through_cluster_ips() {
     let mut lab = lab_with_services(AgentMode::Required, 3, 0, false);
     let failures = run_cases(&mut lab, 0, &TRUTH_TABLE_CASES[..2]);
     assert_no_failures(failures, 4);
+}
+
+/// The conformance model's lab (its pods serve SCTP too; this kernel has no SCTP sockets, so
+/// an SCTP probe is a crafted INIT that the backend's raw socket must receive).
+fn sctp_config(agent: AgentMode) -> LabConfig {
+    LabConfig {
+        conformance_addresses: true,
+        ..config(agent, 1)
+    }
+}
+
+fn sctp_and_tcp_cases() -> Vec<Case> {
+    PORTS
+        .iter()
+        .flat_map(|&port| [Protocol::Sctp, Protocol::Tcp].map(|protocol| Case { port, protocol }))
+        .collect()
+}
+
+/// Baseline: SCTP through ClusterIPs (Service ports 1080/1081 -> 80/81): kube-proxy's
+/// `-p sctp` DNAT reaches every backend.
+#[test]
+fn privileged_services_baseline_sctp_through_cluster_ips() {
+    if !require_privileges("privileged_services_baseline_sctp_through_cluster_ips") {
+        return;
+    }
+    let lab = services_on(sctp_config(AgentMode::Off), 1000, false);
+    for family in [Family::V4, Family::V6] {
+        let observed = lab
+            .probe_services(&targets(&lab, family, 1000), &sctp_and_tcp_cases(), family)
+            .expect("probes run");
+        let expected = Reachability::all_reachable_like(&observed);
+        if let Some(d) = expected.diff(&observed, true) {
+            panic!("no agent, SCTP through ClusterIPs, {family}:\n{d}");
+        }
+    }
+}
+
+/// SCTP through a Service port that differs from the target port: an egress rule on SCTP 80
+/// (the pods' port) admits exactly SCTP to namespace y through Service port 1080.
+#[test]
+fn privileged_services_sctp_egress_is_judged_on_the_target_port() {
+    if !require_privileges("privileged_services_sctp_egress_is_judged_on_the_target_port") {
+        return;
+    }
+    let mut lab = services_on(sctp_config(AgentMode::Required), 1000, false);
+    let cases_ = [PolicyCase {
+        name: "egress_of_x_a_on_sctp_80_to_y",
+        manifests: "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-sctp, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {matchLabels: {ns: y}}}]
+      ports: [{protocol: SCTP, port: 80}]
+",
+        expect: |r| {
+            r.expect_all_egress("x/a", false);
+            r.table_mut(80, Protocol::Sctp)
+                .set_peers(&Peer::pod("x", "a"), &Peer::ns("y"), true);
+        },
+    }];
+    let failures = run_cases_with(&mut lab, 1000, &sctp_and_tcp_cases(), &cases_);
+    assert_no_failures(failures, 2);
 }

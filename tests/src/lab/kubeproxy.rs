@@ -409,9 +409,10 @@ pub fn endpoint_slices_for(svc: &Service, pods: &[(&ModelPod, &[IpAddr])]) -> Ve
 
 /// A Service per pod of `pods` for probing the truth tables through ClusterIPs: Service
 /// `svc-<pod>` in the pod's namespace, selecting it alone (`pod=<name>`, the model's label),
-/// dual stack with ClusterIPs `10.96.1.<i+1>` and `fd00:10:96::1<i+1>` (two decimal digits), and one port per
-/// model case: name `p<port>-<proto>`, `port` = target port + `port_offset`, `targetPort` the
-/// model port by number or, with `named_target`, by the pod's port name (`serve-80-tcp`).
+/// dual stack with ClusterIPs `10.96.1.<i+1>` and `fd00:10:96::1<i+1>` (two decimal digits),
+/// and one port per model case (TCP, UDP, SCTP): name `p<port>-<proto>`, `port` the target
+/// port plus `port_offset`, `targetPort` the model port by number or, with `named_target`, by
+/// the pod's port name (`serve-80-tcp`).
 pub fn per_pod_services_yaml(pods: &[ModelPod], port_offset: u16, named_target: bool) -> String {
     let mut out = String::new();
     for (i, p) in pods.iter().enumerate() {
@@ -423,8 +424,13 @@ pub fn per_pod_services_yaml(pods: &[ModelPod], port_offset: u16, named_target: 
             ns = p.namespace,
             n = i + 1
         ));
+        // One Service port per (port, protocol): a pod may name the same port twice (the
+        // conformance model's `web`), and a Service may not repeat a port.
+        let mut seen = BTreeSet::new();
         for mp in &p.ports {
-            if !matches!(mp.protocol, Protocol::Tcp | Protocol::Udp) {
+            if !matches!(mp.protocol, Protocol::Tcp | Protocol::Udp | Protocol::Sctp)
+                || !seen.insert((mp.port, mp.protocol))
+            {
                 continue;
             }
             let target = if named_target {
@@ -951,5 +957,16 @@ endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}, {addresses: [10.0.
             ports[0].target_port,
             Some(IntOrString::String("serve-80-tcp".into()))
         );
+        // The conformance model: SCTP ports too, and `web` (a second name for one of them)
+        // does not repeat a Service port.
+        let c = model::Model::conformance();
+        let (s, _) = objects(&per_pod_services_yaml(&c.pods, 0, false));
+        let ports = s[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.clone())
+            .expect("ports");
+        assert_eq!(ports.len(), 6, "{ports:?}");
+        assert!(ports.iter().any(|p| p.protocol.as_deref() == Some("SCTP")));
     }
 }
