@@ -564,3 +564,71 @@ spec:
     let failures = run_cases_with(&mut lab, 1000, &sctp_and_tcp_cases(), &cases_);
     assert_no_failures(failures, 2);
 }
+
+/// Baseline: kube-proxy follows endpoint changes. `y/web` first has three backends; y/c loses
+/// the label (its endpoint leaves the regenerated slice): the rules are reloaded, its
+/// `KUBE-SEP` chain is deleted, and every flow lands on y/a or y/b. Removing the Service
+/// removes every `KUBE-SVC`/`KUBE-SEP` chain of every node.
+#[test]
+fn privileged_services_baseline_endpoint_changes_reprogram_the_rules() {
+    if !require_privileges("privileged_services_baseline_endpoint_changes_reprogram_the_rules") {
+        return;
+    }
+    let mut lab = Lab::start(config(AgentMode::Off, 1)).expect("lab starts");
+    let (pods, service) = WEB_SERVICE
+        .split_once("---\napiVersion: v1\nkind: Service")
+        .expect("WEB_SERVICE has pods, then the Service");
+    let service = format!("apiVersion: v1\nkind: Service{service}");
+    lab.apply_yaml("web-pods", pods).expect("pods labelled");
+    lab.apply_services("web", &service).expect("web applied");
+    let (ids, _, got) = answers(&lab, "x/a", Family::V4, Protocol::Tcp, 45);
+    assert_eq!(ids.len(), 3, "three backends: {got:?}");
+    let chains = |lab: &Lab| -> Vec<String> {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.node_netns()[0],
+                "iptables-save",
+                "-t",
+                "nat",
+            ])
+            .output()
+            .expect("iptables-save runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(":KUBE-SVC-") || l.starts_with(":KUBE-SEP-"))
+            .map(String::from)
+            .collect()
+    };
+    // 2 Service ports x (1 SVC + 3 SEP chains).
+    assert_eq!(chains(&lab).len(), 8, "{:?}", chains(&lab));
+    lab.apply_yaml(
+        "web-pods",
+        &pods.replace("labels: {pod: c, app: web}", "labels: {pod: c}"),
+    )
+    .expect("y/c relabelled");
+    lab.apply_services("web", &service).expect("web re-applied");
+    assert_eq!(chains(&lab).len(), 6, "{:?}", chains(&lab));
+    for protocol in Protocol::ALL {
+        let (ids, unanswered, got) = answers(&lab, "x/a", Family::V4, protocol, 45);
+        let two: BTreeSet<String> = ["y/a", "y/b"].map(String::from).into();
+        assert_eq!(ids, two, "{protocol}: y/c is no endpoint any more: {got:?}");
+        assert_eq!(unanswered, 0, "{protocol}: {got:?}");
+    }
+    lab.remove_services("web").expect("web removed");
+    assert!(chains(&lab).is_empty(), "{:?}", chains(&lab));
+    let got = lab
+        .who_answers(
+            "x/a",
+            "10.96.2.1:80".parse().expect("address"),
+            Protocol::Tcp,
+            5,
+            Duration::from_millis(500),
+        )
+        .expect("connections run");
+    assert!(
+        got.iter().all(Option::is_none),
+        "no Service, no translation: {got:?}"
+    );
+}
