@@ -448,16 +448,20 @@ pub fn masquerade_spec(
 }
 
 /// Keeps the node's routes and masquerade rules in line with the Nodes; owned by the agent.
-/// Work happens only when the Nodes changed or the last attempt had errors (or on `force`,
-/// the periodic resync, which repairs routes someone else removed).
+///
+/// Work happens only when what the Nodes mean for this node changed (the route plan or the
+/// masquerade rules: a Node's heartbeat changes the object, not the plan), or on `force` (the
+/// periodic resync, which also retries what failed and repairs routes someone removed). So a
+/// failing `nft` or netlink call is retried once per resync, never on a CNI ADD's path.
 pub struct NodeNetwork {
     cfg: NetworkConfig,
     own: String,
     router: Router,
-    applied_nodes: Option<BTreeMap<String, Arc<Node>>>,
+    /// The route plan and masquerade script of the last sync.
+    last_inputs: Option<(Option<Plan>, String)>,
+    /// The masquerade script last applied successfully.
     applied_masq: Option<String>,
     problems: Vec<Problem>,
-    failed: bool,
 }
 
 impl NodeNetwork {
@@ -466,10 +470,9 @@ impl NodeNetwork {
             cfg,
             own,
             router: Router,
-            applied_nodes: None,
+            last_inputs: None,
             applied_masq: None,
             problems: Vec::new(),
-            failed: false,
         }
     }
 
@@ -478,24 +481,21 @@ impl NodeNetwork {
         &self.problems
     }
 
-    /// Syncs routes and masquerade with `nodes` if they changed since the last sync, the last
-    /// one failed, or `force`. Errors become problems; nothing panics.
+    /// Syncs routes and masquerade with `nodes` if their meaning for this node changed since
+    /// the last sync, or on `force`. Errors become problems; nothing panics.
     pub fn sync(&mut self, nodes: &BTreeMap<String, Arc<Node>>, force: bool) {
-        let same = self.applied_nodes.as_ref().is_some_and(|a| {
-            a.len() == nodes.len()
-                && a.iter()
-                    .zip(nodes)
-                    .all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
-        });
-        if same && !self.failed && !force {
+        let route_plan = self.cfg.routes.then(|| plan(nodes, &self.own));
+        let spec = masquerade_spec(&self.cfg, nodes, &self.own);
+        let script = crate::masquerade::ruleset(spec.as_ref());
+        let inputs = (route_plan, script);
+        if !force && self.last_inputs.as_ref() == Some(&inputs) {
             return;
         }
+        let (route_plan, script) = &inputs;
         let mut problems = Vec::new();
-        let mut failed = false;
-        if self.cfg.routes {
-            let p = plan(nodes, &self.own);
+        if let Some(p) = route_plan {
             problems.extend(p.problems.iter().cloned());
-            match self.router.sync(&p) {
+            match self.router.sync(p) {
                 Ok(ch) => {
                     if !(ch.added.is_empty() && ch.replaced.is_empty() && ch.removed.is_empty()) {
                         tracing::info!(
@@ -511,11 +511,9 @@ impl NodeNetwork {
                                 .collect::<Vec<_>>()
                         );
                     }
-                    failed |= !ch.problems.is_empty();
                     problems.extend(ch.problems);
                 }
                 Err(e) => {
-                    failed = true;
                     problems.push(Problem {
                         object: format!("node {}", self.own),
                         field: "routes".into(),
@@ -524,9 +522,7 @@ impl NodeNetwork {
                 }
             }
         }
-        let spec = masquerade_spec(&self.cfg, nodes, &self.own);
-        let script = crate::masquerade::ruleset(spec.as_ref());
-        if self.applied_masq.as_deref() != Some(script.as_str()) {
+        if self.applied_masq.as_ref() != Some(script) {
             match crate::masquerade::apply(spec.as_ref()) {
                 Ok(()) => {
                     tracing::info!(
@@ -546,10 +542,9 @@ impl NodeNetwork {
                             None => "off".into(),
                         }
                     );
-                    self.applied_masq = Some(script);
+                    self.applied_masq = Some(script.clone());
                 }
                 Err(e) => {
-                    failed = true;
                     self.applied_masq = None;
                     problems.push(Problem {
                         object: format!("nftables table inet {}", crate::masquerade::TABLE),
@@ -565,8 +560,7 @@ impl NodeNetwork {
             }
         }
         self.problems = problems;
-        self.failed = failed;
-        self.applied_nodes = Some(nodes.clone());
+        self.last_inputs = Some(inputs);
     }
 }
 

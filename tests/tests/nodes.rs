@@ -318,3 +318,58 @@ fn privileged_nodes_masquerade_only_traffic_leaving_the_cluster() {
         );
     }
 }
+
+/// A route to a pod CIDR that someone else wrote (another protocol) is never overwritten: the
+/// agent reports it; once it is gone, the periodic resync writes Palisade's own.
+#[test]
+fn privileged_nodes_foreign_route_to_a_pod_cidr_is_reported_and_left_alone() {
+    if !require_privileges(
+        "privileged_nodes_foreign_route_to_a_pod_cidr_is_reported_and_left_alone",
+    ) {
+        return;
+    }
+    let mut lab = enforcing_lab(2);
+    let ns = lab.node_netns()[0].to_string();
+    lab.agent_mut(0)
+        .expect("agent n0")
+        .kill_hard()
+        .expect("kill");
+    netns::ip(&["-n", &ns, "route", "del", "10.244.1.0/24"]).expect("delete own route");
+    netns::ip(&[
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.244.1.0/24",
+        "via",
+        "192.168.254.2",
+        "proto",
+        "static",
+    ])
+    .expect("foreign route");
+    lab.agent_mut(0)
+        .expect("agent n0")
+        .respawn()
+        .expect("respawn");
+    lab.wait_synced().expect("synced");
+    let status = lab.agent_status().expect("status").remove(0);
+    assert!(
+        status.contains("not written by Palisade"),
+        "the conflict is reported: {status}"
+    );
+    let routes = netns::ip(&["-n", &ns, "route", "show", "10.244.1.0/24"]).expect("routes");
+    assert!(
+        routes.contains("proto static"),
+        "foreign route kept: {routes}"
+    );
+    // Gone: the next periodic resync (10 s) writes the agent's own route.
+    netns::ip(&["-n", &ns, "route", "del", "10.244.1.0/24"]).expect("delete foreign route");
+    wait_for(
+        "n0's own route to n1's pods back",
+        Duration::from_secs(30),
+        || {
+            lab.palisade_routes(0)
+                .is_ok_and(|r| r == lab.expected_pod_routes()[0])
+        },
+    );
+}
