@@ -684,6 +684,48 @@ mod tests {
     }
 
     #[test]
+    fn masquerade_exempts_cluster_and_service_cidrs_defaulting_to_every_nodes_pod_cidrs() {
+        let nodes = BTreeMap::from([
+            node(
+                "n0",
+                &["10.244.0.0/24", "fd00:10:244::/64"],
+                &["192.168.254.1"],
+            ),
+            node("n1", &["10.244.1.0/24"], &["192.168.254.2"]),
+        ]);
+        let strs = |v: &[Cidr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let mut cfg = NetworkConfig {
+            service_cidrs: vec![c("10.96.0.0/12")],
+            ..NetworkConfig::default()
+        };
+        // No --cluster-cidr: the union of the Nodes' pod CIDRs.
+        let spec = masquerade_spec(&cfg, &nodes, "n0").unwrap();
+        assert_eq!(strs(&spec.pod_cidrs), ["10.244.0.0/24", "fd00:10:244::/64"]);
+        assert_eq!(
+            strs(&spec.no_masquerade),
+            [
+                "10.96.0.0/12",
+                "10.244.0.0/24",
+                "10.244.1.0/24",
+                "fd00:10:244::/64"
+            ]
+        );
+        cfg.cluster_cidrs = vec![c("10.244.0.0/16")];
+        let spec = masquerade_spec(&cfg, &nodes, "n1").unwrap();
+        assert_eq!(strs(&spec.pod_cidrs), ["10.244.1.0/24"]);
+        assert_eq!(strs(&spec.no_masquerade), ["10.96.0.0/12", "10.244.0.0/16"]);
+        // A node the Nodes do not list yet translates nothing; --masquerade=false: no rules.
+        assert!(
+            masquerade_spec(&cfg, &nodes, "n7")
+                .unwrap()
+                .pod_cidrs
+                .is_empty()
+        );
+        cfg.masquerade = false;
+        assert!(masquerade_spec(&cfg, &nodes, "n0").is_none());
+    }
+
+    #[test]
     fn cidr_parse_clears_host_bits_and_rejects_garbage() {
         assert_eq!(c("10.244.1.7/24").to_string(), "10.244.1.0/24");
         assert_eq!(c("fd00:10:244:1::9/64").to_string(), "fd00:10:244:1::/64");
