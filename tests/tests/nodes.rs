@@ -71,12 +71,16 @@ fn routes_for(nodes: &[Value], own: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Waits until all three nodes hold the routes `nodes` ask for; prints how long it took from
+/// the call (the manifest was just written).
 fn wait_routes(lab: &Lab, nodes: &[Value], step: &str) {
+    let start = Instant::now();
     let want: Vec<Vec<(String, String)>> = (0..3)
         .map(|i| routes_for(nodes, &format!("n{i}")))
         .collect();
     lab.wait_pod_routes(&want)
         .unwrap_or_else(|e| panic!("{step}: {e}"));
+    eprintln!("{step}: routes on every node after {:?}", start.elapsed());
 }
 
 /// Polls `cond` every 20 ms for at most `limit`.
