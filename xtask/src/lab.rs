@@ -12,7 +12,7 @@ use crate::build::{self, BuildArgs, root};
 #[derive(clap::Args)]
 pub struct LabArgs {
     /// Simulated nodes (pods are spread over them round robin).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub nodes: u8,
     /// Directory (or file) of manifests to apply: NetworkPolicies, and Namespace/Pod objects
     /// that change the model's labels or add pods.
@@ -51,7 +51,7 @@ pub struct CommonArgs {
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// Simulated nodes.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub nodes: u8,
     #[command(flatten)]
     pub common: CommonArgs,
