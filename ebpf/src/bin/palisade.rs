@@ -33,8 +33,8 @@ use palisade_common::{
 use palisade_ebpf::{
     addr_eq,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
-    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES},
-    parse::{FRAG_FIRST, FRAG_LATER, Packet, TCP_FIN, TCP_RST, Tuple, parse},
+    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch},
+    parse::{FRAG_FIRST, FRAG_LATER, TCP_FIN, TCP_RST, Tuple, parse},
     policy, stats,
 };
 
@@ -138,6 +138,61 @@ fn to_service(t: &Tuple) -> bool {
     unsafe { SERVICES.get(k) }.is_some()
 }
 
+/// Copies `*src` to `*dst` as 8-byte words. A plain assignment between map memory compiles to
+/// a call of `memmove` (source and destination may alias), which the BPF target implements as
+/// a loop of 5 instructions per byte; this is 2 instructions per word.
+///
+/// # Safety
+/// Both pointers valid for `size_of::<T>()` bytes and 8-byte aligned.
+#[inline(always)]
+unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
+    let (d, s) = (dst as *mut u64, src as *const u64);
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: in bounds and aligned (caller). Volatile: kept as word moves, never merged
+        // back into a `memmove` call.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
+}
+
+/// Sets `*dst` to zero bytes, 8 at a time (a plain `= ZERO` compiles to a byte-loop `memset`
+/// call, as in `copy_words`).
+///
+/// # Safety
+/// `dst` valid for `size_of::<T>()` bytes and 8-byte aligned; all zero bytes is a valid `T`.
+#[inline(always)]
+unsafe fn zero_words<T>(dst: *mut T) {
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
+    let d = dst as *mut u64;
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: in bounds and aligned (caller).
+        unsafe { core::ptr::write_volatile(d.add(i), 0) };
+        i += 1;
+    }
+}
+
+// `copy_words` / `zero_words` on the scratch entry's `ep` and `pkt`: 8-byte aligned offsets
+// (the entry itself is a map value, 8-byte aligned).
+const _: () = assert!(core::mem::offset_of!(Scratch, ep).is_multiple_of(8));
+const _: () = assert!(core::mem::offset_of!(Scratch, pkt).is_multiple_of(8));
+
+/// The facts of a packet decided before conntrack: spoofed, or to/from a host address.
+#[inline(always)]
+fn host_or_spoofed(spoofed: bool, peer_is_host: bool) -> Facts {
+    Facts {
+        spoofed,
+        peer_is_host,
+        ct: CtMatch::New,
+        ct_current: false,
+        isolated: false,
+        allow_rule: 0,
+        untracked_fragment: false,
+    }
+}
+
 #[inline(always)]
 fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
     let bit = if dir == DIR_INGRESS {
@@ -158,10 +213,12 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 ///    an untracked fragment (only all-ports rules can admit it).
 /// 4. Anti-spoofing (`from_pod` only): the source must be the pod's address. (A deferred
 ///    judgement skips it: `from_pod` checked it, and the kernel may since have masqueraded it.)
-/// 5. Host peer: the peer address is in `pal_host_v1`.
-/// 6. Conntrack (skipped when 4 or 5 already decide): established, reply, related, or new.
-/// 6b. Service (`from_pod` only): a new flow whose destination is in `pal_svc_v1`, or a packet
-///    of a `CT_SERVICE` flow: tracked as `CT_SERVICE`, marked `SVC_MARK`, passed as
+/// 5. Host peer (an untracked packet only): the peer address is in `pal_host_v1`.
+/// 6. Conntrack (skipped when 4 already decides): established, reply, related, or new. It is
+///    looked up before 5, which it makes unnecessary for a tracked flow: host traffic is never
+///    tracked (so the host lookup is paid only by packets of untracked flows).
+///    Then, `from_pod` only: a new flow whose destination is in `pal_svc_v1`, or a packet of
+///    a `CT_SERVICE` flow, is tracked as `CT_SERVICE`, marked `SVC_MARK` and passed as
 ///    `SERVICE_DEFERRED` (judged after translation).
 /// 7. Policy lookups, only when the verdict depends on them: a new flow, or a tracked flow
 ///    admitted under another `policy_gen`, at an endpoint isolated in the direction the flow was
@@ -172,12 +229,7 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 ///    refreshed (and re-stamped with the current policy), a flow the new policy forbids is
 ///    forgotten.
 #[inline(always)]
-fn evaluate(
-    ctx: &TcContext,
-    dir: u8,
-    ep_ifindex: u32,
-    deferred: bool,
-) -> Result<Verdict, Reason> {
+fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result<Verdict, Reason> {
     let s = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch entry; a TC program run is not preempted by another run
         // on the same CPU.
@@ -186,18 +238,20 @@ fn evaluate(
     };
 
     // 1.
-    // SAFETY: copied out, so a concurrent agent update cannot tear it mid-evaluation.
-    s.ep = match unsafe { ENDPOINTS.get(ep_ifindex) } {
-        Some(ep) => *ep,
+    match ENDPOINTS.get_ptr(ep_ifindex) {
+        // SAFETY: copied out, so a concurrent agent update cannot tear it mid-evaluation;
+        // both are 8-byte aligned (map value, and the scratch entry's first field).
+        Some(ep) => unsafe { copy_words(&mut s.ep, ep) },
         None => return Err(Reason::NO_ENDPOINT),
-    };
+    }
     let ep = &s.ep;
     if deferred && !isolated(ep, DIR_EGRESS) {
         return Ok(Verdict::pass(Reason::NOT_ISOLATED, 0));
     }
 
     // 2.
-    s.pkt = Packet::ZERO;
+    // SAFETY: `Packet::ZERO` is all zero bytes; 8-byte aligned (offset 40 of the entry).
+    unsafe { zero_words(&mut s.pkt) };
     let pkt = &mut s.pkt;
     parse(ctx, dir, ep, pkt)?;
 
@@ -216,8 +270,17 @@ fn evaluate(
     // 4.
     let spoofed = dir == DIR_EGRESS && !deferred && !own_source(ep, &pkt.t);
 
+    if spoofed {
+        return Ok(decide(&host_or_spoofed(true, false)));
+    }
+
+    // 6. (before 5: a tracked flow needs no host lookup, host traffic is never tracked.)
+    let now = conntrack::now();
+    let key = &mut s.key;
+    let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
+
     // 5.
-    let peer_is_host = !spoofed && {
+    if ct == CT_NEW {
         let peer = if dir == DIR_INGRESS {
             pkt.t.saddr
         } else {
@@ -229,26 +292,11 @@ fn evaluate(
             addr_be: peer,
         };
         // SAFETY: presence check only.
-        unsafe { HOST_ADDRS.get(hk) }.is_some()
-    };
-    if spoofed || peer_is_host {
-        let f = Facts {
-            spoofed,
-            peer_is_host,
-            ct: CtMatch::New,
-            ct_current: false,
-            isolated: false,
-            allow_rule: 0,
-            untracked_fragment: false,
-        };
-        // Host traffic is not tracked: it passes whatever the conntrack table says.
-        return Ok(decide(&f));
+        if unsafe { HOST_ADDRS.get(hk) }.is_some() {
+            // Host traffic is not tracked: it passes whatever the conntrack table says.
+            return Ok(decide(&host_or_spoofed(false, true)));
+        }
     }
-
-    // 6.
-    let now = conntrack::now();
-    let key = &mut s.key;
-    let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
 
     // 6b. (after the conntrack lookup, so a packet of a tracked flow costs no extra lookup:
     // the entry says whether its flow goes to a Service.)
