@@ -1,4 +1,4 @@
-//! deploy/rbac.yaml parses into k8s-openapi types and grants exactly what the Kubernetes API
+//! The RBAC objects of deploy/palisade.yaml parse into k8s-openapi types and grants exactly what the Kubernetes API
 //! source watches: get/list/watch, nothing more, nothing less.
 
 use std::collections::BTreeSet;
@@ -8,12 +8,25 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use palisade_agent::source::kube::WATCHED;
 use serde::Deserialize;
 
+/// The RBAC objects of the install manifest (which also holds the ConfigMap and DaemonSet).
 fn manifests() -> Vec<serde_yaml::Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/palisade.yaml");
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde_yaml::Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
+        .filter(|v| {
+            matches!(
+                v["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
         .collect()
 }
 
@@ -22,7 +35,7 @@ fn one<T: serde::de::DeserializeOwned>(docs: &[serde_yaml::Value], kind: &str) -
         .iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
         .collect();
-    assert_eq!(found.len(), 1, "exactly one {kind} in deploy/rbac.yaml");
+    assert_eq!(found.len(), 1, "exactly one {kind} in deploy/palisade.yaml");
     serde_yaml::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 

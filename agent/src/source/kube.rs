@@ -43,7 +43,7 @@ use super::{Snapshot, Source, SourceError};
 use crate::status::Problem;
 
 /// (API group, resource) of every kind the source lists and watches; `""` is the core group.
-/// deploy/rbac.yaml grants get/list/watch on exactly these (a test checks it).
+/// deploy/palisade.yaml grants get/list/watch on exactly these (a test checks it).
 pub const WATCHED: &[(&str, &str)] = &[
     ("", "nodes"),
     ("", "namespaces"),
