@@ -20,6 +20,12 @@ use palisade_tests::lab::{
 };
 use palisade_tests::require_privileges;
 
+// The shared case type and loop; this file brings its own cases (read through ClusterIPs).
+#[allow(dead_code)]
+#[path = "common/policy_cases.rs"]
+mod policy_cases;
+use policy_cases::{PolicyCase, run_cases_probing};
+
 fn config(agent: AgentMode, nodes: usize) -> LabConfig {
     let mut c = LabConfig {
         agent,
@@ -61,13 +67,6 @@ fn targets(lab: &Lab, family: Family, port_offset: u16) -> Vec<ServiceTarget> {
         .expect("service targets")
 }
 
-/// One policy case: manifests and the expected table (from "everything reachable").
-struct PolicyCase {
-    name: &'static str,
-    manifests: &'static str,
-    expect: fn(&mut Reachability),
-}
-
 /// Applies each case, probes every pod through every pod's Service in v4 and v6, compares.
 fn run_cases(lab: &mut Lab, port_offset: u16, cases_: &[PolicyCase]) -> Vec<String> {
     run_cases_with(lab, port_offset, &cases(), cases_)
@@ -79,42 +78,11 @@ fn run_cases_with(
     probe_cases: &[Case],
     cases_: &[PolicyCase],
 ) -> Vec<String> {
-    let mut failures = Vec::new();
-    for case in cases_ {
-        lab.apply_yaml(case.name, case.manifests)
-            .unwrap_or_else(|e| panic!("{}: apply: {e}", case.name));
-        lab.wait_synced()
-            .unwrap_or_else(|e| panic!("{}: sync: {e}", case.name));
-        for family in [Family::V4, Family::V6] {
-            let t = targets(lab, family, port_offset);
-            let start = std::time::Instant::now();
-            let observed = lab
-                .probe_services(&t, probe_cases, family)
-                .unwrap_or_else(|e| panic!("{}: probe: {e}", case.name));
-            let mut expected = Reachability::all_reachable_like(&observed);
-            (case.expect)(&mut expected);
-            match expected.diff(&observed, true) {
-                None => eprintln!(
-                    "ok   {} ({family}, through ClusterIPs): {} in {:?}",
-                    case.name,
-                    observed.summary(),
-                    start.elapsed()
-                ),
-                Some(d) => {
-                    eprintln!("FAIL {} ({family})", case.name);
-                    failures.push(format!("case {} ({family}):\n{d}", case.name));
-                }
-            }
-        }
-        lab.remove(case.name)
-            .unwrap_or_else(|e| panic!("{}: remove: {e}", case.name));
-    }
-    if !failures.is_empty() {
-        for l in lab.agent_logs() {
-            eprintln!("agent log: {}", l.display());
-        }
-    }
-    failures
+    run_cases_probing(lab, cases_, ", through ClusterIPs", false, |lab, family| {
+        let t = targets(lab, family, port_offset);
+        lab.probe_services(&t, probe_cases, family)
+            .map_err(|e| e.to_string())
+    })
 }
 
 fn assert_no_failures(failures: Vec<String>, runs: usize) {

@@ -201,6 +201,22 @@ pub fn enforcing_lab(nodes: usize) -> Lab {
 /// Runs every case on `lab` (applied, synced, probed in v4 and v6, removed); returns the
 /// failure reports.
 pub fn run_cases(lab: &mut Lab, cases: &[PolicyCase]) -> Vec<String> {
+    run_cases_probing(lab, cases, "", true, |lab, family| {
+        lab.probe_all(&PORTS, &Protocol::ALL, family)
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Applies each case, probes with `probe` in v4 and v6, and compares with the case's table
+/// (`allow_loopback`: a pod's cell for itself is not judged). `via` is added to the log lines
+/// (e.g. ", through ClusterIPs"). Returns one message per mismatch.
+pub fn run_cases_probing(
+    lab: &mut Lab,
+    cases: &[PolicyCase],
+    via: &str,
+    allow_loopback: bool,
+    mut probe: impl FnMut(&Lab, Family) -> Result<Reachability, String>,
+) -> Vec<String> {
     let mut failures = Vec::new();
     for case in cases {
         lab.apply_yaml(case.name, case.manifests)
@@ -209,15 +225,16 @@ pub fn run_cases(lab: &mut Lab, cases: &[PolicyCase]) -> Vec<String> {
             .unwrap_or_else(|e| panic!("{}: sync: {e}", case.name));
         for family in [Family::V4, Family::V6] {
             let start = std::time::Instant::now();
-            let observed = lab
-                .probe_all(&PORTS, &Protocol::ALL, family)
-                .unwrap_or_else(|e| panic!("{}: probe: {e}", case.name));
+            let observed =
+                probe(lab, family).unwrap_or_else(|e| panic!("{}: probe: {e}", case.name));
             let mut expected = Reachability::all_reachable_like(&observed);
             (case.expect)(&mut expected);
-            expected.allow_loopback();
+            if allow_loopback {
+                expected.allow_loopback();
+            }
             match expected.diff(&observed, true) {
                 None => eprintln!(
-                    "ok   {} ({family}): {} in {:?}",
+                    "ok   {} ({family}{via}): {} in {:?}",
                     case.name,
                     observed.summary(),
                     start.elapsed()
