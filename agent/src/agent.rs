@@ -48,8 +48,9 @@ pub struct Agent {
     host_addrs: BTreeSet<HostAddrKey>,
     /// Routes to the other nodes' pods and masquerade rules, kept in line with the Nodes.
     network: crate::routing::NodeNetwork,
-    /// Content of `pal_svc_v1` as last written.
-    svc_addrs: BTreeSet<palisade_common::service::SvcAddrKey>,
+    /// Content of `pal_svc_v1` as last written (`None` until the first sync, which also
+    /// removes what a previous agent left).
+    svc_addrs: Option<BTreeSet<palisade_common::service::SvcAddrKey>>,
     /// Uplink (name, ifindex) pairs `to_uplink` is attached to.
     uplinks: Vec<(String, u32)>,
     applied_generation: u64,
@@ -89,7 +90,7 @@ impl Agent {
             locals: BTreeMap::new(),
             host_addrs: BTreeSet::new(),
             network,
-            svc_addrs: BTreeSet::new(),
+            svc_addrs: None,
             uplinks: Vec::new(),
             applied_generation: 0,
             compiled: None,
@@ -226,8 +227,11 @@ impl Agent {
         for p in &problems {
             tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
         }
+        if self.svc_addrs.as_ref() == Some(&want) {
+            return Ok(());
+        }
         let map = palisade_common::maps::SERVICES;
-        for k in want.difference(&self.svc_addrs) {
+        for k in &want {
             self.dp
                 .maps
                 .services
@@ -248,7 +252,7 @@ impl Agent {
                 tracing::warn!("removing a Service address from {map}: {e}");
             }
         }
-        self.svc_addrs = want;
+        self.svc_addrs = Some(want);
         Ok(())
     }
 
