@@ -244,6 +244,10 @@ impl Prepared {
     pub fn key(&self) -> (&str, &str) {
         (&self.0.namespace, &self.0.name)
     }
+
+    pub(crate) fn norm(&self) -> &NormPolicy {
+        &self.0
+    }
 }
 
 /// Validates and normalizes one policy: `Err` lists every problem (as `validate` does).

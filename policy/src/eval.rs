@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use palisade_common::decide::{CtMatch, Facts, decide};
 
-use crate::compile::RuleId;
-use crate::model::{Cluster, Endpoint, PodInfo};
+use crate::compile::{Prepared, RuleId};
+use crate::model::{Cluster, Endpoint, Labels, PodInfo};
 use crate::validate::{Direction, NormPolicy, NormRule, Peer, PortMatch, normalize};
 
 /// Does the spec allow a new connection from `src` to `dst` with IP protocol `proto` and
@@ -28,8 +28,8 @@ pub fn evaluate(
 
 /// `evaluate` with the policies normalised once, for many probes over one cluster.
 pub struct Evaluator<'a> {
-    cluster: &'a Cluster,
-    policies: Vec<NormPolicy>,
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) policies: Vec<NormPolicy>,
 }
 
 /// Outcome of one direction's check at one pod.
@@ -67,7 +67,17 @@ impl<'a> Evaluator<'a> {
         Evaluator { cluster, policies }
     }
 
-    fn pod(&self, e: &Endpoint) -> Option<&'a PodInfo> {
+    /// An evaluator over policies already prepared (`cluster.policies` is not read): the ones
+    /// an agent enforces, say, which keep the last valid version of a policy whose update
+    /// was invalid.
+    pub fn with_prepared(cluster: &'a Cluster, policies: &[&Prepared]) -> Self {
+        Evaluator {
+            cluster,
+            policies: policies.iter().map(|p| p.norm().clone()).collect(),
+        }
+    }
+
+    pub(crate) fn pod(&self, e: &Endpoint) -> Option<&'a PodInfo> {
         match e {
             Endpoint::Pod { pod, .. } => self.cluster.pod(pod),
             Endpoint::External(_) => None,
@@ -116,7 +126,6 @@ impl<'a> Evaluator<'a> {
         if pod.host_network {
             return (false, allowing);
         }
-        let ns_labels = |ns: &str| self.cluster.namespaces.get(ns).cloned().unwrap_or_default();
         let mut isolated = false;
         for pol in &self.policies {
             // 1. Only policies in the pod's namespace whose podSelector matches it, and whose
@@ -130,7 +139,8 @@ impl<'a> Evaluator<'a> {
             isolated = true;
             // 2. The union of their rules is allowed.
             for (index, rule) in rules.iter().enumerate() {
-                if self.rule_allows(pol, rule, dir, pod, peer, proto, port, &ns_labels) {
+                let hits = self.rule_match(pol, rule, dir, pod, peer, proto, port);
+                if hits.iter().any(PeerHit::allows) {
                     allowing.push(RuleId {
                         namespace: pol.namespace.clone(),
                         policy: pol.name.clone(),
@@ -143,8 +153,11 @@ impl<'a> Evaluator<'a> {
         (isolated, allowing)
     }
 
+    /// How `rule` of `pol` matches a connection with `peer` at `pod` in `dir`: every peer of
+    /// the rule that names `peer`, each with the port entry that then allows the flow (if
+    /// any). The flow is allowed by the rule when some hit has a port.
     #[allow(clippy::too_many_arguments)]
-    fn rule_allows(
+    pub(crate) fn rule_match(
         &self,
         pol: &NormPolicy,
         rule: &NormRule,
@@ -153,69 +166,111 @@ impl<'a> Evaluator<'a> {
         peer: &Endpoint,
         proto: u8,
         port: u16,
-        ns_labels: &dyn Fn(&str) -> crate::model::Labels,
-    ) -> bool {
+    ) -> Vec<PeerHit> {
         let addr = peer.addr();
         // The peer as a pod that selectors can name (see `PodInfo::is_selectable_peer`).
         let peer_pod = self
             .pod(peer)
             .filter(|p| p.is_selectable_peer() && p.ips.contains(&addr));
-        let by_selector = peer_pod.is_some_and(|pp| match &rule.peers {
-            None => true,
-            Some(peers) => peers.iter().any(|p| match p {
-                Peer::Pods { namespaces, pods } => {
-                    let ns_ok = match namespaces {
-                        None => pp.namespace == pol.namespace,
-                        Some(s) => s.matches(&ns_labels(&pp.namespace)),
-                    };
-                    ns_ok && pods.matches(&pp.labels)
-                }
-                Peer::Block { .. } => false,
-            }),
-        });
-        let by_address = match &rule.peers {
-            None => true,
-            Some(peers) => peers.iter().any(|p| match p {
-                Peer::Block { cidr, except } => {
-                    cidr.contains_addr(addr) && !except.iter().any(|e| e.contains_addr(addr))
-                }
-                Peer::Pods { .. } => false,
-            }),
-        };
         // Named ports: at ingress the selected pod's own ports; at egress the destination
         // pod's, which only exists when the destination was matched as a pod. A destination
         // matched only by address has no named ports.
-        let named_ctx = match dir {
-            Direction::Ingress => Some(pod),
-            Direction::Egress => peer_pod.filter(|_| by_selector),
+        let hit = |peer: Option<usize>, as_pod: bool| {
+            let ctx = match dir {
+                Direction::Ingress => Some(pod),
+                Direction::Egress => peer_pod.filter(|_| as_pod),
+            };
+            PeerHit {
+                peer,
+                as_pod,
+                port: port_hit(rule, ctx, proto, port),
+            }
         };
-        let ports_ok = |ctx: Option<&PodInfo>| port_allowed(rule, ctx, proto, port);
-        (by_selector && ports_ok(named_ctx))
-            || (by_address
-                && ports_ok(if dir == Direction::Ingress {
-                    named_ctx
-                } else {
-                    None
-                }))
+        let mut hits = Vec::new();
+        match &rule.peers {
+            // No `from`/`to`: every pod and every address.
+            None => {
+                if peer_pod.is_some() {
+                    hits.push(hit(None, true));
+                }
+                hits.push(hit(None, false));
+            }
+            Some(peers) => {
+                for (i, p) in peers.iter().enumerate() {
+                    let matched = match p {
+                        Peer::Pods { namespaces, pods } => peer_pod.is_some_and(|pp| {
+                            let ns_ok = match namespaces {
+                                None => pp.namespace == pol.namespace,
+                                Some(s) => s.matches(self.ns_labels(&pp.namespace)),
+                            };
+                            ns_ok && pods.matches(&pp.labels)
+                        }),
+                        Peer::Block { cidr, except } => {
+                            cidr.contains_addr(addr)
+                                && !except.iter().any(|e| e.contains_addr(addr))
+                        }
+                    };
+                    if matched {
+                        hits.push(hit(Some(i), matches!(p, Peer::Pods { .. })));
+                    }
+                }
+            }
+        }
+        hits
+    }
+
+    fn ns_labels(&self, ns: &str) -> &Labels {
+        static NONE: Labels = Labels::new();
+        self.cluster.namespaces.get(ns).unwrap_or(&NONE)
     }
 }
 
-fn port_allowed(rule: &NormRule, ctx: Option<&PodInfo>, proto: u8, port: u16) -> bool {
+/// One peer of a rule that names the connection's peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PeerHit {
+    /// Index in `from`/`to`; `None`: the rule has no peers (every peer).
+    pub peer: Option<usize>,
+    /// Named as a pod (by selectors) rather than by address.
+    pub as_pod: bool,
+    pub port: PortHit,
+}
+
+impl PeerHit {
+    pub fn allows(&self) -> bool {
+        self.port != PortHit::NoEntry
+    }
+}
+
+/// Which port entry of a rule allows a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PortHit {
+    /// The rule has no `ports`: every protocol and port.
+    Every,
+    /// `ports[i]` (the first that matches).
+    Entry(usize),
+    /// No entry matches.
+    NoEntry,
+}
+
+fn port_hit(rule: &NormRule, ctx: Option<&PodInfo>, proto: u8, port: u16) -> PortHit {
     let Some(ports) = &rule.ports else {
-        return true;
+        return PortHit::Every;
     };
-    ports.iter().any(|p| {
-        p.proto.number() == proto
-            && match &p.port {
-                PortMatch::All => true,
-                PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&port),
-                PortMatch::Named(name) => ctx.is_some_and(|c| {
-                    c.ports
-                        .iter()
-                        .any(|np| &np.name == name && np.protocol == p.proto && np.port == port)
-                }),
-            }
-    })
+    ports
+        .iter()
+        .position(|p| {
+            p.proto.number() == proto
+                && match &p.port {
+                    PortMatch::All => true,
+                    PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&port),
+                    PortMatch::Named(name) => ctx.is_some_and(|c| {
+                        c.ports
+                            .iter()
+                            .any(|np| &np.name == name && np.protocol == p.proto && np.port == port)
+                    }),
+                }
+        })
+        .map_or(PortHit::NoEntry, PortHit::Entry)
 }
 
 /// Address of a pod endpoint of the given family, if it has one.

@@ -19,6 +19,8 @@
 //!   [`evaluate`] is the reference evaluator, written from the spec text over the objects.
 //!   Tests hold the two equal.
 //! - [`describe`] renders an endpoint policy for humans.
+//! - [`explain`] answers "is FROM -> TO allowed, and why" (pods, addresses, Services via
+//!   [`ServiceInfo`]), from the reference evaluator's own rule matching.
 //! - [`synthetic_cluster`] builds large clusters for benchmarks.
 //!
 //! # Compiled form
@@ -32,14 +34,18 @@
 mod compile;
 pub mod conformance;
 mod eval;
+pub mod explain;
 mod manifest;
 mod model;
 mod output;
+mod port_space;
 mod ports;
 mod prefix;
 mod selector;
+mod service;
 mod synth;
 mod validate;
+mod wording;
 
 pub use compile::{
     Compiled, EndpointPolicy, PeerAllow, PeerPrefix, Prepared, RuleId, RuleRegistry, compile,
@@ -51,7 +57,9 @@ pub use model::{Cluster, Endpoint, Labels, NamedPort, PodInfo, PodKey, Protocol,
 pub use output::{
     compiled_allows, describe, lookup, lookup_peer, policy_map_entries, port_map_entries,
 };
+pub use port_space::{PortRange, PortRanges};
 pub use ports::{PortPrefix, PortSet};
 pub use prefix::Prefix;
+pub use service::{ServiceInfo, ServicePort, TargetPort, dns_service, service_info};
 pub use synth::{SyntheticSpec, synthetic_cluster};
 pub use validate::{Direction, Problem, policy_object_name, validate};

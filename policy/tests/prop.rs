@@ -1,6 +1,7 @@
 //! Property: for random clusters, policies and probes, the compiled form (the datapath's two
 //! LPM lookups + `common::decide`) gives the same verdict as the reference evaluator, in each
-//! direction at each local endpoint. `PROPTEST_CASES` raises the case count (default 200).
+//! direction at each local endpoint; and `explain` answers what the reference evaluator
+//! answers. `PROPTEST_CASES` raises the case count (default 200).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,8 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use palisade_common::decide::{CtMatch, Facts, decide};
 use palisade_policy::{
-    Cluster, Direction, Endpoint, Evaluator, NamedPort, PodInfo, Prefix, Protocol, RuleRegistry,
-    compile, describe, lookup,
+    Cluster, Direction, Endpoint, Evaluator, NamedPort, PodInfo, PodKey, Prefix, Protocol,
+    RuleRegistry, ServiceInfo, ServicePort, TargetPort, compile, describe, explain, lookup,
+    proto_name,
 };
 use proptest::prelude::*;
 
@@ -338,6 +340,103 @@ proptest! {
                                 );
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A Service in `n0` over pods `app=a`: port 80 to the named port `http`, 53/UDP to 53.
+fn web_service() -> ServiceInfo {
+    ServiceInfo {
+        namespace: "n0".into(),
+        name: "web".into(),
+        selector: Some([("app".to_string(), "a".to_string())].into()),
+        addresses: vec!["10.96.0.1".parse().expect("v4")],
+        ports: vec![
+            ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp,
+                target: TargetPort::Name("http".into()),
+            },
+            ServicePort {
+                name: Some("dns".into()),
+                port: 53,
+                protocol: Protocol::Udp,
+                target: TargetPort::Number(53),
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+fn endpoint_of(end: &explain::End) -> Endpoint {
+    match &end.pod {
+        Some(p) => {
+            let (ns, name) = p.split_once('/').expect("ns/pod");
+            Endpoint::Pod {
+                pod: PodKey::new(ns, name),
+                addr: end.address,
+            }
+        }
+        None => Endpoint::External(end.address),
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `explain`'s answer, for one port and for every port, is the reference evaluator's, for
+    /// pods, addresses and a Service's backends.
+    #[test]
+    fn explain_answer_equals_reference_evaluator(c in cluster(), pick in any::<u64>()) {
+        let ev = Evaluator::new(&c);
+        let services = [web_service()];
+        let set = explain::PolicySet::from_cluster(&c);
+        let ex = explain::Explainer::new(&c, &set, &services);
+        let mut names: Vec<String> = c.pods.iter().map(|p| p.key().to_string()).collect();
+        names.extend(EXTERNAL.iter().map(|s| s.to_string()));
+        let n = names.len() as u64;
+        let probes = [(6u8, 53u16), (6, 80), (6, 81), (17, 53), (17, 80), (132, 82), (6, 443), (1, 0)];
+        for round in 0..6u64 {
+            let r = pick.rotate_left((round * 11) as u32);
+            let from = &names[(r % n) as usize];
+            let to = if round == 5 { "svc:n0/web".to_string() } else { names[((r / n) % n) as usize].clone() };
+            let (proto, port) = probes[((r / (n * n)) % probes.len() as u64) as usize];
+            let port_arg = if proto == 1 { "icmp".to_string() } else { format!("{port}/{}", proto_name(proto)) };
+            for every in [false, true] {
+                let asked = (!every).then_some(port_arg.as_str());
+                let e = match ex.explain(from, &to, asked) {
+                    Ok(e) => e,
+                    // Pods without addresses, two external ends, no common family, a
+                    // Service without backends: nothing to compare.
+                    Err(_) => continue,
+                };
+                for conn in &e.connections {
+                    let (s, d) = (endpoint_of(&conn.src), endpoint_of(&conn.dst));
+                    match (&conn.probe, &conn.allowed_ports) {
+                        (Some(q), _) => {
+                            let proto = match q.port_protocol() {
+                                Some(p) => p.number(),
+                                None if conn.dst.address.is_ipv6() => 58,
+                                None => 1,
+                            };
+                            let want = ev.allows(&s, &d, proto, q.port.unwrap_or(0));
+                            prop_assert_eq!(conn.allowed, want, "{} -> {} {}\n{}", from, to, q, explain::render(&e));
+                        }
+                        (None, Some(ranges)) => {
+                            for (proto, port) in probes {
+                                let proto = if proto == 1 && conn.dst.address.is_ipv6() { 58 } else { proto };
+                                let want = ev.allows(&s, &d, proto, port);
+                                prop_assert_eq!(
+                                    ranges.contains(proto, port), want,
+                                    "{} -> {} every port, at {} {}\n{}", from, to, proto, port, explain::render(&e)
+                                );
+                            }
+                        }
+                        (None, None) => prop_assert!(false, "no answer\n{}", explain::render(&e)),
                     }
                 }
             }
