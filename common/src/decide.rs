@@ -86,6 +86,31 @@ pub fn decide(f: &Facts) -> Verdict {
     Verdict::drop(Reason::DEFAULT_DENY)
 }
 
+/// Audit mode: when the enforced policies (`f`, which `decide` judges) pass a packet that the
+/// enforced and audited policies together would drop, the drop they would decide. Audited
+/// policies decide nothing: this only says whether to report the packet as `VERDICT_AUDIT`.
+///
+/// "Together" is the NetworkPolicy union, read with the precedence list of `decide`:
+/// 1. isolated in the direction when the enforced or the audited policies isolate;
+/// 2. allowed when a rule of either allows (`f.allow_rule` first, else `audit_allow_rule`).
+///
+/// So only a packet that `decide` passes as `NOT_ISOLATED` can be audited: when the enforced
+/// policies isolate and pass it, one of their rules allows it, and it allows it together too.
+#[inline(always)]
+pub fn audit(f: &Facts, audit_isolated: bool, audit_allow_rule: u32) -> Option<Verdict> {
+    let together = Facts {
+        isolated: f.isolated || audit_isolated,
+        allow_rule: if f.allow_rule != 0 {
+            f.allow_rule
+        } else {
+            audit_allow_rule
+        },
+        ..*f
+    };
+    let would = decide(&together);
+    (!decide(f).is_drop() && would.is_drop()).then_some(would)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +183,38 @@ mod tests {
             ..base()
         };
         assert_eq!(decide(&f).reason, Reason::NOT_ISOLATED);
+    }
+
+    #[test]
+    fn audit_reports_what_the_audited_policies_would_drop_and_nothing_else() {
+        let open = Facts {
+            isolated: false,
+            ..base()
+        };
+        // An audited default deny at an endpoint no enforced policy isolates.
+        assert_eq!(
+            audit(&open, true, 0),
+            Some(Verdict::drop(Reason::DEFAULT_DENY))
+        );
+        // An audited rule allows it: nothing to report.
+        assert_eq!(audit(&open, true, 9), None);
+        // No audited policy isolates in this direction.
+        assert_eq!(audit(&open, false, 0), None);
+        // Enforced and allowed: allowed together too.
+        let allowed = Facts {
+            allow_rule: 3,
+            ..base()
+        };
+        assert_eq!(audit(&allowed, true, 0), None);
+        // Enforced drop: a drop, not an audit.
+        assert_eq!(audit(&base(), true, 0), None);
+        // Tracked flows under the current policy are not judged again.
+        let tracked = Facts {
+            ct: CtMatch::Established,
+            ct_current: true,
+            ..open
+        };
+        assert_eq!(audit(&tracked, true, 0), None);
     }
 
     #[test]

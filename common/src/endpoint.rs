@@ -19,6 +19,10 @@ pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
 /// The endpoint has an IPv4 / IPv6 address (anti-spoofing checks only families it has).
 pub const EP_HAS_V4: u32 = 1 << 2;
 pub const EP_HAS_V6: u32 = 1 << 3;
+/// Audited policies (`DIR_AUDIT` entries under `policy_id`) isolate the endpoint in this
+/// direction: new flows they would drop are reported (`VERDICT_AUDIT`), never dropped.
+pub const EP_AUDIT_INGRESS_ISOLATED: u32 = 1 << 4;
+pub const EP_AUDIT_EGRESS_ISOLATED: u32 = 1 << 5;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

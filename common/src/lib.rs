@@ -12,6 +12,7 @@
 pub mod conntrack;
 pub mod decide;
 pub mod endpoint;
+pub mod events;
 pub mod maps;
 pub mod packet;
 pub mod policy;
@@ -31,3 +32,6 @@ pub const FAMILY_V6: u8 = 10;
 /// `DIR_EGRESS`: traffic leaving the pod (program `from_pod`).
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;
+/// Added to a direction in `pal_pol_v1` keys: the entries of the endpoint's *audited*
+/// policies (they decide nothing; see `decide::audit`).
+pub const DIR_AUDIT: u8 = 2;

@@ -13,6 +13,12 @@ pub const FRAGMENTS: &str = "pal_frag_v1";
 pub const STATS: &str = "pal_stat_v1";
 pub const CONFIG: &str = "pal_cfg_v1";
 pub const SERVICES: &str = "pal_svc_v1";
+/// Flow events (`events`): the ring buffer, its counters, the drop-event rate limit and the
+/// Service address of translated flows.
+pub const FLOW_EVENTS: &str = "pal_flow_v1";
+pub const EVENT_STATS: &str = "pal_evstat_v1";
+pub const EVENT_LIMIT: &str = "pal_evrl_v1";
+pub const SVC_FLOWS: &str = "pal_svcfl_v1";
 
 /// Program names (ELF section function names) in the eBPF object.
 pub const PROG_TO_POD: &str = "to_pod";

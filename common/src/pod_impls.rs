@@ -1,6 +1,6 @@
 //! `aya::Pod` impls: the user side reads and writes these types in maps. All are `#[repr(C)]`
 //! with explicit padding and no invalid bit patterns.
-use crate::{conntrack::*, endpoint::*, policy::*, stats::*};
+use crate::{conntrack::*, endpoint::*, events::*, policy::*, stats::*};
 
 unsafe impl aya::Pod for EndpointInfo {}
 unsafe impl aya::Pod for PolicyKey {}
@@ -14,3 +14,6 @@ unsafe impl aya::Pod for FragValue {}
 unsafe impl aya::Pod for Counter {}
 unsafe impl aya::Pod for HostAddrKey {}
 unsafe impl aya::Pod for Config {}
+unsafe impl aya::Pod for FlowEvent {}
+unsafe impl aya::Pod for EventLimit {}
+unsafe impl aya::Pod for SvcOrig {}

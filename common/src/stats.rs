@@ -43,3 +43,5 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 
 /// Emit aya-log debug lines for each verdict (off by default).
 pub const CFG_DEBUG_LOG: u32 = 1 << 0;
+/// Emit no flow events (`events`); they are on by default.
+pub const CFG_NO_FLOW_EVENTS: u32 = 1 << 1;

@@ -5,9 +5,11 @@
 //! - [`conntrack`]: flow and fragment tracking.
 //! - [`policy`]: the two LPM lookups that answer "which rule allows this".
 //! - [`stats`]: per-(direction, reason) counters.
+//! - [`events`]: flow events (one per decision) to the agent's ring buffer.
 #![no_std]
 
 pub mod conntrack;
+pub mod events;
 pub mod maps;
 pub mod parse;
 pub mod policy;

@@ -6,11 +6,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
     conntrack::{CtKey, CtValue, FragKey, FragValue},
     endpoint::EndpointInfo,
+    events::{EVENT_LIMIT_MAX, EVSTAT_SLOTS, EventLimit, FLOW_RING_BYTES, SVC_FLOWS_MAX, SvcOrig},
     maps::{
         CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, HOST_ADDRS_MAX, POLICY_MAX, PORTS_MAX,
         SERVICES_MAX,
@@ -57,6 +58,23 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_SLOTS, 0);
 /// Datapath settings (one entry). Written by the agent.
 #[map(name = "pal_cfg_v1")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Flow events for the agent (`crate::events`). Not pinned: a restarted agent reads the
+/// buffer of the object it loaded (its programs replace the old ones in the pinned links).
+#[map(name = "pal_flow_v1")]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);
+
+/// `EVSTAT_*` counters: events emitted, lost (ring buffer full), suppressed (rate limit).
+#[map(name = "pal_evstat_v1")]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(EVSTAT_SLOTS, 0);
+
+/// Per-flow drop-event rate limit.
+#[map(name = "pal_evrl_v1")]
+pub static EVENT_LIMIT: LruHashMap<CtKey, EventLimit> = LruHashMap::pinned(EVENT_LIMIT_MAX, 0);
+
+/// Service address of a client's new flow, for the event of its judgement after translation.
+#[map(name = "pal_svcfl_v1")]
+pub static SVC_FLOWS: LruHashMap<CtKey, SvcOrig> = LruHashMap::pinned(SVC_FLOWS_MAX, 0);
 
 /// Per-CPU scratch space for the packet being evaluated. Not part of the ABI and not pinned.
 /// It keeps the large structures off the 512-byte BPF stack, and the verifier does not track

@@ -73,6 +73,12 @@ pub struct Packet {
     pub has_inner: u8,
     /// Tuple of the packet embedded in an ICMP error, as it was sent.
     pub inner: Tuple,
+    /// ICMP / ICMPv6 type and code (for flow events).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// The conntrack lookup's result (`conntrack::CT_*`), set by the evaluation (for flow
+    /// events: which packets start a flow).
+    pub ct: u8,
 }
 
 impl Packet {
@@ -84,6 +90,9 @@ impl Packet {
         icmp_error: 0,
         has_inner: 0,
         inner: Tuple::ZERO,
+        icmp_type: 0,
+        icmp_code: 0,
+        ct: 0,
     };
 }
 
@@ -279,6 +288,7 @@ fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     } else if proto == IPPROTO_ICMP {
         let h: [u8; 8] = load(ctx, off)?;
         let ty = h[0];
+        (pkt.icmp_type, pkt.icmp_code) = (ty, h[1]);
         if ty == 8 || ty == 0 {
             echo_ports(&mut pkt.t, ty == 8, [h[4], h[5]]);
         } else if icmp4_is_error(ty) {
@@ -288,6 +298,7 @@ fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     } else if proto == IPPROTO_ICMPV6 {
         let h: [u8; 8] = load(ctx, off)?;
         let ty = h[0];
+        (pkt.icmp_type, pkt.icmp_code) = (ty, h[1]);
         if (133..=137).contains(&ty) {
             // Router solicitation/advertisement, neighbour solicitation/advertisement,
             // redirect: the pod's link to its gateway.

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
@@ -29,6 +29,7 @@ use palisade_common::{
     DIR_EGRESS, DIR_INGRESS,
     conntrack::{CtKey, CtValue},
     endpoint::EndpointInfo,
+    events::{EVSTAT_SLOTS, EventLimit, FlowEvent},
     maps::{self, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK},
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
     stats::{Config, Counter, HostAddrKey, stats_index},
@@ -307,6 +308,47 @@ impl Datapath {
         m.iter()
             .collect::<Result<Vec<_>, _>>()
             .context("reading pal_ct_v1")
+    }
+
+    /// Every flow event the programs emitted since the last call (drains `pal_flow_v1`).
+    pub fn flow_events(&mut self) -> Result<Vec<FlowEvent>> {
+        let mut rb = RingBuf::try_from(self.map_mut(maps::FLOW_EVENTS)?)?;
+        let mut out = Vec::new();
+        while let Some(item) = rb.next() {
+            if item.len() != std::mem::size_of::<FlowEvent>() {
+                bail!("a flow event of {} bytes", item.len());
+            }
+            // SAFETY: a `FlowEvent`-sized record; every bit pattern is a valid `FlowEvent`.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowEvent) });
+        }
+        Ok(out)
+    }
+
+    /// `pal_evstat_v1` slot `slot` (`EVSTAT_*`) summed over CPUs.
+    pub fn event_stat(&self, slot: u32) -> Result<u64> {
+        anyhow::ensure!(slot < EVSTAT_SLOTS, "no event counter {slot}");
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::EVENT_STATS)?)?;
+        Ok(m.get(&slot, 0)
+            .context("reading pal_evstat_v1")?
+            .iter()
+            .sum())
+    }
+
+    /// Every entry of the drop-event rate limit (`pal_evrl_v1`).
+    pub fn event_limits(&self) -> Result<Vec<(CtKey, EventLimit)>> {
+        let m: HashMap<&MapData, CtKey, EventLimit> =
+            HashMap::try_from(self.map(maps::EVENT_LIMIT)?)?;
+        m.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading pal_evrl_v1")
+    }
+
+    /// Writes a drop-event rate-limit entry (to stage one whose interval has passed).
+    pub fn set_event_limit(&mut self, key: CtKey, value: EventLimit) -> Result<()> {
+        let mut m: HashMap<&mut MapData, CtKey, EventLimit> =
+            HashMap::try_from(self.map_mut(maps::EVENT_LIMIT)?)?;
+        m.insert(key, value, 0).context("writing pal_evrl_v1")?;
+        Ok(())
     }
 
     /// The (direction, reason) counter summed over CPUs.

@@ -33,6 +33,7 @@ use palisade_common::{
 use palisade_ebpf::{
     addr_eq,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
+    events,
     maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch},
     parse::{FRAG_FIRST, FRAG_LATER, TCP_FIN, TCP_RST, Tuple, parse},
     policy, stats,
@@ -92,9 +93,8 @@ fn handle(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> i32 {
         Err(reason) => Verdict::drop(reason),
     };
     stats::count(dir, v.reason, ctx.len());
-    if let Some(cfg) = CONFIG.get(0)
-        && cfg.flags & CFG_DEBUG_LOG != 0
-    {
+    let cfg_flags = CONFIG.get(0).map_or(0, |c| c.flags);
+    if cfg_flags & CFG_DEBUG_LOG != 0 {
         debug!(
             ctx,
             "dir={} ifindex={} ep_ifindex={} reason={} rule={}",
@@ -105,6 +105,7 @@ fn handle(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> i32 {
             v.rule_ref
         );
     }
+    events::report(ctx, dir, ep_ifindex, deferred, &v, cfg_flags);
     if v.is_drop() { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
@@ -206,7 +207,8 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 /// Evaluation order (`Err` = a verdict decided before `decide`: a drop reason, or `NEIGHBOR`):
 /// 1. Endpoint: `ep_ifindex` in `pal_ep_v1` (the hook's interface; for a `deferred` egress
 ///    judgement, the interface the packet came in through); none => `NO_ENDPOINT`. A deferred
-///    judgement of an endpoint that is not egress-isolated passes here (`NOT_ISOLATED`).
+///    judgement of an endpoint that is not egress-isolated passes here (`NOT_ISOLATED`),
+///    unless audited policies isolate its egress (then its new flows are audited).
 /// 2. Parse L2/L3/L4 (`parse`): ARP and IPv6 neighbour discovery => `NEIGHBOR`; malformed =>
 ///    `BAD_HEADER` / `UNKNOWN_L3` / `EXT_HEADERS_TOO_LONG`.
 /// 3. Fragments: a later fragment takes its ports from `pal_frag_v1`; unknown ports make it
@@ -245,7 +247,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
         None => return Err(Reason::NO_ENDPOINT),
     }
     let ep = &s.ep;
-    if deferred && !isolated(ep, DIR_EGRESS) {
+    if deferred && !isolated(ep, DIR_EGRESS) && !events::audited(ep, DIR_EGRESS) {
         return Ok(Verdict::pass(Reason::NOT_ISOLATED, 0));
     }
 
@@ -278,6 +280,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     let now = conntrack::now();
     let key = &mut s.key;
     let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
+    pkt.ct = ct;
 
     // 5.
     if ct == CT_NEW {
