@@ -13,7 +13,7 @@ use crate::api::{Request, Response};
 use crate::applier::Applier;
 use crate::compile::{self, Compiled};
 use crate::datapath::Datapath;
-use crate::endpoints::{EndpointRecord, EpIds, RecordExt, read_records};
+use crate::endpoints::{EndpointRecord, EpIds, Records, read_all};
 use crate::source::{Snapshot, Source};
 use crate::status::{CounterRow, EndpointRow, Problem, Status};
 
@@ -106,7 +106,7 @@ impl Agent {
             },
             _pad: 0,
         })?;
-        let (records, bad) = read_records(&agent.cfg.state_dir)?;
+        let Records { records, bad } = read_all(&agent.cfg.state_dir)?;
         for b in bad {
             tracing::warn!("skipping endpoint record {b}");
         }
@@ -380,7 +380,7 @@ impl Agent {
     }
 
     fn del_endpoint(&mut self, container_id: &str, ifname: &str) -> Response {
-        let key = format!("{container_id}_{ifname}");
+        let key = palisade_node_api::endpoint::key(container_id, ifname);
         if let Some(l) = self.locals.remove(&key) {
             self.dp.detach(l.record.host_ifindex);
             self.dirty = true;

@@ -22,7 +22,7 @@ use palisade_common::policy::POL_ALL_PORTS;
 use palisade_policy as policy;
 
 use crate::applier::{Allow, DesiredEndpoint, Entries, PortContent};
-use crate::endpoints::{EndpointRecord, RecordExt};
+use crate::endpoints::EndpointRecord;
 use crate::source::Snapshot;
 use crate::status::Problem;
 

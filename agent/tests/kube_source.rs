@@ -222,11 +222,7 @@ fn labels_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
 }
 
 fn read_cidrs(path: &Path) -> Vec<String> {
-    palisade_cni::config::read_pod_cidr_file(path)
-        .unwrap()
-        .iter()
-        .map(|n| n.to_string())
-        .collect()
+    palisade_node_api::podcidr::read(path).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

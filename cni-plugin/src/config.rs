@@ -15,7 +15,7 @@ use crate::version::Version;
 
 pub const DEFAULT_MTU: u32 = 1500;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/palisade";
-pub const DEFAULT_POD_CIDR_FILE: &str = "/var/lib/palisade/podcidrs.json";
+pub const DEFAULT_POD_CIDR_FILE: &str = palisade_node_api::podcidr::DEFAULT_PATH;
 
 /// A `{containerID, ifname}` pair from `cni.dev/valid-attachments` (GC).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -149,22 +149,18 @@ impl NetConf {
 
 /// Reads the node-local pod CIDR file the agent writes from `Node.spec.podCIDRs`.
 pub fn read_pod_cidr_file(path: &Path) -> Result<Vec<IpNetwork>> {
-    let bytes = std::fs::read(path).map_err(|e| {
+    let list = palisade_node_api::podcidr::read(path).map_err(|e| {
         Error::invalid_config(
             "podCIDRFile",
             path.display(),
             format!(
-                "cannot read it ({e}); set podCIDRs in the config or let the agent write the file"
+                "cannot use it ({}); set podCIDRs in the config or let the agent write the file",
+                e.chain()
             ),
         )
     })?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::invalid_config("podCIDRFile", path.display(), format!("not JSON: {e}"))
-    })?;
-    let list = v.get("podCIDRs").ok_or_else(|| {
-        Error::invalid_config("podCIDRFile", path.display(), "has no \"podCIDRs\" list")
-    })?;
-    parse_cidr_list(list, "podCIDRFile.podCIDRs")
+    let list: Vec<Value> = list.into_iter().map(Value::String).collect();
+    parse_cidr_list(&Value::Array(list), "podCIDRFile.podCIDRs")
 }
 
 fn validate_pools(list: &[IpNetwork], field: &str) -> Result<()> {
@@ -444,46 +440,16 @@ impl CniEnv {
 }
 
 /// The spec: "alphanumeric characters, underscore, hyphen, period", non-empty, starting with an
-/// alphanumeric character.
+/// alphanumeric character (the rule lives with the record key it makes).
 pub fn validate_container_id(cid: &str) -> Result<()> {
-    if cid.is_empty() {
-        return Err(Error::invalid_env("CNI_CONTAINERID", cid, "is required"));
-    }
-    let first_ok = cid
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    if !first_ok
-        || !cid
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        return Err(Error::invalid_env(
-            "CNI_CONTAINERID",
-            cid,
-            "must start with a letter or digit and contain only letters, digits, '_', '-', '.'",
-        ));
-    }
-    Ok(())
+    palisade_node_api::endpoint::check_container_id(cid)
+        .map_err(|reason| Error::invalid_env("CNI_CONTAINERID", cid, reason))
 }
 
-/// The kernel's rules for an interface name (dev_valid_name).
+/// The kernel's rules for an interface name (dev_valid_name), in printable ASCII.
 pub fn validate_ifname(name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "is required"
-    } else if name.len() > 15 {
-        "longer than 15 bytes"
-    } else if name == "." || name == ".." {
-        "must not be '.' or '..'"
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        "must not contain '/', ':' or whitespace"
-    } else {
-        return Ok(());
-    };
-    Err(Error::invalid_env("CNI_IFNAME", name, reason))
+    palisade_node_api::endpoint::check_ifname(name)
+        .map_err(|reason| Error::invalid_env("CNI_IFNAME", name, reason))
 }
 
 /// `CNI_ARGS`: `K=V` pairs separated by `;`.

@@ -103,12 +103,9 @@ pub enum Error {
     },
     #[error("check failed: {what}")]
     CheckFailed { what: String },
-    #[error("agent at {} did not accept {op}: {reason}", socket.display())]
-    Agent {
-        op: &'static str,
-        socket: PathBuf,
-        reason: String,
-    },
+    /// Endpoint records, the pod-CIDR file and the agent socket (the node contract).
+    #[error(transparent)]
+    Node(#[from] palisade_node_api::Error),
     #[error("plugin not available: {reason}")]
     NotAvailable { reason: String },
 }
@@ -129,7 +126,21 @@ impl Error {
             Error::Netlink { .. } => code::NETLINK,
             Error::Netns { .. } => code::NETNS,
             Error::CheckFailed { .. } => code::CHECK_FAILED,
-            Error::Agent { .. } => code::TRY_AGAIN_LATER,
+            Error::Node(e) => {
+                use palisade_node_api::Error as N;
+                match e {
+                    N::NotListening { .. }
+                    | N::Socket { .. }
+                    | N::BadAnswer { .. }
+                    | N::Refused { .. } => code::TRY_AGAIN_LATER,
+                    N::Invalid { .. } => code::INVALID_CONFIG,
+                    N::Io { .. }
+                    | N::NotRegularFile { .. }
+                    | N::TooLarge { .. }
+                    | N::Decode { .. }
+                    | N::Encode { .. } => code::IO_FAILURE,
+                }
+            }
             Error::NotAvailable { .. } => code::NOT_AVAILABLE,
         }
     }
@@ -225,11 +236,11 @@ mod tests {
         };
         assert_eq!(pool.code(), 100);
         assert!(pool.to_json("1.1.0").get("details").is_none());
-        let agent = Error::Agent {
+        let agent = Error::from(palisade_node_api::Error::Refused {
             op: "add",
             socket: "/run/a.sock".into(),
-            reason: "refused".into(),
-        };
+            message: "refused".into(),
+        });
         assert_eq!(agent.code(), 11);
     }
 

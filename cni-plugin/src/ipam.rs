@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
@@ -161,7 +160,7 @@ impl Store {
     /// Opens (creating) `<state_dir>/ipam`.
     pub fn open(state_dir: &Path) -> Result<Store> {
         let dir = state_dir.join("ipam");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating IPAM directory", &dir, e))?;
+        palisade_node_api::file::private_dir(&dir)?;
         Ok(Store { dir })
     }
 
@@ -217,13 +216,10 @@ impl Store {
     }
 
     fn write_atomic(&self, name: &str, content: &str) -> Result<()> {
-        let tmp = self.dir.join(format!(".tmp.{}.{name}", std::process::id()));
-        let dst = self.dir.join(name);
-        let mut f = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-        f.write_all(content.as_bytes())
-            .map_err(|e| Error::io("writing", &tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, &dst).map_err(|e| Error::io("renaming into place", &dst, e))
+        Ok(palisade_node_api::file::write_atomic(
+            &self.dir.join(name),
+            content.as_bytes(),
+        )?)
     }
 
     fn last(&self, v4: bool) -> Option<IpAddr> {

@@ -182,10 +182,11 @@ fn privileged_two_pods_on_one_node_reach_each_other_and_the_node() -> Result<()>
     }
 
     // The endpoint record carries what the agent needs.
-    let recs = palisade_cni::endpoint::read_all(node.state_dir())?;
-    ensure!(recs.len() == 2, "{recs:?}");
+    let recs = palisade_node_api::endpoint::read_all(node.state_dir())?;
+    ensure!(recs.records.len() == 2 && recs.bad.is_empty(), "{recs:?}");
     let r0 = recs
-        .iter()
+        .records
+        .values()
         .find(|r| r.container_id == cids[0])
         .context("record of pod A")?;
     ensure!(
@@ -195,7 +196,7 @@ fn privileged_two_pods_on_one_node_reach_each_other_and_the_node() -> Result<()>
         r0.ips.iter().any(|s| s.ends_with("/24")) && r0.ips.iter().any(|s| s.ends_with("/64")),
         "{r0:?}"
     );
-    ensure!(r0.host_veth == palisade_cni::host_veth_name(cids[0], "eth0"));
+    ensure!(r0.host_veth == palisade_node_api::host_veth_name(cids[0], "eth0"));
 
     // ADD again for the same container + ifname: same answer, nothing new.
     let again = ok_json(&inv(&node, "ADD", cids[0], Some(&pods[0].path)).run(&cfg)?)?;
@@ -206,7 +207,7 @@ fn privileged_two_pods_on_one_node_reach_each_other_and_the_node() -> Result<()>
     ensure!(node.allocations()?.len() == 4);
 
     // DEL removes veth, routes and allocation; DEL twice is fine.
-    let host_a = palisade_cni::host_veth_name(cids[0], "eth0");
+    let host_a = palisade_node_api::host_veth_name(cids[0], "eth0");
     ok_empty(&inv(&node, "DEL", cids[0], Some(&pods[0].path)).run(&cfg)?)?;
     ok_empty(&inv(&node, "DEL", cids[0], Some(&pods[0].path)).run(&cfg)?)?;
     ensure!(!node.ns.has_link(&host_a), "host veth survived DEL");
@@ -431,7 +432,7 @@ fn privileged_kill_9_during_add_then_gc_leaves_a_consistent_store() -> Result<()
 
     let keep_veths: HashSet<String> = ["keep0", "keep1"]
         .iter()
-        .map(|c| palisade_cni::host_veth_name(c, "eth0"))
+        .map(|c| palisade_node_api::host_veth_name(c, "eth0"))
         .collect();
     let veths: HashSet<String> = node.host_veths()?.into_iter().collect();
     ensure!(veths == keep_veths, "host veths after GC: {veths:?}");
@@ -447,9 +448,14 @@ fn privileged_kill_9_during_add_then_gc_leaves_a_consistent_store() -> Result<()
         !node.allocations()?.iter().any(|n| n.starts_with(".tmp")),
         "tmp file left"
     );
-    let recs = palisade_cni::endpoint::read_all(node.state_dir())?;
+    let recs = palisade_node_api::endpoint::read_all(node.state_dir())?;
     ensure!(
-        recs.len() == 2 && recs.iter().all(|r| r.container_id.starts_with("keep")),
+        recs.records.len() == 2
+            && recs.bad.is_empty()
+            && recs
+                .records
+                .values()
+                .all(|r| r.container_id.starts_with("keep")),
         "{recs:?}"
     );
     ensure!(node.records()?.len() == 2, "{:?}", node.records()?);
@@ -499,7 +505,7 @@ fn privileged_agent_socket_gets_the_endpoint_and_an_unreachable_agent_fails_add_
             let (s, _) = listener.accept()?;
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line)?;
-            if let Ok(palisade_cni::agent_api::Request::Add { endpoint }) =
+            if let Ok(palisade_node_api::socket::Request::Add { endpoint }) =
                 serde_json::from_str(line.trim())
             {
                 for ip in &endpoint.ips {
@@ -529,8 +535,8 @@ fn privileged_agent_socket_gets_the_endpoint_and_an_unreachable_agent_fails_add_
         routes_seen.iter().all(String::is_empty),
         "the node routed to the pod before the agent answered: {routes_seen:?}"
     );
-    let req: palisade_cni::agent_api::Request = serde_json::from_str(got[0].trim())?;
-    let palisade_cni::agent_api::Request::Add { endpoint } = req else {
+    let req: palisade_node_api::socket::Request = serde_json::from_str(got[0].trim())?;
+    let palisade_node_api::socket::Request::Add { endpoint } = req else {
         bail!("not an add: {}", got[0])
     };
     ensure!(

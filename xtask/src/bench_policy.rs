@@ -282,6 +282,8 @@ fn policy_json(rules: usize, allow: bool) -> String {
     j
 }
 
+/// Not the node contract's writer (`palisade_node_api::file::write_atomic`): the change is
+/// timed from the rename, so the write (and no fsync) must come before the clock starts.
 fn write_atomic(dir: &Path, name: &str, text: &str) -> Result<Instant> {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;

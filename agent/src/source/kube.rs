@@ -53,8 +53,8 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("discovery.k8s.io", "endpointslices"),
 ];
 
-/// Name of the pod CIDR file under the state directory.
-pub const POD_CIDR_FILE: &str = "podcidrs.json";
+/// Name of the pod CIDR file under the state directory (the node contract's).
+pub use palisade_node_api::podcidr::FILE_NAME as POD_CIDR_FILE;
 
 /// Annotation `kubectl apply` leaves on objects: a full copy of the object, never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -494,18 +494,9 @@ struct PodCidrWriter {
     written: Option<Vec<String>>,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PodCidrFile {
-    #[serde(rename = "podCIDRs")]
-    pod_cidrs: Vec<String>,
-}
-
 impl PodCidrWriter {
     fn new(node: String, path: PathBuf) -> Self {
-        let written = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<PodCidrFile>(&b).ok())
-            .map(|f| f.pod_cidrs);
+        let written = palisade_node_api::podcidr::read(&path).ok();
         PodCidrWriter {
             node,
             path,
@@ -567,31 +558,11 @@ impl PodCidrWriter {
     }
 }
 
-/// Writes `{"podCIDRs": [...]}` atomically: a temporary file in the same directory, fsync,
-/// rename over the target.
+/// Writes `{"podCIDRs": [...]}` atomically and durably (the node contract's writer).
 pub fn write_pod_cidr_file(path: &Path, cidrs: &[String]) -> Result<(), SourceError> {
-    use std::io::Write;
-    let err = |source| SourceError::PodCidrFile {
+    palisade_node_api::podcidr::write(path, cidrs).map_err(|source| SourceError::PodCidrFile {
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let body = serde_json::to_vec(&PodCidrFile {
-        pod_cidrs: cidrs.to_vec(),
-    })
-    .map_err(|e| err(e.into()))?;
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&body).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| {
-        if let Err(rm) = std::fs::remove_file(&tmp) {
-            tracing::debug!("removing {}: {rm}", tmp.display());
-        }
-        err(e)
     })
 }
 
@@ -688,11 +659,8 @@ mod tests {
             &["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()],
         )
         .unwrap();
-        let got = palisade_cni::config::read_pod_cidr_file(&path).unwrap();
-        assert_eq!(
-            got.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            vec!["10.244.1.0/24", "fd00:10:244:1::/64"]
-        );
+        let got = palisade_node_api::podcidr::read(&path).unwrap();
+        assert_eq!(got, vec!["10.244.1.0/24", "fd00:10:244:1::/64"]);
         // No temporary file left behind.
         assert_eq!(
             std::fs::read_dir(path.parent().unwrap()).unwrap().count(),

@@ -92,6 +92,6 @@ pub enum SourceError {
     PodCidrFile {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: palisade_node_api::Error,
     },
 }

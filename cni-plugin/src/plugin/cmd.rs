@@ -9,15 +9,15 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
+use palisade_node_api::endpoint::{self, EndpointRecord};
+use palisade_node_api::socket::{self, PLUGIN_TIMEOUT, Request};
+use palisade_node_api::{HOST_VETH_PREFIX, host_veth_name};
 use serde_json::Value;
 
 use super::netlink::{Nl, addr, link, neigh, route};
 use super::{netns, sysctl};
-use crate::agent_api::{self, Request};
 use crate::config::{CniEnv, Command, NetConf};
-use crate::endpoint::{self, EndpointRecord};
 use crate::error::{Error, Result};
-use crate::host_veth_name;
 use crate::ipam::{Owner, Store};
 use crate::result::{AddResult, GATEWAY_V4, GATEWAY_V6, gateway_for, prev_result_ips};
 
@@ -247,7 +247,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
     rollback.record = true;
     record.write(&conf.state_dir)?;
     if let Some(sock) = &conf.agent_socket {
-        agent_api::call(sock, &Request::Add { endpoint: record })?;
+        socket::call_ok(sock, &Request::Add { endpoint: record }, PLUGIN_TIMEOUT)?;
     }
     // Node side: a host route per pod address, only now. Until this route exists nothing can
     // reach the pod (the node has no route to its address), so no packet arrives before the
@@ -276,7 +276,7 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<()> {
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
         };
-        if let Err(e) = agent_api::call(sock, &req) {
+        if let Err(e) = socket::call_ok(sock, &req, PLUGIN_TIMEOUT) {
             eprintln!("palisade: DEL continues without the agent: {e}");
         }
     }
@@ -284,7 +284,11 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<()> {
     let nl = Nl::open()?;
     link::delete_by_name(&nl, &host_veth_name(&env.container_id, &env.ifname))?;
     Store::open(&conf.state_dir)?.release(&owner(env))?;
-    endpoint::remove(&conf.state_dir, &env.container_id, &env.ifname)
+    Ok(endpoint::remove(
+        &conf.state_dir,
+        &env.container_id,
+        &env.ifname,
+    )?)
 }
 
 fn check_failed(what: String) -> Error {
@@ -393,7 +397,11 @@ fn gc(conf: &NetConf) -> Result<()> {
         .collect();
     let store = Store::open(&conf.state_dir)?;
     let mut stale: HashSet<Owner> = store.gc(&valid)?.into_iter().map(|a| a.owner).collect();
-    for rec in endpoint::read_all(&conf.state_dir)? {
+    let records = endpoint::read_all(&conf.state_dir)?;
+    for bad in &records.bad {
+        eprintln!("palisade: GC skips endpoint record {bad}");
+    }
+    for rec in records.records.values() {
         let o = Owner {
             container_id: rec.container_id.clone(),
             ifname: rec.ifname.clone(),
@@ -410,7 +418,7 @@ fn gc(conf: &NetConf) -> Result<()> {
                 container_id: o.container_id.clone(),
                 ifname: o.ifname.clone(),
             };
-            if let Err(e) = agent_api::call(sock, &req) {
+            if let Err(e) = socket::call_ok(sock, &req, PLUGIN_TIMEOUT) {
                 eprintln!("palisade: GC continues without the agent: {e}");
             }
         }
@@ -424,7 +432,7 @@ fn gc(conf: &NetConf) -> Result<()> {
         .iter()
         .map(|o| host_veth_name(&o.container_id, &o.ifname))
         .collect();
-    for l in link::list_prefixed(&nl, crate::HOST_VETH_PREFIX)? {
+    for l in link::list_prefixed(&nl, HOST_VETH_PREFIX)? {
         if l.is_veth && l.name.len() == 15 && !keep.contains(&l.name) {
             link::delete(&nl, l.index, &l.name)?;
         }

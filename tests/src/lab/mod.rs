@@ -85,6 +85,8 @@ pub enum LabError {
     },
     #[error("thread panicked: {what}")]
     ThreadPanicked { what: String },
+    #[error(transparent)]
+    Node(palisade_node_api::Error),
     #[error("{op} {}", path.display())]
     Io {
         op: &'static str,
@@ -1369,20 +1371,9 @@ fn mkdir(p: &Path) -> Result<(), LabError> {
     })
 }
 
-/// Writes through a temporary name the agents ignore, then renames: a watcher never reads a
-/// half-written manifest.
+/// The node contract's atomic writer: a watcher never reads a half-written manifest.
 fn write_atomic(path: &Path, text: &str) -> Result<(), LabError> {
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text).map_err(|source| LabError::Io {
-        op: "writing",
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| LabError::Io {
-        op: "renaming into place",
-        path: path.to_path_buf(),
-        source,
-    })
+    palisade_node_api::file::write_atomic(path, text.as_bytes()).map_err(LabError::Node)
 }
 
 /// Lets every group open ICMP ping sockets in namespace `netns` (the ICMP probes use them;

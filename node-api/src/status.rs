@@ -1,0 +1,55 @@
+//! What the agent reports on its socket and `palisadectl` shows: health, generations, problems
+//! (naming object, field and value), endpoints and datapath counters.
+
+use serde::{Deserialize, Serialize};
+
+/// Something the agent could not use, named precisely.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// e.g. "NetworkPolicy x/allow-web" or "file /etc/palisade/p.yaml document 2 (Pod)".
+    pub object: String,
+    /// e.g. "spec.ingress[0].from[1].ipBlock.cidr".
+    pub field: String,
+    /// Names the bad value.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub healthy: bool,
+    pub node: String,
+    /// Generation of the source's latest content the agent has seen.
+    pub source_generation: u64,
+    /// Generation whose content is enforced in the datapath.
+    pub applied_generation: u64,
+    pub endpoints: usize,
+    pub policies: usize,
+    pub problems: Vec<Problem>,
+    /// Datapath verdict counters: (direction, reason, packets, bytes).
+    pub counters: Vec<CounterRow>,
+    /// Last error applying state to the datapath, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CounterRow {
+    pub direction: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointRow {
+    pub pod: String,
+    pub ifname: String,
+    pub host_veth: String,
+    pub ifindex: u32,
+    pub ep_id: u32,
+    pub policy_id: u32,
+    pub ips: Vec<String>,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    /// The pod is not (yet) in the source: enforced as deny-all except the node.
+    pub pod_unknown: bool,
+}
