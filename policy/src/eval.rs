@@ -3,12 +3,13 @@
 //! It never looks at the compiled form, so tests can hold `compile` + `lookup` against it.
 //! It is deliberately simple (linear scans): clarity over speed.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use palisade_common::decide::{CtMatch, Facts, decide};
 
 use crate::compile::{Prepared, RuleId};
-use crate::model::{Cluster, Endpoint, Labels, PodInfo};
+use crate::model::{Cluster, Endpoint, Labels, PodInfo, PodKey};
 use crate::validate::{Direction, NormPolicy, NormRule, Peer, PortMatch, normalize};
 
 /// Does the spec allow a new connection from `src` to `dst` with IP protocol `proto` and
@@ -30,6 +31,9 @@ pub fn evaluate(
 pub struct Evaluator<'a> {
     pub(crate) cluster: &'a Cluster,
     pub(crate) policies: Vec<NormPolicy>,
+    /// Pods by key (the first of a duplicated key, as `Cluster::pod`): a peer is looked up on
+    /// every rule match.
+    by_key: HashMap<PodKey, &'a PodInfo>,
 }
 
 /// Outcome of one direction's check at one pod.
@@ -64,22 +68,31 @@ impl<'a> Evaluator<'a> {
             .iter()
             .filter_map(|p| normalize(p).ok())
             .collect();
-        Evaluator { cluster, policies }
+        Self::from_parts(cluster, policies)
+    }
+
+    pub(crate) fn from_parts(cluster: &'a Cluster, policies: Vec<NormPolicy>) -> Self {
+        let mut by_key = HashMap::with_capacity(cluster.pods.len());
+        for p in &cluster.pods {
+            by_key.entry(p.key()).or_insert(p);
+        }
+        Evaluator {
+            cluster,
+            policies,
+            by_key,
+        }
     }
 
     /// An evaluator over policies already prepared (`cluster.policies` is not read): the ones
     /// an agent enforces, say, which keep the last valid version of a policy whose update
     /// was invalid.
     pub fn with_prepared(cluster: &'a Cluster, policies: &[&Prepared]) -> Self {
-        Evaluator {
-            cluster,
-            policies: policies.iter().map(|p| p.norm().clone()).collect(),
-        }
+        Self::from_parts(cluster, policies.iter().map(|p| p.norm().clone()).collect())
     }
 
     pub(crate) fn pod(&self, e: &Endpoint) -> Option<&'a PodInfo> {
         match e {
-            Endpoint::Pod { pod, .. } => self.cluster.pod(pod),
+            Endpoint::Pod { pod, .. } => self.by_key.get(pod).copied(),
             Endpoint::External(_) => None,
         }
     }
@@ -121,13 +134,44 @@ impl<'a> Evaluator<'a> {
         proto: u8,
         port: u16,
     ) -> (bool, Vec<RuleId>) {
+        self.allowing_rules_among(self.policies.iter(), pod, dir, peer, proto, port)
+    }
+
+    /// `check`, looking only at `policies` (which must hold every policy selecting `pod`;
+    /// others are skipped as `check` skips them): for callers that know which policies
+    /// select a pod and ask many questions about it.
+    pub(crate) fn check_among<'p>(
+        &self,
+        policies: impl Iterator<Item = &'p NormPolicy>,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> DirectionVerdict {
+        let (isolated, rules) = self.allowing_rules_among(policies, pod, dir, peer, proto, port);
+        DirectionVerdict {
+            isolated,
+            allowed_by_rule: !rules.is_empty(),
+        }
+    }
+
+    fn allowing_rules_among<'p>(
+        &self,
+        policies: impl Iterator<Item = &'p NormPolicy>,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> (bool, Vec<RuleId>) {
         let mut allowing = Vec::new();
         // A host-network pod has no interface of its own: no NetworkPolicy applies to it.
         if pod.host_network {
             return (false, allowing);
         }
         let mut isolated = false;
-        for pol in &self.policies {
+        for pol in policies {
             // 1. Only policies in the pod's namespace whose podSelector matches it, and whose
             //    policyTypes include this direction, isolate it.
             if pol.namespace != pod.namespace || !pol.selector.matches(&pod.labels) {
@@ -219,7 +263,8 @@ impl<'a> Evaluator<'a> {
         hits
     }
 
-    fn ns_labels(&self, ns: &str) -> &Labels {
+    /// Labels of namespace `ns` (none when it is unknown).
+    pub(crate) fn ns_labels(&self, ns: &str) -> &Labels {
         static NONE: Labels = Labels::new();
         self.cluster.namespaces.get(ns).unwrap_or(&NONE)
     }

@@ -21,6 +21,8 @@
 //! - [`describe`] renders an endpoint policy for humans.
 //! - [`explain`] answers "is FROM -> TO allowed, and why" (pods, addresses, Services via
 //!   [`ServiceInfo`]), from the reference evaluator's own rule matching.
+//! - [`lint`] finds policies that do not say what their authors meant (stable codes,
+//!   severities, field paths, what the policy does and what was probably meant).
 //! - [`synthetic_cluster`] builds large clusters for benchmarks.
 //!
 //! # Compiled form
@@ -35,6 +37,7 @@ mod compile;
 pub mod conformance;
 mod eval;
 pub mod explain;
+pub mod lint;
 mod manifest;
 mod model;
 mod output;

@@ -80,6 +80,11 @@ impl PortSpace {
         }
     }
 
+    /// `proto` `first..=last` (a range someone asks about) as its own pieces.
+    pub fn add_range(&mut self, proto: Protocol, first: u16, last: u16) {
+        self.cut(proto, first, last);
+    }
+
     /// Every piece, ports of TCP, UDP, SCTP in order, then every other protocol (ICMP for
     /// IPv4, ICMPv6 for IPv6 stands for them).
     pub fn pieces(&self, v6: bool) -> Vec<Piece> {

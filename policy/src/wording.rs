@@ -99,6 +99,20 @@ pub(crate) fn peer_field(dir: Direction) -> &'static str {
     }
 }
 
+/// A list for a message: at most `max` items, then `and N more`.
+pub(crate) fn list<T: std::fmt::Display>(items: &[T], max: usize) -> String {
+    let mut s = items
+        .iter()
+        .take(max)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > max {
+        s.push_str(&format!(" and {} more", items.len() - max));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +142,6 @@ mod tests {
             pods: sel("{}"),
         };
         assert_eq!(peer("x", &p), "every pod in namespace x");
+        assert_eq!(list(&[1, 2, 3], 2), "1, 2 and 1 more");
     }
 }

@@ -61,3 +61,53 @@ fn compile_of_100_local_endpoints_against_10k_pods_and_1k_policies() {
         reg.len()
     );
 }
+
+/// `lint` and `explain` on the synthetic cluster (1,000 pods and 100 policies; with
+/// `--release` also 10,000 pods and 1,000 policies): figures only (`--nocapture`).
+#[test]
+fn lint_and_explain_of_the_synthetic_cluster() {
+    use palisade_policy::explain::{Explainer, PolicySet};
+    use palisade_policy::lint::{LintInput, lint};
+    let small = SyntheticSpec {
+        namespaces: 10,
+        pods_per_namespace: 100,
+        policies_per_namespace: 10,
+        local_pods: 1,
+    };
+    let specs = if cfg!(debug_assertions) {
+        vec![small]
+    } else {
+        vec![small, SyntheticSpec::default()]
+    };
+    for spec in specs {
+        let (cluster, _) = synthetic_cluster(spec);
+        let t = Instant::now();
+        let report = lint(&LintInput {
+            cluster: &cluster,
+            services: &[],
+            namespaces_known: true,
+            read_problems: &[],
+        });
+        let linted = t.elapsed();
+        let set = PolicySet::from_cluster(&cluster);
+        let ex = Explainer::new(&cluster, &set, &[]);
+        let (a, b) = (cluster.pods[0].key(), cluster.pods[1].key());
+        let t = Instant::now();
+        let e = ex
+            .explain(&a.to_string(), &b.to_string(), None)
+            .expect("two pods");
+        let explained = t.elapsed();
+        let mut codes = std::collections::BTreeMap::new();
+        for f in &report.findings {
+            *codes.entry(f.code.clone()).or_insert(0) += 1;
+        }
+        eprintln!(
+            "synthetic {} pods/{} policies: lint {linted:?} ({} findings {codes:?}, notes {:?}); explain every port {explained:?} ({} connections)",
+            cluster.pods.len(),
+            cluster.policies.len(),
+            report.findings.len(),
+            report.notes,
+            e.connections.len()
+        );
+    }
+}

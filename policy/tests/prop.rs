@@ -443,3 +443,72 @@ proptest! {
         }
     }
 }
+
+/// Every answer of the evaluator over pairs of pods and external hosts (of one address
+/// family, as a connection is), for comparing clusters.
+fn all_answers(c: &Cluster) -> Vec<bool> {
+    let ev = Evaluator::new(c);
+    let mut eps: Vec<Endpoint> = EXTERNAL
+        .iter()
+        .map(|a| Endpoint::External(a.parse().expect("ext")))
+        .collect();
+    for p in &c.pods {
+        for ip in &p.ips {
+            eps.push(Endpoint::Pod {
+                pod: p.key(),
+                addr: *ip,
+            });
+        }
+    }
+    let mut out = Vec::new();
+    for s in &eps {
+        for d in eps
+            .iter()
+            .filter(|d| d.addr().is_ipv6() == s.addr().is_ipv6())
+        {
+            for (proto, port) in [
+                (6u8, 53u16),
+                (6, 80),
+                (6, 81),
+                (17, 53),
+                (17, 80),
+                (132, 82),
+                (6, 443),
+                (1, 0),
+            ] {
+                out.push(ev.allows(s, d, proto, port));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// What lint calls shadowed really adds nothing: without the rule (PL701) or the policy
+    /// (PL702), the evaluator answers exactly as before.
+    #[test]
+    fn shadowed_rules_and_policies_change_no_answer_when_removed(c in cluster()) {
+        use palisade_policy::lint::{LintInput, lint};
+        let report = lint(&LintInput { cluster: &c, services: &[], namespaces_known: true, read_problems: &[] });
+        let before = all_answers(&c);
+        for f in report.findings.iter().filter(|f| f.code == "PL701" || f.code == "PL702") {
+            let name = f.object.rsplit('/').next().expect("ns/name");
+            let mut changed = c.clone();
+            let at = changed.policies.iter().position(|p| p.metadata.name.as_deref() == Some(name)).expect("policy");
+            if f.code == "PL702" {
+                changed.policies.remove(at);
+            } else {
+                let spec = changed.policies[at].spec.as_mut().expect("spec");
+                let (dir, index) = f.path.trim_start_matches("spec.").split_once('[').expect("rule path");
+                let index: usize = index.trim_end_matches(']').parse().expect("index");
+                match dir {
+                    "ingress" => { spec.ingress.as_mut().expect("rules").remove(index); }
+                    _ => { spec.egress.as_mut().expect("rules").remove(index); }
+                }
+            }
+            prop_assert!(all_answers(&changed) == before, "{} {} {}: removing it changed an answer", f.code, f.object, f.path);
+        }
+    }
+}

@@ -169,10 +169,7 @@ pub struct Explainer<'a> {
 impl<'a> Explainer<'a> {
     pub fn new(cluster: &'a Cluster, policies: &PolicySet, services: &'a [ServiceInfo]) -> Self {
         Explainer {
-            ev: Evaluator {
-                cluster,
-                policies: policies.policies.clone(),
-            },
+            ev: Evaluator::from_parts(cluster, policies.policies.clone()),
             services,
             notes: policies.notes.clone(),
         }
