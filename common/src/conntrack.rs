@@ -53,6 +53,23 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
 
+/// Whether an ICMP (or ICMPv6) error may relate to a tracked flow, judged by its outer
+/// addresses; the embedded packet's tuple must then match the flow too.
+///
+/// An error is sent to the source of the packet it reports (RFC 792; RFC 4443 section 2.4),
+/// so its outer destination must be the embedded packet's source address. Otherwise any
+/// packet could be dressed up as an error about a tracked flow and delivered anywhere: an
+/// egress-denied pod would send data to a forbidden host inside a forged error embedding the
+/// tuple of a flow it has with an allowed peer. The outer *source* is not checked: a router on
+/// the path (a node, or a router outside the cluster) reports with its own address, and
+/// path MTU discovery depends on those errors. Linux's own conntrack applies the same rule
+/// to related errors (`nf_conntrack_inet_error` in net/netfilter/nf_conntrack_proto_icmp.c:
+/// "outer daddr != inner").
+#[inline(always)]
+pub fn icmp_error_addressed_to_sender(outer_daddr: &[u8; 16], inner_saddr: &[u8; 16]) -> bool {
+    crate::addr_eq(outer_daddr, inner_saddr)
+}
+
 /// Idle timeouts, nanoseconds.
 pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;

@@ -35,3 +35,15 @@ pub const DIR_EGRESS: u8 = 1;
 /// Added to a direction in `pal_pol_v1` keys: the entries of the endpoint's *audited*
 /// policies (they decide nothing; see `decide::audit`).
 pub const DIR_AUDIT: u8 = 2;
+
+/// Compares two 16-byte addresses (IPv4 in the first 4 bytes, the rest zero) as two words:
+/// `==` on arrays compiles to a `memcmp` call, which the BPF target does not have.
+#[inline(always)]
+pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    // SAFETY: both are 16 readable bytes; unaligned reads are allowed on the stack and in maps.
+    unsafe {
+        let a = core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]);
+        let b = core::ptr::read_unaligned(b.as_ptr() as *const [u64; 2]);
+        a[0] == b[0] && a[1] == b[1]
+    }
+}

@@ -10,7 +10,7 @@ use palisade_common::{
     DIR_EGRESS, DIR_INGRESS,
     conntrack::{
         CT_CLOSING, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, CtKey, CtValue,
-        FragKey, FragValue,
+        FragKey, FragValue, icmp_error_addressed_to_sender,
     },
     decide::CtMatch,
     packet::IPPROTO_TCP,
@@ -111,10 +111,12 @@ pub fn ct_match(code: u8) -> CtMatch {
 /// Looks the packet up:
 /// 1. its own tuple admitted in its own direction: `CT_ESTABLISHED`;
 /// 2. its reversed tuple admitted in the other direction: `CT_REPLY`;
-/// 3. for an ICMP error, the embedded packet's tuple admitted in the other direction (the
-///    error is about a packet of that flow), then the embedded tuple reversed admitted in this
-///    direction (about a reply of a flow admitted here): `CT_RELATED`. An ICMP error is never
-///    established or a reply itself.
+/// 3. for an ICMP error addressed to the embedded packet's source
+///    (`icmp_error_addressed_to_sender`), the embedded packet's tuple admitted in the other
+///    direction (the error is about a packet of that flow), then the embedded tuple reversed
+///    admitted in this direction (about a reply of a flow admitted here): `CT_RELATED`. An
+///    ICMP error is never established or a reply itself; one that relates to nothing is a
+///    new packet (judged by policy, never tracked).
 ///
 /// Returns the match and the live entry; `key` ends up as the matched entry's key (the flow
 /// as it was admitted, which is what a re-check evaluates) or, for `CT_NEW`, the packet's own
@@ -123,7 +125,7 @@ pub fn ct_match(code: u8) -> CtMatch {
 pub fn lookup(ep_id: u32, dir: u8, pkt: &Packet, now: u64, key: &mut CtKey) -> (u8, *mut CtValue) {
     let other = other_dir(dir);
     if pkt.icmp_error != 0 {
-        if pkt.has_inner != 0 {
+        if pkt.has_inner != 0 && icmp_error_addressed_to_sender(&pkt.t.daddr, &pkt.inner.saddr) {
             *key = self::key(ep_id, other, &pkt.inner);
             if let Some(v) = live(key, now) {
                 return (CT_RELATED, v);

@@ -15,13 +15,5 @@ pub mod parse;
 pub mod policy;
 pub mod stats;
 
-/// Compares two 16-byte addresses without `memcmp` (which the BPF target does not have).
-#[inline(always)]
-pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    // SAFETY: both are 16 readable bytes; unaligned reads are allowed on the stack and in maps.
-    unsafe {
-        let a = core::ptr::read_unaligned(a.as_ptr() as *const [u64; 2]);
-        let b = core::ptr::read_unaligned(b.as_ptr() as *const [u64; 2]);
-        a[0] == b[0] && a[1] == b[1]
-    }
-}
+/// Compares two 16-byte addresses without `memcmp` (shared with the user side).
+pub use palisade_common::addr_eq;

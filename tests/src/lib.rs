@@ -12,6 +12,7 @@ pub mod rng;
 
 pub mod lab;
 pub mod netns;
+pub mod packet;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

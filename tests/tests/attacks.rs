@@ -8,12 +8,14 @@
 //!
 //! Every test states its threat model in its header comment.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
 
-use palisade_tests::lab::netns::{in_netns, ip};
+use palisade_tests::lab::netns::in_netns;
 use palisade_tests::lab::{AgentMode, Lab, LabConfig};
+use palisade_tests::packet::{
+    Capture, ether, icmp4, icmp6, ipv4, ipv6, macs, send_frames, send_hdrincl, sys, udp,
+};
 use palisade_tests::require_privileges;
 
 /// Attacks the datapath is known to let through, with the reason: the test observes them,
@@ -39,267 +41,6 @@ fn addr(lab: &Lab, pod: &str, v6: bool) -> IpAddr {
 
 fn netns(lab: &Lab, pod: &str) -> String {
     lab.pod_netns(pod).expect("pod exists").to_string()
-}
-
-fn mac_field(text: &str, key: &str) -> [u8; 6] {
-    let word = text
-        .split_whitespace()
-        .skip_while(|w| *w != key)
-        .nth(1)
-        .unwrap_or_else(|| panic!("no {key} in {text:?}"));
-    let mut mac = [0u8; 6];
-    for (i, b) in word.split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(b, 16).expect("hex MAC");
-    }
-    mac
-}
-
-/// (pod eth0 MAC, gateway MAC = the host veth's, from the plugin's static neighbour entry).
-fn macs(ns: &str) -> ([u8; 6], [u8; 6]) {
-    let link = ip(&["-n", ns, "-o", "link", "show", "dev", "eth0"]).expect("ip link");
-    let neigh = ip(&["-n", ns, "neigh", "show", "169.254.1.1", "dev", "eth0"]).expect("neigh");
-    (mac_field(&link, "link/ether"), mac_field(&neigh, "lladdr"))
-}
-
-fn checksum(chunks: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    let mut odd: Option<u8> = None;
-    for c in chunks {
-        for &b in *c {
-            match odd.take() {
-                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
-                None => odd = Some(b),
-            }
-        }
-    }
-    if let Some(hi) = odd {
-        sum += u32::from(u16::from_be_bytes([hi, 0]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A UDP datagram (header + payload) with its checksum over the pseudo header.
-fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let len = (8 + payload.len()) as u16;
-    let mut d = Vec::new();
-    d.extend_from_slice(&sport.to_be_bytes());
-    d.extend_from_slice(&dport.to_be_bytes());
-    d.extend_from_slice(&len.to_be_bytes());
-    d.extend_from_slice(&[0, 0]);
-    d.extend_from_slice(payload);
-    let pseudo: Vec<u8> = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(t)) => {
-            let mut p = s.octets().to_vec();
-            p.extend_from_slice(&t.octets());
-            p.extend_from_slice(&[0, 17]);
-            p.extend_from_slice(&len.to_be_bytes());
-            p
-        }
-        (IpAddr::V6(s), IpAddr::V6(t)) => {
-            let mut p = s.octets().to_vec();
-            p.extend_from_slice(&t.octets());
-            p.extend_from_slice(&u32::from(len).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, 17]);
-            p
-        }
-        _ => panic!("mixed families"),
-    };
-    let mut c = checksum(&[&pseudo, &d]);
-    if c == 0 {
-        c = 0xffff;
-    }
-    d[6..8].copy_from_slice(&c.to_be_bytes());
-    d
-}
-
-/// An IPv4 header + `payload`: identification `id`, fragment offset in 8-byte units, MF flag.
-fn ipv4(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    id: u16,
-    offset8: u16,
-    more: bool,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    h.extend_from_slice(&id.to_be_bytes());
-    h.extend_from_slice(&(offset8 | if more { 0x2000 } else { 0 }).to_be_bytes());
-    h.extend_from_slice(&[64, 17, 0, 0]);
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    let c = checksum(&[&h]);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h.extend_from_slice(payload);
-    h
-}
-
-/// An Ethernet frame carrying `l3` (ethertype 0x0800 or 0x86dd).
-fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, l3: &[u8]) -> Vec<u8> {
-    let mut f = dst.to_vec();
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(l3);
-    f
-}
-
-fn sys(ret: i32, what: &str) -> i32 {
-    assert!(ret >= 0, "{what}: {}", std::io::Error::last_os_error());
-    ret
-}
-
-/// Sends IPv4 packets with complete headers (IP_HDRINCL via IPPROTO_RAW) from `ns`.
-fn send_hdrincl(ns: &str, packets: &[Vec<u8>]) {
-    in_netns(ns, || {
-        // SAFETY: plain syscalls on a descriptor we own.
-        unsafe {
-            let fd = OwnedFd::from_raw_fd(sys(
-                libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
-                "raw socket",
-            ));
-            for p in packets {
-                let mut sa: libc::sockaddr_in = std::mem::zeroed();
-                sa.sin_family = libc::AF_INET as u16;
-                sa.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
-                sys(
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        p.as_ptr().cast(),
-                        p.len(),
-                        0,
-                        (&raw const sa).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    ) as i32,
-                    "sendto (IP_HDRINCL)",
-                );
-            }
-        }
-    })
-    .expect("in pod namespace");
-}
-
-/// Sends whole Ethernet frames on `eth0` of `ns` (AF_PACKET).
-fn send_frames(ns: &str, frames: &[Vec<u8>]) {
-    in_netns(ns, || {
-        // SAFETY: plain syscalls on a descriptor we own.
-        unsafe {
-            let fd = OwnedFd::from_raw_fd(sys(
-                libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
-                "packet socket",
-            ));
-            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
-            for f in frames {
-                let mut sa: libc::sockaddr_ll = std::mem::zeroed();
-                sa.sll_family = libc::AF_PACKET as u16;
-                sa.sll_ifindex = ifindex as i32;
-                sa.sll_halen = 6;
-                sa.sll_addr[..6].copy_from_slice(&f[..6]);
-                sys(
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        f.as_ptr().cast(),
-                        f.len(),
-                        0,
-                        (&raw const sa).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    ) as i32,
-                    "sendto (AF_PACKET)",
-                );
-            }
-        }
-    })
-    .expect("in pod namespace");
-}
-
-/// Every frame arriving on `eth0` of a pod (AF_PACKET, all protocols, incoming only).
-struct Capture {
-    fd: OwnedFd,
-    frames: Vec<Vec<u8>>,
-}
-
-impl Capture {
-    fn start(ns: &str) -> Capture {
-        let fd = in_netns(ns, || {
-            // SAFETY: plain syscalls on a descriptor we own.
-            unsafe {
-                let proto = (libc::ETH_P_ALL as u16).to_be();
-                let fd = OwnedFd::from_raw_fd(sys(
-                    libc::socket(
-                        libc::AF_PACKET,
-                        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-                        i32::from(proto),
-                    ),
-                    "capture socket",
-                ));
-                let mut sa: libc::sockaddr_ll = std::mem::zeroed();
-                sa.sll_family = libc::AF_PACKET as u16;
-                sa.sll_protocol = proto;
-                sa.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
-                sys(
-                    libc::bind(
-                        fd.as_raw_fd(),
-                        (&raw const sa).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    ),
-                    "bind capture",
-                );
-                fd
-            }
-        })
-        .expect("in pod namespace");
-        Capture {
-            fd,
-            frames: Vec::new(),
-        }
-    }
-
-    fn drain(&mut self) {
-        let mut buf = [0u8; 4096];
-        loop {
-            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: buffers are ours and sized as passed.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&raw mut sa).cast(),
-                    &raw mut len,
-                )
-            };
-            if n <= 0 {
-                return;
-            }
-            if sa.sll_pkttype != libc::PACKET_OUTGOING {
-                self.frames.push(buf[..n as usize].to_vec());
-            }
-        }
-    }
-
-    fn count(&mut self, marker: &[u8]) -> usize {
-        self.drain();
-        self.frames
-            .iter()
-            .filter(|f| f.windows(marker.len()).any(|w| w == marker))
-            .count()
-    }
-
-    /// Waits (bounded) until `n` frames carrying `marker` arrived.
-    fn wait_for(&mut self, marker: &[u8], n: usize) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if self.count(marker) >= n {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
 }
 
 fn apply(lab: &mut Lab, name: &str, yaml: &str) {
@@ -342,11 +83,11 @@ fn privileged_attack_spoofed_source_never_reaches_a_pod_that_admits_the_real_sou
     let dgram = |m: &[u8]| udp(a4.into(), b4.into(), 5555, 80, m);
     send_hdrincl(
         &nc,
-        &[ipv4(a4, b4, 0x5501, 0, false, &dgram(b"plt-spoof-v4"))],
+        &[ipv4(a4, b4, 17, 0x5501, 0, false, &dgram(b"plt-spoof-v4"))],
     );
     send_hdrincl(
         &na,
-        &[ipv4(a4, b4, 0x5502, 0, false, &dgram(b"plt-legit-v4"))],
+        &[ipv4(a4, b4, 17, 0x5502, 0, false, &dgram(b"plt-legit-v4"))],
     );
     assert!(
         cap.wait_for(b"plt-legit-v4", 1),
@@ -383,17 +124,6 @@ fn privileged_attack_spoofed_source_never_reaches_a_pod_that_admits_the_real_sou
     );
 }
 
-/// An IPv6 header + `payload` with next header `next`.
-fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
-    let mut h = vec![0x60, 0, 0, 0];
-    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    h.extend_from_slice(&[next, 64]);
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    h.extend_from_slice(payload);
-    h
-}
-
 /// Threat model: a pod (x/a) smuggles a UDP datagram to a port the target's (x/b) policy
 /// denies (81) by fragmenting it: the first fragment carries the ports and is dropped by
 /// policy; later fragments carry no ports and must not be admitted on their own (nor when
@@ -427,8 +157,8 @@ fn privileged_attack_fragments_of_a_denied_datagram_never_arrive_allowed_ones_do
         payload.extend_from_slice(marker);
         let d = udp(a4.into(), b4.into(), 6666, port, &payload);
         vec![
-            ipv4(a4, b4, id, 0, true, &d[..24]),
-            ipv4(a4, b4, id, 3, false, &d[24..]),
+            ipv4(a4, b4, 17, id, 0, true, &d[..24]),
+            ipv4(a4, b4, 17, id, 3, false, &d[24..]),
         ]
     };
     let denied = split(0x6601, 81, b"plt-frag-denied-in-order");
@@ -637,4 +367,163 @@ fn ping(ns: &str, src: IpAddr, dst: IpAddr, ident: u16) -> bool {
         }
     })
     .expect("in pod namespace")
+}
+
+/// The `palisadectl status` counter of node 0 for (`direction`, `reason`), in packets.
+fn counter(lab: &Lab, direction: &str, reason: &str) -> u64 {
+    let text = lab
+        .agent_status()
+        .expect("palisadectl status")
+        .into_iter()
+        .next()
+        .expect("one node");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("status is JSON");
+    v["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["direction"] == direction && c["reason"] == reason)
+        .filter_map(|c| c["packets"].as_u64())
+        .sum()
+}
+
+/// Waits (bounded) until `cond` holds; false if it never did.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// Sends one UDP datagram from `from` (in network namespace `ns`, source port `sport`) to
+/// `to`:`port`.
+fn send_udp(ns: &str, from: IpAddr, sport: u16, to: IpAddr, port: u16, payload: &[u8]) {
+    in_netns(ns, || {
+        let s = std::net::UdpSocket::bind((from, sport)).expect("bind UDP");
+        s.send_to(payload, (to, port)).expect("send UDP");
+    })
+    .expect("in pod namespace");
+}
+
+/// Threat model: a pod (x/a) whose egress policy denies everything, and whose ingress admits
+/// x/b, tries to send data to a pod it may not reach (x/c) inside ICMP errors. x/b sends it a
+/// UDP datagram (an admitted inbound flow, tracked at x/a); x/a then sends x/c "port
+/// unreachable" errors that embed that flow's tuple and carry a marker, IPv4 (IP_HDRINCL) and
+/// ICMPv6 (a frame on eth0). An error only relates to a flow when it goes to the source of the
+/// packet it reports: nothing reaches x/c, and each forged error is counted as x/a's egress
+/// `default_deny`. Control: the same errors addressed to x/b (as real errors would be) arrive.
+#[test]
+fn privileged_attack_forged_icmp_errors_carry_nothing_past_egress_policy() {
+    if !require_privileges("privileged_attack_forged_icmp_errors_carry_nothing_past_egress_policy")
+    {
+        return;
+    }
+    let mut lab = lab();
+    apply(
+        &mut lab,
+        "a-no-egress",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: a-no-egress, namespace: x}\n\
+         spec: {podSelector: {matchLabels: {pod: a}}, policyTypes: [Egress]}\n",
+    );
+    let (na, nb, nc) = (netns(&lab, "x/a"), netns(&lab, "x/b"), netns(&lab, "x/c"));
+    let mut at_b = Capture::start(&nb);
+    let mut at_c = Capture::start(&nc);
+    let denied_before = counter(&lab, "egress", "default_deny");
+    // IPv4: the tracked flow b:41001 -> a:80, then errors about it.
+    let (a4, b4, c4) = match (
+        addr(&lab, "x/a", false),
+        addr(&lab, "x/b", false),
+        addr(&lab, "x/c", false),
+    ) {
+        (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(c)) => (a, b, c),
+        _ => unreachable!(),
+    };
+    send_udp(&nb, b4.into(), 41001, a4.into(), 80, b"plt-icmp-flow-v4");
+    assert!(
+        at_b.wait_for(b"plt-icmp-flow-v4", 1),
+        "x/a's UDP server never echoed x/b's datagram (setup broken)\n{}",
+        status(&lab)
+    );
+    let embedded = ipv4(
+        b4,
+        a4,
+        17,
+        0x7101,
+        0,
+        false,
+        &udp(b4.into(), a4.into(), 41001, 80, b""),
+    );
+    let error_v4 = |to, marker: &[u8]| {
+        let mut body = embedded.clone();
+        body.extend_from_slice(marker);
+        ipv4(a4, to, 1, 0x7102, 0, false, &icmp4(3, 3, [0; 4], &body))
+    };
+    send_hdrincl(
+        &na,
+        &[
+            error_v4(c4, b"plt-icmp-tunnel-v4"),
+            error_v4(b4, b"plt-icmp-real-v4"),
+        ],
+    );
+    assert!(
+        at_b.wait_for(b"plt-icmp-real-v4", 1),
+        "an ICMP error about its flow, addressed to x/b, never arrived\n{}",
+        status(&lab)
+    );
+    // IPv6: the tracked flow [b]:41002 -> [a]:80.
+    let (a6, b6, c6) = match (
+        addr(&lab, "x/a", true),
+        addr(&lab, "x/b", true),
+        addr(&lab, "x/c", true),
+    ) {
+        (IpAddr::V6(a), IpAddr::V6(b), IpAddr::V6(c)) => (a, b, c),
+        _ => unreachable!(),
+    };
+    send_udp(&nb, b6.into(), 41002, a6.into(), 80, b"plt-icmp-flow-v6");
+    assert!(
+        at_b.wait_for(b"plt-icmp-flow-v6", 1),
+        "x/a's UDP server never echoed x/b's IPv6 datagram (setup broken)\n{}",
+        status(&lab)
+    );
+    let embedded6 = ipv6(b6, a6, 17, &udp(b6.into(), a6.into(), 41002, 80, b""));
+    let (mac, gw) = macs(&na);
+    let error_v6 = |to, marker: &[u8]| {
+        let mut body = embedded6.clone();
+        body.extend_from_slice(marker);
+        let icmp = icmp6(a6, to, 1, 4, [0; 4], &body);
+        ether(gw, mac, 0x86dd, &ipv6(a6, to, 58, &icmp))
+    };
+    send_frames(
+        &na,
+        &[
+            error_v6(c6, b"plt-icmp-tunnel-v6"),
+            error_v6(b6, b"plt-icmp-real-v6"),
+        ],
+    );
+    assert!(
+        at_b.wait_for(b"plt-icmp-real-v6", 1),
+        "an ICMPv6 error about its flow, addressed to x/b, never arrived\n{}",
+        status(&lab)
+    );
+    // Both forged errors are judged (and counted) before the real ones that followed them.
+    let judged = eventually(|| counter(&lab, "egress", "default_deny") >= denied_before + 2);
+    for marker in [&b"plt-icmp-tunnel-v4"[..], b"plt-icmp-tunnel-v6"] {
+        assert_eq!(
+            at_c.count(marker),
+            0,
+            "x/a's forged ICMP error ({}) reached x/c past its egress policy\n{}",
+            String::from_utf8_lossy(marker),
+            status(&lab)
+        );
+    }
+    assert!(
+        judged,
+        "the forged errors were not counted as x/a's egress default_deny\n{}",
+        status(&lab)
+    );
 }

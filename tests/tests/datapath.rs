@@ -5,140 +5,23 @@
 
 use anyhow::Result;
 use palisade_common::{
-    DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6,
-    endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
+    DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_INGRESS_ISOLATED, EndpointInfo},
     packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
     policy::{
-        POL_ALL_PORTS, PORT_KEY_ANY_PORT_BITS, PORT_KEY_ANY_PROTO_BITS, PORT_KEY_FULL_BITS,
-        PolicyKey, PolicyValue, PortKey, PortValue, policy_prefixlen,
+        PORT_KEY_ANY_PORT_BITS, PORT_KEY_ANY_PROTO_BITS, PORT_KEY_FULL_BITS, PortKey, PortValue,
     },
     stats::{CFG_DEBUG_LOG, Config, HostAddrKey},
     verdict::Reason,
 };
 use palisade_tests::bpf::{
-    Datapath, Outcome, Prog, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
+    Datapath, Prog, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
     frame::{self, Ext, TCP_ACK, TCP_FIN, TCP_SYN, V4, V6, V6Frag},
 };
 
-const POD4: [u8; 4] = [10, 0, 0, 2];
-const PEER4: [u8; 4] = [10, 0, 1, 5];
-const OTHER4: [u8; 4] = [10, 0, 1, 6];
-const NODE4: [u8; 4] = [192, 168, 0, 10];
-const POD6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-const PEER6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
-const LINK_LOCAL6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
-
-const POLICY_A: u32 = 100;
-const POLICY_B: u32 = 101;
-const PORTSET: u32 = 7;
-
-/// The endpoint under test. Its `policy_gen` follows `policy_id` here (every test policy
-/// switch is to another id).
-fn endpoint(flags: u32, policy_id: u32) -> EndpointInfo {
-    EndpointInfo {
-        ep_id: 42,
-        policy_id,
-        policy_gen: policy_id,
-        flags: flags | EP_HAS_V4 | EP_HAS_V6,
-        ipv4_be: POD4,
-        ipv6_be: POD6,
-        _pad: 0,
-    }
-}
-
-/// The object loaded with one endpoint on the test-run ifindex; `None` when not privileged.
-fn setup(test: &str, flags: u32) -> Option<Datapath> {
-    if !palisade_tests::require_privileges(test) {
-        return None;
-    }
-    let mut dp = Datapath::load().expect("loading the datapath");
-    dp.set_endpoint(TEST_RUN_IFINDEX, endpoint(flags, POLICY_A))
-        .expect("seeding the endpoint");
-    Some(dp)
-}
-
-fn addr16(a: &[u8]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..a.len()].copy_from_slice(a);
-    out
-}
-
-/// A `pal_pol_v1` entry for `addr/bits` of policy `policy_id` in `dir`.
-fn allow_peer(dp: &mut Datapath, policy_id: u32, dir: u8, addr: &[u8], bits: u8, v: PolicyValue) {
-    let family = if addr.len() == 4 {
-        FAMILY_V4
-    } else {
-        FAMILY_V6
-    };
-    let key = PolicyKey {
-        policy_id_be: policy_id.to_be_bytes(),
-        dir,
-        family,
-        _pad: [0; 2],
-        addr_be: addr16(addr),
-    };
-    dp.add_policy(policy_prefixlen(bits), key, v)
-        .expect("writing a policy entry");
-}
-
-fn all_ports(rule_ref: u32) -> PolicyValue {
-    PolicyValue {
-        flags: POL_ALL_PORTS,
-        rule_ref,
-        portset_id: 0,
-        _pad: 0,
-    }
-}
-
-fn portset(portset_id: u32) -> PolicyValue {
-    PolicyValue {
-        flags: 0,
-        rule_ref: 0,
-        portset_id,
-        _pad: 0,
-    }
-}
-
-/// A `pal_port_v1` entry: `port_bits` of the port significant (16 = exact, 0 = any port).
-fn allow_port(dp: &mut Datapath, portset_id: u32, proto: u8, port: u16, port_bits: u32, rule: u32) {
-    let key = PortKey {
-        portset_id_be: portset_id.to_be_bytes(),
-        proto,
-        port_be: port.to_be_bytes(),
-        _pad: 0,
-    };
-    dp.add_port(
-        PORT_KEY_ANY_PORT_BITS + port_bits,
-        key,
-        PortValue { rule_ref: rule },
-    )
-    .expect("writing a port entry");
-}
-
-#[track_caller]
-fn run(dp: &Datapath, prog: Prog, f: &[u8]) -> Outcome {
-    dp.run(prog, f).expect("running the program")
-}
-
-#[track_caller]
-fn expect(dp: &Datapath, prog: Prog, f: &[u8], reason: Reason) {
-    let o = run(dp, prog, f);
-    assert_eq!(
-        o.reason.name(),
-        reason.name(),
-        "{prog:?}: unexpected reason"
-    );
-    let action = if reason.is_drop() {
-        TC_ACT_SHOT
-    } else {
-        TC_ACT_OK
-    };
-    assert_eq!(o.action, action, "{prog:?} {}: TC action", reason.name());
-}
-
-fn syn_in(src: [u8; 4], dport: u16) -> Vec<u8> {
-    V4::new(src, POD4, IPPROTO_TCP).frame(&frame::tcp(40000, dport, TCP_SYN))
-}
+#[path = "common/tier1.rs"]
+mod tier1;
+use tier1::*;
 
 #[test]
 fn privileged_datapath_loads_and_reports_program_sizes() {

@@ -1,0 +1,108 @@
+//! Tier 1, hostile pods: the real datapath object on crafted frames (`BPF_PROG_TEST_RUN`, no
+//! namespace), for packets a compromised pod builds to get past its policy or to disturb the
+//! node. The same attacks through real packets in the lab are in `attacks.rs`. Every test
+//! states its threat model in its header comment.
+
+#[path = "common/tier1.rs"]
+mod tier1;
+use tier1::*;
+
+use palisade_common::{
+    endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED},
+    packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP},
+    verdict::Reason,
+};
+use palisade_tests::bpf::{
+    Prog, TEST_RUN_IFINDEX,
+    frame::{self, V4, V6},
+};
+
+const OTHER6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6];
+const ROUTER4: [u8; 4] = [10, 9, 9, 9];
+
+/// Threat model: an egress-isolated pod with an admitted inbound flow from PEER dresses data
+/// for OTHER (which its policy forbids) as ICMP errors about that flow, v4 and v6. An error
+/// is related to a flow only when it goes to the source of the packet it reports: to OTHER it
+/// is a new packet, denied by default; to PEER it is related.
+#[test]
+fn privileged_icmp_error_leaving_the_pod_relates_only_when_sent_to_the_flows_peer() {
+    let Some(mut dp) = setup(
+        "privileged_icmp_error_leaving_the_pod_relates_only_when_sent_to_the_flows_peer",
+        EP_EGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    let probe = V4::new(PEER4, POD4, IPPROTO_UDP).packet(&frame::udp(7000, 9, 4));
+    expect(
+        &dp,
+        Prog::ToPod,
+        &frame::eth(0x0800, &probe),
+        Reason::NOT_ISOLATED,
+    );
+    let mut body = probe[..28].to_vec();
+    body.extend_from_slice(b"data for someone else");
+    let tunnel = V4::new(POD4, OTHER4, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &body));
+    expect(&dp, Prog::FromPod, &tunnel, Reason::DEFAULT_DENY);
+    let real = V4::new(POD4, PEER4, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &body));
+    expect(&dp, Prog::FromPod, &real, Reason::CT_RELATED);
+
+    let probe6 = V6::new(PEER6, POD6, IPPROTO_UDP).packet(&frame::udp(7000, 9, 4));
+    expect(
+        &dp,
+        Prog::ToPod,
+        &frame::eth(0x86dd, &probe6),
+        Reason::NOT_ISOLATED,
+    );
+    let mut body6 = probe6[..48].to_vec();
+    body6.extend_from_slice(b"data for someone else");
+    let tunnel6 = V6::new(POD6, OTHER6, IPPROTO_ICMPV6).frame(&frame::icmp(1, 4, &body6));
+    expect(&dp, Prog::FromPod, &tunnel6, Reason::DEFAULT_DENY);
+    let real6 = V6::new(POD6, PEER6, IPPROTO_ICMPV6).frame(&frame::icmp(1, 4, &body6));
+    expect(&dp, Prog::FromPod, &real6, Reason::CT_RELATED);
+    // An error about a *reply* of an outbound flow goes to that reply's source, the peer.
+    let query = V4::new(POD4, PEER4, IPPROTO_UDP).packet(&frame::udp(5353, 53, 8));
+    dp.set_endpoint(TEST_RUN_IFINDEX, endpoint(EP_INGRESS_ISOLATED, POLICY_A))
+        .expect("switching isolation");
+    expect(
+        &dp,
+        Prog::FromPod,
+        &frame::eth(0x0800, &query),
+        Reason::NOT_ISOLATED,
+    );
+    let answer = V4::new(PEER4, POD4, IPPROTO_UDP).packet(&frame::udp(53, 5353, 8));
+    let about_reply = |to| V4::new(POD4, to, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &answer[..28]));
+    expect(&dp, Prog::FromPod, &about_reply(PEER4), Reason::CT_RELATED);
+    expect(
+        &dp,
+        Prog::FromPod,
+        &about_reply(OTHER4),
+        Reason::NOT_ISOLATED,
+    );
+}
+
+/// Threat model: a peer the pod's ingress policy forbids sends the pod ICMP errors that embed
+/// the tuple of one of the pod's outbound flows. Errors addressed to the pod are related
+/// whoever sends them (a router on the path reports with its own address, and path MTU
+/// discovery needs it); one whose outer destination is not the embedded packet's source is
+/// not an error about that flow and is judged as a new packet.
+#[test]
+fn privileged_icmp_error_entering_the_pod_must_be_addressed_to_the_flows_source() {
+    let Some(dp) = setup(
+        "privileged_icmp_error_entering_the_pod_must_be_addressed_to_the_flows_source",
+        EP_INGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    let query = V4::new(POD4, PEER4, IPPROTO_UDP).packet(&frame::udp(5353, 53, 8));
+    expect(
+        &dp,
+        Prog::FromPod,
+        &frame::eth(0x0800, &query),
+        Reason::NOT_ISOLATED,
+    );
+    let from_router = V4::new(ROUTER4, POD4, IPPROTO_ICMP).frame(&frame::icmp(11, 0, &query[..28]));
+    expect(&dp, Prog::ToPod, &from_router, Reason::CT_RELATED);
+    let misaddressed =
+        V4::new(ROUTER4, OTHER4, IPPROTO_ICMP).frame(&frame::icmp(11, 0, &query[..28]));
+    expect(&dp, Prog::ToPod, &misaddressed, Reason::DEFAULT_DENY);
+}
