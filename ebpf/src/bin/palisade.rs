@@ -15,7 +15,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, __sk_buff},
     macros::classifier,
     programs::TcContext,
 };
@@ -46,13 +46,13 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     if deferred_egress(&ctx) == TC_ACT_SHOT {
         return TC_ACT_SHOT;
     }
-    handle(&ctx, DIR_INGRESS, ifindex(&ctx), false)
+    handle(ctx.skb.skb, DIR_INGRESS, ifindex(&ctx), false)
 }
 
 /// Packets leaving the pod.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    handle(&ctx, DIR_EGRESS, ifindex(&ctx), false)
+    handle(ctx.skb.skb, DIR_EGRESS, ifindex(&ctx), false)
 }
 
 /// Packets leaving the node: only Service traffic translated to a remote backend (or to
@@ -80,14 +80,22 @@ fn deferred_egress(ctx: &TcContext) -> i32 {
         return TC_ACT_OK;
     }
     ctx.set_mark(mark & !SVC_MARK);
-    handle(ctx, DIR_EGRESS, iif, true)
+    handle(ctx.skb.skb, DIR_EGRESS, iif, true)
 }
 
 /// Evaluates, counts, optionally logs, and turns the verdict into a TC action. Every error
 /// path of `evaluate` arrives here as a reason, so nothing leaves uncounted, and everything
 /// that is not an explicit pass is `TC_ACT_SHOT` (fail closed).
-#[inline(always)]
-fn handle(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> i32 {
+///
+/// Not inlined: a BPF-to-BPF call. The verifier still checks the body at each call site with
+/// the caller's (constant) arguments, but when it returns only the caller's registers and the
+/// returned action remain, so the many paths through one evaluation collapse into a few
+/// states before the next: `to_pod`, which evaluates twice (a deferred Service judgement,
+/// then its own ingress), is verified in roughly twice `from_pod`'s instructions instead of
+/// their product.
+#[inline(never)]
+fn handle(skb: *mut __sk_buff, dir: u8, ep_ifindex: u32, deferred: bool) -> i32 {
+    let ctx = &TcContext::new(skb);
     let v = match evaluate(ctx, dir, ep_ifindex, deferred) {
         Ok(v) => v,
         Err(reason) => Verdict::drop(reason),
