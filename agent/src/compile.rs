@@ -415,7 +415,7 @@ mod tests {
     fn snapshot(policies: &[&str]) -> Snapshot {
         let mut s = Snapshot::default();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&format!(
+            let pod: k8s_openapi::api::core::v1::Pod = serde_saphyr::from_str(&format!(
                 "metadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}\nstatus: {{podIP: 10.244.0.{}}}\n",
                 i + 1
             ))
@@ -423,7 +423,7 @@ mod tests {
             s.pods.insert(("x".into(), (*name).into()), Arc::new(pod));
         }
         for (i, p) in policies.iter().enumerate() {
-            let np: NetworkPolicy = serde_yaml::from_str(p).unwrap();
+            let np: NetworkPolicy = serde_saphyr::from_str(p).unwrap();
             s.policies
                 .insert(("x".into(), format!("p{i}")), Arc::new(np));
         }

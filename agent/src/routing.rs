@@ -589,7 +589,10 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        (name.into(), Arc::new(serde_yaml::from_str(&yaml).unwrap()))
+        (
+            name.into(),
+            Arc::new(serde_saphyr::from_str(&yaml).unwrap()),
+        )
     }
 
     fn c(s: &str) -> Cidr {

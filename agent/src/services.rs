@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn svc(yaml: &str) -> Arc<Service> {
-        Arc::new(serde_yaml::from_str(yaml).unwrap())
+        Arc::new(serde_saphyr::from_str(yaml).unwrap())
     }
 
     #[test]

@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Probe, ServiceAccount, Volume,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
@@ -108,13 +107,9 @@ fn all_docs() -> Vec<Doc> {
     let mut docs = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        for d in serde_yaml::Deserializer::from_str(&text) {
-            let v = serde_yaml::Value::deserialize(d)
-                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            if v.is_null() {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::to_value(&v).unwrap();
+        let values: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for v in values {
             let api_version = v["apiVersion"].as_str().unwrap_or_default();
             let kind = v["kind"].as_str().unwrap_or_default();
             let object = match (api_version, kind) {

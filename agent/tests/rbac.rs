@@ -6,15 +6,14 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use palisade_agent::source::kube::WATCHED;
-use serde::Deserialize;
 
 /// The RBAC objects of the install manifest (which also holds the ConfigMap and DaemonSet).
-fn manifests() -> Vec<serde_yaml::Value> {
+fn manifests() -> Vec<serde_json::Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/palisade.yaml");
     let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
+    serde_saphyr::from_multiple::<serde_json::Value>(&text)
+        .unwrap()
+        .into_iter()
         .filter(|v| {
             matches!(
                 v["kind"].as_str(),
@@ -30,13 +29,13 @@ fn manifests() -> Vec<serde_yaml::Value> {
         .collect()
 }
 
-fn one<T: serde::de::DeserializeOwned>(docs: &[serde_yaml::Value], kind: &str) -> T {
+fn one<T: serde::de::DeserializeOwned>(docs: &[serde_json::Value], kind: &str) -> T {
     let found: Vec<_> = docs
         .iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
         .collect();
     assert_eq!(found.len(), 1, "exactly one {kind} in deploy/palisade.yaml");
-    serde_yaml::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
+    serde_json::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
 #[test]

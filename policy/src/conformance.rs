@@ -10,7 +10,6 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde::Deserialize;
 
 use crate::manifest::NAMESPACE_NAME_LABEL;
 use crate::model::{Cluster, Endpoint, NamedPort, PodInfo, PodKey, Protocol};
@@ -170,16 +169,9 @@ pub struct Case {
 /// The model cluster with the case's policies.
 pub fn case_cluster(case: &Case) -> Cluster {
     let mut c = model_cluster();
-    for doc in serde_yaml::Deserializer::from_str(case.policies) {
-        let v = serde_yaml::Value::deserialize(doc)
-            .unwrap_or_else(|e| panic!("case {}: policy YAML: {e}", case.name));
-        if v.is_null() {
-            continue;
-        }
-        let np: NetworkPolicy = serde_yaml::from_value(v)
-            .unwrap_or_else(|e| panic!("case {}: policy YAML: {e}", case.name));
-        c.policies.push(np);
-    }
+    let policies: Vec<NetworkPolicy> = serde_saphyr::from_multiple(case.policies)
+        .unwrap_or_else(|e| panic!("case {}: policy YAML: {e}", case.name));
+    c.policies.extend(policies);
     c
 }
 

@@ -4,7 +4,8 @@
 //!
 //! # API
 //! - [`Cluster`] (namespaces with labels, [`PodInfo`]s, k8s-openapi `NetworkPolicy`s) is the
-//!   input. [`parse_manifests`] + [`Cluster::from_objects`] build one from YAML.
+//!   input. [`manifest::parse`] reads Kubernetes YAML/JSON manifests (strictly, within
+//!   [`manifest::Limits`]); [`Cluster::from_objects`] builds a cluster from the objects.
 //! - [`validate`] lists a policy's [`Problem`]s; [`compile`] skips invalid policies whole and
 //!   reports them in [`Compiled::problems`] (the agent decides about last-known-good).
 //! - [`prepare`] validates and normalizes one policy; [`compile_prepared`] compiles from
@@ -38,7 +39,7 @@ pub mod conformance;
 mod eval;
 pub mod explain;
 pub mod lint;
-mod manifest;
+pub mod manifest;
 mod model;
 mod output;
 mod port_space;
@@ -55,7 +56,7 @@ pub use compile::{
     compile_prepared, prepare,
 };
 pub use eval::{DirectionVerdict, Evaluator, evaluate, pod_endpoint};
-pub use manifest::{Error, NAMESPACE_NAME_LABEL, Object, parse_manifests, pod_info};
+pub use manifest::{NAMESPACE_NAME_LABEL, Object, pod_info};
 pub use model::{Cluster, Endpoint, Labels, NamedPort, PodInfo, PodKey, Protocol, proto_name};
 pub use output::{
     compiled_allows, describe, lookup, lookup_peer, policy_map_entries, port_map_entries,

@@ -7,13 +7,14 @@ use palisade_common::policy::{
 };
 use palisade_common::{DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
 use palisade_policy::conformance::{Case, case_cluster, model_cluster};
+use palisade_policy::manifest::{self, Format};
 use palisade_policy::{
-    Cluster, Error, Object, PeerAllow, PodInfo, PodKey, RuleRegistry, compile, describe, lookup,
-    parse_manifests, policy_map_entries, port_map_entries, validate,
+    Cluster, Object, PeerAllow, PodInfo, PodKey, RuleRegistry, compile, describe, lookup,
+    policy_map_entries, port_map_entries, validate,
 };
 
 fn policy(yaml: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
-    serde_yaml::from_str(yaml).expect("test YAML")
+    serde_saphyr::from_str(yaml).expect("test YAML")
 }
 
 fn problems(yaml: &str) -> Vec<(String, String)> {
@@ -242,11 +243,9 @@ apiVersion: v1
 kind: Service
 metadata: {name: svc}
 ";
-    let objs = parse_manifests(yaml).expect("parses");
+    let objs = manifest::parse_objects(yaml, Format::Yaml).expect("parses");
     assert_eq!(objs.len(), 4);
-    assert!(
-        matches!(&objs[3], Object::Other { kind, name } if kind == "Service" && name.as_deref() == Some("svc"))
-    );
+    assert!(matches!(&objs[3], Object::Service(s) if s.metadata.name.as_deref() == Some("svc")));
     let (c, problems) = Cluster::from_objects(&objs);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(c.namespaces["shop"]["kubernetes.io/metadata.name"], "shop");
@@ -265,29 +264,22 @@ kind: Namespace
 metadata: {name: a}
 ---
 kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
 metadata: {name: p, namespace: a}
 spec:
+  podSelector: {}
   ingress:
   - ports: [{port: 80, endPort: eighty}]
 ";
-    match parse_manifests(yaml) {
-        Err(e @ Error::Field { index: 1, .. }) => {
-            let Error::Field { field, kind, .. } = &e else {
-                unreachable!()
-            };
-            assert_eq!(kind, "NetworkPolicy");
-            assert_eq!(field, "spec.ingress[0].ports[0].endPort");
-            assert!(e.to_string().contains("document 1"));
-        }
-        other => panic!("expected a field error in document 1, got {other:?}"),
-    }
+    let m = manifest::parse(yaml, Format::Yaml).expect("YAML");
+    assert_eq!(m.objects.len(), 1);
+    let p = &m.problems[0];
+    assert_eq!(p.object, "document 1 (line 5) NetworkPolicy a/p");
+    assert_eq!(p.field, "spec.ingress[0].ports[0].endPort");
+    assert!(p.message.contains("\"eighty\""), "{p}");
     assert!(matches!(
-        parse_manifests("metadata: {}\n"),
-        Err(Error::MissingKind { index: 0 })
-    ));
-    assert!(matches!(
-        parse_manifests("a: [\n"),
-        Err(Error::Yaml { index: 0, .. })
+        manifest::parse("a: [\n", Format::Yaml),
+        Err(manifest::Error::Syntax { document: 0, .. })
     ));
 }
 

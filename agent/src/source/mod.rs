@@ -54,6 +54,41 @@ pub struct Snapshot {
     pub problems: Vec<Problem>,
 }
 
+impl Snapshot {
+    /// Adds (or replaces) an object under its key.
+    pub fn insert(&mut self, o: palisade_policy::Object) {
+        use palisade_policy::Object;
+        fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+            (
+                m.namespace.clone().unwrap_or_default(),
+                m.name.clone().unwrap_or_default(),
+            )
+        }
+        match o {
+            Object::Namespace(ns) => {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                self.namespaces.insert(name, ns);
+            }
+            Object::Node(n) => {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                self.nodes.insert(name, n);
+            }
+            Object::Pod(p) => {
+                self.pods.insert(key(&p.metadata), p);
+            }
+            Object::NetworkPolicy(np) => {
+                self.policies.insert(key(&np.metadata), np);
+            }
+            Object::Service(s) => {
+                self.services.insert(key(&s.metadata), s);
+            }
+            Object::EndpointSlice(es) => {
+                self.endpoint_slices.insert(key(&es.metadata), es);
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("reading source directory {path}")]

@@ -1,101 +1,16 @@
-//! Multi-document Kubernetes YAML -> typed objects, and objects -> `Cluster`.
+//! Objects -> [`Cluster`]: the policy-relevant facts of Namespaces, Pods and NetworkPolicies.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde::Deserialize;
+use k8s_openapi::api::core::v1::Pod;
 
+use super::Object;
 use crate::model::{Cluster, NamedPort, PodInfo, Protocol};
 use crate::validate::Problem;
 
 /// Label the API server puts on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-
-/// Errors of this crate (only manifest parsing can fail; policy problems are data).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A document is not YAML.
-    #[error("manifest document {index}: invalid YAML")]
-    Yaml {
-        index: usize,
-        #[source]
-        source: serde_yaml::Error,
-    },
-    /// A document lacks `kind` (or it is not a string).
-    #[error("manifest document {index}: no `kind`")]
-    MissingKind { index: usize },
-    /// A document of a known kind does not deserialize; `field` is the path of the bad field.
-    #[error("manifest document {index} ({kind}): field `{field}`")]
-    Field {
-        index: usize,
-        kind: String,
-        field: String,
-        #[source]
-        source: serde_yaml::Error,
-    },
-}
-
-/// One object of a manifest.
-#[derive(Clone, Debug)]
-pub enum Object {
-    Namespace(Box<Namespace>),
-    Pod(Box<Pod>),
-    NetworkPolicy(Box<NetworkPolicy>),
-    /// Any other kind (Service, Node, ...): kept by name so callers can say what they ignore.
-    Other {
-        kind: String,
-        name: Option<String>,
-    },
-}
-
-/// Splits multi-document YAML into objects. Empty documents are skipped; document indices in
-/// errors count from 0 over all documents, empty ones included. A `kind: List` is not
-/// expanded.
-pub fn parse_manifests(yaml: &str) -> Result<Vec<Object>, Error> {
-    let mut out = Vec::new();
-    for (index, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value =
-            serde_yaml::Value::deserialize(doc).map_err(|source| Error::Yaml { index, source })?;
-        if value.is_null() {
-            continue;
-        }
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .ok_or(Error::MissingKind { index })?
-            .to_string();
-        fn typed<T: serde::de::DeserializeOwned>(
-            index: usize,
-            kind: &str,
-            v: serde_yaml::Value,
-        ) -> Result<Box<T>, Error> {
-            serde_path_to_error::deserialize(v)
-                .map(Box::new)
-                .map_err(|e| Error::Field {
-                    index,
-                    kind: kind.to_string(),
-                    field: e.path().to_string(),
-                    source: e.into_inner(),
-                })
-        }
-        out.push(match kind.as_str() {
-            "Namespace" => Object::Namespace(typed(index, &kind, value)?),
-            "Pod" => Object::Pod(typed(index, &kind, value)?),
-            "NetworkPolicy" => Object::NetworkPolicy(typed(index, &kind, value)?),
-            _ => Object::Other {
-                name: value
-                    .get("metadata")
-                    .and_then(|m| m.get("name"))
-                    .and_then(|n| n.as_str())
-                    .map(str::to_string),
-                kind,
-            },
-        });
-    }
-    Ok(out)
-}
 
 impl Cluster {
     /// Builds a cluster from objects. Namespaces get the `kubernetes.io/metadata.name` label,
@@ -130,7 +45,7 @@ impl Cluster {
                     used.push(ns.clone());
                     c.policies.push(np);
                 }
-                Object::Other { .. } => {}
+                Object::Node(_) | Object::Service(_) | Object::EndpointSlice(_) => {}
             }
         }
         for ns in used {
