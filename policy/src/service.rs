@@ -227,7 +227,7 @@ mod tests {
     use crate::model::NamedPort;
 
     fn svc(yaml: &str) -> (ServiceInfo, Vec<Problem>) {
-        service_info(&serde_yaml::from_str::<Service>(yaml).expect("Service YAML"))
+        service_info(&serde_saphyr::from_str::<Service>(yaml).expect("Service YAML"))
     }
 
     #[test]

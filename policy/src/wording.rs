@@ -119,7 +119,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn sel(yaml: &str) -> Selector {
-        let ls: LabelSelector = serde_yaml::from_str(yaml).expect("selector YAML");
+        let ls: LabelSelector = serde_saphyr::from_str(yaml).expect("selector YAML");
         Selector::parse(&ls, "test", "sel", &mut Vec::new()).expect("valid selector")
     }
 

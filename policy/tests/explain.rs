@@ -38,7 +38,7 @@ metadata: {namespace: y, name: udp-web}
 spec: {selector: {pod: a}, ports: [{name: w, port: 80, protocol: UDP, targetPort: web}]}",
     ]
     .iter()
-    .map(|y| service_info(&serde_yaml::from_str(y).expect("Service YAML")).0)
+    .map(|y| service_info(&serde_saphyr::from_str(y).expect("Service YAML")).0)
     .collect()
 }
 
@@ -221,7 +221,7 @@ fn what_if_replaces_and_adds_policies() {
         "metadata: {namespace: y, name: deny-egress}\nspec: {podSelector: {}, policyTypes: [Egress]}",
     ]
     .iter()
-    .map(|y| serde_yaml::from_str(y).expect("policy YAML"))
+    .map(|y| serde_saphyr::from_str(y).expect("policy YAML"))
     .collect();
     set.what_if(&extra).expect("valid what-if");
     let ex = Explainer::new(&c, &set, &svcs);
@@ -244,7 +244,7 @@ fn what_if_replaces_and_adds_policies() {
     assert!(render(&e).contains(
         "egress at y/a: DENIED: no rule allows z/a; isolated by NetworkPolicy y/deny-egress"
     ));
-    let bad: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml::from_str(
+    let bad: k8s_openapi::api::networking::v1::NetworkPolicy = serde_saphyr::from_str(
         "metadata: {namespace: x, name: bad}\nspec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}",
     )
     .unwrap();

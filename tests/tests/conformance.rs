@@ -34,16 +34,16 @@ fn probe_cases() -> Vec<Case> {
 /// The case's policies as manifests: each document gets `apiVersion` and `kind`.
 fn manifests(case: &conformance::Case) -> String {
     let mut out = String::new();
-    for doc in serde_yaml::Deserializer::from_str(case.policies) {
-        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc)
-            .unwrap_or_else(|e| panic!("case {}: policy YAML: {e}", case.name));
-        let serde_yaml::Value::Mapping(mut m) = v else {
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(case.policies)
+        .unwrap_or_else(|e| panic!("case {}: policy YAML: {e}", case.name));
+    for v in docs {
+        let serde_json::Value::Object(mut m) = v else {
             continue;
         };
         m.insert("apiVersion".into(), "networking.k8s.io/v1".into());
         m.insert("kind".into(), "NetworkPolicy".into());
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&m).expect("YAML serializes"));
+        out.push_str(&serde_saphyr::to_string(&m).expect("YAML serializes"));
     }
     out
 }

@@ -589,7 +589,7 @@ impl Context<'_> {
             .cluster
             .policies
             .iter()
-            .map(|p| serde_yaml::to_string(p).unwrap_or_else(|e| format!("<yaml: {e}>")))
+            .map(|p| serde_saphyr::to_string(p).unwrap_or_else(|e| format!("<yaml: {e}>")))
             .collect::<Vec<_>>()
             .join("---\n");
         Mismatch {

@@ -569,6 +569,41 @@ fn agent_apply_times(lab: &palisade_tests::lab::Lab, changes: usize) -> Option<D
     Some(percentile(&v, 0.5))
 }
 
+/// The directory source's parser (`palisade_policy::manifest::parse`: limits, strict fields)
+/// on the largest policy of the end-to-end part, in each format: what YAML costs over JSON.
+fn manifest_parse(args: &PolicyBenchArgs) -> Result<()> {
+    let rules = args.rules.iter().copied().max().unwrap_or(10_000);
+    for format in &args.formats {
+        let text = format.policy(rules, true);
+        let mf = match format {
+            Format::Yaml => palisade_policy::manifest::Format::Yaml,
+            Format::Json => palisade_policy::manifest::Format::Json,
+        };
+        let mut times = Vec::new();
+        for _ in 0..args.runs.max(1) {
+            let t = Instant::now();
+            let m = palisade_policy::manifest::parse(&text, mf)
+                .with_context(|| format!("parsing the {rules}-rule {format:?} policy"))?;
+            times.push(t.elapsed());
+            anyhow::ensure!(
+                m.objects.len() == 1 && m.problems.is_empty(),
+                "the {rules}-rule {format:?} policy did not parse cleanly: {:?}",
+                m.problems
+            );
+        }
+        times.sort();
+        println!(
+            "manifest parse ({}, {rules} rules, {} KB, {} runs): median {}, min {}",
+            format.label(),
+            text.len() / 1024,
+            times.len(),
+            ms(percentile(&times, 0.5)),
+            ms(times[0])
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &PolicyBenchArgs) -> Result<()> {
     let root = nix::unistd::Uid::effective().is_root();
     let art = if root {
@@ -577,6 +612,7 @@ pub fn run(args: &PolicyBenchArgs) -> Result<()> {
         None
     };
     synthetic(args, art.as_ref().map(|a| &a.bpf_object))?;
+    manifest_parse(args)?;
     if args.synthetic_only {
         return Ok(());
     }

@@ -37,7 +37,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::model::{self, ModelPod, kind_of};
 use super::reachability::{Case, Family, Protocol, Reachability};
@@ -121,7 +121,7 @@ pub fn parse_objects(docs: &[Value]) -> Result<(Vec<Service>, Vec<EndpointSlice>
     let mut slices = Vec::new();
     for d in docs {
         match kind_of(d) {
-            "Service" => services.push(serde_yaml::from_value(d.clone()).map_err(|e| {
+            "Service" => services.push(serde_json::from_value(d.clone()).map_err(|e| {
                 LabError::Manifest {
                     what: "Service".into(),
                     reason: e.to_string(),
@@ -129,7 +129,7 @@ pub fn parse_objects(docs: &[Value]) -> Result<(Vec<Service>, Vec<EndpointSlice>
             })?),
             "EndpointSlice" => {
                 slices.push(
-                    serde_yaml::from_value(d.clone()).map_err(|e| LabError::Manifest {
+                    serde_json::from_value(d.clone()).map_err(|e| LabError::Manifest {
                         what: "EndpointSlice".into(),
                         reason: e.to_string(),
                     })?,
@@ -536,19 +536,21 @@ impl Lab {
         if !generated.is_empty() {
             let mut text = yaml.to_string();
             for s in &generated {
-                let mut v = serde_yaml::to_value(s).map_err(|e| LabError::Manifest {
+                let mut v = serde_json::to_value(s).map_err(|e| LabError::Manifest {
                     what: "generated EndpointSlice".into(),
                     reason: e.to_string(),
                 })?;
-                if let Value::Mapping(m) = &mut v {
+                if let Value::Object(m) = &mut v {
                     m.insert("apiVersion".into(), "discovery.k8s.io/v1".into());
                     m.insert("kind".into(), "EndpointSlice".into());
                 }
                 text.push_str("\n---\n");
-                text.push_str(&serde_yaml::to_string(&v).map_err(|e| LabError::Manifest {
-                    what: "generated EndpointSlice".into(),
-                    reason: e.to_string(),
-                })?);
+                text.push_str(
+                    &serde_saphyr::to_string(&v).map_err(|e| LabError::Manifest {
+                        what: "generated EndpointSlice".into(),
+                        reason: e.to_string(),
+                    })?,
+                );
             }
             self.apply_yaml(name, &text)?;
         }

@@ -44,7 +44,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_yaml::Value;
+use serde_json::Value;
 
 pub use agent::AgentBins;
 pub use model::{Model, ModelPod, ModelPort, PORTS};
@@ -612,7 +612,7 @@ impl Lab {
         let docs: Vec<Value> = nodes
             .iter()
             .map(|n| {
-                serde_yaml::to_value(n).map_err(|e| LabError::Manifest {
+                serde_json::to_value(n).map_err(|e| LabError::Manifest {
                     what: "Node".into(),
                     reason: e.to_string(),
                 })

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::json;
-use serde_yaml::Value;
 
 use super::LabError;
 use super::reachability::Protocol;
@@ -184,7 +184,7 @@ impl Model {
             let meta: Meta = doc
                 .get("metadata")
                 .cloned()
-                .map(serde_yaml::from_value)
+                .map(serde_json::from_value)
                 .transpose()
                 .map_err(|e| LabError::Manifest {
                     what: format!("{kind} metadata"),
@@ -300,7 +300,7 @@ impl Model {
         for d in docs {
             out.push_str("---\n");
             // A JSON value always serializes to YAML.
-            out.push_str(&serde_yaml::to_string(&d).unwrap_or_default());
+            out.push_str(&serde_saphyr::to_string(&d).unwrap_or_default());
         }
         out
     }
@@ -327,17 +327,10 @@ pub fn is_model_object(doc: &Value) -> bool {
 
 /// Splits a multi-document YAML text; empty documents are dropped.
 pub fn split_documents(what: &str, text: &str) -> Result<Vec<Value>, LabError> {
-    let mut docs = Vec::new();
-    for de in serde_yaml::Deserializer::from_str(text) {
-        let v = Value::deserialize(de).map_err(|e| LabError::Manifest {
-            what: what.to_string(),
-            reason: e.to_string(),
-        })?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
+    serde_saphyr::from_multiple::<Value>(text).map_err(|e| LabError::Manifest {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Joins documents back into one YAML text.
@@ -345,7 +338,7 @@ pub fn join_documents(docs: &[Value]) -> String {
     let mut out = String::new();
     for d in docs {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(d).unwrap_or_default());
+        out.push_str(&serde_saphyr::to_string(d).unwrap_or_default());
     }
     out
 }
