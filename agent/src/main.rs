@@ -114,7 +114,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         // Inside the runtime: the source's watchers are tasks of it.
         let source: Box<dyn Source> = match dir {
-            Some(dir) => Box::new(DirSource::new(dir)),
+            Some(dir) => Box::new(DirSource::new(dir).write_pod_cidrs(&cfg.node, &cfg.state_dir)),
             None => Box::new(kube_source(&cfg, kubeconfig.as_deref()).await?),
         };
         let agent = Agent::start(cfg, source)?;

@@ -24,7 +24,11 @@
 //!   [`ServiceInfo`]), from the reference evaluator's own rule matching.
 //! - [`lint`] finds policies that do not say what their authors meant (stable codes,
 //!   severities, field paths, what the policy does and what was probably meant).
-//! - [`synthetic_cluster`] builds large clusters for benchmarks.
+//!
+//! # Test fixtures (feature `testing`)
+//! Not part of the API the agent links: `conformance` (the upstream netpol model and the case
+//! table every tier runs) and `synthetic_cluster` (large clusters for benchmarks). The policy
+//! crate's own tests, the privileged tests and xtask enable the feature.
 //!
 //! # Compiled form
 //! Peer prefixes may nest. Each entry carries the union of every rule (peer) that covers the
@@ -35,6 +39,7 @@
 //! lowest `rule_ref` allowing each port; "all protocols and ports" is [`PeerAllow::AllPorts`].
 
 mod compile;
+#[cfg(feature = "testing")]
 pub mod conformance;
 mod eval;
 pub mod explain;
@@ -47,6 +52,7 @@ mod ports;
 mod prefix;
 mod selector;
 mod service;
+#[cfg(feature = "testing")]
 mod synth;
 mod validate;
 mod wording;
@@ -65,5 +71,6 @@ pub use port_space::{PortRange, PortRanges};
 pub use ports::{PortPrefix, PortSet};
 pub use prefix::Prefix;
 pub use service::{ServiceInfo, ServicePort, TargetPort, dns_service, service_info};
+#[cfg(feature = "testing")]
 pub use synth::{SyntheticSpec, synthetic_cluster};
 pub use validate::{Direction, Problem, policy_object_name, validate};

@@ -257,7 +257,10 @@ impl KubeSource {
         let (nodes, t) = spawn_watch::<Node>(
             &client,
             &shared,
-            Some(Box::new(move |nodes: &Store<Node>| pod_cidrs.update(nodes))),
+            Some(Box::new(move |nodes: &Store<Node>| {
+                let node = nodes.get(&ObjectRef::new(pod_cidrs.node()));
+                pod_cidrs.update(node.as_deref())
+            })),
         );
         tasks.push(t);
         let (namespaces, t) = spawn_watch::<Namespace>(&client, &shared, None);
@@ -486,8 +489,8 @@ async fn watch_kind<K: Watched>(
     }
 }
 
-/// Writes this node's pod CIDRs to the file the CNI plugin reads.
-struct PodCidrWriter {
+/// Writes this node's pod CIDRs to the file the CNI plugin reads (both sources use it).
+pub(crate) struct PodCidrWriter {
     node: String,
     path: PathBuf,
     /// What the file holds (read at start, then what we wrote).
@@ -495,7 +498,12 @@ struct PodCidrWriter {
 }
 
 impl PodCidrWriter {
-    fn new(node: String, path: PathBuf) -> Self {
+    /// This node's name.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub(crate) fn new(node: String, path: PathBuf) -> Self {
         let written = palisade_node_api::podcidr::read(&path).ok();
         PodCidrWriter {
             node,
@@ -507,9 +515,9 @@ impl PodCidrWriter {
     /// Brings the file in line with this node's object; returns a problem to report when the
     /// node or its CIDRs are missing or the file cannot be written. The file is left as it is
     /// when the node has no CIDRs (a node object being recreated must not strand the plugin).
-    fn update(&mut self, nodes: &Store<Node>) -> Option<Problem> {
+    pub(crate) fn update(&mut self, node: Option<&Node>) -> Option<Problem> {
         let object = format!("Node {}", self.node);
-        let Some(node) = nodes.get(&ObjectRef::new(&self.node)) else {
+        let Some(node) = node else {
             return Some(Problem {
                 object,
                 field: String::new(),

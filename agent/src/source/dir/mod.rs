@@ -117,6 +117,16 @@ impl DirSource {
         &self.dir
     }
 
+    /// Also writes `state_dir/podcidrs.json` (the file the CNI plugin reads when its config
+    /// has no `podCIDRs`) from the Node object named `node`, when the directory holds one.
+    pub fn write_pod_cidrs(self, node: &str, state_dir: &Path) -> Self {
+        lock(&self.scanner).pod_cidrs = Some(super::kube::PodCidrWriter::new(
+            node.to_string(),
+            state_dir.join(super::kube::POD_CIDR_FILE),
+        ));
+        self
+    }
+
     /// Scans the directory in place. Returns a new snapshot when its content changed since
     /// the last scan, `None` otherwise.
     pub fn rescan(&mut self) -> Result<Option<Snapshot>, SourceError> {

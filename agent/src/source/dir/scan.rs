@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use palisade_policy::manifest::{self, Format, Limits, Object, ObjectKey};
 
+use crate::source::kube::PodCidrWriter;
 use crate::source::{Snapshot, SourceError};
 use crate::status::Problem;
 
@@ -62,6 +63,9 @@ pub(super) struct Scanner {
     files: BTreeMap<PathBuf, Parsed>,
     /// Every object of the previous snapshot: the last good versions.
     last_good: BTreeMap<ObjectKey, Object>,
+    /// Writes this node's pod CIDRs (from its Node object, when the directory has one) to
+    /// the file the CNI plugin reads, as the API source does.
+    pub(super) pod_cidrs: Option<PodCidrWriter>,
 }
 
 fn hash_of(x: impl Hash) -> u64 {
@@ -88,6 +92,7 @@ impl Scanner {
             generation: 0,
             files: BTreeMap::new(),
             last_good: BTreeMap::new(),
+            pod_cidrs: None,
         }
     }
 
@@ -130,7 +135,15 @@ impl Scanner {
             next.insert(path, parsed);
         }
         self.files = next;
-        Ok(Some(self.merge()))
+        let mut snap = self.merge();
+        if let Some(w) = &mut self.pod_cidrs {
+            // No Node object of this node: the user gives podCIDRs in the CNI config.
+            let node = snap.nodes.get(w.node()).cloned();
+            if let Some(p) = node.and_then(|n| w.update(Some(&n))) {
+                snap.problems.push(p);
+            }
+        }
+        Ok(Some(snap))
     }
 
     fn read_files(&self) -> Result<Vec<(PathBuf, Content)>, SourceError> {

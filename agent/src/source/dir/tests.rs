@@ -353,3 +353,28 @@ async fn parsing_runs_off_the_polling_thread() {
     assert_eq!(egress_rules(&snap), Some(1));
     assert_eq!(s.generation(), 2);
 }
+
+#[test]
+fn this_nodes_pod_cidrs_are_written_for_the_cni_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let node = |cidrs: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nspec: {{podCIDRs: [{cidrs}]}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: n2}}\nspec: {{podCIDRs: [10.244.2.0/24]}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("nodes.yaml"), node("10.244.1.0/24")).unwrap();
+    let mut s = DirSource::new(dir.path()).write_pod_cidrs("n1", state.path());
+    let snap = s.rescan().unwrap().unwrap();
+    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    let file = state.path().join(crate::source::kube::POD_CIDR_FILE);
+    let read = || palisade_node_api::podcidr::read(&file).unwrap();
+    assert_eq!(read(), ["10.244.1.0/24"]);
+    std::fs::write(
+        dir.path().join("nodes.yaml"),
+        node("10.244.1.0/24, \"fd00:10:244:1::/64\""),
+    )
+    .unwrap();
+    s.rescan().unwrap().unwrap();
+    assert_eq!(read().len(), 2);
+}
