@@ -4,7 +4,7 @@
 
 use palisade_policy::conformance::{case_cluster, cases};
 use palisade_policy::lint::{CHECKS, Finding, LintInput, LintReport, Severity, lint, render};
-use palisade_policy::{Cluster, Object, Problem, ServiceInfo, parse_manifests, service_info};
+use palisade_policy::{Cluster, Object, Problem, ServiceInfo, manifest, service_info};
 
 /// Namespaces web (team=a), db (team=b), kube-system; pods web/frontend, web/api (named port
 /// http 8080), db/postgres (5432), kube-system/coredns (53 UDP and TCP).
@@ -51,9 +51,13 @@ spec:
   ports: [{name: dns, port: 53, protocol: UDP, targetPort: dns}, {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}]";
 
 fn cluster(yaml: &str) -> Cluster {
-    let objects = parse_manifests(yaml).expect("test manifests parse");
+    let objects =
+        manifest::parse_objects(yaml, manifest::Format::Yaml).expect("test manifests parse");
     assert!(
-        objects.iter().all(|o| !matches!(o, Object::Other { .. })),
+        objects.iter().all(|o| matches!(
+            o,
+            Object::Namespace(_) | Object::Pod(_) | Object::NetworkPolicy(_)
+        )),
         "unexpected kind in test manifests"
     );
     let (c, problems) = Cluster::from_objects(&objects);
@@ -64,7 +68,7 @@ fn cluster(yaml: &str) -> Cluster {
 fn services(yamls: &[&str]) -> Vec<ServiceInfo> {
     yamls
         .iter()
-        .map(|y| service_info(&serde_yaml::from_str(y).expect("Service YAML")).0)
+        .map(|y| service_info(&serde_saphyr::from_str(y).expect("Service YAML")).0)
         .collect()
 }
 

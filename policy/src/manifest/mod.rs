@@ -318,12 +318,10 @@ fn read_document(m: &mut Manifest, index: usize, line: Option<u64>, tree: Value)
     };
     let object = format!("{doc} {key}");
     let api_version = str_at(&tree, &["apiVersion"]);
-    // Namespaces and Pods have always been read without `apiVersion` (test fixtures omit
-    // it); a wrong one is still refused.
-    let version_ok = match api_version {
-        Some(v) => v == kind.api_version(),
-        None => matches!(kind, Kind::Namespace | Kind::Pod),
-    };
+    // A missing `apiVersion` is read as the one version read here (test fixtures and the
+    // policy crate's callers omit it); another version is refused: its fields may mean
+    // something else.
+    let version_ok = api_version.is_none_or(|v| v == kind.api_version());
     if !version_ok {
         m.problems.push(Problem::new(
             object,

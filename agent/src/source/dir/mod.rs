@@ -56,9 +56,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Source for DirSource {
     fn poll(&mut self) -> Result<Option<Snapshot>, SourceError> {
         let Some(rescanner) = &self.rescanner else {
-            let r = self.rescan();
+            // The watch first, so that no change between the scan and the watch is missed.
             self.start()?;
-            return r;
+            return self.rescan();
         };
         match lock(&self.ready).take() {
             Some(r) => {
