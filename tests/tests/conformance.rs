@@ -34,7 +34,7 @@ fn probe_cases() -> Vec<Case> {
 /// The case's policies as manifests: each document gets `apiVersion` and `kind`.
 fn manifests(case: &conformance::Case) -> String {
     let mut out = String::new();
-    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(case.policies)
+    let docs = palisade_tests::lab::model::split_documents(case.name, case.policies)
         .unwrap_or_else(|e| panic!("case {}: policy YAML: {e}", case.name));
     for v in docs {
         let serde_json::Value::Object(mut m) = v else {

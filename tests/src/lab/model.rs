@@ -327,9 +327,14 @@ pub fn is_model_object(doc: &Value) -> bool {
 
 /// Splits a multi-document YAML text; empty documents are dropped.
 pub fn split_documents(what: &str, text: &str) -> Result<Vec<Value>, LabError> {
-    serde_saphyr::from_multiple::<Value>(text).map_err(|e| LabError::Manifest {
-        what: what.to_string(),
-        reason: e.to_string(),
+    // YAML 1.2 booleans, as the agent's manifest parser reads them: the upstream model's
+    // namespace `y` (and label values such as `on`) stay strings in an untyped tree.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
+        LabError::Manifest {
+            what: what.to_string(),
+            reason: e.to_string(),
+        }
     })
 }
 
