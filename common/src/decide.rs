@@ -2,6 +2,7 @@
 //! the TC programs (`ebpf/`) and by the reference evaluator in `policy/`, so both agree by
 //! construction on precedence.
 
+use crate::policy::{RULE_DENY, rule_allows};
 use crate::verdict::{Reason, Verdict};
 
 /// How a packet relates to the conntrack table.
@@ -32,8 +33,10 @@ pub struct Facts {
     /// direction. For a tracked flow that is not current: the direction the flow was admitted
     /// in, so the re-check asks the same question the admission did.
     pub isolated: bool,
-    /// First rule allowing the (peer, protocol, port) being checked, 0 if none. Same direction
-    /// convention as `isolated`.
+    /// What the lookups found for the (peer, protocol, port) being checked (same direction
+    /// convention as `isolated`): the first rule allowing it; 0 when nothing allows it; or
+    /// `RULE_DENY` | the ClusterNetworkPolicy Deny rule that drops it (the policy tiers are
+    /// already resolved into this one answer by the compiler).
     pub allow_rule: u32,
     /// A non-first fragment whose first fragment was not seen: its ports are unknown, so
     /// `allow_rule` only counts rules that allow every port.
@@ -49,7 +52,8 @@ pub struct Facts {
 ///    (`POLICY_CHANGED`): policy changes cut connections they forbid.
 /// 5. An endpoint that no policy isolates in this direction accepts everything.
 /// 6. A rule that allows the peer, protocol and port admits the flow.
-/// 7. Everything else is dropped: default deny (or `FRAGMENT_UNTRACKED` for a fragment
+/// 7. A ClusterNetworkPolicy Deny rule drops it (`POLICY_DENY`, naming the rule).
+/// 8. Everything else is dropped: default deny (or `FRAGMENT_UNTRACKED` for a fragment
 ///    whose ports could not be known).
 #[inline(always)]
 pub fn decide(f: &Facts) -> Verdict {
@@ -69,7 +73,7 @@ pub fn decide(f: &Facts) -> Verdict {
         if f.ct_current || !f.isolated {
             return Verdict::pass(reason, 0);
         }
-        if f.allow_rule != 0 {
+        if rule_allows(f.allow_rule) {
             return Verdict::pass(reason, f.allow_rule);
         }
         return Verdict::drop(Reason::POLICY_CHANGED);
@@ -77,8 +81,14 @@ pub fn decide(f: &Facts) -> Verdict {
     if !f.isolated {
         return Verdict::pass(Reason::NOT_ISOLATED, 0);
     }
-    if f.allow_rule != 0 {
+    if rule_allows(f.allow_rule) {
         return Verdict::pass(Reason::POLICY_ALLOW, f.allow_rule);
+    }
+    if f.allow_rule & RULE_DENY != 0 {
+        return Verdict {
+            reason: Reason::POLICY_DENY,
+            rule_ref: f.allow_rule & !RULE_DENY,
+        };
     }
     if f.untracked_fragment {
         return Verdict::drop(Reason::FRAGMENT_UNTRACKED);
@@ -215,6 +225,42 @@ mod tests {
             ..open
         };
         assert_eq!(audit(&tracked, true, 0), None);
+    }
+
+    #[test]
+    fn deny_rule_drops_and_names_the_rule_even_for_an_untracked_fragment() {
+        for untracked_fragment in [false, true] {
+            let f = Facts {
+                allow_rule: RULE_DENY | 9,
+                untracked_fragment,
+                ..base()
+            };
+            assert_eq!(
+                decide(&f),
+                Verdict {
+                    reason: Reason::POLICY_DENY,
+                    rule_ref: 9
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn stale_flow_now_denied_by_a_rule_is_cut_as_a_policy_change() {
+        let f = Facts {
+            ct: CtMatch::Established,
+            allow_rule: RULE_DENY | 3,
+            ..base()
+        };
+        assert_eq!(decide(&f).reason, Reason::POLICY_CHANGED);
+        let unisolated = Facts {
+            isolated: false,
+            ..f
+        };
+        assert_eq!(
+            decide(&unisolated),
+            Verdict::pass(Reason::CT_ESTABLISHED, 0)
+        );
     }
 
     #[test]

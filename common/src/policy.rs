@@ -7,8 +7,11 @@
 //!    from another rule. A prefix that lies in an except-hole of every covering rule is present
 //!    with an empty port set, so it shadows shorter allowing prefixes.
 //! 2. If the entry does not allow all ports, `pal_port_v1` (LPM trie) maps (portset_id,
-//!    protocol, destination port) to the first rule allowing it. Port ranges (`endPort`) are
-//!    split into port prefixes; a wildcard protocol entry has prefix length 32.
+//!    protocol, destination port) to the rule deciding it: the first rule allowing it, or a
+//!    denying entry (`RULE_DENY` | rule, or `RULE_REF_NONE`) that shadows a shorter allowing
+//!    one. Port ranges are split into port prefixes; a wildcard protocol entry has prefix
+//!    length 32. ClusterNetworkPolicy tiers are resolved by the `policy` crate into these
+//!    answers: the datapath never walks policies.
 //!
 //! Both maps are written by the agent from the `policy` crate's output and read by the TC
 //! programs. Byte order: `policy_id` and `portset_id` are written big-endian (`*_be`) so that
@@ -72,7 +75,10 @@ const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PortValue {
-    /// First rule allowing this (protocol, port). Never 0 for a present entry.
+    /// The rule that decides this (protocol, port): a rule allowing it, or `RULE_DENY` | the
+    /// ClusterNetworkPolicy Deny rule that drops it, or `RULE_REF_NONE` (dropped, no rule to
+    /// name: a NetworkPolicy's default deny under a ClusterNetworkPolicy). A present entry
+    /// shadows shorter ones, so denying entries carve ports out of an allowing one.
     pub rule_ref: u32,
 }
 const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
@@ -81,6 +87,17 @@ const _: () = assert!(core::mem::size_of::<PortValue>() == 4);
 /// from `rule_ref` to (namespace, policy name, direction, rule index) and serves it to
 /// `palisadectl`.
 pub const RULE_REF_NONE: u32 = 0;
+
+/// Set in a `rule_ref` found by the lookups (`PolicyValue.rule_ref`, `PortValue.rule_ref`):
+/// the rule (the low bits) is a ClusterNetworkPolicy `Deny` rule and the packet is dropped
+/// (`Reason::POLICY_DENY`). Rule references stay below this bit.
+pub const RULE_DENY: u32 = 1 << 31;
+
+/// Whether a `rule_ref` from the lookups admits the packet (a rule, not a deny).
+#[inline(always)]
+pub const fn rule_allows(rule_ref: u32) -> bool {
+    rule_ref != RULE_REF_NONE && rule_ref & RULE_DENY == 0
+}
 
 /// LPM `prefixlen` for a `PolicyKey` with an address prefix of `addr_bits` bits.
 pub const fn policy_prefixlen(addr_bits: u8) -> u32 {

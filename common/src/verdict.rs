@@ -45,6 +45,8 @@ impl Reason {
     pub const EXT_HEADERS_TOO_LONG: Reason = Reason(39);
     /// The datapath could not complete (map update failed, ...): fail closed.
     pub const INTERNAL_ERROR: Reason = Reason(40);
+    /// A ClusterNetworkPolicy `Deny` rule (the verdict's `rule_ref` names it).
+    pub const POLICY_DENY: Reason = Reason(41);
 
     pub const fn is_drop(self) -> bool {
         self.0 >= 32
@@ -69,12 +71,13 @@ impl Reason {
             38 => "policy_changed",
             39 => "ext_headers_too_long",
             40 => "internal_error",
+            41 => "policy_deny",
             _ => "unknown",
         }
     }
 
     /// Every reason, for counters and docs.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::NOT_ISOLATED,
         Reason::POLICY_ALLOW,
         Reason::CT_ESTABLISHED,
@@ -92,13 +95,15 @@ impl Reason {
         Reason::POLICY_CHANGED,
         Reason::EXT_HEADERS_TOO_LONG,
         Reason::INTERNAL_ERROR,
+        Reason::POLICY_DENY,
     ];
 }
 
 /// Number of counter slots per direction (reasons are < this).
 pub const REASON_SLOTS: u32 = 64;
 
-/// A decision: pass or drop, why, and which rule (0 when no rule).
+/// A decision: pass or drop, why, and which rule (0 when no rule; for `POLICY_DENY` the Deny
+/// rule, without the `RULE_DENY` bit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub reason: Reason,

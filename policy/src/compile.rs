@@ -1,4 +1,5 @@
-//! NetworkPolicy -> desired contents of `pal_pol_v1` / `pal_port_v1`, per local endpoint.
+//! NetworkPolicy (and, through `tiers.rs`, ClusterNetworkPolicy) -> desired contents of
+//! `pal_pol_v1` / `pal_port_v1`, per local endpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -6,189 +7,15 @@ use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+use crate::cnp::{NormCnp, PreparedCnp, prepare_cluster_policy};
 use crate::model::{Cluster, Labels, NamedPort, PodInfo, PodKey};
 use crate::ports::{PortSet, PortUnion};
 use crate::prefix::Prefix;
+use crate::rules::{RuleId, RuleKind, RuleRegistry};
+use crate::selector::Selector;
 use crate::validate::{
     Direction, NormPolicy, NormRule, Peer, PortMatch, Problem, normalize, policy_object_name,
 };
-
-/// Identity of one rule: `spec.<direction>[index]` of policy `namespace/policy`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RuleId {
-    pub namespace: String,
-    pub policy: String,
-    pub direction: Direction,
-    pub index: usize,
-}
-
-impl std::fmt::Display for RuleId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}/{} {}[{}]",
-            self.namespace,
-            self.policy,
-            self.direction.name(),
-            self.index
-        )
-    }
-}
-
-/// Stable `rule_ref` numbers (>= 1) for rules. The agent keeps one registry for its lifetime:
-/// an unchanged rule keeps its number across compiles, and a number is never given to another
-/// rule, so a `rule_ref` seen in a counter or a conntrack entry always names the same rule.
-#[derive(Clone, Debug, Default)]
-pub struct RuleRegistry {
-    /// (namespace, policy) -> references of its ingress and egress rules, by index. A rule
-    /// without a reference yet has 0 there.
-    by_policy: HashMap<(String, String), [Vec<u32>; 2]>,
-    by_ref: BTreeMap<u32, RuleId>,
-    last: u32,
-    /// Bit `r` set: reference `r` was used since the last `drop_unused`.
-    used: Vec<u64>,
-}
-
-fn dir_index(dir: Direction) -> usize {
-    match dir {
-        Direction::Ingress => 0,
-        Direction::Egress => 1,
-    }
-}
-
-impl RuleRegistry {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn mark_used(&mut self, r: u32) {
-        let (word, bit) = (r as usize / 64, r % 64);
-        if self.used.len() <= word {
-            self.used.resize(word + 1, 0);
-        }
-        self.used[word] |= 1 << bit;
-    }
-
-    fn is_used(&self, r: u32) -> bool {
-        self.used
-            .get(r as usize / 64)
-            .is_some_and(|w| w & (1 << (r % 64)) != 0)
-    }
-
-    /// The reference of `id`, assigning the next free number on first sight. Marks it used.
-    pub fn rule_ref(&mut self, id: &RuleId) -> u32 {
-        let r = match self.get(id) {
-            Some(r) => r,
-            None => {
-                self.last += 1;
-                let refs = &mut self
-                    .by_policy
-                    .entry((id.namespace.clone(), id.policy.clone()))
-                    .or_default()[dir_index(id.direction)];
-                if refs.len() <= id.index {
-                    refs.resize(id.index + 1, 0);
-                }
-                refs[id.index] = self.last;
-                self.by_ref.insert(self.last, id.clone());
-                self.last
-            }
-        };
-        self.mark_used(r);
-        r
-    }
-
-    /// The references of rules `0..count` of one direction of one policy, assigning numbers
-    /// to those seen for the first time (in index order). Marks them used.
-    pub(crate) fn policy_refs(
-        &mut self,
-        namespace: &str,
-        policy: &str,
-        direction: Direction,
-        count: usize,
-    ) -> Vec<u32> {
-        let key = (namespace.to_string(), policy.to_string());
-        let mut refs = self
-            .by_policy
-            .get(&key)
-            .map(|d| d[dir_index(direction)].clone())
-            .unwrap_or_default();
-        if refs.len() < count {
-            refs.resize(count, 0);
-        }
-        let mut assigned = false;
-        for (index, r) in refs.iter_mut().enumerate().take(count) {
-            if *r == 0 {
-                self.last += 1;
-                *r = self.last;
-                self.by_ref.insert(
-                    self.last,
-                    RuleId {
-                        namespace: namespace.to_string(),
-                        policy: policy.to_string(),
-                        direction,
-                        index,
-                    },
-                );
-                assigned = true;
-            }
-        }
-        for &r in &refs[..count] {
-            self.mark_used(r);
-        }
-        if assigned {
-            self.by_policy.entry(key).or_default()[dir_index(direction)] = refs.clone();
-        }
-        refs.truncate(count);
-        refs
-    }
-
-    /// The reference of `id`, if it has one (does not assign or mark).
-    pub fn get(&self, id: &RuleId) -> Option<u32> {
-        self.by_policy
-            .get(&(id.namespace.clone(), id.policy.clone()))
-            .and_then(|d| d[dir_index(id.direction)].get(id.index))
-            .copied()
-            .filter(|r| *r != 0)
-    }
-
-    /// The rule behind a reference.
-    pub fn describe(&self, rule_ref: u32) -> Option<&RuleId> {
-        self.by_ref.get(&rule_ref)
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_ref.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_ref.is_empty()
-    }
-
-    /// Forgets every rule not referenced since the previous call (i.e. by the compiles in
-    /// between) and returns their references. Call it once the maps no longer hold them.
-    pub fn drop_unused(&mut self) -> Vec<u32> {
-        let stale: Vec<u32> = self
-            .by_ref
-            .keys()
-            .filter(|r| !self.is_used(**r))
-            .copied()
-            .collect();
-        for r in &stale {
-            if let Some(id) = self.by_ref.remove(r)
-                && let Some(d) = self
-                    .by_policy
-                    .get_mut(&(id.namespace.clone(), id.policy.clone()))
-                && let Some(slot) = d[dir_index(id.direction)].get_mut(id.index)
-            {
-                *slot = 0;
-            }
-        }
-        self.by_policy
-            .retain(|_, d| d.iter().flatten().any(|r| *r != 0));
-        self.used.clear();
-        stale
-    }
-}
 
 /// A key of an endpoint's policy: direction (`DIR_INGRESS`/`DIR_EGRESS`) and peer prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -256,7 +83,9 @@ pub fn prepare(policy: &NetworkPolicy) -> Result<Prepared, Vec<Problem>> {
 }
 
 /// Compiles the policy of every pod in `local_pods` (the pods on this node). Every pod of the
-/// cluster is a potential peer. Invalid policies are skipped whole and reported.
+/// cluster is a potential peer. Invalid policies (NetworkPolicies and ClusterNetworkPolicies)
+/// are skipped whole and reported, as are the peers of valid ClusterNetworkPolicies that fail
+/// closed.
 pub fn compile(cluster: &Cluster, local_pods: &[PodKey], reg: &mut RuleRegistry) -> Compiled {
     let mut problems = Vec::new();
     let mut prepared: Vec<Prepared> = Vec::new();
@@ -269,18 +98,41 @@ pub fn compile(cluster: &Cluster, local_pods: &[PodKey], reg: &mut RuleRegistry)
             }
         }
     }
+    let mut prepared_cnps: Vec<PreparedCnp> = Vec::new();
+    for p in &cluster.cluster_policies {
+        match prepare_cluster_policy(p) {
+            Ok(n) => {
+                problems.extend(n.notices().iter().cloned());
+                prepared_cnps.push(n);
+            }
+            Err(found) => problems.extend(found),
+        }
+    }
     let refs: Vec<&Prepared> = prepared.iter().collect();
-    let mut out = compile_prepared(cluster, &refs, local_pods, reg);
+    let cnp_refs: Vec<&PreparedCnp> = prepared_cnps.iter().collect();
+    let mut out = compile_tiers(cluster, &refs, &cnp_refs, local_pods, reg);
     problems.append(&mut out.problems);
     out.problems = problems;
     out
 }
 
-/// `compile` over policies already prepared: `policies` replaces `cluster.policies`, which is
-/// not read. The result is the one `compile` gives for a cluster holding those policies.
+/// `compile` over NetworkPolicies already prepared and no ClusterNetworkPolicy.
 pub fn compile_prepared(
     cluster: &Cluster,
     policies: &[&Prepared],
+    local_pods: &[PodKey],
+    reg: &mut RuleRegistry,
+) -> Compiled {
+    compile_tiers(cluster, policies, &[], local_pods, reg)
+}
+
+/// `compile` over policies already prepared: `policies` and `cluster_policies` replace
+/// `cluster.policies` and `cluster.cluster_policies`, which are not read. The result is the
+/// one `compile` gives for a cluster holding those policies.
+pub fn compile_tiers(
+    cluster: &Cluster,
+    policies: &[&Prepared],
+    cluster_policies: &[&PreparedCnp],
     local_pods: &[PodKey],
     reg: &mut RuleRegistry,
 ) -> Compiled {
@@ -290,11 +142,43 @@ pub fn compile_prepared(
         .iter()
         .map(|n| {
             Direction::BOTH.map(|dir| {
-                reg.policy_refs(&n.namespace, &n.name, dir, n.rules(dir).map_or(0, Vec::len))
+                reg.policy_refs(
+                    RuleKind::NetworkPolicy,
+                    &n.namespace,
+                    &n.name,
+                    dir,
+                    n.rules(dir).map_or(0, Vec::len),
+                )
             })
         })
         .collect();
+    // Evaluation order: tier, priority, name (see `NormCnp::order_key`).
+    let mut cnps: Vec<&NormCnp> = cluster_policies.iter().map(|p| &*p.policy).collect();
+    cnps.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    let cnp_refs: Vec<[Vec<u32>; 2]> = cnps
+        .iter()
+        .map(|n| {
+            Direction::BOTH.map(|dir| {
+                reg.policy_refs(
+                    RuleKind::ClusterNetworkPolicy,
+                    "",
+                    &n.name,
+                    dir,
+                    n.rules(dir).len(),
+                )
+            })
+        })
+        .collect();
+    // Only endpoints that ClusterNetworkPolicies select can end in the default allow.
+    let default_refs = if cnps.is_empty() {
+        [0; 2]
+    } else {
+        Direction::BOTH.map(|dir| reg.rule_ref(&RuleId::default_allow(dir)))
+    };
     let mut c = Compiler::new(cluster, &policies, &refs);
+    c.cnps = &cnps;
+    c.cnp_refs = &cnp_refs;
+    c.default_refs = default_refs;
     let pod_by_key: HashMap<(&str, &str), &PodInfo> = cluster
         .pods
         .iter()
@@ -304,7 +188,8 @@ pub fn compile_prepared(
     for (i, p) in policies.iter().enumerate() {
         by_ns.entry(p.namespace.as_str()).or_default().push(i);
     }
-    let mut cache: HashMap<(Vec<usize>, Vec<NamedPort>), Arc<EndpointPolicy>> = HashMap::new();
+    type CacheKey = (Vec<usize>, Vec<usize>, Vec<NamedPort>);
+    let mut cache: HashMap<CacheKey, Arc<EndpointPolicy>> = HashMap::new();
     for key in local_pods {
         let Some(pod) = pod_by_key.get(&(key.namespace.as_str(), key.name.as_str())) else {
             out.problems.push(Problem::new(
@@ -324,29 +209,40 @@ pub fn compile_prepared(
             .copied()
             .filter(|i| policies[*i].selector.matches(&pod.labels))
             .collect();
+        let selecting_cnps = c.cnps_selecting(pod);
         let mut ports = pod.ports.clone();
         ports.sort();
         let ep = cache
-            .entry((selecting, ports))
-            .or_insert_with_key(|(sel, _)| Arc::new(c.endpoint(sel, pod)))
+            .entry((selecting, selecting_cnps, ports))
+            .or_insert_with_key(|(sel, sel_cnp, _)| Arc::new(c.endpoint(sel, sel_cnp, pod)))
             .clone();
         out.endpoints.insert(key.clone(), ep);
     }
     out
 }
 
-struct Compiler<'a> {
-    cluster: &'a Cluster,
+pub(crate) struct Compiler<'a> {
+    pub(crate) cluster: &'a Cluster,
     policies: &'a [&'a NormPolicy],
     refs: &'a [[Vec<u32>; 2]],
+    /// ClusterNetworkPolicies in evaluation order, and their rule references.
+    pub(crate) cnps: &'a [&'a NormCnp],
+    pub(crate) cnp_refs: &'a [[Vec<u32>; 2]],
+    /// The default-allow reference per direction (ingress, egress).
+    pub(crate) default_refs: [u32; 2],
     /// Every namespace: declared ones with their labels, plus those only pods mention.
-    namespaces: BTreeMap<&'a str, &'a Labels>,
+    pub(crate) namespaces: BTreeMap<&'a str, &'a Labels>,
     /// Selectable pods per namespace.
     pods_by_ns: HashMap<&'a str, Vec<usize>>,
     /// Selectable pods per (label key, value).
     by_label: HashMap<(&'a str, &'a str), Vec<usize>>,
     /// Selectable pods of each (policy, direction, rule, peer).
     peer_pods: HashMap<(usize, Direction, usize, usize), Arc<Vec<usize>>>,
+    /// Host prefixes of each ClusterNetworkPolicy (policy, direction, rule, peer) naming
+    /// pods or nodes (`tiers.rs`).
+    pub(crate) cnp_peer_hosts: HashMap<(usize, Direction, usize, usize), Arc<Vec<Prefix>>>,
+    /// Selectable pod at each host prefix (named ports of egress destinations).
+    pub(crate) pod_at: Option<HashMap<Prefix, usize>>,
 }
 
 static NO_LABELS: Labels = Labels::new();
@@ -387,10 +283,15 @@ impl<'a> Compiler<'a> {
             cluster,
             policies,
             refs,
+            cnps: &[],
+            cnp_refs: &[],
+            default_refs: [0; 2],
             namespaces,
             pods_by_ns,
             by_label,
             peer_pods: HashMap::new(),
+            cnp_peer_hosts: HashMap::new(),
+            pod_at: None,
         }
     }
 
@@ -410,13 +311,24 @@ impl<'a> Compiler<'a> {
         };
         let ns: BTreeSet<&str> = match namespaces {
             None => BTreeSet::from([pol.namespace.as_str()]),
-            Some(s) => self
-                .namespaces
-                .iter()
-                .filter(|(_, l)| s.matches(l))
-                .map(|(n, _)| *n)
-                .collect(),
+            Some(s) => self.namespaces_matching(s),
         };
+        let v = Arc::new(self.select_in(&ns, pods));
+        self.peer_pods.insert((pi, dir, ri, k), v.clone());
+        v
+    }
+
+    /// Names of the namespaces whose labels `s` matches.
+    pub(crate) fn namespaces_matching(&self, s: &Selector) -> BTreeSet<&'a str> {
+        self.namespaces
+            .iter()
+            .filter(|(_, l)| s.matches(l))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Selectable pods of namespaces `ns` matching `pods`, sorted.
+    pub(crate) fn select_in(&self, ns: &BTreeSet<&str>, pods: &Selector) -> Vec<usize> {
         let mut found: Vec<usize> = match pods.index_hint() {
             Some((key, values)) => values
                 .iter()
@@ -433,24 +345,52 @@ impl<'a> Compiler<'a> {
         found.retain(|i| pods.matches(&self.cluster.pods[*i].labels));
         found.sort_unstable();
         found.dedup();
-        let v = Arc::new(found);
-        self.peer_pods.insert((pi, dir, ri, k), v.clone());
-        v
+        found
     }
 
-    fn endpoint(&mut self, selecting: &[usize], target: &PodInfo) -> EndpointPolicy {
+    /// The policy of one endpoint. `selecting` are the NetworkPolicies selecting it,
+    /// `selecting_cnps` the ClusterNetworkPolicies (indices in evaluation order).
+    fn endpoint(
+        &mut self,
+        selecting: &[usize],
+        selecting_cnps: &[usize],
+        target: &PodInfo,
+    ) -> EndpointPolicy {
         let mut ep = EndpointPolicy::default();
         for dir in Direction::BOTH {
-            let isolated = selecting
+            let np_isolated = selecting
                 .iter()
                 .any(|pi| self.policies[*pi].rules(dir).is_some());
+            let tiered: Vec<usize> = selecting_cnps
+                .iter()
+                .copied()
+                .filter(|ci| !self.cnps[*ci].rules(dir).is_empty())
+                .collect();
+            // The datapath looks this direction up when any tier has something to say.
+            let isolated = np_isolated || !tiered.is_empty();
             match dir {
                 Direction::Ingress => ep.ingress_isolated = isolated,
                 Direction::Egress => ep.egress_isolated = isolated,
             }
-            if isolated {
-                self.direction(selecting, target, dir, &mut ep.entries);
+            if tiered.is_empty() || (np_isolated && !self.has_admin(&tiered)) {
+                // NetworkPolicies alone decide (a Baseline policy is never reached when a
+                // NetworkPolicy isolates the pod).
+                if np_isolated {
+                    self.direction(selecting, target, dir, &mut ep.entries);
+                }
+                continue;
             }
+            let mut np = BTreeMap::new();
+            if np_isolated {
+                self.direction(selecting, target, dir, &mut np);
+            }
+            self.tiered_direction(
+                &tiered,
+                np_isolated.then_some(&np),
+                target,
+                dir,
+                &mut ep.entries,
+            );
         }
         ep
     }

@@ -1,4 +1,5 @@
-//! Reference evaluator: the NetworkPolicy spec read literally, over the cluster objects.
+//! Reference evaluator: the NetworkPolicy spec and the ClusterNetworkPolicy API text read
+//! literally, over the cluster objects.
 //!
 //! It never looks at the compiled form, so tests can hold `compile` + `lookup` against it.
 //! It is deliberately simple (linear scans): clarity over speed.
@@ -7,9 +8,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use palisade_common::decide::{CtMatch, Facts, decide};
+use palisade_common::policy::RULE_DENY;
 
-use crate::compile::{Prepared, RuleId};
+use crate::cnp::eval::{rule_matches, subject_selects};
+use crate::cnp::{Action, NormCnp, Tier, normalize_cnp};
+use crate::compile::Prepared;
 use crate::model::{Cluster, Endpoint, Labels, PodInfo, PodKey};
+use crate::rules::RuleId;
 use crate::validate::{Direction, NormPolicy, NormRule, Peer, PortMatch, normalize};
 
 /// Does the spec allow a new connection from `src` to `dst` with IP protocol `proto` and
@@ -34,15 +39,21 @@ pub struct Evaluator<'a> {
     /// Pods by key (the first of a duplicated key, as `Cluster::pod`): a peer is looked up on
     /// every rule match.
     by_key: HashMap<PodKey, &'a PodInfo>,
+    /// Valid ClusterNetworkPolicies in evaluation order (tier, priority, name).
+    pub(crate) cluster_policies: Vec<NormCnp>,
 }
 
 /// Outcome of one direction's check at one pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirectionVerdict {
-    /// Some policy selects the pod with this policy type.
+    /// The datapath looks this direction up at this pod: some NetworkPolicy isolates it, or
+    /// some ClusterNetworkPolicy with rules in this direction selects it.
     pub isolated: bool,
-    /// Some rule of those policies allows the flow.
+    /// A rule admits the flow (a ClusterNetworkPolicy Accept, a NetworkPolicy rule, or the
+    /// default allow when only ClusterNetworkPolicies apply and none decided).
     pub allowed_by_rule: bool,
+    /// A ClusterNetworkPolicy Deny rule drops it.
+    pub denied_by_rule: bool,
 }
 
 impl DirectionVerdict {
@@ -54,10 +65,53 @@ impl DirectionVerdict {
             ct: CtMatch::New,
             ct_current: false,
             isolated: self.isolated,
-            allow_rule: u32::from(self.allowed_by_rule),
+            allow_rule: if self.denied_by_rule {
+                RULE_DENY | 1
+            } else {
+                u32::from(self.allowed_by_rule)
+            },
             untracked_fragment: false,
         };
         !decide(&f).is_drop()
+    }
+}
+
+/// Who decided a direction at a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No policy of any tier applies to the pod in this direction: allowed.
+    NotIsolated,
+    /// A ClusterNetworkPolicy Accept rule.
+    Accepted(RuleId),
+    /// A ClusterNetworkPolicy Deny rule.
+    Denied(RuleId),
+    /// NetworkPolicies isolate the pod: these rules allow the flow (none: denied).
+    NetworkPolicy(Vec<RuleId>),
+    /// ClusterNetworkPolicies apply, none decided and no NetworkPolicy isolates: allowed.
+    DefaultAllow,
+}
+
+/// The evaluator's full answer for one direction at one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// See [`DirectionVerdict::isolated`].
+    pub isolated: bool,
+    pub outcome: Outcome,
+}
+
+impl Decision {
+    pub fn verdict(&self) -> DirectionVerdict {
+        let (allowed_by_rule, denied_by_rule) = match &self.outcome {
+            Outcome::NotIsolated => (false, false),
+            Outcome::Accepted(_) | Outcome::DefaultAllow => (true, false),
+            Outcome::Denied(_) => (false, true),
+            Outcome::NetworkPolicy(rules) => (!rules.is_empty(), false),
+        };
+        DirectionVerdict {
+            isolated: self.isolated,
+            allowed_by_rule,
+            denied_by_rule,
+        }
     }
 }
 
@@ -68,10 +122,26 @@ impl<'a> Evaluator<'a> {
             .iter()
             .filter_map(|p| normalize(p).ok())
             .collect();
-        Self::from_parts(cluster, policies)
+        let mut cluster_policies: Vec<NormCnp> = cluster
+            .cluster_policies
+            .iter()
+            .filter_map(|p| normalize_cnp(p).ok().map(|(n, _)| n))
+            .collect();
+        cluster_policies.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        Self::from_tiers(cluster, policies, cluster_policies)
     }
 
+    /// NetworkPolicies only (explain and lint reason about them alone).
     pub(crate) fn from_parts(cluster: &'a Cluster, policies: Vec<NormPolicy>) -> Self {
+        Self::from_tiers(cluster, policies, Vec::new())
+    }
+
+    /// `cluster_policies` sorted in evaluation order.
+    fn from_tiers(
+        cluster: &'a Cluster,
+        policies: Vec<NormPolicy>,
+        cluster_policies: Vec<NormCnp>,
+    ) -> Self {
         let mut by_key = HashMap::with_capacity(cluster.pods.len());
         for p in &cluster.pods {
             by_key.entry(p.key()).or_insert(p);
@@ -80,6 +150,7 @@ impl<'a> Evaluator<'a> {
             cluster,
             policies,
             by_key,
+            cluster_policies,
         }
     }
 
@@ -87,7 +158,26 @@ impl<'a> Evaluator<'a> {
     /// an agent enforces, say, which keep the last valid version of a policy whose update
     /// was invalid.
     pub fn with_prepared(cluster: &'a Cluster, policies: &[&Prepared]) -> Self {
-        Self::from_parts(cluster, policies.iter().map(|p| p.norm().clone()).collect())
+        Self::with_prepared_tiers(cluster, policies, &[])
+    }
+
+    /// [`Evaluator::with_prepared`] with ClusterNetworkPolicies already prepared too
+    /// (`cluster.cluster_policies` is not read either).
+    pub fn with_prepared_tiers(
+        cluster: &'a Cluster,
+        policies: &[&Prepared],
+        cluster_policies: &[&crate::cnp::PreparedCnp],
+    ) -> Self {
+        let mut cnps: Vec<NormCnp> = cluster_policies
+            .iter()
+            .map(|p| (*p.policy).clone())
+            .collect();
+        cnps.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        Self::from_tiers(
+            cluster,
+            policies.iter().map(|p| p.norm().clone()).collect(),
+            cnps,
+        )
     }
 
     pub(crate) fn pod(&self, e: &Endpoint) -> Option<&'a PodInfo> {
@@ -118,14 +208,64 @@ impl<'a> Evaluator<'a> {
         proto: u8,
         port: u16,
     ) -> DirectionVerdict {
-        let (isolated, rules) = self.allowing_rules(pod, dir, peer, proto, port);
-        DirectionVerdict {
-            isolated,
-            allowed_by_rule: !rules.is_empty(),
-        }
+        self.decide(pod, dir, peer, proto, port).verdict()
     }
 
-    /// Whether `pod` is isolated in `dir`, and every rule that allows the flow there.
+    /// One direction at `pod`, with who decided. The tiers, as the API text orders them:
+    /// 1. Admin tier: policies by priority (ties by name), each policy's rules in order; the
+    ///    first rule matching the connection decides: Accept and Deny are final, Pass skips
+    ///    the rest of the Admin tier.
+    /// 2. NetworkPolicy tier: when a NetworkPolicy isolates the pod in this direction, the
+    ///    union of their rules decides, finally (nothing allows it: denied).
+    /// 3. Baseline tier: as the Admin tier; Pass means no decision.
+    /// 4. Otherwise the connection is allowed.
+    pub fn decide(
+        &self,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> Decision {
+        let (np_isolated, np_rules) = self.allowing_rules(pod, dir, peer, proto, port);
+        let selecting: Vec<&NormCnp> = self
+            .cluster_policies
+            .iter()
+            .filter(|c| !c.rules(dir).is_empty() && subject_selects(self.cluster, c, pod))
+            .collect();
+        let isolated = np_isolated || !selecting.is_empty();
+        let tier = |tier: Tier| -> Option<Outcome> {
+            for cnp in selecting.iter().filter(|c| c.tier == tier) {
+                for (index, rule) in cnp.rules(dir).iter().enumerate() {
+                    if !rule_matches(self.cluster, rule, dir, pod, peer, proto, port) {
+                        continue;
+                    }
+                    let id = RuleId::cluster_network_policy(&cnp.name, dir, index);
+                    return match rule.action {
+                        Action::Accept => Some(Outcome::Accepted(id)),
+                        Action::Deny => Some(Outcome::Denied(id)),
+                        Action::Pass => None,
+                    };
+                }
+            }
+            None
+        };
+        let outcome = if let Some(o) = tier(Tier::Admin) {
+            o
+        } else if np_isolated {
+            Outcome::NetworkPolicy(np_rules)
+        } else if let Some(o) = tier(Tier::Baseline) {
+            o
+        } else if isolated {
+            Outcome::DefaultAllow
+        } else {
+            Outcome::NotIsolated
+        };
+        Decision { isolated, outcome }
+    }
+
+    /// Whether NetworkPolicies isolate `pod` in `dir`, and every NetworkPolicy rule that
+    /// allows the flow there (ClusterNetworkPolicies are not considered: see `decide`).
     pub fn allowing_rules(
         &self,
         pod: &PodInfo,
@@ -137,9 +277,9 @@ impl<'a> Evaluator<'a> {
         self.allowing_rules_among(self.policies.iter(), pod, dir, peer, proto, port)
     }
 
-    /// `check`, looking only at `policies` (which must hold every policy selecting `pod`;
-    /// others are skipped as `check` skips them): for callers that know which policies
-    /// select a pod and ask many questions about it.
+    /// `check` for NetworkPolicies alone, looking only at `policies` (which must hold every
+    /// policy selecting `pod`; others are skipped as `check` skips them): for callers that
+    /// know which policies select a pod and ask many questions about it (lint).
     pub(crate) fn check_among<'p>(
         &self,
         policies: impl Iterator<Item = &'p NormPolicy>,
@@ -153,6 +293,7 @@ impl<'a> Evaluator<'a> {
         DirectionVerdict {
             isolated,
             allowed_by_rule: !rules.is_empty(),
+            denied_by_rule: false,
         }
     }
 
@@ -185,12 +326,12 @@ impl<'a> Evaluator<'a> {
             for (index, rule) in rules.iter().enumerate() {
                 let hits = self.rule_match(pol, rule, dir, pod, peer, proto, port);
                 if hits.iter().any(PeerHit::allows) {
-                    allowing.push(RuleId {
-                        namespace: pol.namespace.clone(),
-                        policy: pol.name.clone(),
-                        direction: dir,
+                    allowing.push(RuleId::network_policy(
+                        &pol.namespace,
+                        &pol.name,
+                        dir,
                         index,
-                    });
+                    ));
                 }
             }
         }

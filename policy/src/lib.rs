@@ -38,6 +38,7 @@
 //! covering ipBlock too. Port sets are port prefixes (an `endPort` range is split) with the
 //! lowest `rule_ref` allowing each port; "all protocols and ports" is [`PeerAllow::AllPorts`].
 
+pub mod cnp;
 mod compile;
 #[cfg(feature = "testing")]
 pub mod conformance;
@@ -50,26 +51,32 @@ mod output;
 mod port_space;
 mod ports;
 mod prefix;
+mod rules;
 mod selector;
 mod service;
 #[cfg(feature = "testing")]
 mod synth;
+mod tiers;
 mod validate;
 mod wording;
 
+pub use cnp::{PreparedCnp, prepare_cluster_policy, validate_cluster_policy};
 pub use compile::{
-    Compiled, EndpointPolicy, PeerAllow, PeerPrefix, Prepared, RuleId, RuleRegistry, compile,
-    compile_prepared, prepare,
+    Compiled, EndpointPolicy, PeerAllow, PeerPrefix, Prepared, compile, compile_prepared,
+    compile_tiers, prepare,
 };
-pub use eval::{DirectionVerdict, Evaluator, evaluate, pod_endpoint};
+pub use eval::{Decision, DirectionVerdict, Evaluator, Outcome, evaluate, pod_endpoint};
 pub use manifest::{NAMESPACE_NAME_LABEL, Object, pod_info};
-pub use model::{Cluster, Endpoint, Labels, NamedPort, PodInfo, PodKey, Protocol, proto_name};
+pub use model::{
+    Cluster, Endpoint, Labels, NamedPort, NodeInfo, PodInfo, PodKey, Protocol, proto_name,
+};
 pub use output::{
     compiled_allows, describe, lookup, lookup_peer, policy_map_entries, port_map_entries,
 };
 pub use port_space::{PortRange, PortRanges};
 pub use ports::{PortPrefix, PortSet};
 pub use prefix::Prefix;
+pub use rules::{RuleId, RuleKind, RuleRegistry};
 pub use service::{ServiceInfo, ServicePort, TargetPort, dns_service, service_info};
 #[cfg(feature = "testing")]
 pub use synth::{SyntheticSpec, synthetic_cluster};

@@ -1,11 +1,14 @@
 //! Plain facts about the cluster that policy needs: namespaces and their labels, pods (labels,
-//! addresses, named container ports), and the NetworkPolicy objects themselves.
+//! addresses, named container ports), nodes (labels, addresses), and the NetworkPolicy and
+//! ClusterNetworkPolicy objects themselves.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::cnp::ClusterNetworkPolicy;
 
 /// Label set of a namespace or pod.
 pub type Labels = BTreeMap<String, String>;
@@ -19,6 +22,19 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<PodInfo>,
     pub policies: Vec<NetworkPolicy>,
+    /// Admin and Baseline tier policies.
+    pub cluster_policies: Vec<ClusterNetworkPolicy>,
+    /// Nodes, for ClusterNetworkPolicy `nodes` peers.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// What policy needs to know about a Node: its labels and addresses (`status.addresses`
+/// that are IP addresses, whatever their type).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: Labels,
+    pub addrs: Vec<IpAddr>,
 }
 
 /// Identity of a pod.

@@ -3,16 +3,17 @@
 use std::net::IpAddr;
 
 use palisade_common::policy::{
-    POL_ALL_PORTS, PolicyKey, PolicyValue, PortKey, PortValue, policy_prefixlen,
+    POL_ALL_PORTS, PolicyKey, PolicyValue, PortKey, PortValue, RULE_DENY, policy_prefixlen,
 };
 use palisade_common::{FAMILY_V4, FAMILY_V6};
 
 use palisade_common::decide::{CtMatch, Facts, decide};
 
-use crate::compile::{Compiled, EndpointPolicy, PeerAllow, PeerPrefix, RuleRegistry};
+use crate::compile::{Compiled, EndpointPolicy, PeerAllow, PeerPrefix};
 use crate::model::{Endpoint, proto_name};
 use crate::ports::PortSet;
 use crate::prefix::{mask, max_len};
+use crate::rules::RuleRegistry;
 use crate::validate::Direction;
 
 /// `pal_pol_v1` entries of one endpoint policy under `policy_id`: (LPM prefixlen, key, value).
@@ -166,9 +167,16 @@ pub fn describe(ep: &EndpointPolicy, reg: &RuleRegistry) -> String {
         let mut any = false;
         for (pp, allow) in ep.entries.iter().filter(|(k, _)| k.dir == dir.to_dir()) {
             any = true;
-            let rule = |r: u32| {
+            let name = |r: u32| {
                 reg.describe(r)
                     .map_or_else(|| format!("rule #{r}"), |id| id.to_string())
+            };
+            // What a port entry's rule_ref means: an allowing rule, a Deny rule, or a deny
+            // with no rule to name (a NetworkPolicy's default deny under a tier).
+            let rule = |r: u32| match r {
+                0 => "denied".to_string(),
+                r if r & RULE_DENY != 0 => format!("denied by {}", name(r & !RULE_DENY)),
+                r => name(r),
             };
             let what = match allow {
                 PeerAllow::AllPorts { rule_ref } => {

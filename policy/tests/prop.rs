@@ -1,7 +1,9 @@
-//! Property: for random clusters, policies and probes, the compiled form (the datapath's two
-//! LPM lookups + `common::decide`) gives the same verdict as the reference evaluator, in each
-//! direction at each local endpoint; and `explain` answers what the reference evaluator
-//! answers. `PROPTEST_CASES` raises the case count (default 200).
+//! Property: for random clusters, NetworkPolicies, ClusterNetworkPolicies (Admin and Baseline
+//! tiers, every action and peer kind, named ports) and probes, the compiled form (the
+//! datapath's two LPM lookups + `common::decide`) gives the same verdict as the reference
+//! evaluator, in each direction at each local endpoint, and names the same deciding rule;
+//! and `explain` answers what the reference evaluator answers. `PROPTEST_CASES` raises the
+//! case count (default 200).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,10 +17,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use palisade_common::decide::{CtMatch, Facts, decide};
+use palisade_common::policy::RULE_DENY;
+use palisade_policy::cnp::ClusterNetworkPolicy;
 use palisade_policy::{
-    Cluster, Direction, Endpoint, Evaluator, NamedPort, PodInfo, PodKey, Prefix, Protocol,
-    RuleRegistry, ServiceInfo, ServicePort, TargetPort, compile, describe, explain, lookup,
-    proto_name,
+    Cluster, Direction, Endpoint, Evaluator, NamedPort, NodeInfo, Outcome, PodInfo, PodKey,
+    Prefix, Protocol, RuleId, RuleRegistry, ServiceInfo, ServicePort, TargetPort, compile,
+    describe, explain, lookup, proto_name,
 };
 use proptest::prelude::*;
 
@@ -60,6 +64,15 @@ const EXTERNAL: [&str; 5] = [
     "2001:db8::1",
 ];
 const HOST_IP: &str = "10.0.0.100";
+/// Node addresses: the host-network pods' address, addresses of `EXTERNAL`, and one of
+/// nothing else.
+const NODE_ADDRS: [&str; 5] = [
+    "10.0.0.100",
+    "10.0.1.1",
+    "fd00::50",
+    "192.168.7.7",
+    "fd00::7",
+];
 
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
     proptest::collection::btree_map(
@@ -207,6 +220,119 @@ fn policy() -> impl Strategy<Value = NetworkPolicy> {
         })
 }
 
+fn selector_json() -> impl Strategy<Value = serde_json::Value> {
+    selector().prop_map(|s| serde_json::to_value(s).expect("selector serializes"))
+}
+
+fn cnp_peer(egress: bool) -> impl Strategy<Value = serde_json::Value> {
+    let ns = selector_json().prop_map(|s| serde_json::json!({"namespaces": s}));
+    let pods = (proptest::option::of(selector_json()), selector_json()).prop_map(|(n, p)| {
+        let mut v = serde_json::json!({"pods": {"podSelector": p}});
+        if let Some(n) = n {
+            v["pods"]["namespaceSelector"] = n;
+        }
+        v
+    });
+    let nodes = selector_json().prop_map(|s| serde_json::json!({"nodes": s}));
+    let networks = proptest::collection::vec(prop::sample::select(&CIDRS[..]), 1..=2)
+        .prop_map(|n| serde_json::json!({"networks": n}));
+    if egress {
+        prop_oneof![3 => ns, 3 => pods, 2 => nodes, 2 => networks].boxed()
+    } else {
+        prop_oneof![ns, pods].boxed()
+    }
+}
+
+fn cnp_protocol() -> impl Strategy<Value = serde_json::Value> {
+    (
+        0..5u8,
+        prop::sample::select(&[53, 80, 81, 82][..]),
+        0..4u8,
+    )
+        .prop_map(|(kind, n, range)| {
+            let proto = ["tcp", "udp", "sctp"][usize::from(kind % 3)];
+            if kind == 4 {
+                return serde_json::json!({"destinationNamedPort": if n == 53 { "dns" } else { "http" }});
+            }
+            let port = match range {
+                0 => serde_json::json!({"range": {"start": n, "end": n + 1}}),
+                1 => serde_json::json!({"range": {"start": 1, "end": 65535}}),
+                _ => serde_json::json!({"number": n}),
+            };
+            serde_json::json!({proto: {"destinationPort": port}})
+        })
+}
+
+fn cnp_rule(egress: bool) -> impl Strategy<Value = serde_json::Value> {
+    (
+        prop::sample::select(&["Accept", "Deny", "Pass"][..]),
+        proptest::collection::vec(cnp_peer(egress), 1..=3),
+        proptest::option::of(proptest::collection::vec(cnp_protocol(), 1..=3)),
+    )
+        .prop_map(move |(action, peers, protocols)| {
+            // Upstream forbids named ports in a rule with networks or nodes peers.
+            let addresses = peers
+                .iter()
+                .any(|p| p.get("networks").is_some() || p.get("nodes").is_some());
+            let protocols = protocols.map(|ps| {
+                let kept: Vec<_> = ps
+                    .into_iter()
+                    .filter(|p| !(addresses && p.get("destinationNamedPort").is_some()))
+                    .collect();
+                kept
+            });
+            let mut r =
+                serde_json::json!({"action": action, (if egress { "to" } else { "from" }): peers});
+            if let Some(ps) = protocols.filter(|p| !p.is_empty()) {
+                r["protocols"] = serde_json::Value::Array(ps);
+            }
+            r
+        })
+}
+
+fn cluster_policy() -> impl Strategy<Value = ClusterNetworkPolicy> {
+    (
+        any::<bool>(),
+        0..3i32,
+        prop_oneof![
+            selector_json().prop_map(|s| serde_json::json!({"namespaces": s})),
+            (selector_json(), selector_json()).prop_map(
+                |(n, p)| serde_json::json!({"pods": {"namespaceSelector": n, "podSelector": p}})
+            ),
+        ],
+        proptest::collection::vec(cnp_rule(false), 0..=3),
+        proptest::collection::vec(cnp_rule(true), 0..=3),
+    )
+        .prop_map(|(admin, priority, subject, ingress, egress)| {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "cnp"},
+                "spec": {
+                    "tier": if admin { "Admin" } else { "Baseline" },
+                    "priority": priority,
+                    "subject": subject,
+                    "ingress": ingress,
+                    "egress": egress,
+                }
+            }))
+            .expect("generated ClusterNetworkPolicy parses")
+        })
+}
+
+fn node(i: usize) -> impl Strategy<Value = NodeInfo> {
+    (
+        labels(),
+        proptest::collection::vec(prop::sample::select(&NODE_ADDRS[..]), 1..=2),
+    )
+        .prop_map(move |(labels, addrs)| NodeInfo {
+            name: format!("node{i}"),
+            labels,
+            addrs: addrs
+                .iter()
+                .map(|a| a.parse().expect("node address"))
+                .collect(),
+        })
+}
+
 fn pod(i: usize) -> impl Strategy<Value = PodInfo> {
     let named = prop::sample::select(
         &[
@@ -254,24 +380,33 @@ fn cluster() -> impl Strategy<Value = Cluster> {
     let ns_labels = proptest::collection::vec(labels(), NS.len());
     let pods = (1..=6usize).prop_flat_map(|n| (0..n).map(pod).collect::<Vec<_>>());
     let policies = proptest::collection::vec(policy(), 0..=4);
-    (ns_labels, pods, policies).prop_map(|(nsl, pods, mut policies)| {
-        for (i, p) in policies.iter_mut().enumerate() {
-            p.metadata.name = Some(format!("p{i}"));
-        }
-        let namespaces = NS
-            .iter()
-            .zip(nsl)
-            .map(|(n, mut l)| {
-                l.insert("kubernetes.io/metadata.name".into(), n.to_string());
-                (n.to_string(), l)
-            })
-            .collect();
-        Cluster {
-            namespaces,
-            pods,
-            policies,
-        }
-    })
+    let cluster_policies = proptest::collection::vec(cluster_policy(), 0..=3);
+    let nodes = (node(0), node(1));
+    (ns_labels, pods, policies, cluster_policies, nodes).prop_map(
+        |(nsl, pods, mut policies, mut cluster_policies, nodes)| {
+            for (i, p) in policies.iter_mut().enumerate() {
+                p.metadata.name = Some(format!("p{i}"));
+            }
+            for (i, p) in cluster_policies.iter_mut().enumerate() {
+                p.metadata.name = Some(format!("cnp{i}"));
+            }
+            let namespaces = NS
+                .iter()
+                .zip(nsl)
+                .map(|(n, mut l)| {
+                    l.insert("kubernetes.io/metadata.name".into(), n.to_string());
+                    (n.to_string(), l)
+                })
+                .collect();
+            Cluster {
+                namespaces,
+                pods,
+                policies,
+                cluster_policies,
+                nodes: vec![nodes.0, nodes.1],
+            }
+        },
+    )
 }
 
 fn config() -> ProptestConfig {
@@ -317,10 +452,21 @@ proptest! {
                 for peer in &peers {
                     for proto in [6u8, 17, 132, 1] {
                         for port in [0u16, 53, 80, 81, 82, 83, 443] {
-                            let want = ev.check(pod, dir, peer, proto, port);
-                            // The datapath names the lowest-numbered rule that allows the flow.
-                            let (_, allowing) = ev.allowing_rules(pod, dir, peer, proto, port);
-                            let lowest = allowing.iter().filter_map(|id| reg.get(id)).min().unwrap_or(0);
+                            let decision = ev.decide(pod, dir, peer, proto, port);
+                            let want = decision.verdict();
+                            // The rule the datapath names: a ClusterNetworkPolicy rule (a Deny
+                            // with RULE_DENY), the lowest-numbered NetworkPolicy rule allowing
+                            // the flow, or the default allow.
+                            let refd = |id: &RuleId| reg.get(id).expect("compiled rules have references");
+                            let lowest = match &decision.outcome {
+                                Outcome::NotIsolated => 0,
+                                Outcome::Accepted(id) => refd(id),
+                                Outcome::Denied(id) => RULE_DENY | refd(id),
+                                Outcome::NetworkPolicy(allowing) => {
+                                    allowing.iter().filter_map(|id| reg.get(id)).min().unwrap_or(0)
+                                }
+                                Outcome::DefaultAllow => refd(&RuleId::default_allow(dir)),
+                            };
                             prop_assert_eq!(want.isolated, isolated, "isolation of {} {}", key, dir.name());
                             let rule = lookup(ep, dir.to_dir(), peer.addr(), proto, port).unwrap_or(0);
                             let got = !decide(&Facts {

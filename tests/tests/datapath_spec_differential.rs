@@ -733,6 +733,7 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
             namespaces: namespaces.clone(),
             pods: pods.clone(),
             policies: policies(&mut rng, &home),
+            ..Cluster::default()
         };
         let compiled = compile(&cluster, std::slice::from_ref(&local), &mut reg);
         assert!(

@@ -354,6 +354,7 @@ impl<'a> Explainer<'a> {
                 DirectionVerdict {
                     isolated,
                     allowed_by_rule: *a,
+                    denied_by_rule: false,
                 }
                 .passes()
             })
