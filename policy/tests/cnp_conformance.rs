@@ -39,7 +39,9 @@ fn endpoint(s: &Suite, c: &Cluster, name: &str, v6: bool) -> Endpoint {
     let p = s
         .pod(name)
         .unwrap_or_else(|| panic!("probe names {name}, not in the model"));
-    let info = c.pod(&PodKey::new(&p.namespace, &p.name)).expect("in cluster");
+    let info = c
+        .pod(&PodKey::new(&p.namespace, &p.name))
+        .expect("in cluster");
     let addr = *info
         .ips
         .iter()
@@ -135,7 +137,11 @@ fn every_conformance_assertion_holds_in_the_evaluator_and_the_compiled_lookups()
 #[test]
 fn the_suite_covers_every_upstream_test_of_the_profile() {
     let s = suite();
-    assert_eq!(s.tests.len(), 24, "tests of the ClusterNetworkPolicy profile");
+    assert_eq!(
+        s.tests.len(),
+        24,
+        "tests of the ClusterNetworkPolicy profile"
+    );
     assert_eq!(s.assertions(), 289, "PokeServer calls of conformance/tests");
     let experimental: Vec<&str> = s
         .tests

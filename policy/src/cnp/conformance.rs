@@ -174,7 +174,8 @@ impl std::str::FromStr for Probe {
 
     /// `<from> -> <to> <tcp|udp|sctp>/<port> <connects|blocked>`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("probe {s:?}: expected `<from> -> <to> <proto>/<port> connects|blocked`");
+        let bad =
+            || format!("probe {s:?}: expected `<from> -> <to> <proto>/<port> connects|blocked`");
         let w: Vec<&str> = s.split_whitespace().collect();
         let [from, "->", to, pp, outcome] = w.as_slice() else {
             return Err(bad());
@@ -391,7 +392,10 @@ impl Replay {
                     .as_sequence_mut()
                     .ok_or("insert: not a list")?;
                 if index > seq.len() {
-                    return Err(format!("insert at {index}: the list has {} entries", seq.len()));
+                    return Err(format!(
+                        "insert at {index}: the list has {} entries",
+                        seq.len()
+                    ));
                 }
                 seq.insert(index, e.value.clone().ok_or("insert needs a value")?);
             }
@@ -454,7 +458,8 @@ impl Replay {
             let what = kind_and_name(&o);
             match o.get("kind").and_then(Value::as_str) {
                 Some("NetworkPolicy") => cluster.policies.push(
-                    serde_yaml::from_value::<NetworkPolicy>(o).map_err(|e| format!("{what}: {e}"))?,
+                    serde_yaml::from_value::<NetworkPolicy>(o)
+                        .map_err(|e| format!("{what}: {e}"))?,
                 ),
                 Some("ClusterNetworkPolicy") => cluster.cluster_policies.push(
                     serde_yaml::from_value::<ClusterNetworkPolicy>(o)

@@ -97,6 +97,13 @@ impl PolicySet {
                 )),
             }
         }
+        if !cluster.cluster_policies.is_empty() {
+            set.notes.push(format!(
+                "{} ClusterNetworkPolicies are not explained yet: this answer covers \
+                 NetworkPolicies only (palisadectl policy show has the tiers' compiled answer)",
+                cluster.cluster_policies.len()
+            ));
+        }
         set
     }
 
@@ -169,6 +176,7 @@ pub struct Explainer<'a> {
 impl<'a> Explainer<'a> {
     pub fn new(cluster: &'a Cluster, policies: &PolicySet, services: &'a [ServiceInfo]) -> Self {
         Explainer {
+            // NetworkPolicies only: the tiers are not explained yet (`PolicySet` says so).
             ev: Evaluator::from_parts(cluster, policies.policies.clone()),
             services,
             notes: policies.notes.clone(),
