@@ -1,9 +1,11 @@
 //! From the agent's view of the cluster to the policy crate's input, and from its output to
 //! the applier's desired endpoints.
 //!
-//! Invalid NetworkPolicies: an update that fails validation does not replace the last valid
-//! version of that policy (nothing lost); a policy that was never valid is not enforced. Both
-//! are reported as problems naming the object and field.
+//! Invalid NetworkPolicies and ClusterNetworkPolicies: an update that fails validation does
+//! not replace the last valid version of that policy (nothing lost); a policy that was never
+//! valid is not enforced. Both are reported as problems naming the object and field. A valid
+//! ClusterNetworkPolicy whose peers fail closed (domainNames, a peer kind this version does
+//! not know) is enforced, and each such peer is reported.
 //!
 //! Incremental work: a compile prepares (validates and normalizes) only the policies that
 //! changed since the previous compile (same `Arc` from the source, or an equal object), and
@@ -20,26 +22,119 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED};
 use palisade_common::policy::POL_ALL_PORTS;
 use palisade_policy as policy;
+use palisade_policy::cnp::ClusterNetworkPolicy;
 
 use crate::applier::{Allow, DesiredEndpoint, Entries, PortContent};
 use crate::endpoints::EndpointRecord;
 use crate::source::Snapshot;
 use crate::status::Problem;
 
-/// What the agent knows about one NetworkPolicy of the source.
-struct PolicyState {
+/// A policy kind the agent prepares (validates and normalizes) once per object version.
+trait Policy: PartialEq {
+    type Prepared;
+    fn prepare(&self) -> Result<Self::Prepared, Vec<policy::Problem>>;
+    /// Problems of a valid object that do not stop it from being enforced.
+    fn notices(_prepared: &Self::Prepared) -> &[policy::Problem] {
+        &[]
+    }
+}
+
+impl Policy for NetworkPolicy {
+    type Prepared = policy::Prepared;
+    fn prepare(&self) -> Result<policy::Prepared, Vec<policy::Problem>> {
+        policy::prepare(self)
+    }
+}
+
+impl Policy for ClusterNetworkPolicy {
+    type Prepared = policy::PreparedCnp;
+    fn prepare(&self) -> Result<policy::PreparedCnp, Vec<policy::Problem>> {
+        policy::prepare_cluster_policy(self)
+    }
+    fn notices(prepared: &policy::PreparedCnp) -> &[policy::Problem] {
+        prepared.notices()
+    }
+}
+
+/// What the agent knows about one policy object of the source.
+struct PolicyState<O: Policy> {
     /// The object last seen.
-    seen: Arc<NetworkPolicy>,
+    seen: Arc<O>,
     /// Problems of `seen` (empty when it is valid).
     problems: Vec<policy::Problem>,
     /// What is enforced: `seen` when valid, else the last valid version, if any.
-    enforced: Option<Arc<policy::Prepared>>,
+    enforced: Option<Arc<O::Prepared>>,
+}
+
+impl<O: Policy> PolicyState<O> {
+    /// The state now that the source holds `obj`: `old` when the object did not change, else
+    /// `obj` prepared anew (keeping the last valid version when `obj` is invalid). A replaced
+    /// state goes to `retired`.
+    fn next(old: Option<Self>, obj: &Arc<O>, retired: &mut Vec<Self>) -> Self {
+        match old {
+            Some(st) if Arc::ptr_eq(&st.seen, obj) || *st.seen == **obj => st,
+            old => {
+                let st = match obj.prepare() {
+                    Ok(p) => PolicyState {
+                        seen: obj.clone(),
+                        problems: Vec::new(),
+                        enforced: Some(Arc::new(p)),
+                    },
+                    Err(problems) => PolicyState {
+                        seen: obj.clone(),
+                        problems,
+                        enforced: old.as_ref().and_then(|o| o.enforced.clone()),
+                    },
+                };
+                retired.extend(old);
+                st
+            }
+        }
+    }
+
+    /// Its problems for `palisadectl status`: what is wrong with the object last seen, or what
+    /// of the enforced version fails closed.
+    fn report(&self, problems: &mut Vec<Problem>) {
+        for p in &self.problems {
+            let mut p = to_problem(p);
+            p.message.push_str(if self.enforced.is_some() {
+                "; keeping the last valid version of this policy"
+            } else {
+                "; policy not enforced"
+            });
+            problems.push(p);
+        }
+        if self.problems.is_empty()
+            && let Some(e) = &self.enforced
+        {
+            problems.extend(O::notices(e).iter().map(to_problem));
+        }
+    }
+}
+
+/// Brings `states` in line with the source's objects `now`, reporting problems.
+fn track<K: Ord + Clone, O: Policy>(
+    states: &mut BTreeMap<K, PolicyState<O>>,
+    now: &BTreeMap<K, Arc<O>>,
+    retired: &mut Vec<PolicyState<O>>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut old = std::mem::take(states);
+    for (key, obj) in now {
+        let st = PolicyState::next(old.remove(key), obj, retired);
+        st.report(problems);
+        states.insert(key.clone(), st);
+    }
+    // Policies gone from the source.
+    retired.extend(old.into_values());
 }
 
 pub struct Compiler {
     registry: policy::RuleRegistry,
     /// Per policy (namespace, name), from the previous compile.
-    policies: BTreeMap<(String, String), PolicyState>,
+    policies: BTreeMap<(String, String), PolicyState<NetworkPolicy>>,
+    /// Per ClusterNetworkPolicy name, from the previous compile.
+    cluster_policies: BTreeMap<String, PolicyState<ClusterNetworkPolicy>>,
     /// Port set -> its `pal_port_v1` content, from the previous compile.
     port_contents: HashMap<policy::PortSet, Arc<PortContent>>,
     /// The previous compile's distinct endpoint policies with their converted entries.
@@ -63,7 +158,8 @@ pub struct Compiled {
 
 #[derive(Default)]
 struct Retired {
-    policies: Vec<PolicyState>,
+    policies: Vec<PolicyState<NetworkPolicy>>,
+    cluster_policies: Vec<PolicyState<ClusterNetworkPolicy>>,
     entries: Vec<(Arc<policy::EndpointPolicy>, Arc<Entries>)>,
     port_contents: Vec<HashMap<policy::PortSet, Arc<PortContent>>>,
 }
@@ -84,6 +180,7 @@ impl Compiler {
         Compiler {
             registry: policy::RuleRegistry::default(),
             policies: BTreeMap::new(),
+            cluster_policies: BTreeMap::new(),
             port_contents: HashMap::new(),
             converted: Vec::new(),
         }
@@ -91,35 +188,6 @@ impl Compiler {
 
     pub fn registry(&self) -> &policy::RuleRegistry {
         &self.registry
-    }
-
-    /// The state of policy `key` now that the source holds `np`: the previous state when the
-    /// object did not change, else `np` prepared anew (keeping the last valid version when
-    /// `np` is invalid).
-    fn policy_state(
-        old: Option<PolicyState>,
-        np: &Arc<NetworkPolicy>,
-        retired: &mut Retired,
-    ) -> PolicyState {
-        match old {
-            Some(st) if Arc::ptr_eq(&st.seen, np) || *st.seen == **np => st,
-            old => {
-                let st = match policy::prepare(np) {
-                    Ok(p) => PolicyState {
-                        seen: np.clone(),
-                        problems: Vec::new(),
-                        enforced: Some(Arc::new(p)),
-                    },
-                    Err(problems) => PolicyState {
-                        seen: np.clone(),
-                        problems,
-                        enforced: old.as_ref().and_then(|o| o.enforced.clone()),
-                    },
-                };
-                retired.policies.extend(old);
-                st
-            }
-        }
     }
 
     pub fn compile(&mut self, snap: &Snapshot, locals: &[(String, &EndpointRecord)]) -> Compiled {
@@ -145,25 +213,27 @@ impl Compiler {
             }
             cluster.pods.push(info);
         }
+        cluster.nodes = snap.nodes.values().map(|n| node_info(n)).collect();
         let mut retired = Retired::default();
-        let mut old = std::mem::take(&mut self.policies);
-        for (key, np) in &snap.policies {
-            let st = Self::policy_state(old.remove(key), np, &mut retired);
-            for p in &st.problems {
-                let mut p = to_problem(p);
-                p.message.push_str(if st.enforced.is_some() {
-                    "; keeping the last valid version of this policy"
-                } else {
-                    "; policy not enforced"
-                });
-                problems.push(p);
-            }
-            self.policies.insert(key.clone(), st);
-        }
-        // Policies gone from the source.
-        retired.policies.extend(old.into_values());
+        track(
+            &mut self.policies,
+            &snap.policies,
+            &mut retired.policies,
+            &mut problems,
+        );
+        track(
+            &mut self.cluster_policies,
+            &snap.cluster_policies,
+            &mut retired.cluster_policies,
+            &mut problems,
+        );
         let prepared: Vec<&policy::Prepared> = self
             .policies
+            .values()
+            .filter_map(|st| st.enforced.as_deref())
+            .collect();
+        let prepared_cnps: Vec<&policy::PreparedCnp> = self
+            .cluster_policies
             .values()
             .filter_map(|st| st.enforced.as_deref())
             .collect();
@@ -173,7 +243,13 @@ impl Compiler {
             .filter(|k| snap.pods.contains_key(*k))
             .map(|(n, p)| policy::PodKey::new(n, p))
             .collect();
-        let out = policy::compile_prepared(&cluster, &prepared, &local_pods, &mut self.registry);
+        let out = policy::compile_tiers(
+            &cluster,
+            &prepared,
+            &prepared_cnps,
+            &local_pods,
+            &mut self.registry,
+        );
         problems.extend(out.problems.iter().map(to_problem));
         let entries = self.convert_all(out.endpoints.values(), &mut retired);
         let mut endpoints = BTreeMap::new();
@@ -335,6 +411,21 @@ impl Compiled {
             Some(ep) => policy::describe(ep, compiler.registry()),
             None => format!("{pod}: not in the source yet: everything denied except its node\n"),
         })
+    }
+}
+
+/// What ClusterNetworkPolicy `nodes` peers need of a Node: its labels and every address of
+/// `status.addresses` that is an IP address (`Hostname` entries are not).
+fn node_info(n: &k8s_openapi::api::core::v1::Node) -> policy::NodeInfo {
+    policy::NodeInfo {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        labels: n.metadata.labels.clone().unwrap_or_default(),
+        addrs: n
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
     }
 }
 

@@ -467,6 +467,85 @@ async fn network_policy_created_updated_deleted() {
     assert!(s.policies.contains_key(&("x".into(), "deny".into())));
 }
 
+fn cluster_policy(name: &str, priority: i32) -> palisade_policy::cnp::ClusterNetworkPolicy {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "tier": "Admin",
+            "priority": priority,
+            "subject": {"namespaces": {}},
+            "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"team": "b"}}}]}]
+        },
+        "status": {"conditions": []}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_network_policy_created_updated_deleted() {
+    let server = FakeApiServer::start().unwrap();
+    seed(&server);
+    let mut f = Fixture::start(server).await;
+    let first = f.snapshot_where("complete", |_| true).await;
+    assert!(first.problems.is_empty(), "{:?}", first.problems);
+
+    f.server
+        .apply(fake::CLUSTER_NETWORK_POLICIES, &cluster_policy("guard", 5));
+    let s = f
+        .snapshot_where("created", |s| s.cluster_policies.contains_key("guard"))
+        .await;
+    assert_eq!(s.generation, first.generation + 1);
+    // The status is the implementations', not policy: pruned.
+    assert_eq!(s.cluster_policies["guard"].status, None);
+
+    f.server
+        .apply(fake::CLUSTER_NETWORK_POLICIES, &cluster_policy("guard", 7));
+    let s = f
+        .snapshot_where("updated", |s| {
+            s.cluster_policies["guard"].spec.as_ref().unwrap().priority == Some(7)
+        })
+        .await;
+    assert_eq!(s.generation, first.generation + 2);
+
+    assert!(f.server.delete(fake::CLUSTER_NETWORK_POLICIES, "", "guard"));
+    let s = f
+        .snapshot_where("deleted", |s| s.cluster_policies.is_empty())
+        .await;
+    assert_eq!(s.generation, first.generation + 3);
+}
+
+/// Threat model: an operator installs Palisade before (or without) the upstream CRD. The
+/// source must not stay incomplete forever (nothing would be enforced, not even
+/// NetworkPolicies), and must not pretend ClusterNetworkPolicies are enforced: the missing
+/// resource is named in status until the CRD appears, then its objects are picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_cluster_network_policy_crd_is_empty_and_named_until_installed() {
+    let server = FakeApiServer::start().unwrap();
+    seed(&server);
+    server.unserve(fake::CLUSTER_NETWORK_POLICIES);
+    let mut f = Fixture::start(server).await;
+    let first = f.snapshot_where("complete without the CRD", |_| true).await;
+    assert!(first.policies.contains_key(&("x".into(), "deny".into())));
+    assert!(first.cluster_policies.is_empty());
+    assert!(
+        first.problems.iter().any(|p| p.object
+            == "resource policy.networking.k8s.io/clusternetworkpolicies"
+            && p.message.contains("not served")),
+        "{:?}",
+        first.problems
+    );
+
+    f.server.serve(fake::CLUSTER_NETWORK_POLICIES);
+    f.server
+        .apply(fake::CLUSTER_NETWORK_POLICIES, &cluster_policy("guard", 5));
+    let s = f
+        .snapshot_where("the CRD installed and a policy created", |s| {
+            s.cluster_policies.contains_key("guard")
+        })
+        .await;
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_that_ends_resumes_without_losing_events_or_spending_a_generation() {
     let server = FakeApiServer::start().unwrap();

@@ -163,7 +163,23 @@ pub fn describe(ep: &EndpointPolicy, reg: &RuleRegistry) -> String {
             ));
             continue;
         }
-        s.push_str(&format!("{}: isolated, allowed only:\n", dir.name()));
+        // With ClusterNetworkPolicy tiers some entries deny (and name the Deny rule).
+        let denies = ep.entries.iter().any(|(k, a)| {
+            k.dir == dir.to_dir()
+                && match a {
+                    PeerAllow::Ports(set) => set.0.values().any(|r| r & RULE_DENY != 0),
+                    PeerAllow::AllPorts { .. } => false,
+                }
+        });
+        s.push_str(&format!(
+            "{}: isolated, {}:\n",
+            dir.name(),
+            if denies {
+                "per peer (the longest prefix decides)"
+            } else {
+                "allowed only"
+            }
+        ));
         let mut any = false;
         for (pp, allow) in ep.entries.iter().filter(|(k, _)| k.dir == dir.to_dir()) {
             any = true;

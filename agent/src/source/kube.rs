@@ -7,6 +7,12 @@
 //! so the agent never enforces a half-synced view. A relist later on does not make it
 //! incomplete: the reflector swaps a relisted kind in only at its `InitDone`.
 //!
+//! ClusterNetworkPolicies come from a CRD the user installs (from sigs.k8s.io/network-policy-api
+//! v0.2.0). While the API server does not serve the resource (`404` on its list), no such
+//! object can exist: the kind counts as listed and empty, the snapshot names the missing
+//! resource as a problem, and the watcher keeps retrying, so a CRD installed later is picked
+//! up. Any other error keeps the source incomplete, as for the built-in kinds.
+//!
 //! Objects are pruned before they are stored (see [`Watched::prune`]): `managedFields`,
 //! `resourceVersion`, the last-applied annotation, and for Pods and Nodes the status the agent
 //! does not read (conditions, container statuses, heartbeats). A watch event that leaves the
@@ -35,6 +41,7 @@ use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
+use palisade_policy::cnp::ClusterNetworkPolicy;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -51,6 +58,7 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("", "services"),
     ("networking.k8s.io", "networkpolicies"),
     ("discovery.k8s.io", "endpointslices"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
 ];
 
 /// Name of the pod CIDR file under the state directory (the node contract's).
@@ -65,6 +73,9 @@ pub trait Watched:
 {
     /// Index in [`WATCHED`].
     const INDEX: usize;
+    /// Served by a CRD the user installs: a `404` on its list means "no such objects" (see
+    /// the module doc).
+    const OPTIONAL: bool = false;
     /// Drops what the agent does not read, so that changes to it are not changes.
     fn prune(&mut self);
 }
@@ -156,6 +167,16 @@ impl Watched for EndpointSlice {
     }
 }
 
+impl Watched for ClusterNetworkPolicy {
+    const INDEX: usize = 6;
+    const OPTIONAL: bool = true;
+    /// The status is the implementations' (conditions), not policy.
+    fn prune(&mut self) {
+        prune_meta(&mut self.metadata);
+        self.status = None;
+    }
+}
+
 /// A client configuration: from `kubeconfig` when given (its current context), else the
 /// in-cluster service account.
 pub async fn client_config(kubeconfig: Option<&Path>) -> Result<kube::Config, SourceError> {
@@ -185,6 +206,8 @@ pub async fn client_config(kubeconfig: Option<&Path>) -> Result<kube::Config, So
 struct State {
     /// Per kind of [`WATCHED`]: initial list done.
     listed: [bool; WATCHED.len()],
+    /// Per kind: an optional kind whose resource the API server does not serve (404).
+    missing: [bool; WATCHED.len()],
     /// Every kind listed once.
     complete: bool,
     /// 0 until complete; 1 at completion; +1 per change after.
@@ -214,6 +237,7 @@ struct Stores {
     services: Store<Service>,
     policies: Store<NetworkPolicy>,
     endpoint_slices: Store<EndpointSlice>,
+    cluster_policies: Store<ClusterNetworkPolicy>,
 }
 
 /// The Kubernetes API source.
@@ -273,6 +297,8 @@ impl KubeSource {
         tasks.push(t);
         let (endpoint_slices, t) = spawn_watch::<EndpointSlice>(&client, &shared, None);
         tasks.push(t);
+        let (cluster_policies, t) = spawn_watch::<ClusterNetworkPolicy>(&client, &shared, None);
+        tasks.push(t);
         Ok(KubeSource {
             shared,
             stores: Stores {
@@ -282,6 +308,7 @@ impl KubeSource {
                 services,
                 policies,
                 endpoint_slices,
+                cluster_policies,
             },
             tasks,
             returned: 0,
@@ -353,7 +380,18 @@ impl KubeSource {
             nodes: by_name(&self.stores.nodes),
             services: by_key(&self.stores.services),
             endpoint_slices: by_key(&self.stores.endpoint_slices),
-            problems: st.node_problem.iter().cloned().collect(),
+            // Not served (its CRD deleted): what the store still holds no longer exists.
+            cluster_policies: if st.missing[ClusterNetworkPolicy::INDEX] {
+                Default::default()
+            } else {
+                by_name(&self.stores.cluster_policies)
+            },
+            problems: st
+                .node_problem
+                .iter()
+                .cloned()
+                .chain(missing_problems(&st.missing))
+                .collect(),
         }
     }
 }
@@ -381,6 +419,22 @@ impl Source for KubeSource {
     fn describe(&self) -> String {
         format!("kube:{}", self.cluster)
     }
+}
+
+/// The resources of optional kinds the API server does not serve, as problems.
+fn missing_problems(missing: &[bool; WATCHED.len()]) -> impl Iterator<Item = Problem> + '_ {
+    WATCHED
+        .iter()
+        .zip(missing)
+        .filter(|(_, m)| **m)
+        .map(|((group, resource), _)| Problem {
+            object: format!("resource {group}/{resource}"),
+            field: String::new(),
+            message: "not served by the API server (its CRD is not installed): none of these \
+                      objects can exist, none is enforced; install the CRD from \
+                      sigs.k8s.io/network-policy-api v0.2.0 (docs/install.md)"
+                .into(),
+        })
 }
 
 /// Called with a kind's store after it changed (and after its initial list); what it returns
@@ -435,6 +489,12 @@ async fn watch_kind<K: Watched>(
                 tracing::info!(resource, "watch expired (410 Gone): relisting");
                 continue;
             }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if K::OPTIONAL && status.code == 404 =>
+            {
+                not_served::<K>(&shared);
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(resource, "{e}; retrying with backoff");
                 continue;
@@ -455,8 +515,12 @@ async fn watch_kind<K: Watched>(
             writer.apply_watcher_event(&event);
         }
         let listed_now = matches!(event, Event::InitDone) && !st.listed[K::INDEX];
+        // A resource served again after a 404 (its CRD installed): the problem goes.
+        let served_again = matches!(event, Event::InitDone) && st.missing[K::INDEX];
+        let changed = changed || served_again;
         if matches!(event, Event::InitDone) {
             st.listed[K::INDEX] = true;
+            st.missing[K::INDEX] = false;
             tracing::info!(resource, objects = reader.len(), "listed");
         }
         if let Some(hook) = &mut on_change
@@ -487,6 +551,32 @@ async fn watch_kind<K: Watched>(
             shared.changes.notify_one();
         }
     }
+}
+
+/// An optional kind's list failed with 404: listed (as empty: its objects cannot exist), and
+/// missing. A change of the problem is a change of the source.
+fn not_served<K: Watched>(shared: &Shared) {
+    let resource = WATCHED[K::INDEX].1;
+    let mut st = shared.lock();
+    if st.missing[K::INDEX] && st.listed[K::INDEX] {
+        return;
+    }
+    tracing::warn!(
+        resource,
+        "not served by the API server (CRD not installed?): treated as empty; retrying"
+    );
+    st.missing[K::INDEX] = true;
+    st.listed[K::INDEX] = true;
+    if !st.complete {
+        if st.listed.iter().all(|l| *l) {
+            st.complete = true;
+            st.generation = 1;
+        }
+    } else {
+        st.generation += 1;
+    }
+    drop(st);
+    shared.changes.notify_one();
 }
 
 /// Writes this node's pod CIDRs to the file the CNI plugin reads (both sources use it).
@@ -590,6 +680,14 @@ mod tests {
         assert_eq!(WATCHED[NetworkPolicy::INDEX].0, NetworkPolicy::group(&()));
         assert_eq!(WATCHED[EndpointSlice::INDEX].0, EndpointSlice::group(&()));
         assert_eq!(WATCHED[Pod::INDEX].0, Pod::group(&()));
+        assert_eq!(
+            WATCHED[ClusterNetworkPolicy::INDEX].1,
+            ClusterNetworkPolicy::plural(&())
+        );
+        assert_eq!(
+            WATCHED[ClusterNetworkPolicy::INDEX].0,
+            ClusterNetworkPolicy::group(&())
+        );
     }
 
     #[test]

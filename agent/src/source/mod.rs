@@ -11,6 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use palisade_policy::cnp::ClusterNetworkPolicy;
 use tokio::sync::Notify;
 
 pub use dir::DirSource;
@@ -46,6 +47,8 @@ pub struct Snapshot {
     pub namespaces: BTreeMap<String, Arc<Namespace>>,
     pub pods: BTreeMap<(String, String), Arc<Pod>>,
     pub policies: BTreeMap<(String, String), Arc<NetworkPolicy>>,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`) by name.
+    pub cluster_policies: BTreeMap<String, Arc<ClusterNetworkPolicy>>,
     /// Nodes by name; Services and EndpointSlices by (namespace, name). Read by both sources.
     pub nodes: BTreeMap<String, Arc<Node>>,
     pub services: BTreeMap<(String, String), Arc<Service>>,

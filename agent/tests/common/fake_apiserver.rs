@@ -78,13 +78,22 @@ pub const ENDPOINT_SLICES: Resource = Resource {
     api_version: "discovery.k8s.io/v1",
     namespaced: true,
 };
-pub const ALL: [Resource; 6] = [
+/// Served from a CRD in a real cluster: [`FakeApiServer::unserve`] makes it a 404, as when
+/// the CRD is not installed.
+pub const CLUSTER_NETWORK_POLICIES: Resource = Resource {
+    path: "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
+    kind: "ClusterNetworkPolicy",
+    api_version: "policy.networking.k8s.io/v1alpha2",
+    namespaced: false,
+};
+pub const ALL: [Resource; 7] = [
     NODES,
     NAMESPACES,
     PODS,
     SERVICES,
     NETWORK_POLICIES,
     ENDPOINT_SLICES,
+    CLUSTER_NETWORK_POLICIES,
 ];
 
 fn resource_at(path: &str) -> Option<Resource> {
@@ -124,6 +133,8 @@ pub struct Cluster {
     epoch: u64,
     stopped: bool,
     held_lists: BTreeSet<&'static str>,
+    /// Collections answered with 404 (a CRD not installed).
+    unserved: BTreeSet<&'static str>,
     stats: BTreeMap<&'static str, Stats>,
     requests: Vec<String>,
 }
@@ -345,6 +356,16 @@ impl FakeApiServer {
         self.with(|c| c.held_lists.remove(r.path));
     }
 
+    /// Answers `r`'s collection with 404 from now on, as an API server without its CRD does.
+    pub fn unserve(&self, r: Resource) {
+        self.with(|c| c.unserved.insert(r.path));
+    }
+
+    /// Serves `r` again (its CRD installed).
+    pub fn serve(&self, r: Resource) {
+        self.with(|c| c.unserved.remove(r.path));
+    }
+
     pub fn stats(&self, r: Resource) -> Stats {
         self.inner.lock().stats(r)
     }
@@ -455,8 +476,12 @@ fn serve(inner: &Inner, stream: TcpStream) {
             .collect::<Vec<_>>()
             .join("&")
     );
-    inner.lock().requests.push(target);
-    let Some(r) = resource_at(&req.path) else {
+    let unserved = {
+        let mut c = inner.lock();
+        c.requests.push(target);
+        c.unserved.contains(req.path.as_str())
+    };
+    let Some(r) = resource_at(&req.path).filter(|_| !unserved) else {
         // Client errors are the test's business; a failed write means the client left.
         if respond(
             &stream,
