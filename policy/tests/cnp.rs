@@ -11,7 +11,7 @@ use palisade_policy::{
 };
 
 fn cnp(yaml: &str) -> ClusterNetworkPolicy {
-    serde_yaml::from_str(yaml).expect("test YAML")
+    serde_saphyr::from_str(yaml).expect("test YAML")
 }
 
 fn problems(yaml: &str) -> Vec<(String, String)> {
@@ -173,7 +173,7 @@ spec:
 fn worked_example_admin_deny_beats_a_namespace_allow_and_a_namespace_allow_beats_baseline() {
     let mut c = model_cluster();
     c.cluster_policies = vec![cnp(ADMIN_DENY), cnp(BASELINE_DENY)];
-    c.policies = vec![serde_yaml::from_str(NAMESPACE_ALLOW).expect("policy")];
+    c.policies = vec![serde_saphyr::from_str(NAMESPACE_ALLOW).expect("policy")];
     let ev = Evaluator::new(&c);
     let locals: Vec<PodKey> = c.pods.iter().map(|p| p.key()).collect();
     let mut reg = RuleRegistry::new();

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::ClusterNetworkPolicy;
 use crate::manifest::NAMESPACE_NAME_LABEL;
@@ -207,9 +207,14 @@ fn probes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Probe>, D::Error
         .collect()
 }
 
+/// YAML 1.2 booleans, as the agent reads manifests (a namespace `y` stays a string).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
+}
+
 /// The suite. Panics when the compiled-in data does not parse (a test asserts it does).
 pub fn suite() -> Suite {
-    serde_yaml::from_str(SUITE_YAML)
+    serde_saphyr::from_str_with_options(SUITE_YAML, yaml_options())
         .unwrap_or_else(|e| panic!("policy/conformance/cluster-network-policy.yaml: {e}"))
 }
 
@@ -342,13 +347,10 @@ fn at_path<'v>(v: &'v mut Value, path: &str) -> Result<&'v mut Value, String> {
 
 impl Replay {
     pub fn new(test: &SuiteTest) -> Result<Self, String> {
-        let mut objects = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(&test.objects) {
-            let v = Value::deserialize(doc).map_err(|e| format!("{}: objects: {e}", test.name))?;
-            if !v.is_null() {
-                objects.push(v);
-            }
-        }
+        let mut objects: Vec<Value> =
+            serde_saphyr::from_multiple_with_options(&test.objects, yaml_options())
+                .map_err(|e| format!("{}: objects: {e}", test.name))?;
+        objects.retain(|v| !v.is_null());
         Ok(Replay { objects })
     }
 
@@ -376,7 +378,7 @@ impl Replay {
             (Some(list), None, None) => {
                 let [a, b] = e.rules.ok_or("swap needs rules: [i, j]")?;
                 let seq = at_path(obj, list)?
-                    .as_sequence_mut()
+                    .as_array_mut()
                     .ok_or("swap: not a list")?;
                 if a.max(b) >= seq.len() {
                     return Err(format!("swap {a}, {b}: the list has {} entries", seq.len()));
@@ -389,7 +391,7 @@ impl Replay {
             (None, None, Some(list)) => {
                 let index = e.index.ok_or("insert needs an index")?;
                 let seq = at_path(obj, list)?
-                    .as_sequence_mut()
+                    .as_array_mut()
                     .ok_or("insert: not a list")?;
                 if index > seq.len() {
                     return Err(format!(
@@ -408,7 +410,7 @@ impl Replay {
     pub fn objects(&self, pod_ips: &dyn Fn(&str) -> Vec<IpAddr>) -> Vec<Value> {
         fn expand(v: &mut Value, pod_ips: &dyn Fn(&str) -> Vec<IpAddr>) {
             match v {
-                Value::Sequence(seq) => {
+                Value::Array(seq) => {
                     let mut out = Vec::with_capacity(seq.len());
                     for mut item in std::mem::take(seq) {
                         let name = item
@@ -429,7 +431,7 @@ impl Replay {
                     }
                     *seq = out;
                 }
-                Value::Mapping(m) => m.values_mut().for_each(|v| expand(v, pod_ips)),
+                Value::Object(m) => m.values_mut().for_each(|v| expand(v, pod_ips)),
                 _ => {}
             }
         }
@@ -443,7 +445,7 @@ impl Replay {
         let mut out = String::new();
         for o in self.objects(pod_ips) {
             out.push_str("---\n");
-            out.push_str(&serde_yaml::to_string(&o).unwrap_or_default());
+            out.push_str(&serde_saphyr::to_string(&o).unwrap_or_default());
         }
         out
     }
@@ -458,11 +460,11 @@ impl Replay {
             let what = kind_and_name(&o);
             match o.get("kind").and_then(Value::as_str) {
                 Some("NetworkPolicy") => cluster.policies.push(
-                    serde_yaml::from_value::<NetworkPolicy>(o)
+                    serde_json::from_value::<NetworkPolicy>(o)
                         .map_err(|e| format!("{what}: {e}"))?,
                 ),
                 Some("ClusterNetworkPolicy") => cluster.cluster_policies.push(
-                    serde_yaml::from_value::<ClusterNetworkPolicy>(o)
+                    serde_json::from_value::<ClusterNetworkPolicy>(o)
                         .map_err(|e| format!("{what}: {e}"))?,
                 ),
                 _ => return Err(format!("{what}: a kind the suite does not use")),

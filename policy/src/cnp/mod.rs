@@ -7,6 +7,7 @@
 //! - Evaluation (the reference evaluator, `eval.rs`) and compilation (`tiers.rs`) read the
 //!   prepared form.
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub(crate) mod eval;
 pub mod types;
