@@ -213,7 +213,7 @@ impl Compiler {
             }
             cluster.pods.push(info);
         }
-        cluster.nodes = snap.nodes.values().map(|n| node_info(n)).collect();
+        cluster.nodes = snap.nodes.values().map(|n| policy::node_info(n)).collect();
         let mut retired = Retired::default();
         track(
             &mut self.policies,
@@ -411,21 +411,6 @@ impl Compiled {
             Some(ep) => policy::describe(ep, compiler.registry()),
             None => format!("{pod}: not in the source yet: everything denied except its node\n"),
         })
-    }
-}
-
-/// What ClusterNetworkPolicy `nodes` peers need of a Node: its labels and every address of
-/// `status.addresses` that is an IP address (`Hostname` entries are not).
-fn node_info(n: &k8s_openapi::api::core::v1::Node) -> policy::NodeInfo {
-    policy::NodeInfo {
-        name: n.metadata.name.clone().unwrap_or_default(),
-        labels: n.metadata.labels.clone().unwrap_or_default(),
-        addrs: n
-            .status
-            .iter()
-            .flat_map(|s| s.addresses.iter().flatten())
-            .filter_map(|a| a.address.parse().ok())
-            .collect(),
     }
 }
 

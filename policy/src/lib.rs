@@ -66,7 +66,7 @@ pub use compile::{
     compile_tiers, prepare,
 };
 pub use eval::{Decision, DirectionVerdict, Evaluator, Outcome, evaluate, pod_endpoint};
-pub use manifest::{NAMESPACE_NAME_LABEL, Object, pod_info};
+pub use manifest::{NAMESPACE_NAME_LABEL, Object, node_info, pod_info};
 pub use model::{
     Cluster, Endpoint, Labels, NamedPort, NodeInfo, PodInfo, PodKey, Protocol, proto_name,
 };

@@ -88,6 +88,10 @@ impl Snapshot {
             Object::EndpointSlice(es) => {
                 self.endpoint_slices.insert(key(&es.metadata), es);
             }
+            Object::ClusterNetworkPolicy(cnp) => {
+                let name = cnp.metadata.name.clone().unwrap_or_default();
+                self.cluster_policies.insert(name, cnp);
+            }
         }
     }
 }

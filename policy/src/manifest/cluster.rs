@@ -1,12 +1,13 @@
-//! Objects -> [`Cluster`]: the policy-relevant facts of Namespaces, Pods and NetworkPolicies.
+//! Objects -> [`Cluster`]: the policy-relevant facts of Namespaces, Pods, NetworkPolicies,
+//! ClusterNetworkPolicies and Nodes.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 
 use super::Object;
-use crate::model::{Cluster, NamedPort, PodInfo, Protocol};
+use crate::model::{Cluster, NamedPort, NodeInfo, PodInfo, Protocol};
 use crate::validate::Problem;
 
 /// Label the API server puts on every namespace.
@@ -45,7 +46,9 @@ impl Cluster {
                     used.push(ns.clone());
                     c.policies.push(np);
                 }
-                Object::Node(_) | Object::Service(_) | Object::EndpointSlice(_) => {}
+                Object::ClusterNetworkPolicy(cnp) => c.cluster_policies.push((**cnp).clone()),
+                Object::Node(n) => c.nodes.push(node_info(n)),
+                Object::Service(_) | Object::EndpointSlice(_) => {}
             }
         }
         for ns in used {
@@ -54,6 +57,21 @@ impl Cluster {
                 .or_insert_with(|| BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), ns)]));
         }
         (c, problems)
+    }
+}
+
+/// What ClusterNetworkPolicy `nodes` peers need of a Node: its labels and every address of
+/// `status.addresses` that is an IP address (`Hostname` entries are not).
+pub fn node_info(n: &Node) -> NodeInfo {
+    NodeInfo {
+        name: n.metadata.name.clone().unwrap_or_default(),
+        labels: n.metadata.labels.clone().unwrap_or_default(),
+        addrs: n
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! Input is multi-document YAML, or JSON objects one after the other, as `kubectl apply -f`
 //! reads them. Kinds read ([`Kind`]): Namespace, Pod, Node, Service (v1), NetworkPolicy
-//! (networking.k8s.io/v1), EndpointSlice (discovery.k8s.io/v1). Other kinds are skipped
-//! silently (a directory may hold Deployments too).
+//! (networking.k8s.io/v1), EndpointSlice (discovery.k8s.io/v1), ClusterNetworkPolicy
+//! (policy.networking.k8s.io/v1alpha2, our own serde type [`ClusterNetworkPolicy`]). Other
+//! kinds are skipped silently (a directory may hold Deployments too).
 //!
 //! What a caller can rely on:
 //! 1. Bounded work before anything is built ([`limits`]): a file larger than
@@ -35,9 +36,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::Value;
 
+use crate::cnp::ClusterNetworkPolicy;
 use crate::validate::Problem;
 
-pub use cluster::{NAMESPACE_NAME_LABEL, pod_info};
+pub use cluster::{NAMESPACE_NAME_LABEL, node_info, pod_info};
 pub use limits::Limits;
 
 /// A manifest's text format.
@@ -75,16 +77,18 @@ pub enum Kind {
     Node,
     Service,
     EndpointSlice,
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Node,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::ClusterNetworkPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
 
@@ -104,12 +109,16 @@ impl Kind {
             Kind::Namespace | Kind::Pod | Kind::Node | Kind::Service => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
         }
     }
 
     /// Whether objects of this kind live in a namespace (`default` when they name none).
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::ClusterNetworkPolicy
+        )
     }
 
     fn from_name(name: &str) -> Option<Kind> {
@@ -144,6 +153,7 @@ pub enum Object {
     Node(Arc<Node>),
     Service(Arc<Service>),
     EndpointSlice(Arc<EndpointSlice>),
+    ClusterNetworkPolicy(Arc<ClusterNetworkPolicy>),
 }
 
 impl Object {
@@ -155,6 +165,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
         }
     }
 
@@ -166,6 +177,7 @@ impl Object {
             Object::Node(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
         }
     }
 

@@ -108,6 +108,7 @@ pub(super) fn typed(kind: Kind, tree: &Value) -> Result<Object, Vec<FieldError>>
         Kind::Node => Object::Node(Arc::new(strict(tree)?)),
         Kind::Service => Object::Service(Arc::new(namespaced(strict(tree)?))),
         Kind::EndpointSlice => Object::EndpointSlice(Arc::new(namespaced(strict(tree)?))),
+        Kind::ClusterNetworkPolicy => Object::ClusterNetworkPolicy(Arc::new(strict(tree)?)),
     })
 }
 

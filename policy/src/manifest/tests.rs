@@ -351,3 +351,41 @@ metadata: {name: x}
     };
     assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
 }
+
+/// ClusterNetworkPolicies and Nodes reach the cluster model (cluster-scoped: a namespace in the
+/// manifest is dropped from the key, as the API server ignores it); an unknown field in one
+/// rejects it alone.
+#[test]
+fn cluster_network_policies_and_nodes_reach_the_cluster() {
+    let text = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+        metadata: {name: base, namespace: ignored}\nspec: {tier: Baseline, priority: 1, \
+        subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}\n---\n\
+        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+        metadata: {name: typo}\nspec: {tier: Admin, priority: 1, subjects: {namespaces: {}}}\n---\n\
+        apiVersion: v1\nkind: Node\nmetadata: {name: n0, labels: {zone: a}}\n\
+        status: {addresses: [{type: InternalIP, address: 10.1.0.1}, {type: Hostname, address: n0}]}\n";
+    let m = parse(text, Format::Yaml).expect("parses");
+    assert_eq!(m.objects.len(), 2, "{:?}", m.problems);
+    assert_eq!(
+        m.objects[0].1.key().to_string(),
+        "ClusterNetworkPolicy base"
+    );
+    assert_eq!(m.rejected.len(), 1);
+    assert_eq!(m.rejected[0].1.to_string(), "ClusterNetworkPolicy typo");
+    assert!(
+        m.problems[0].object.ends_with("ClusterNetworkPolicy typo")
+            && m.problems[0].field == "spec.subjects",
+        "{:?}",
+        m.problems
+    );
+    let objects: Vec<Object> = m.objects.into_iter().map(|(_, o)| o).collect();
+    let (c, problems) = crate::Cluster::from_objects(&objects);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(c.cluster_policies.len(), 1);
+    assert_eq!(c.nodes.len(), 1);
+    assert_eq!(
+        c.nodes[0].addrs,
+        vec!["10.1.0.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(c.nodes[0].labels.get("zone").map(String::as_str), Some("a"));
+}

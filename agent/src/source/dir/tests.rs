@@ -378,3 +378,64 @@ fn this_nodes_pod_cidrs_are_written_for_the_cni_plugin() {
     s.rescan().unwrap().unwrap();
     assert_eq!(read().len(), 2);
 }
+
+const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: admin-deny}\nspec:\n  tier: Admin\n  priority: 3\n  subject: {namespaces: {matchLabels: {team: a}}}\n  egress: [{action: Deny, to: [{networks: [10.0.0.0/8]}]}]\n";
+
+fn cnp_egress(snap: &Snapshot) -> Option<String> {
+    let p = snap.cluster_policies.get("admin-deny")?;
+    let rules = p.spec.as_ref()?.egress.as_ref()?;
+    Some(serde_json::to_string(rules).unwrap())
+}
+
+/// ClusterNetworkPolicies load through the one manifest parser, cluster-scoped (a namespace in
+/// the file is not part of their key), strictly: a typo rejects the object (naming document,
+/// object, field path and value) and its last good version stays, as for NetworkPolicies.
+/// Threat: a typo such as `from` in an egress rule (read leniently, a rule with no peers)
+/// must not change what an Admin Deny covers.
+#[test]
+fn cluster_network_policies_are_read_strictly_and_keep_their_last_good_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("cnp.yaml");
+    std::fs::write(&f, CNP).unwrap();
+    let mut s = DirSource::new(dir.path());
+    let snap = s.rescan().unwrap().unwrap();
+    assert_eq!(snap.cluster_policies.len(), 1, "{:?}", snap.problems);
+    assert!(snap.problems.is_empty(), "{:?}", snap.problems);
+    let good = cnp_egress(&snap).expect("read");
+    assert!(good.contains("10.0.0.0/8"), "{good}");
+    // Typo: `from` in an egress rule.
+    std::fs::write(&f, CNP.replace("to: [{networks", "from: [{networks")).unwrap();
+    let snap = s.rescan().unwrap().unwrap();
+    assert_eq!(cnp_egress(&snap), Some(good.clone()), "last good kept");
+    assert_eq!(snap.problems.len(), 1, "{:?}", snap.problems);
+    let p = &snap.problems[0];
+    assert!(
+        p.object
+            .ends_with("document 0 (line 1) ClusterNetworkPolicy admin-deny")
+            && p.field == "spec.egress[0].from"
+            && p.message.contains("unknown field")
+            && p.message.contains("10.0.0.0/8"),
+        "{p:?}"
+    );
+    // Another apiVersion (the retired AdminNetworkPolicy group) is named, not read.
+    std::fs::write(
+        &f,
+        CNP.replace(
+            "policy.networking.k8s.io/v1alpha2",
+            "policy.networking.k8s.io/v1alpha1",
+        ),
+    )
+    .unwrap();
+    let snap = s.rescan().unwrap().unwrap();
+    assert_eq!(cnp_egress(&snap), Some(good), "last good kept");
+    assert!(
+        snap.problems[0]
+            .message
+            .contains("only policy.networking.k8s.io/v1alpha2"),
+        "{:?}",
+        snap.problems
+    );
+    // Gone with its file.
+    std::fs::remove_file(&f).unwrap();
+    assert!(s.rescan().unwrap().unwrap().cluster_policies.is_empty());
+}
