@@ -241,6 +241,8 @@ pub(crate) struct Compiler<'a> {
     /// Host prefixes of each ClusterNetworkPolicy (policy, direction, rule, peer) naming
     /// pods or nodes (`tiers.rs`).
     pub(crate) cnp_peer_hosts: HashMap<(usize, Direction, usize, usize), Arc<Vec<Prefix>>>,
+    /// Those lists interned by content.
+    pub(crate) cnp_host_lists: std::collections::HashSet<Arc<Vec<Prefix>>>,
     /// Selectable pod at each host prefix (named ports of egress destinations).
     pub(crate) pod_at: Option<HashMap<Prefix, usize>>,
 }
@@ -291,6 +293,7 @@ impl<'a> Compiler<'a> {
             by_label,
             peer_pods: HashMap::new(),
             cnp_peer_hosts: HashMap::new(),
+            cnp_host_lists: Default::default(),
             pod_at: None,
         }
     }

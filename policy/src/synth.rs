@@ -12,8 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::cnp::ClusterNetworkPolicy;
 use crate::manifest::NAMESPACE_NAME_LABEL;
-use crate::model::{Cluster, NamedPort, PodInfo, PodKey, Protocol};
+use crate::model::{Cluster, NamedPort, NodeInfo, PodInfo, PodKey, Protocol};
 
 /// Size of a synthetic cluster.
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +28,9 @@ pub struct SyntheticSpec {
     pub policies_per_namespace: usize,
     /// How many pods (spread over namespaces) are returned as local to the node.
     pub local_pods: usize,
+    /// ClusterNetworkPolicies, in a cycle of 10 shapes over both tiers (see
+    /// `synthetic_cluster_policy`), with 10 Nodes for their node peers.
+    pub cluster_policies: usize,
 }
 
 impl Default for SyntheticSpec {
@@ -37,6 +41,7 @@ impl Default for SyntheticSpec {
             pods_per_namespace: 100,
             policies_per_namespace: 10,
             local_pods: 100,
+            cluster_policies: 0,
         }
     }
 }
@@ -229,6 +234,17 @@ pub fn synthetic_cluster(spec: SyntheticSpec) -> (Cluster, Vec<PodKey>) {
             });
         }
     }
+    for n in 0..10u8 {
+        c.nodes.push(NodeInfo {
+            name: format!("node-{n}"),
+            labels: labels(&[("kubernetes.io/os", "linux")]),
+            addrs: vec![IpAddr::V4(Ipv4Addr::new(172, 18, 0, n + 2))],
+        });
+    }
+    for k in 0..spec.cluster_policies {
+        c.cluster_policies
+            .push(synthetic_cluster_policy(k, spec.namespaces.max(1)));
+    }
     let total = c.pods.len();
     let step = (total / spec.local_pods.max(1)).max(1);
     let local = c
@@ -239,4 +255,111 @@ pub fn synthetic_cluster(spec: SyntheticSpec) -> (Cluster, Vec<PodKey>) {
         .map(PodInfo::key)
         .collect();
     (c, local)
+}
+
+/// ClusterNetworkPolicy `k` of a synthetic cluster: a cycle of 10 shapes an administrator
+/// writes (isolating teams and environments, allowing DNS, monitoring and kubelet traffic,
+/// blocking the metadata service, baseline defaults), over both tiers, each with its own
+/// priority.
+fn synthetic_cluster_policy(k: usize, namespaces: usize) -> ClusterNetworkPolicy {
+    // The shape is k % 10; what it names cycles with k / 10.
+    let team = format!("team-{}", (k / 10) % 10);
+    let other = format!("team-{}", (k / 10 + 1) % 10);
+    let ns = format!("ns-{}", (k / 10) % namespaces);
+    let (tier, spec) = match k % 10 {
+        0 => (
+            "Admin",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {"team": team, "env": "prod"}}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"env": "dev"}}}]}]
+            }),
+        ),
+        1 => (
+            "Admin",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {"team": team}}},
+                "egress": [{"action": "Accept",
+                            "to": [{"pods": {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "ns-0"}},
+                                             "podSelector": {"matchLabels": {"app": "app-5"}}}}],
+                            "protocols": [{"udp": {"destinationPort": {"number": 53}}},
+                                          {"tcp": {"destinationPort": {"number": 53}}}]}]
+            }),
+        ),
+        2 => (
+            "Baseline",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {NAMESPACE_NAME_LABEL: ns}}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]
+            }),
+        ),
+        3 => (
+            "Admin",
+            serde_json::json!({
+                "subject": {"pods": {"namespaceSelector": {"matchLabels": {"team": team}},
+                                     "podSelector": {"matchLabels": {"tier": "db"}}}},
+                "ingress": [{"action": "Pass", "from": [{"namespaces": {"matchLabels": {"team": team}}}]},
+                            {"action": "Deny", "from": [{"namespaces": {}}],
+                             "protocols": [{"tcp": {"destinationPort": {"range": {"start": 5000, "end": 5999}}}}]}]
+            }),
+        ),
+        4 => (
+            "Admin",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {"team": team}}},
+                "egress": [{"action": "Deny", "to": [{"networks": ["169.254.169.254/32", "fd00:ec2::254/128"]}]}]
+            }),
+        ),
+        5 => (
+            "Admin",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {"env": "prod"}}},
+                "egress": [{"action": "Accept", "to": [{"nodes": {"matchLabels": {"kubernetes.io/os": "linux"}}}],
+                            "protocols": [{"tcp": {"destinationPort": {"number": 10250}}}]}]
+            }),
+        ),
+        6 => (
+            "Baseline",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {NAMESPACE_NAME_LABEL: ns}}},
+                "egress": [{"action": "Accept", "to": [{"namespaces": {"matchLabels": {"team": team}}}]},
+                           {"action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}]
+            }),
+        ),
+        7 => (
+            "Admin",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {"team": team}}},
+                "ingress": [{"action": "Accept",
+                             "from": [{"pods": {"namespaceSelector": {"matchLabels": {"team": "team-0"}},
+                                                "podSelector": {"matchLabels": {"app": "app-0"}}}}],
+                             "protocols": [{"destinationNamedPort": "metrics"}]}]
+            }),
+        ),
+        8 => (
+            "Admin",
+            serde_json::json!({
+                "subject": {"pods": {"namespaceSelector": {"matchLabels": {"team": team}},
+                                     "podSelector": {"matchLabels": {"tier": "web"}}}},
+                "ingress": [{"action": "Deny",
+                             "from": [{"pods": {"namespaceSelector": {"matchLabels": {"env": "dev"}},
+                                                "podSelector": {"matchLabels": {"app": "app-9"}}}}],
+                             "protocols": [{"tcp": {"destinationPort": {"range": {"start": 8000, "end": 8100}}}}]}]
+            }),
+        ),
+        _ => (
+            "Baseline",
+            serde_json::json!({
+                "subject": {"namespaces": {"matchLabels": {"team": team}}},
+                "ingress": [{"action": "Accept", "from": [{"namespaces": {"matchLabels": {"team": other}}}]}]
+            }),
+        ),
+    };
+    let mut spec = spec;
+    spec["tier"] = serde_json::json!(tier);
+    spec["priority"] = serde_json::json!(k % 1001);
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("cnp-{k}")},
+        "spec": spec,
+    }))
+    .expect("synthetic ClusterNetworkPolicy")
 }

@@ -35,7 +35,7 @@ use crate::cnp::{Action, CnpPeer, CnpPort, CnpRule, Subject, Tier};
 use crate::compile::{Compiler, PeerAllow, PeerPrefix};
 use crate::model::{PodInfo, Protocol};
 use crate::ports::{PortPrefix, PortSet, split_range};
-use crate::prefix::Prefix;
+use crate::prefix::{Prefix, max_len};
 use crate::validate::Direction;
 
 /// The protocols with ports, by cell class (`Paint::other` is every other protocol).
@@ -281,7 +281,10 @@ struct TierRule<'r> {
 impl TierRule<'_> {
     fn covers(&self, p: &Prefix) -> bool {
         self.networks.iter().any(|n| n.contains(p))
-            || self.hosts.iter().any(|h| h.binary_search(p).is_ok())
+            || self
+                .hosts
+                .iter()
+                .any(|h| h.binary_search_by_key(&sort_key(p), sort_key).is_ok())
     }
 }
 
@@ -336,9 +339,18 @@ impl<'a> Compiler<'a> {
                 .collect(),
             CnpPeer::Networks(_) | CnpPeer::Everything => Vec::new(),
         };
-        hosts.sort_unstable();
+        hosts.sort_unstable_by_key(sort_key);
         hosts.dedup();
-        let v = Arc::new(hosts);
+        // Interned by content: peers naming the same pods share one list, which the
+        // compile then walks once.
+        let v = match self.cnp_host_lists.get(&hosts) {
+            Some(v) => v.clone(),
+            None => {
+                let v = Arc::new(hosts);
+                self.cnp_host_lists.insert(v.clone());
+                v
+            }
+        };
         self.cnp_peer_hosts.insert((ci, dir, ri, k), v.clone());
         v
     }
@@ -413,83 +425,195 @@ impl<'a> Compiler<'a> {
                 rules.push(tr);
             }
         }
-        // 1. The boundaries.
-        let mut s: BTreeSet<Prefix> = every_address().into_iter().collect();
+        // 1. The boundaries: host prefixes (with the rules naming each, from the sorted
+        // (host, rule) pairs: no map per host) and every other prefix.
+        // The distinct host lists (interned by `cnp_hosts`), each with the rules naming it.
+        let mut lists: Vec<(Arc<Vec<Prefix>>, Vec<usize>)> = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            for h in &r.hosts {
+                match lists.iter_mut().find(|(l, _)| Arc::ptr_eq(l, h)) {
+                    Some((_, rs)) => {
+                        if rs.last() != Some(&i) {
+                            rs.push(i);
+                        }
+                    }
+                    None => lists.push((h.clone(), vec![i])),
+                }
+            }
+        }
+        // (host, list) pairs in host order: the lists naming each host are contiguous.
+        let mut pairs: Vec<(Prefix, u32)> = lists
+            .iter()
+            .enumerate()
+            .flat_map(|(li, (l, _))| l.iter().map(move |h| (*h, li as u32)))
+            .collect();
+        // Integer keys: comparing `IpAddr`s is what sorting spent its time on.
+        pairs.sort_unstable_by_key(|(h, li)| (sort_key(h), *li));
+        let mut others: Vec<Prefix> = every_address().to_vec();
         if let Some(np) = np {
-            s.extend(
+            others.extend(
                 np.keys()
                     .filter(|k| k.dir == dir.to_dir())
                     .map(|k| k.prefix()),
             );
         }
-        let mut by_host: HashMap<Prefix, Vec<usize>> = HashMap::new();
-        for (i, r) in rules.iter().enumerate() {
-            s.extend(r.networks.iter().copied());
-            for h in r.hosts.iter().flat_map(|h| h.iter()) {
-                s.insert(*h);
-                by_host.entry(*h).or_default().push(i);
-            }
+        for r in &rules {
+            others.extend(r.networks.iter().copied());
         }
-        let address_rules: Vec<usize> = (0..rules.len())
-            .filter(|i| !rules[*i].networks.is_empty())
+        // Each region once, with the range of `pairs` naming its host (empty if none), shortest
+        // first so an entry can be compared with what its region falls back to.
+        let mut order: Vec<(Prefix, usize, usize)> =
+            others.into_iter().map(|p| (p, 0, 0)).collect();
+        let mut i = 0;
+        while i < pairs.len() {
+            let j = i + pairs[i..]
+                .iter()
+                .take_while(|(h, _)| *h == pairs[i].0)
+                .count();
+            order.push((pairs[i].0, i, j));
+            i = j;
+        }
+        order.sort_unstable_by_key(|(p, i, j)| (p.len, sort_key(p), std::cmp::Reverse(j - i)));
+        order.dedup_by_key(|(p, _, _)| *p);
+        let named_rules = rules.iter().any(|r| r.rule.has_named_ports());
+        let address_rules: Vec<u32> = (0..rules.len() as u32)
+            .filter(|i| !rules[*i as usize].networks.is_empty())
             .collect();
-        // Shortest first, so an entry can be compared with what its region falls back to.
-        let mut order: Vec<Prefix> = s.into_iter().collect();
-        order.sort_by_key(|p| (p.len, *p));
-        let mut kept: HashMap<Prefix, PeerAllow> = HashMap::new();
-        let mut kept_lens: [BTreeSet<u8>; 2] = Default::default();
+        // Entries by index into `allows` (interned: equal entries have one index).
+        let mut allows: Vec<PeerAllow> = vec![PeerAllow::Ports(PortSet::default())];
+        let mut interned: HashMap<PeerAllow, usize> = HashMap::from([(allows[0].clone(), 0)]);
+        // Kept entries shorter than a host prefix (the fallbacks), with the lengths present.
+        let mut kept: HashMap<Prefix, usize> = HashMap::new();
+        let mut kept_lens: [Vec<u8>; 2] = Default::default();
         let default = self.default_refs[di];
-        for p in order {
+        // The NetworkPolicy entries by prefix, with the lengths present per family: the
+        // longest match of P probes only those lengths.
+        // Each answer with an id by content, so equal answers share memo entries.
+        type NpIndex<'n> = (HashMap<Prefix, (&'n PeerAllow, usize)>, [Vec<u8>; 2]);
+        let np_index: Option<NpIndex> = np.map(|np| {
+            let mut by: HashMap<Prefix, (&PeerAllow, usize)> = HashMap::new();
+            let mut ids: HashMap<&PeerAllow, usize> = HashMap::new();
+            let mut lens: [BTreeSet<u8>; 2] = Default::default();
+            for (k, a) in np.iter().filter(|(k, _)| k.dir == dir.to_dir()) {
+                lens[usize::from(!k.prefix().is_v4())].insert(k.len);
+                let next = ids.len() + 1;
+                let id = *ids.entry(a).or_insert(next);
+                by.insert(k.prefix(), (a, id));
+            }
+            (by, lens.map(|l| l.into_iter().rev().collect()))
+        });
+        // Regions with the same covering rules, NetworkPolicy answer and (for egress named
+        // ports) destination pod get the same entry: computed once.
+        let mut memo: HashMap<Box<[usize]>, usize> = HashMap::new();
+        let mut key: Vec<usize> = Vec::new();
+        for (p, from, to) in order {
+            let fam = usize::from(!p.is_v4());
             // 2. The rules covering P, in evaluation order.
-            let mut covering: Vec<usize> = by_host.get(&p).cloned().unwrap_or_default();
-            covering.extend(
+            // Key: the host lists naming P, then the rules whose CIDRs contain it (both
+            // sorted), then the NetworkPolicy answer and the named-port destination.
+            key.clear();
+            key.extend(pairs[from..to].iter().map(|(_, li)| *li as usize));
+            key.push(usize::MAX);
+            key.extend(
                 address_rules
                     .iter()
-                    .copied()
-                    .filter(|i| rules[*i].networks.iter().any(|n| n.contains(&p))),
+                    .filter(|i| rules[**i as usize].networks.iter().any(|n| n.contains(&p)))
+                    .map(|i| *i as usize),
             );
-            covering.sort_unstable();
-            covering.dedup();
-            debug_assert!(covering.iter().all(|i| rules[*i].covers(&p)));
-            let mut paint = Paint::open();
-            let mut crossed = false;
-            for &i in &covering {
-                let r = &rules[i];
-                if r.tier == Tier::Baseline && !crossed {
-                    // Admin Pass goes on to the next tier.
+            let covered = |key: &[usize]| -> Vec<usize> {
+                let sep = key
+                    .iter()
+                    .position(|k| *k == usize::MAX)
+                    .unwrap_or(key.len());
+                let mut c: Vec<usize> = key[..sep]
+                    .iter()
+                    .flat_map(|li| lists[*li].1.iter().copied())
+                    .chain(key[sep + 1..].iter().copied())
+                    .collect();
+                c.sort_unstable();
+                c.dedup();
+                c
+            };
+            let key_len = key.len();
+            let np_answer: Option<(&PeerAllow, usize)> =
+                np_index.as_ref().and_then(|(by, lens)| {
+                    lens[fam]
+                        .iter()
+                        .filter(|l| **l <= p.len)
+                        .find_map(|&l| by.get(&Prefix::new(p.addr, l)).copied())
+                });
+            let named_dest = if dir == Direction::Egress
+                && named_rules
+                && covered(&key)
+                    .iter()
+                    .any(|i| rules[*i].rule.has_named_ports())
+            {
+                self.pod_at(&p)
+                    .map_or(usize::MAX - 1, |d| d as *const PodInfo as usize)
+            } else {
+                usize::MAX
+            };
+            key.push(np_answer.map_or(0, |(_, id)| id));
+            key.push(named_dest);
+            let allow = match memo.get(key.as_slice()) {
+                Some(a) => *a,
+                None => {
+                    let covering = covered(&key[..key_len]);
+                    debug_assert!(covering.iter().all(|i| rules[*i].covers(&p)));
+                    let mut paint = Paint::open();
+                    let mut crossed = false;
+                    for &i in &covering {
+                        let r = &rules[i];
+                        if r.tier == Tier::Baseline && !crossed {
+                            // Admin Pass goes on to the next tier.
+                            paint.paint_all(|c| c == Cell::Pass, Cell::Open);
+                            crossed = true;
+                        }
+                        let ports = self.resolve_ports(r.rule, dir, target, &p);
+                        paint.paint_open(&ports, r.paint);
+                    }
                     paint.paint_all(|c| c == Cell::Pass, Cell::Open);
-                    crossed = true;
+                    if np.is_some() {
+                        paint.fill_from_network_policy(np_answer.map(|(a, _)| a));
+                    }
+                    let (ported, other) = paint.finish(default);
+                    let allow = encode(ported, other);
+                    let index = match interned.get(&allow) {
+                        Some(i) => *i,
+                        None => {
+                            interned.insert(allow.clone(), allows.len());
+                            allows.push(allow);
+                            allows.len() - 1
+                        }
+                    };
+                    memo.insert(key.clone().into_boxed_slice(), index);
+                    index
                 }
-                let ports = self.resolve_ports(r.rule, dir, target, &p);
-                paint.paint_open(&ports, r.paint);
-            }
-            paint.paint_all(|c| c == Cell::Pass, Cell::Open);
-            if let Some(np) = np {
-                let answer = lookup_peer_map(np, dir.to_dir(), &p);
-                paint.fill_from_network_policy(answer);
-            }
-            let (ported, other) = paint.finish(default);
-            let allow = encode(ported, other);
-            // 4. Left out when equal to the fallback.
-            let fallback = kept_lens[usize::from(!p.is_v4())]
+            };
+            // 4. Left out when equal to the fallback (no entry: index 0, denied).
+            let fallback = kept_lens[fam]
                 .iter()
                 .rev()
                 .filter(|l| **l < p.len)
-                .find_map(|&l| kept.get(&Prefix::new(p.addr, l)))
-                .cloned()
-                .unwrap_or(PeerAllow::Ports(PortSet::default()));
+                .find_map(|&l| kept.get(&Prefix::new(p.addr, l)).copied())
+                .unwrap_or(0);
             if allow == fallback {
                 continue;
             }
-            kept_lens[usize::from(!p.is_v4())].insert(p.len);
-            kept.insert(p, allow.clone());
+            // A host prefix is nobody's fallback.
+            if p.len < max_len(&p.addr) {
+                if kept_lens[fam].last() != Some(&p.len) {
+                    kept_lens[fam].push(p.len);
+                }
+                kept.insert(p, allow);
+            }
             entries.insert(
                 PeerPrefix {
                     dir: dir.to_dir(),
                     addr: p.addr,
                     len: p.len,
                 },
-                allow,
+                allows[allow].clone(),
             );
         }
     }
@@ -535,19 +659,13 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// The NetworkPolicy answer for P's region: the longest entry of `np` containing P.
-fn lookup_peer_map<'m>(
-    np: &'m BTreeMap<PeerPrefix, PeerAllow>,
-    dir: u8,
-    p: &Prefix,
-) -> Option<&'m PeerAllow> {
-    (0..=p.len).rev().find_map(|len| {
-        np.get(&PeerPrefix {
-            dir,
-            addr: Prefix::new(p.addr, len).addr,
-            len,
-        })
-    })
+/// `p` as one integer that sorts like `Prefix` among prefixes of one length: family, then
+/// address.
+fn sort_key(p: &Prefix) -> (bool, u128) {
+    match p.addr {
+        IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
 }
 
 fn every_address() -> [Prefix; 2] {

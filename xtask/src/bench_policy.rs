@@ -2,7 +2,8 @@
 //!
 //! 1. Synthetic state (10,000 pods, 1,000 policies, 100 local endpoints by default): compile
 //!    time, number of map entries, time to program every endpoint into the real (pinned) maps,
-//!    and the kernel's own accounting of map memory.
+//!    and the kernel's own accounting of map memory; then the same with 1,000
+//!    ClusterNetworkPolicies (Admin and Baseline tiers) mixed in.
 //! 2. End to end in the lab: time from a policy file change to enforcement observed by packets,
 //!    with 10, 1,000 and 10,000 rules (see `change_latency`).
 
@@ -29,6 +30,9 @@ pub struct PolicyBenchArgs {
     /// Endpoints on the simulated node.
     #[arg(long, default_value_t = 100)]
     pub local_pods: usize,
+    /// ClusterNetworkPolicies of the second synthetic run (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    pub cluster_policies: usize,
     /// Compile repetitions.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
@@ -123,19 +127,34 @@ impl Drop for PrivateBpffs {
 }
 
 pub fn synthetic(args: &PolicyBenchArgs, bpf_object: Option<&PathBuf>) -> Result<()> {
+    synthetic_run(args, 0, bpf_object)?;
+    if args.cluster_policies > 0 {
+        synthetic_run(args, args.cluster_policies, bpf_object)?;
+    }
+    Ok(())
+}
+
+fn synthetic_run(
+    args: &PolicyBenchArgs,
+    cluster_policies: usize,
+    bpf_object: Option<&PathBuf>,
+) -> Result<()> {
     let spec = SyntheticSpec {
         namespaces: args.namespaces,
         pods_per_namespace: args.pods_per_namespace,
         policies_per_namespace: args.policies_per_namespace,
         local_pods: args.local_pods,
+        cluster_policies,
     };
     let built = Instant::now();
     let (cluster, local) = synthetic_cluster(spec);
     println!(
-        "synthetic cluster: {} namespaces, {} pods, {} policies, {} local endpoints (built in {})",
+        "synthetic cluster: {} namespaces, {} pods, {} policies, {} ClusterNetworkPolicies, {} \
+         local endpoints (built in {})",
         cluster.namespaces.len(),
         cluster.pods.len(),
         cluster.policies.len(),
+        cluster.cluster_policies.len(),
         local.len(),
         ms(built.elapsed())
     );
