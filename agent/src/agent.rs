@@ -45,6 +45,13 @@ pub struct Agent {
     compiler: compile::Compiler,
     ep_ids: EpIds,
     locals: BTreeMap<String, Local>,
+    /// Live pod interfaces the kernel knows but no valid record names: kept isolated until
+    /// recovered (see `orphans`), by ifindex.
+    orphans: BTreeMap<u32, crate::orphans::Orphan>,
+    /// Endpoint records that do not parse, by path.
+    bad_records: crate::orphans::BadRecords,
+    /// Records recovered by this agent (listed in the status).
+    recovered: Vec<Problem>,
     host_addrs: BTreeSet<HostAddrKey>,
     /// Routes to the other nodes' pods and masquerade rules, kept in line with the Nodes.
     network: crate::routing::NodeNetwork,
@@ -88,6 +95,9 @@ impl Agent {
             compiler,
             ep_ids,
             locals: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            bad_records: BTreeMap::new(),
+            recovered: Vec::new(),
             host_addrs: BTreeSet::new(),
             network,
             svc_addrs: None,
@@ -107,9 +117,11 @@ impl Agent {
             _pad: 0,
         })?;
         let Records { records, bad } = read_all(&agent.cfg.state_dir)?;
-        for b in bad {
-            tracing::warn!("skipping endpoint record {b}");
+        for b in &bad {
+            tracing::warn!("endpoint record {b}");
         }
+        let bad = bad.into_iter().map(|b| (b.path, b.error.chain())).collect();
+        agent.bad_records = bad;
         for (key, record) in records {
             // Keep the ep_id a previous agent gave this interface.
             let ep_id = match agent.applier.endpoint_info(record.host_ifindex) {
@@ -118,8 +130,95 @@ impl Agent {
             };
             agent.locals.insert(key, Local { record, ep_id });
         }
+        agent.find_orphans()?;
         agent.rescan();
         Ok(agent)
+    }
+
+    /// Interfaces with a pinned endpoint entry or links but no valid record, that still
+    /// exist: kept isolated (see `orphans`).
+    fn find_orphans(&mut self) -> anyhow::Result<()> {
+        let recorded: BTreeSet<u32> = self
+            .locals
+            .values()
+            .map(|l| l.record.host_ifindex)
+            .collect();
+        let mut known: BTreeSet<u32> = self.applier.ifindexes().into_iter().collect();
+        known.extend(self.dp.pinned_ifindexes());
+        for ifindex in known.difference(&recorded) {
+            // Gone: the pod is gone, and the reconcile removes what is left of it.
+            let Some(ifname) = crate::datapath::ifname_of(*ifindex) else {
+                continue;
+            };
+            let info = self.applier.endpoint_info(*ifindex).copied();
+            let ep_id = match info {
+                Some(i) => i.ep_id,
+                None => self.ep_ids.alloc()?,
+            };
+            let orphan = crate::orphans::Orphan {
+                ifindex: *ifindex,
+                ifname,
+                ep_id,
+                addrs: crate::orphans::pinned_addrs(info.as_ref()),
+                blocker: "not tried yet".into(),
+                record: None,
+            };
+            tracing::error!("{}", orphan.problem().message);
+            self.orphans.insert(*ifindex, orphan);
+        }
+        Ok(())
+    }
+
+    /// Tries to recover the record of every orphan from the node's state (see `orphans`).
+    /// Recovered ones become endpoints like any other, with their policy.
+    fn recover_orphans(&mut self) {
+        let ifindexes: Vec<u32> = self.orphans.keys().copied().collect();
+        for ifindex in ifindexes {
+            if crate::datapath::ifname_of(ifindex).is_none() {
+                // The interface went away: nothing left to protect.
+                self.orphans.remove(&ifindex);
+                self.dirty = true;
+                continue;
+            }
+            let Some(o) = self.orphans.get_mut(&ifindex) else {
+                continue;
+            };
+            let record = match crate::orphans::recover(
+                o,
+                &self.cfg.state_dir,
+                &self.snapshot,
+                &self.cfg.node,
+                &self.bad_records,
+            ) {
+                Ok(r) => r,
+                Err(why) => {
+                    o.blocker = why;
+                    continue;
+                }
+            };
+            match record.write(&self.cfg.state_dir) {
+                Ok(path) => {
+                    let ep_id = o.ep_id;
+                    let message = format!(
+                        "had no valid endpoint record: recovered from the pinned endpoint entry, the IPAM allocation and Pod {}/{}; record {} written",
+                        record.pod_namespace.as_deref().unwrap_or_default(),
+                        record.pod_name.as_deref().unwrap_or_default(),
+                        path.display()
+                    );
+                    tracing::warn!(interface = %o.ifname, "{message}");
+                    self.recovered.push(Problem {
+                        object: format!("interface {} (ifindex {ifindex})", o.ifname),
+                        field: "endpoint record".into(),
+                        message,
+                    });
+                    self.bad_records.remove(&path);
+                    self.orphans.remove(&ifindex);
+                    self.locals.insert(record.key(), Local { record, ep_id });
+                    self.dirty = true;
+                }
+                Err(e) => o.blocker = format!("writing its record: {e}"),
+            }
+        }
     }
 
     /// Woken when the source may have changed.
@@ -154,6 +253,9 @@ impl Agent {
         // Only does work when the Nodes changed (or the last attempt failed).
         self.network.sync(&self.snapshot.nodes, false);
         self.refresh_uplinks();
+        if !self.orphans.is_empty() {
+            self.recover_orphans();
+        }
         if !self.dirty && self.last_error.is_none() {
             return;
         }
@@ -188,11 +290,17 @@ impl Agent {
             let want = compiled.desired(key, local.record.host_ifindex, local.ep_id, &local.record);
             self.applier.apply(&mut ops, &want)?;
         }
+        // Interfaces without a valid record: isolated, nothing allowed, until recovered.
+        for o in self.orphans.values() {
+            let want = compile::desired_endpoint(None, o.ifindex, o.ep_id, &o.addrs);
+            self.applier.apply(&mut ops, &want)?;
+        }
         // Endpoints applied (now or by an earlier agent) that no record names any more.
         let live: BTreeSet<u32> = self
             .locals
             .values()
             .map(|l| l.record.host_ifindex)
+            .chain(self.orphans.keys().copied())
             .collect();
         for ifindex in self.applier.ifindexes() {
             if !live.contains(&ifindex) {
@@ -299,6 +407,16 @@ impl Agent {
         self.uplinks = attached;
     }
 
+    /// Checks that the bpffs, the pins and the links are still in place, restoring what is
+    /// lost (see `datapath::integrity`). Cheap; run every second.
+    pub fn check_datapath(&mut self) {
+        self.dp.check_integrity();
+        if !self.orphans.is_empty() {
+            // Recovery may have become possible (the Pod or the allocation appeared).
+            self.reconcile();
+        }
+    }
+
     /// Periodic resync of routes and masquerade, even when the Nodes did not change (repairs
     /// a route someone deleted).
     pub fn resync_network(&mut self) {
@@ -398,6 +516,12 @@ impl Agent {
             .locals
             .iter()
             .map(|(k, l)| (k.clone(), l.record.host_ifindex))
+            .chain(self.orphans.values().map(|o| {
+                (
+                    format!("interface {} without a record", o.ifname),
+                    o.ifindex,
+                )
+            }))
             .collect();
         for (key, ifindex) in ifs {
             if let Err(e) = self.dp.attach(ifindex) {
@@ -454,6 +578,16 @@ impl Agent {
             problems.extend(c.problems.iter().cloned());
         }
         problems.extend(self.network.problems().iter().cloned());
+        problems.extend(self.dp.at_start().iter().cloned());
+        problems.extend(self.dp.faults().iter().cloned());
+        problems.extend(self.dp.restorations().cloned());
+        problems.extend(self.orphans.values().map(crate::orphans::Orphan::problem));
+        problems.extend(self.recovered.iter().cloned());
+        problems.extend(self.bad_records.iter().map(|(path, e)| Problem {
+            object: format!("endpoint record {}", path.display()),
+            field: String::new(),
+            message: format!("does not parse: {e}"),
+        }));
         let counters = self
             .dp
             .counters()
@@ -470,7 +604,12 @@ impl Agent {
             })
             .collect();
         Status {
-            healthy: self.last_error.is_none(),
+            // Unhealthy while the datapath is not fully restored: a lost bpffs or pin, a
+            // detached link (the problems name each).
+            // Unhealthy while a pod interface has no valid record, too.
+            healthy: self.last_error.is_none()
+                && self.dp.faults().is_empty()
+                && self.orphans.is_empty(),
             node: self.cfg.node.clone(),
             source_generation: self.source.generation(),
             applied_generation: self.applied_generation,

@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod datapath_ops;
 pub mod endpoints;
 pub mod masquerade;
+pub mod orphans;
 pub mod routing;
 pub mod run;
 pub mod services;

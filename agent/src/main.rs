@@ -85,6 +85,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    raise_fd_limit();
     let dir = match args.source.as_str() {
         "kube" => None,
         s => match s.strip_prefix("dir:") {
@@ -120,6 +121,21 @@ fn main() -> Result<()> {
         let agent = Agent::start(cfg, source)?;
         palisade_agent::run::run(agent, args.socket, resync).await
     })
+}
+
+/// The agent holds two descriptors per pod (one per TCX link, see `datapath::links`): lift the
+/// soft limit on open files to the hard one, as a node daemon with many pods needs.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("raising the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the open files limit: {e}"),
+    }
 }
 
 /// Starts the API source and waits until every kind is listed (and this node's pod CIDR file

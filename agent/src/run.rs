@@ -14,6 +14,10 @@ use crate::api::{Request, Response};
 
 type Job = (Request, oneshot::Sender<Response>);
 
+/// Interval of the datapath integrity check (`datapath::integrity`): a lost pin or bpffs is
+/// restored, and a link detached behind the agent's back attached again, within this.
+const DATAPATH_CHECK: Duration = Duration::from_secs(1);
+
 async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -74,6 +78,9 @@ pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<
     tokio::spawn(serve(listener, tx));
     let changes = agent.source_changes();
     let mut tick = tokio::time::interval(resync);
+    // Lost pins, a lost bpffs or a detached link are noticed within this interval.
+    let mut check = tokio::time::interval(DATAPATH_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!("ready: socket {}", socket.display());
     loop {
@@ -93,6 +100,7 @@ pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<
                 agent.reconcile();
                 agent.resync_network();
             }
+            _ = check.tick() => agent.check_datapath(),
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

@@ -159,7 +159,7 @@ pub struct Allocation {
 impl Store {
     /// Opens (creating) `<state_dir>/ipam`.
     pub fn open(state_dir: &Path) -> Result<Store> {
-        let dir = state_dir.join("ipam");
+        let dir = palisade_node_api::ipam::dir(state_dir);
         palisade_node_api::file::private_dir(&dir)?;
         Ok(Store { dir })
     }
@@ -205,10 +205,10 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io("reading allocation", &p, e)),
             };
-            let mut lines = content.lines();
+            let (container_id, ifname) = palisade_node_api::ipam::parse_owner(&content);
             let owner = Owner {
-                container_id: lines.next().unwrap_or_default().to_string(),
-                ifname: lines.next().unwrap_or_default().to_string(),
+                container_id,
+                ifname,
             };
             out.push(Allocation { ip, owner });
         }

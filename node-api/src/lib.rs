@@ -6,6 +6,7 @@
 //! - [`endpoint`]: the endpoint records the plugin writes on ADD (`<stateDir>/endpoints/`), the
 //!   one reader and the one writer, and the record key;
 //! - [`podcidr`]: the node's pod-CIDR file the agent writes and the plugin reads;
+//! - [`ipam`]: the plugin's IPAM allocation files, as the agent reads them;
 //! - [`status`]: what `palisadectl status` / `endpoints` show;
 //! - [`file`]: the one atomic (fsynced, private) file writer and the bounded reader every
 //!   state file goes through;
@@ -18,6 +19,7 @@
 pub mod endpoint;
 pub mod error;
 pub mod file;
+pub mod ipam;
 pub mod podcidr;
 pub mod socket;
 pub mod status;

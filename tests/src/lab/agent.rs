@@ -1,5 +1,9 @@
-//! One `palisade-agent` per lab node, run inside the node namespace with a private bpffs
-//! mount, and `palisadectl` to wait until the manifests directory is enforced.
+//! One `palisade-agent` per lab node, run inside the node's network namespace with a private
+//! bpffs mount, and `palisadectl` to wait until the manifests directory is enforced.
+//!
+//! The agent enters only the node's network namespace (`setns`), not a mount namespace of its
+//! own as under `ip netns exec`: a bpffs it mounts again after losing its own (tests of lost
+//! node state) must be the one the test and the next agent on the node see.
 
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -185,10 +189,14 @@ impl Agent {
             path: log.clone(),
             source,
         })?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &node_netns])
-            .arg(&bins.agent)
-            .arg("--source")
+        let netns_path = super::netns::netns_path(&node_netns);
+        let netns = std::fs::File::open(&netns_path).map_err(|source| LabError::Io {
+            op: "opening the node's network namespace",
+            path: netns_path.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new(&bins.agent);
+        cmd.arg("--source")
             .arg(format!("dir:{}", manifests.display()))
             .arg("--bpffs")
             .arg(&self.bpffs)
@@ -208,11 +216,16 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err);
-        // SAFETY: prctl is async-signal-safe. If the lab process dies without running its
-        // guards (SIGKILL), the kernel kills the agent too; the sweep removes the rest.
+        let netns_fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
+        // SAFETY: prctl and setns are async-signal-safe system calls, on a descriptor opened
+        // before the fork. If the lab process dies without running its guards (SIGKILL), the
+        // kernel kills the agent too; the sweep removes the rest.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -222,6 +235,7 @@ impl Agent {
             cmd: format!("{cmd:?}"),
             source,
         })?;
+        drop(netns);
         self.child = Some(child);
         self.wait_socket()
     }
@@ -256,6 +270,35 @@ impl Agent {
             })?;
         }
         self.spawn_process(true)
+    }
+
+    /// The agent's `--bpffs` directory.
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// The agent's `--state-dir`.
+    pub fn state_dir(&self) -> &Path {
+        &self.spawn.state_dir
+    }
+
+    /// `palisadectl status` as its exit status and JSON: (healthy, text). Unlike `status`,
+    /// an unhealthy agent is not an error.
+    pub fn health(&self) -> Result<(bool, String), LabError> {
+        let out = Command::new(&self.ctl)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("status")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LabError::Spawn {
+                cmd: format!("{} status", self.ctl.display()),
+                source,
+            })?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// `palisadectl endpoints` (text table).
@@ -366,10 +409,20 @@ impl Agent {
             })?;
         }
         if self.mounted {
-            umount2(&self.bpffs, MntFlags::MNT_DETACH).map_err(|source| LabError::Mount {
-                path: self.bpffs.clone(),
-                source,
-            })?;
+            // Every bpffs stacked there: the lab's, and any the agent mounted after losing
+            // it. Not mounted any more (a test unmounted it) is fine.
+            for _ in 0..8 {
+                match umount2(&self.bpffs, MntFlags::MNT_DETACH) {
+                    Ok(()) => {}
+                    Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => break,
+                    Err(source) => {
+                        return Err(LabError::Mount {
+                            path: self.bpffs.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
             self.mounted = false;
         }
         Ok(())

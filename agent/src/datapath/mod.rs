@@ -10,7 +10,21 @@
 //!   program attached after the agent exits or is killed, so enforcement never depends on the
 //!   agent process. A restarted agent swaps its freshly loaded program into the existing link
 //!   with `bpf_link_update` (atomic: the hook is never empty).
+//!
+//! Modules: `bpffs` (mounting one when none is there), `layout` (pinned maps checked against
+//! the object before they are adopted), `links` (links held open as well as pinned) and
+//! `integrity` (the periodic check that notices lost pins, a lost bpffs or a detached link,
+//! and restores them).
 
+mod bpffs;
+mod integrity;
+mod layout;
+mod links;
+
+pub use bpffs::BpffsError;
+pub use integrity::Check;
+
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +43,32 @@ use palisade_common::stats::{Config, Counter, HostAddrKey, STATS_SLOTS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("reading eBPF object {path}")]
+    ReadObject {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parsing eBPF object {path}")]
+    ParseObject {
+        path: PathBuf,
+        #[source]
+        source: Box<aya_obj::ParseError>,
+    },
+    #[error("removing pinned map {path}, whose layout does not match the eBPF object")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("opening pinned map {path}")]
+    OpenPin {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
     #[error("creating pin directory {path}")]
     PinDir {
         path: PathBuf,
@@ -106,11 +146,26 @@ pub struct Datapath {
     ebpf: Ebpf,
     // Kept alive: dropping the logger closes the log map (aya-log 0.3).
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// `--bpffs`.
+    root: PathBuf,
     maps_dir: PathBuf,
     links_dir: PathBuf,
     uplink_links_dir: PathBuf,
     pub maps: Maps,
+    /// Every map the object pins by name, held open to pin it again.
+    pinned_maps: Vec<PinnedMap>,
+    /// Kernel ids of the loaded programs, by name.
+    prog_ids: BTreeMap<&'static str, u32>,
+    /// Every link attached or adopted, by pin path.
+    links: BTreeMap<PathBuf, links::Held>,
+    /// What opening found and did: maps replaced, a bpffs mounted.
+    at_start: Vec<crate::status::Problem>,
+    /// The periodic check's state (current faults, recent repairs).
+    check: integrity::State,
 }
+
+/// (name, the map, (device, inode) of its pin when last seen to be this map's).
+type PinnedMap = (String, aya::maps::MapData, Option<(u64, u64)>);
 
 const HOOKS: [(&str, TcAttachType); 2] = [
     // Packets leaving the pod enter the host-side veth: its TC ingress.
@@ -118,6 +173,8 @@ const HOOKS: [(&str, TcAttachType); 2] = [
     // Packets going to the pod leave through the host-side veth: its TC egress.
     (maps::PROG_TO_POD, TcAttachType::Egress),
 ];
+
+const PROGRAMS: [&str; 3] = [maps::PROG_FROM_POD, maps::PROG_TO_POD, maps::PROG_TO_UPLINK];
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
@@ -127,22 +184,63 @@ where
     T::try_from(map).map_err(|source| DatapathError::MapType { name, source })
 }
 
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DatapathError::LoadProgram { name, source })
+}
+
+fn create_dirs(dirs: &[&PathBuf]) -> Result<()> {
+    for d in dirs {
+        std::fs::create_dir_all(d).map_err(|source| DatapathError::PinDir {
+            path: (*d).clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 impl Datapath {
     /// Loads the object, reusing maps already pinned under `bpffs/maps` (adopting a previous
-    /// agent's state) and pinning new ones there.
+    /// agent's state) when their layout is the object's, and pinning new ones there. Mounts a
+    /// bpffs on `bpffs` first when none holds it.
     pub fn open(object: &Path, bpffs: &Path) -> Result<Self> {
+        let mut at_start = Vec::new();
+        if let Some(at) = bpffs::ensure(bpffs)? {
+            tracing::warn!(
+                "no bpffs held {}: mounted one on {}",
+                bpffs.display(),
+                at.display()
+            );
+            at_start.push(crate::status::Problem {
+                object: format!("bpffs {}", bpffs.display()),
+                field: "mount".into(),
+                message: format!(
+                    "at agent start: no bpffs was mounted there; the agent mounted one on {}",
+                    at.display()
+                ),
+            });
+        }
         let maps_dir = bpffs.join("maps");
         let links_dir = bpffs.join("links");
         let uplink_links_dir = links_dir.join("uplink");
-        for d in [&maps_dir, &links_dir, &uplink_links_dir] {
-            std::fs::create_dir_all(d).map_err(|source| DatapathError::PinDir {
-                path: d.clone(),
-                source,
+        create_dirs(&[&maps_dir, &links_dir, &uplink_links_dir])?;
+        let bytes = std::fs::read(object).map_err(|source| DatapathError::ReadObject {
+            path: object.to_path_buf(),
+            source,
+        })?;
+        let parsed =
+            aya_obj::Object::parse(&bytes).map_err(|source| DatapathError::ParseObject {
+                path: object.to_path_buf(),
+                source: Box::new(source),
             })?;
-        }
+        let expected = layout::expected(&parsed);
+        drop(parsed);
+        let mut replaced = layout::unpin_mismatched(&expected, &maps_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
-            .load_file(object)
+            .load(&bytes)
             .map_err(|source| DatapathError::Load {
                 path: object.to_path_buf(),
                 source: Box::new(source),
@@ -154,16 +252,26 @@ impl Datapath {
                 None
             }
         };
-        for name in HOOKS.iter().map(|h| h.0).chain([maps::PROG_TO_UPLINK]) {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::LoadProgram { name, source })?;
+        let mut prog_ids = BTreeMap::new();
+        for name in PROGRAMS {
+            let prog = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| DatapathError::LoadProgram { name, source })?;
+            if let Ok(info) = prog.info() {
+                prog_ids.insert(name, info.id());
+            }
         }
-        let maps = Maps {
+        let mut pinned_maps = Vec::new();
+        for name in expected.keys() {
+            let path = maps_dir.join(name);
+            let map =
+                aya::maps::MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
+                    path: path.clone(),
+                    source,
+                })?;
+            pinned_maps.push((name.clone(), map, links::inode_of(&path)));
+        }
+        let mut maps = Maps {
             endpoints: take(&mut ebpf, maps::ENDPOINTS)?,
             policy: take(&mut ebpf, maps::POLICY)?,
             ports: take(&mut ebpf, maps::PORTS)?,
@@ -173,14 +281,27 @@ impl Datapath {
             config: take(&mut ebpf, maps::CONFIG)?,
             services: take(&mut ebpf, maps::SERVICES)?,
         };
+        layout::copy_entries(&mut replaced, &mut maps);
+        at_start.extend(replaced.iter().map(layout::Replaced::problem));
         Ok(Datapath {
             ebpf,
             _logger: logger,
+            root: bpffs.to_path_buf(),
             maps_dir,
             links_dir,
             uplink_links_dir,
             maps,
+            pinned_maps,
+            prog_ids,
+            links: BTreeMap::new(),
+            at_start,
+            check: integrity::State::default(),
         })
+    }
+
+    /// What opening the datapath found and did (maps replaced, a bpffs mounted).
+    pub fn at_start(&self) -> &[crate::status::Problem] {
+        &self.at_start
     }
 
     fn link_path(&self, ifindex: u32, program: &str) -> PathBuf {
@@ -209,6 +330,15 @@ impl Datapath {
 
     /// Removes the pinned `to_uplink` links of interfaces not in `keep`.
     pub fn detach_uplinks_except(&mut self, keep: &[u32]) {
+        let held: Vec<PathBuf> = self
+            .links
+            .iter()
+            .filter(|(_, h)| h.program == maps::PROG_TO_UPLINK && !keep.contains(&h.ifindex))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in held {
+            self.links.remove(&p);
+        }
         let Ok(rd) = std::fs::read_dir(&self.uplink_links_dir) else {
             return;
         };
@@ -221,14 +351,13 @@ impl Datapath {
             else {
                 continue;
             };
-            if !keep.contains(&ifindex)
-                && let Err(err) = std::fs::remove_file(e.path())
-            {
-                tracing::warn!("removing link pin {}: {err}", e.path().display());
+            if !keep.contains(&ifindex) {
+                links::remove_pin(&e.path());
             }
         }
     }
 
+    /// Attaches (or swaps into the pinned link) and holds the link, pinned at `path`.
     fn attach_one(
         &mut self,
         ifindex: u32,
@@ -236,68 +365,122 @@ impl Datapath {
         attach_type: TcAttachType,
         path: PathBuf,
     ) -> Result<()> {
-        let ifname = ifname_of(ifindex).ok_or(DatapathError::NoInterface(ifindex))?;
-        {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::LoadProgram { name, source })?;
-            let attach_err = |source| DatapathError::Attach {
-                program: name,
-                ifname: ifname.clone(),
-                ifindex,
-                source,
-            };
-            match PinnedLink::from_pin(&path) {
-                Ok(pinned) => {
-                    // The pin stays in place: the link lives on through it.
-                    let fd: FdLink = pinned.into();
-                    let link = fd.try_into().map_err(|source| DatapathError::Link {
-                        program: name,
-                        ifindex,
-                        source,
-                    })?;
-                    let id = prog.attach_to_link(link).map_err(attach_err)?;
-                    // Dropping our handle only closes our fd; the pin keeps the link.
-                    drop(prog.take_link(id).map_err(attach_err)?);
-                }
-                Err(_) => {
-                    let id = prog
-                        .attach_with_options(
-                            &ifname,
-                            attach_type,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        )
-                        .map_err(attach_err)?;
-                    let link = prog.take_link(id).map_err(attach_err)?;
-                    let fd: FdLink = link.try_into().map_err(|source| DatapathError::Link {
-                        program: name,
-                        ifindex,
-                        source,
-                    })?;
-                    fd.pin(&path)
-                        .map_err(|source| DatapathError::PinLink { path, source })?;
-                }
-            }
+        if self.links.contains_key(&path) {
+            // Held already (attached by this agent); the periodic check keeps it attached
+            // and pinned.
+            return Ok(());
         }
+        let ifname = ifname_of(ifindex).ok_or(DatapathError::NoInterface(ifindex))?;
+        let link_err = |source| DatapathError::Link {
+            program: name,
+            ifindex,
+            source,
+        };
+        let fd = match PinnedLink::from_pin(&path) {
+            Ok(pinned) => {
+                // The pin stays in place: the link lives on through it.
+                let fd: FdLink = pinned.into();
+                self.swap_into(fd, ifindex, name, &ifname)?
+            }
+            Err(_) => {
+                let fd = self.attach_new(ifindex, name, attach_type, &ifname)?;
+                let pinned = fd.pin(&path).map_err(|source| DatapathError::PinLink {
+                    path: path.clone(),
+                    source,
+                })?;
+                pinned.into()
+            }
+        };
+        let id = fd.info().map_err(link_err)?.id();
+        let own = links::open_by_id(id).map_err(|io_error| {
+            link_err(aya::programs::links::LinkError::SyscallError(
+                aya::sys::SyscallError {
+                    call: "BPF_LINK_GET_FD_BY_ID",
+                    io_error,
+                },
+            ))
+        })?;
+        // `fd` is dropped here: the pin and `own` keep the link.
+        self.links.insert(
+            path.clone(),
+            links::Held {
+                fd: own,
+                ifindex,
+                program: name,
+                attach_type,
+                pin_inode: links::inode_of(&path),
+            },
+        );
         Ok(())
     }
 
-    /// Removes the pinned links of an interface (the interface is gone or no longer ours).
+    /// A new TCX link of `name` on the interface (not pinned).
+    fn attach_new(
+        &mut self,
+        ifindex: u32,
+        name: &'static str,
+        attach_type: TcAttachType,
+        ifname: &str,
+    ) -> Result<FdLink> {
+        let prog = program(&mut self.ebpf, name)?;
+        let attach_err = |source| DatapathError::Attach {
+            program: name,
+            ifname: ifname.to_string(),
+            ifindex,
+            source,
+        };
+        let id = prog
+            .attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        link.try_into().map_err(|source| DatapathError::Link {
+            program: name,
+            ifindex,
+            source,
+        })
+    }
+
+    /// Swaps this agent's `name` program into an existing link (`bpf_link_update`).
+    fn swap_into(
+        &mut self,
+        fd: FdLink,
+        ifindex: u32,
+        name: &'static str,
+        ifname: &str,
+    ) -> Result<FdLink> {
+        let prog = program(&mut self.ebpf, name)?;
+        let attach_err = |source| DatapathError::Attach {
+            program: name,
+            ifname: ifname.to_string(),
+            ifindex,
+            source,
+        };
+        let link_err = |source| DatapathError::Link {
+            program: name,
+            ifindex,
+            source,
+        };
+        let link = fd.try_into().map_err(link_err)?;
+        let id = prog.attach_to_link(link).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        link.try_into().map_err(link_err)
+    }
+
+    /// Removes the links of an interface (the interface is gone or no longer ours): their
+    /// pins and the agent's own descriptors, so the kernel releases them.
     pub fn detach(&mut self, ifindex: u32) {
         for (name, _) in HOOKS {
             let path = self.link_path(ifindex, name);
-            if let Err(e) = std::fs::remove_file(&path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                tracing::warn!("removing link pin {}: {e}", path.display());
-            }
+            links::remove_pin(&path);
+            self.links.remove(&path);
         }
     }
 
-    /// Interfaces that have pinned links (attached by this or an earlier agent).
+    /// Interfaces that have pod links (pinned, or held by this agent).
     pub fn pinned_ifindexes(&self) -> Vec<u32> {
         let mut out: Vec<u32> = std::fs::read_dir(&self.links_dir)
             .into_iter()
@@ -308,6 +491,12 @@ impl Datapath {
                 let n = n.to_str()?;
                 n.split_once('-')?.0.parse().ok()
             })
+            .chain(
+                self.links
+                    .values()
+                    .filter(|h| h.program != maps::PROG_TO_UPLINK)
+                    .map(|h| h.ifindex),
+            )
             .collect();
         out.sort_unstable();
         out.dedup();

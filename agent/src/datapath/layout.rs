@@ -1,0 +1,263 @@
+//! Pinned maps are checked against the object's own definitions before they are adopted.
+//!
+//! aya reuses whatever is pinned under a map's name without comparing it with the object: a
+//! map pinned by another build (a different key or value size, type, flags or capacity) would
+//! be handed to programs and to the agent's typed handles that assume the object's layout. A
+//! larger value than the agent's type reads past its buffers; a smaller `max_entries` silently
+//! shrinks conntrack. So, before loading:
+//!
+//! 1. every map the object pins by name is looked up under `maps/`; one whose type, key size,
+//!    value size, `max_entries` or flags differ from the object's (or a pin that is not a map)
+//!    is unpinned, and the loader creates a fresh one in its place;
+//! 2. when only `max_entries` differs, the old map is kept open and, after loading, its
+//!    entries are copied into the new one (conntrack: established flows survive; endpoints:
+//!    endpoint ids and addresses survive, so the applier adopts instead of re-numbering);
+//!    the policy tries, the Service and node addresses are rewritten by the agent anyway,
+//!    counters start from zero, and fragments are transient;
+//! 3. each replacement is logged and listed in `palisadectl status`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use aya::Pod;
+use aya::maps::{HashMap, Map, MapData, MapInfo};
+use palisade_common::maps;
+
+use super::{DatapathError, Maps};
+use crate::status::Problem;
+
+/// What the kernel reports about a map, as far as its layout goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl Layout {
+    fn of(info: &MapInfo) -> Self {
+        Layout {
+            map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        }
+    }
+
+    /// Same map except, at most, its capacity: entries can be copied over.
+    fn copyable_from(&self, other: &Layout) -> bool {
+        self.map_type == other.map_type
+            && self.key_size == other.key_size
+            && self.value_size == other.value_size
+            && self.flags == other.flags
+    }
+}
+
+fn type_name(t: u32) -> String {
+    // The kernel's `enum bpf_map_type` numbers of the types Palisade uses.
+    match t {
+        1 => "hash".into(),
+        2 => "array".into(),
+        5 => "percpu_hash".into(),
+        6 => "percpu_array".into(),
+        9 => "lru_hash".into(),
+        11 => "lpm_trie".into(),
+        n => format!("type {n}"),
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, key {} B, value {} B, max_entries {}, flags {:#x}",
+            type_name(self.map_type),
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            self.flags
+        )
+    }
+}
+
+/// A pinned map that did not match the object and was replaced.
+pub struct Replaced {
+    pub name: String,
+    pub path: PathBuf,
+    /// `None`: the pin was not a map at all.
+    pub found: Option<Layout>,
+    pub expected: Layout,
+    /// The old map, kept open to copy its entries (only when its layout allows it).
+    old: Option<MapData>,
+    /// (copied, found) entries, once copied.
+    pub copied: Option<(usize, usize)>,
+}
+
+impl Replaced {
+    pub fn describe(&self) -> String {
+        let found = match &self.found {
+            Some(l) => format!("pinned map is {l}"),
+            None => "pin is not a map".into(),
+        };
+        let outcome = match self.copied {
+            Some((c, n)) if c == n => format!("replaced by a new map; its {n} entries copied"),
+            Some((c, n)) => format!(
+                "replaced by a new map; {c} of its {n} entries copied (the rest did not fit)"
+            ),
+            None => "replaced by a new, empty map (the agent rewrites what it needs)".into(),
+        };
+        format!(
+            "{found}, the eBPF object defines {}: {outcome}",
+            self.expected
+        )
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            object: format!("pinned map {}", self.path.display()),
+            field: "layout".into(),
+            message: format!("at agent start: {}", self.describe()),
+        }
+    }
+}
+
+/// Layouts of the maps the object pins by name.
+pub fn expected(object: &aya_obj::Object) -> BTreeMap<String, Layout> {
+    object
+        .maps
+        .iter()
+        .filter(|(_, m)| matches!(m.pinning(), aya_obj::maps::PinningType::ByName))
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                Layout {
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries: m.max_entries(),
+                    flags: m.map_flags(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Unpins every pinned map under `maps_dir` whose layout differs from `expected` (step 1).
+pub fn unpin_mismatched(
+    expected: &BTreeMap<String, Layout>,
+    maps_dir: &Path,
+) -> Result<Vec<Replaced>, DatapathError> {
+    let mut out = Vec::new();
+    for (name, want) in expected {
+        let path = maps_dir.join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let found = MapInfo::from_pin(&path).ok().map(|i| Layout::of(&i));
+        if found.as_ref() == Some(want) {
+            continue;
+        }
+        let old = match &found {
+            Some(f) if want.copyable_from(f) => MapData::from_pin(&path).ok(),
+            _ => None,
+        };
+        let removed = if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|source| DatapathError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+        out.push(Replaced {
+            name: name.clone(),
+            path,
+            found,
+            expected: *want,
+            old,
+            copied: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Copies the entries of the replaced maps that were kept open into the new ones (step 2).
+pub fn copy_entries(replaced: &mut [Replaced], new: &mut Maps) {
+    for r in replaced.iter_mut() {
+        let Some(old) = r.old.take() else { continue };
+        let copied = match r.name.as_str() {
+            maps::CONNTRACK => copy(old, &mut new.conntrack),
+            maps::ENDPOINTS => copy(old, &mut new.endpoints),
+            _ => None,
+        };
+        r.copied = copied;
+    }
+    for r in replaced.iter() {
+        tracing::warn!(map = %r.name, path = %r.path.display(), "{}", r.describe());
+    }
+}
+
+/// Copies every entry of `old` into `new`, as far as `new` has room: (copied, found).
+fn copy<K: Pod, V: Pod>(old: MapData, new: &mut HashMap<MapData, K, V>) -> Option<(usize, usize)> {
+    let old = Map::from_map_data(old).ok()?;
+    let old: HashMap<MapData, K, V> = HashMap::try_from(old).ok()?;
+    let (mut copied, mut found) = (0, 0);
+    for entry in old.iter() {
+        let Ok((k, v)) = entry else { continue };
+        found += 1;
+        if new.insert(k, v, 0).is_ok() {
+            copied += 1;
+        }
+    }
+    Some((copied, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ct(max_entries: u32) -> Layout {
+        Layout {
+            map_type: 9,
+            key_size: 40,
+            value_size: 16,
+            max_entries,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_capacity_change_is_copied_and_the_status_names_both_layouts() {
+        assert!(ct(262_144).copyable_from(&ct(1024)));
+        let other_value = Layout {
+            value_size: 8,
+            ..ct(1024)
+        };
+        assert!(!ct(262_144).copyable_from(&other_value));
+        let r = Replaced {
+            name: maps::CONNTRACK.into(),
+            path: PathBuf::from("/b/maps/pal_ct_v1"),
+            found: Some(ct(1024)),
+            expected: ct(262_144),
+            old: None,
+            copied: Some((3, 5)),
+        };
+        let p = r.problem();
+        assert_eq!(p.object, "pinned map /b/maps/pal_ct_v1");
+        assert_eq!(
+            p.message,
+            "at agent start: pinned map is lru_hash, key 40 B, value 16 B, max_entries 1024, flags 0x0, the eBPF object defines lru_hash, key 40 B, value 16 B, max_entries 262144, flags 0x0: replaced by a new map; 3 of its 5 entries copied (the rest did not fit)"
+        );
+        let not_a_map = Replaced {
+            found: None,
+            copied: None,
+            ..r
+        };
+        assert!(not_a_map.describe().starts_with("pin is not a map"));
+    }
+}
