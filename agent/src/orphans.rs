@@ -25,6 +25,10 @@ use crate::endpoints::EndpointRecord;
 use crate::source::Snapshot;
 use crate::status::Problem;
 
+/// `netns` and `mac` of a recovered record: the host side cannot see them.
+pub const UNKNOWN_NETNS: &str = "/var/run/netns/palisade-recovered-unknown";
+pub const UNKNOWN_MAC: &str = "02:00:00:00:00:00";
+
 /// A live interface without a valid record.
 #[derive(Debug, Clone)]
 pub struct Orphan {
@@ -130,15 +134,17 @@ pub fn recover(
         .collect();
     Ok(EndpointRecord {
         container_id,
-        // Not known from the host side; nothing on the agent's side reads it.
-        netns: String::new(),
+        // Not visible from the host side. The contract requires an absolute path; nothing on
+        // the agent's side reads it, and the runtime's DEL passes its own CNI_NETNS.
+        netns: UNKNOWN_NETNS.into(),
         ifname,
         pod_namespace: Some(ns),
         pod_name: Some(name),
         ips,
         host_veth: o.ifname.clone(),
         host_ifindex: o.ifindex,
-        mac: String::new(),
+        // Not visible from the host side either: marked unknown (locally administered zero).
+        mac: UNKNOWN_MAC.into(),
         created_unix_ms: palisade_node_api::endpoint::now_unix_ms(),
     })
 }

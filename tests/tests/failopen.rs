@@ -421,7 +421,7 @@ fn privileged_pod_without_a_valid_record_stays_isolated_is_reported_and_recovere
     }
     // y/c was recovered at once: a record that parses again, listed in the status.
     let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&c_record)?)
-        .context("y/c's record was not rewritten")?;
+        .with_context(|| format!("y/c's record was not rewritten; status:\n{status}"))?;
     ensure!(
         c["pod_name"] == "c" && c["pod_namespace"] == "y",
         "y/c's record: {c}"
