@@ -569,7 +569,43 @@ impl Agent {
                 },
                 None => Response::err("nothing applied yet"),
             },
+            Request::Explain {
+                from,
+                to,
+                port,
+                what_if,
+            } => crate::insight::explain_response(
+                &self.insight_facts(),
+                &self.compiler.enforced(),
+                &from,
+                &to,
+                port.as_deref(),
+                what_if.as_deref(),
+            ),
+            // `offload` answers it; here only if a caller did not ask `offload` first.
+            Request::Lint => crate::insight::lint_job(self.insight_facts())(),
         }
+    }
+
+    /// Requests answered off the agent's loop, on a copy of what they need (they may take
+    /// seconds on a large cluster; CNI ADDs must not wait for them): the job to run, or `None`
+    /// for `handle`.
+    pub fn offload(&mut self, req: &Request) -> Option<crate::insight::Job> {
+        match req {
+            Request::Lint => Some(crate::insight::lint_job(self.insight_facts())),
+            _ => None,
+        }
+    }
+
+    /// What explain and lint read: the snapshot, with this node's pods at the addresses of
+    /// their endpoint records.
+    fn insight_facts(&self) -> crate::insight::Facts {
+        let locals: Vec<(String, &EndpointRecord)> = self
+            .locals
+            .iter()
+            .map(|(k, l)| (k.clone(), &l.record))
+            .collect();
+        crate::insight::Facts::new(&self.snapshot, &locals)
     }
 
     pub fn status(&self) -> Status {

@@ -172,7 +172,54 @@ fn to_problem(p: &policy::Problem) -> Problem {
     }
 }
 
+/// Local endpoint records by pod (namespace, name).
+fn local_by_pod<'r>(
+    locals: &[(String, &'r EndpointRecord)],
+) -> BTreeMap<(String, String), &'r EndpointRecord> {
+    locals
+        .iter()
+        .filter_map(|(_, r)| Some((r.pod()?, *r)))
+        .collect()
+}
+
+/// The policy crate's view of the snapshot's namespaces and pods (`policies` left empty):
+/// namespaces with their labels plus `kubernetes.io/metadata.name`, and pods, those on this
+/// node with the addresses of their endpoint records (the CNI plugin is the authority on
+/// those). Problems of pod objects (a bad address...) are returned.
+pub fn cluster_facts(
+    snap: &Snapshot,
+    locals: &[(String, &EndpointRecord)],
+) -> (policy::Cluster, Vec<policy::Problem>) {
+    let mut problems = Vec::new();
+    let mut cluster = policy::Cluster::default();
+    for (name, ns) in &snap.namespaces {
+        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+        labels.insert(policy::NAMESPACE_NAME_LABEL.into(), name.clone());
+        cluster.namespaces.insert(name.clone(), labels);
+    }
+    let local_by_pod = local_by_pod(locals);
+    for (key, pod) in &snap.pods {
+        let (mut info, mut found) = policy::pod_info(pod);
+        problems.append(&mut found);
+        if let Some(r) = local_by_pod.get(key) {
+            info.ips = r.addrs();
+        }
+        cluster.pods.push(info);
+    }
+    cluster.nodes = snap.nodes.values().map(|n| policy::node_info(n)).collect();
+    (cluster, problems)
+}
+
 impl Compiler {
+    /// The policies enforced: each policy's current version when valid, else its last valid
+    /// version (a policy that was never valid is not enforced).
+    pub fn enforced(&self) -> Vec<&policy::Prepared> {
+        self.policies
+            .values()
+            .filter_map(|st| st.enforced.as_deref())
+            .collect()
+    }
+
     /// A fresh compiler. Rule references are assigned anew by each agent process; after a
     /// restart the first apply rewrites entries whose references changed, atomically per
     /// endpoint (tracked flows that the policy still allows keep passing).
@@ -191,29 +238,9 @@ impl Compiler {
     }
 
     pub fn compile(&mut self, snap: &Snapshot, locals: &[(String, &EndpointRecord)]) -> Compiled {
-        let mut problems = Vec::new();
-        let mut cluster = policy::Cluster::default();
-        for (name, ns) in &snap.namespaces {
-            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-            labels.insert("kubernetes.io/metadata.name".into(), name.clone());
-            cluster.namespaces.insert(name.clone(), labels);
-        }
-        let mut local_by_pod: BTreeMap<(String, String), &EndpointRecord> = BTreeMap::new();
-        for (_, r) in locals {
-            if let Some(pod) = r.pod() {
-                local_by_pod.insert(pod, r);
-            }
-        }
-        for (key, pod) in &snap.pods {
-            let (mut info, found) = policy::pod_info(pod);
-            problems.extend(found.iter().map(to_problem));
-            // For pods on this node the CNI plugin's record is the authority on addresses.
-            if let Some(r) = local_by_pod.get(key) {
-                info.ips = r.addrs();
-            }
-            cluster.pods.push(info);
-        }
-        cluster.nodes = snap.nodes.values().map(|n| policy::node_info(n)).collect();
+        let (cluster, found) = cluster_facts(snap, locals);
+        let mut problems: Vec<Problem> = found.iter().map(to_problem).collect();
+        let local_by_pod = local_by_pod(locals);
         let mut retired = Retired::default();
         track(
             &mut self.policies,

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod datapath;
 pub mod datapath_ops;
 pub mod endpoints;
+pub mod insight;
 pub mod masquerade;
 pub mod orphans;
 pub mod routing;

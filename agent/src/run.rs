@@ -85,12 +85,21 @@ pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<
     tracing::info!("ready: socket {}", socket.display());
     loop {
         tokio::select! {
-            Some((req, reply)) = rx.recv() => {
-                let resp = agent.handle(req);
-                if reply.send(resp).is_err() {
-                    tracing::debug!("client went away before the response");
+            Some((req, reply)) = rx.recv() => match agent.offload(&req) {
+                Some(job) => {
+                    tokio::task::spawn_blocking(move || {
+                        if reply.send(job()).is_err() {
+                            tracing::debug!("client went away before the response");
+                        }
+                    });
                 }
-            }
+                None => {
+                    let resp = agent.handle(req);
+                    if reply.send(resp).is_err() {
+                        tracing::debug!("client went away before the response");
+                    }
+                }
+            },
             _ = changes.notified() => {
                 agent.rescan();
                 agent.reconcile();

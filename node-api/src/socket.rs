@@ -5,7 +5,8 @@
 //!   and the record is written; ADD returns only after `{"ok":true,...}` and rolls back
 //!   everything otherwise (CNI error 11, try again later);
 //! - `{"op":"del","container_id":"...","ifname":"..."}`: sent by DEL and GC;
-//! - `status`, `wait`, `endpoints`, `{"op":"policy","pod":"ns/name"}`: `palisadectl`.
+//! - `status`, `wait`, `endpoints`, `{"op":"policy","pod":"ns/name"}`,
+//!   `{"op":"explain","from":"ns/a","to":"ns/b","port":"80/TCP"}`, `lint`: `palisadectl`.
 //!
 //! Responses: `{"ok":true,"generation":<u64>, ...}` or `{"ok":false,"error":"<message>"}`.
 
@@ -49,6 +50,23 @@ pub enum Request {
     Policy {
         pod: String,
     },
+    /// Is a connection FROM -> TO allowed, and why, against what the agent enforces
+    /// (`palisadectl explain`). FROM and TO: `NS/POD`, an IP address, `svc:NS/NAME[:PORT]`;
+    /// `port`: `PORT[/PROTO]` or `ICMP` (none: every port). The answer is `report`, a
+    /// `palisade_policy::explain::Explanation`.
+    Explain {
+        from: String,
+        to: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        /// NetworkPolicy manifests (YAML) to explain as if applied (added, or replacing the
+        /// policy of the same namespace and name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        what_if: Option<String>,
+    },
+    /// Lint the source's NetworkPolicies against its state (`palisadectl policy lint`). The
+    /// answer is `report`, a `palisade_policy::lint::LintReport`.
+    Lint,
 }
 
 impl Request {
@@ -60,6 +78,8 @@ impl Request {
             Request::Wait => "wait",
             Request::Endpoints => "endpoints",
             Request::Policy { .. } => "policy",
+            Request::Explain { .. } => "explain",
+            Request::Lint => "lint",
         }
     }
 
@@ -83,6 +103,10 @@ pub struct Response {
     pub endpoints: Option<Vec<EndpointRow>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The answer to `explain` or `lint`, as JSON: its type belongs to the policy crate,
+    /// which this crate (linked by the CNI plugin) does not depend on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -219,6 +243,16 @@ mod tests {
                 Request::Policy { pod: "x/a".into() },
                 r#"{"op":"policy","pod":"x/a"}"#,
             ),
+            (
+                Request::Explain {
+                    from: "x/a".into(),
+                    to: "svc:y/web".into(),
+                    port: Some("80/TCP".into()),
+                    what_if: None,
+                },
+                r#"{"op":"explain","from":"x/a","to":"svc:y/web","port":"80/TCP"}"#,
+            ),
+            (Request::Lint, r#"{"op":"lint"}"#),
         ] {
             assert_eq!(serde_json::to_string(&req).unwrap(), line);
         }

@@ -432,7 +432,7 @@ spec:
   - from: [{namespaceSelector: {matchLabels: {team: a}}}]
   - ports: [{port: 5432}]");
     let f = one(&r, "PL501", "NetworkPolicy db/split", "spec.ingress[1]");
-    assert!(f.message.starts_with("spec.ingress[1] allows TCP 5432 from every source (it lists no from), and spec.ingress[0] allows every protocol and port with every pod in namespaces team=a."), "{}", f.message);
+    assert!(f.message.starts_with("spec.ingress[1] allows TCP 5432 from every source (it lists no from), and spec.ingress[0] allows every protocol and port from every pod in namespaces team=a."), "{}", f.message);
     none(
         &run("
 metadata: {namespace: db, name: joined}

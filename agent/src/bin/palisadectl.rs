@@ -1,5 +1,13 @@
 //! palisadectl: ask the local palisade-agent what it enforces.
 
+// A binary's root resolves modules beside it: these live in palisadectl/.
+#[path = "palisadectl/explain.rs"]
+mod explain;
+#[path = "palisadectl/lint.rs"]
+mod lint;
+#[path = "palisadectl/report.rs"]
+mod report;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,12 +49,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Is a connection allowed, and why: the deciding policies, rules, peers and ports.
+    Explain(explain::Args),
 }
 
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// `palisadectl policy show NAMESPACE/POD`
     Show { pod: String },
+    /// Find policies that do not say what was probably meant.
+    Lint(lint::Args),
 }
 
 fn main() -> Result<()> {
@@ -112,6 +124,10 @@ fn main() -> Result<()> {
                 );
             }
         }
+        Cmd::Explain(a) => std::process::exit(explain::run(&args.socket, a)),
+        Cmd::Policy {
+            cmd: PolicyCmd::Lint(a),
+        } => std::process::exit(lint::run(&args.socket, a)),
         Cmd::Policy {
             cmd: PolicyCmd::Show { pod },
         } => {

@@ -151,6 +151,11 @@ impl PolicySet {
         Ok(())
     }
 
+    /// Adds a note every explanation over this set repeats.
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
     pub fn len(&self) -> usize {
         self.policies.len()
     }
@@ -442,15 +447,16 @@ fn rule_explanation(
             (Some(j), Some(ps)) => {
                 format!("{field}[{j}] ({})", wording::peer(&pol.namespace, &ps[j]))
             }
-            _ => format!("no {field} (every peer)"),
+            _ => format!("every peer (it lists no {field})"),
         };
         let how = match (
             h.as_pod,
             rule.peers.as_ref().and_then(|ps| h.peer.map(|j| &ps[j])),
         ) {
-            (true, _) => format!("names {} as a pod", peer_name(peer)),
+            (true, Some(_)) => format!("names {} as a pod", peer_name(peer)),
+            (true, None) => format!("includes {}", peer_name(peer)),
             (false, Some(Peer::Block { .. })) => format!("contains {}", peer.addr()),
-            (false, _) => format!("covers {}", peer.addr()),
+            (false, _) => format!("includes {}", peer.addr()),
         };
         format!("{what} {how}")
     });

@@ -22,8 +22,8 @@ pub(super) fn check(cx: &mut Cx) {
                 continue;
             };
             let who = match dir {
-                Direction::Ingress => "every source",
-                Direction::Egress => "every destination",
+                Direction::Ingress => "from every source",
+                Direction::Egress => "to every destination",
             };
             let peers_only: Vec<usize> = (0..rules.len())
                 .filter(|i| rules[*i].peers.is_some() && rules[*i].ports.is_none())
@@ -40,17 +40,17 @@ pub(super) fn check(cx: &mut Cx) {
                         object(pol),
                         wording::rule_path(dir, i),
                         format!(
-                            "{} allows {} from {who} (it lists no {field}), and {} allows every \
-                             protocol and port with {}. Together they allow more than either half \
-                             suggests.",
+                            "{} allows {} {who} (it lists no {field}), and {} allows every \
+                             protocol and port {field} {}. Together they allow more than either \
+                             half suggests.",
                             wording::rule_path(dir, i),
                             wording::ports(r),
                             wording::rule_path(dir, j),
                             wording::peers(&pol.namespace, &rules[j]),
                         ),
                         Some(format!(
-                            "if you meant {} with {} only, write one rule with both `{field}` and \
-                             `ports` (no `-` before `ports`)",
+                            "if you meant {} {field} {} only, write one rule with both `{field}` \
+                             and `ports` (no `-` before `ports`)",
                             wording::ports(r),
                             wording::peers(&pol.namespace, &rules[j]),
                         )),
@@ -66,8 +66,8 @@ pub(super) fn check(cx: &mut Cx) {
                         object(pol),
                         wording::rule_path(dir, i),
                         format!(
-                            "{} allows {} with {who}, hosts outside the cluster included, while \
-                             the other rules name their peers",
+                            "{} allows {} {who}, hosts outside the cluster included, while the \
+                             other rules name their peers",
                             wording::rule_path(dir, i),
                             wording::ports(r),
                         ),
