@@ -346,8 +346,10 @@ impl Agent {
         &self.log
     }
 
-    fn ctl(&self, args: &[&str]) -> Result<String, LabError> {
-        let out = Command::new(&self.ctl)
+    /// Runs `palisadectl ARGS` against this agent and returns its output whatever the exit
+    /// status (`explain` exits 1 for "denied": an answer, not a failure).
+    pub fn palisadectl(&self, args: &[&str]) -> Result<std::process::Output, LabError> {
+        Command::new(&self.ctl)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
@@ -356,7 +358,11 @@ impl Agent {
             .map_err(|source| LabError::Spawn {
                 cmd: format!("{} {args:?}", self.ctl.display()),
                 source,
-            })?;
+            })
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String, LabError> {
+        let out = self.palisadectl(args)?;
         if !out.status.success() {
             return Err(LabError::Agent {
                 node: self.node.clone(),
@@ -438,6 +444,11 @@ impl Drop for Agent {
 }
 
 impl super::Lab {
+    /// The agent of node `index`.
+    pub fn agent(&self, index: usize) -> Option<&Agent> {
+        self.agents.get(index)
+    }
+
     /// The agent of node `index` (for crash and restart tests).
     pub fn agent_mut(&mut self, index: usize) -> Option<&mut Agent> {
         self.agents.get_mut(index)

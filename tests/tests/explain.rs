@@ -1,0 +1,218 @@
+//! `palisadectl explain` and `palisadectl policy lint` against a running agent, then real
+//! packets: the answer the agent gives (allowed or denied, and the policy that decides) is
+//! what the datapath then does. Offline (`--manifests` on the directory the agent reads),
+//! `--what-if` predicts the answer before the policy is applied, and once it is applied the
+//! offline answer is the agent's.
+//!
+//! Threat model (the request is new input on the agent's socket): a client asking about
+//! pods, Services or what-if policies that do not exist, or sending an invalid what-if
+//! policy, gets an error naming it; the agent keeps enforcing and answering (checked with a
+//! second, valid question afterwards).
+
+use palisade_tests::lab::{Family, Lab, PORTS, Protocol};
+use palisade_tests::require_privileges;
+
+#[path = "common/policy_cases.rs"]
+#[allow(dead_code)]
+mod policy_cases;
+use policy_cases::enforcing_lab;
+
+const FROM_B_ON_80: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {pod: b}}}]
+    ports: [{protocol: TCP, port: 80}]
+";
+
+/// A namespaceSelector on a label no namespace has (PL204): lint against the agent finds it.
+const BY_NAME_LABEL: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-y-by-name, namespace: z}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {name: y}}}]
+";
+
+/// `palisadectl ARGS` on node 0: (exit code, stdout, stderr).
+fn ctl(lab: &Lab, args: &[&str]) -> (i32, String, String) {
+    let out = lab
+        .agent(0)
+        .expect("an agent")
+        .palisadectl(args)
+        .expect("palisadectl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn privileged_explain_against_the_agent_is_what_packets_then_do() {
+    if !require_privileges("privileged_explain_against_the_agent_is_what_packets_then_do") {
+        return;
+    }
+    let mut lab = enforcing_lab(1);
+    let manifests = lab.manifests_dir();
+    let manifests = manifests.to_str().expect("utf-8 path").to_string();
+
+    // Before the policy exists: offline, as a CI job would ask, what would it do?
+    let planned = lab.dir().join("planned.yaml");
+    std::fs::write(&planned, FROM_B_ON_80).expect("write the planned policy");
+    let planned = planned.to_str().expect("utf-8 path").to_string();
+    let offline = [
+        "--manifests",
+        manifests.as_str(),
+        "--what-if",
+        planned.as_str(),
+    ];
+    let (code, out, err) = ctl(
+        &lab,
+        &[&["explain", "x/c", "x/a", "80/TCP"][..], &offline].concat(),
+    );
+    assert_eq!(code, 1, "would be denied\n{out}{err}");
+    assert!(
+        out.contains(
+            "ingress at x/a: DENIED: no rule allows x/c; isolated by NetworkPolicy x/allow-from-b"
+        ) && out.contains("what-if: NetworkPolicy x/allow-from-b added"),
+        "{out}"
+    );
+    let (code, out, err) = ctl(
+        &lab,
+        &["explain", "x/c", "x/a", "80/TCP", "--manifests", &manifests],
+    );
+    assert_eq!(code, 0, "allowed while no policy exists\n{out}{err}");
+
+    lab.apply_yaml("policies", &format!("{FROM_B_ON_80}\n---\n{BY_NAME_LABEL}"))
+        .expect("apply");
+    lab.wait_synced().expect("agent enforces the policies");
+    // `palisadectl wait` answers with the generation applied so far while the directory
+    // source may still be rescanning off the agent's loop (main 7de0d35): wait on the
+    // condition itself, the agent's answer naming the policy (it is given after the loop
+    // compiled and wrote the maps, on the same loop).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (code, out, err) = loop {
+        let (code, out, err) = ctl(&lab, &["explain", "x/b", "x/a", "80/TCP"]);
+        if out.contains("x/allow-from-b") || std::time::Instant::now() > deadline {
+            break (code, out, err);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    lab.wait_synced().expect("agent enforces the policies");
+
+    // The agent's answers.
+    assert_eq!(code, 0, "allowed exits 0\n{out}{err}");
+    assert!(out.starts_with("x/b -> x/a TCP 80: ALLOWED\n"), "{out}");
+    assert!(
+        out.contains("ingress at x/a: allowed by NetworkPolicy x/allow-from-b spec.ingress[0]"),
+        "{out}"
+    );
+    let (code, out, err) = ctl(&lab, &["explain", "x/c", "x/a", "80/TCP"]);
+    assert_eq!(code, 1, "denied exits 1\n{out}{err}");
+    assert!(out.starts_with("x/c -> x/a TCP 80: DENIED\n"), "{out}");
+    assert!(
+        out.contains(
+            "ingress at x/a: DENIED: no rule allows x/c; isolated by NetworkPolicy x/allow-from-b"
+        ),
+        "{out}"
+    );
+    let (code, json, _) = ctl(&lab, &["explain", "x/c", "x/a", "80/TCP", "-o", "json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON answer");
+    assert_eq!(v["verdict"], "denied");
+    assert_eq!(
+        v["connections"][0]["ingress"]["policies"][0]["name"],
+        "allow-from-b"
+    );
+
+    // Offline from the directory the agent reads: the same answer as the agent's.
+    for (from, to) in [("x/b", "x/a"), ("x/c", "x/a")] {
+        let (agent_code, agent, _) = ctl(&lab, &["explain", from, to, "80/TCP", "-o", "json"]);
+        let (code, offline, err) = ctl(
+            &lab,
+            &[
+                "explain",
+                from,
+                to,
+                "80/TCP",
+                "-o",
+                "json",
+                "--manifests",
+                &manifests,
+            ],
+        );
+        assert_eq!(code, agent_code, "{offline}{err}");
+        let agent: serde_json::Value = serde_json::from_str(&agent).expect("JSON answer");
+        let offline: serde_json::Value = serde_json::from_str(&offline).expect("JSON answer");
+        assert_eq!(
+            offline, agent,
+            "{from} -> {to}: offline and agent answers differ"
+        );
+    }
+
+    // Real packets, both families: x/b reaches x/a on TCP 80, x/c does not.
+    for family in [Family::V4, Family::V6] {
+        let observed = lab
+            .probe_all(&PORTS[..1], &[Protocol::Tcp], family)
+            .expect("probes run");
+        let table = observed.table(PORTS[0], Protocol::Tcp).expect("TCP table");
+        assert_eq!(PORTS[0], 80);
+        assert_eq!(table.get("x/b", "x/a"), Some(true), "{family}\n{observed}");
+        assert_eq!(table.get("x/c", "x/a"), Some(false), "{family}\n{observed}");
+    }
+
+    // Lint against the agent: the running policies' findings, and the exit status gate.
+    let (code, out, err) = ctl(&lab, &["policy", "lint", "--fail-on", "warning"]);
+    assert_eq!(code, 1, "a warning exists\n{out}{err}");
+    assert!(
+        out.contains(
+            "warning[PL204 namespace-label-unknown]: NetworkPolicy z/from-y-by-name spec.ingress[0].from[0].namespaceSelector"
+        ),
+        "{out}"
+    );
+    let (code, json, err) = ctl(&lab, &["policy", "lint", "-o", "json"]);
+    assert_eq!(code, 0, "no error-level finding\n{json}{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
+    assert_eq!(v["policies"], 2);
+
+    // Bad questions are answered with errors naming them; the agent keeps answering.
+    let (code, _, err) = ctl(&lab, &["explain", "x/nope", "x/a"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("pod x/nope is not in the cluster state"),
+        "{err}"
+    );
+    let what_if = lab.dir().join("bad-what-if.yaml");
+    std::fs::write(
+        &what_if,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}\n",
+    )
+    .expect("write what-if");
+    let (code, _, err) = ctl(
+        &lab,
+        &[
+            "explain",
+            "x/b",
+            "x/a",
+            "80",
+            "--what-if",
+            what_if.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "NetworkPolicy x/bad: spec.ingress[0].ports[0].port: port 0 is not in 1..=65535"
+        ),
+        "{err}"
+    );
+    let (code, out, _) = ctl(&lab, &["explain", "x/b", "x/a", "80/TCP"]);
+    assert_eq!(code, 0, "{out}");
+}
