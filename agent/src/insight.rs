@@ -34,6 +34,11 @@ impl Facts {
     pub fn new(snap: &Snapshot, locals: &[(String, &EndpointRecord)]) -> Self {
         let (mut cluster, mut problems) = cluster_facts(snap, locals);
         cluster.policies = snap.policies.values().map(|p| (**p).clone()).collect();
+        cluster.cluster_policies = snap
+            .cluster_policies
+            .values()
+            .map(|p| (**p).clone())
+            .collect();
         let mut services = Vec::new();
         for svc in snap.services.values() {
             let (info, mut found) = policy::service_info(svc);
@@ -81,6 +86,13 @@ impl Facts {
                             problems[0]
                         ));
                     }
+                }
+                if !self.cluster.cluster_policies.is_empty() {
+                    set.note(format!(
+                        "{} ClusterNetworkPolicies are not explained yet: this answer covers \
+                         NetworkPolicies only (palisadectl policy show has the tiers' compiled answer)",
+                        self.cluster.cluster_policies.len()
+                    ));
                 }
                 set
             }
