@@ -14,6 +14,7 @@ pub mod decide;
 pub mod endpoint;
 pub mod events;
 pub mod maps;
+pub mod neighbor;
 pub mod packet;
 pub mod policy;
 pub mod service;

@@ -47,6 +47,10 @@ impl Reason {
     pub const INTERNAL_ERROR: Reason = Reason(40);
     /// A ClusterNetworkPolicy `Deny` rule (the verdict's `rule_ref` names it).
     pub const POLICY_DENY: Reason = Reason(41);
+    /// A router or link-configuration message leaving a pod: ICMPv6 router advertisement or
+    /// solicitation, redirect, router renumbering, ...; ICMPv4 redirect or router discovery
+    /// (`crate::neighbor`).
+    pub const ROUTER_MESSAGE: Reason = Reason(42);
 
     pub const fn is_drop(self) -> bool {
         self.0 >= 32
@@ -72,12 +76,13 @@ impl Reason {
             39 => "ext_headers_too_long",
             40 => "internal_error",
             41 => "policy_deny",
+            42 => "router_message",
             _ => "unknown",
         }
     }
 
     /// Every reason, for counters and docs.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::NOT_ISOLATED,
         Reason::POLICY_ALLOW,
         Reason::CT_ESTABLISHED,
@@ -96,6 +101,7 @@ impl Reason {
         Reason::EXT_HEADERS_TOO_LONG,
         Reason::INTERNAL_ERROR,
         Reason::POLICY_DENY,
+        Reason::ROUTER_MESSAGE,
     ];
 }
 

@@ -9,7 +9,8 @@
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
     DIR_EGRESS, FAMILY_V4, FAMILY_V6,
-    endpoint::{EP_HAS_V4, EndpointInfo},
+    endpoint::{EP_HAS_V4, EP_HAS_V6, EndpointInfo},
+    neighbor::{self, ND_NEIGHBOR_ADVERT},
     packet::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
         IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING, IPPROTO_SCTP, IPPROTO_TCP,
@@ -115,9 +116,11 @@ fn be16(b0: u8, b1: u8) -> u16 {
 
 /// Parses the frame into `pkt`.
 ///
-/// `Err` carries a verdict decided by parsing alone: `NEIGHBOR` (ARP or IPv6 neighbour
-/// discovery, which passes) or a drop reason (`BAD_HEADER`, `UNKNOWN_L3`,
-/// `EXT_HEADERS_TOO_LONG`, `SPOOFED_SOURCE` for an ARP sender that is not the pod).
+/// `Err` carries a verdict decided by parsing alone: `NEIGHBOR` (ARP, or the IPv6 neighbour
+/// discovery and MLD a pod needs, which pass) or a drop reason (`BAD_HEADER`, `UNKNOWN_L3`,
+/// `EXT_HEADERS_TOO_LONG`, `SPOOFED_SOURCE` for an ARP sender or a neighbour advertisement
+/// target that is not the pod, `ROUTER_MESSAGE` for a router advertisement, redirect or the
+/// like leaving the pod: `palisade_common::neighbor`).
 #[inline(always)]
 pub fn parse(ctx: &TcContext, dir: u8, ep: &EndpointInfo, pkt: &mut Packet) -> Result<(), Reason> {
     let ethertype: [u8; 2] = load(ctx, 12)?;
@@ -126,10 +129,10 @@ pub fn parse(ctx: &TcContext, dir: u8, ep: &EndpointInfo, pkt: &mut Packet) -> R
         return arp(ctx, dir, ep);
     }
     if ethertype == ETH_P_IP {
-        return ipv4(ctx, pkt);
+        return ipv4(ctx, dir, pkt);
     }
     if ethertype == ETH_P_IPV6 {
-        return ipv6(ctx, pkt);
+        return ipv6(ctx, dir, ep, pkt);
     }
     Err(Reason::UNKNOWN_L3)
 }
@@ -151,7 +154,7 @@ fn arp(ctx: &TcContext, dir: u8, ep: &EndpointInfo) -> Result<(), Reason> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
+fn ipv4(ctx: &TcContext, dir: u8, pkt: &mut Packet) -> Result<(), Reason> {
     let h: [u8; 20] = load(ctx, ETH_HLEN)?;
     if h[0] >> 4 != 4 {
         return Err(Reason::BAD_HEADER);
@@ -183,11 +186,12 @@ fn ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
     if more {
         pkt.frag = FRAG_FIRST;
     }
-    l4(ctx, ETH_HLEN + hlen, pkt)
+    l4(ctx, ETH_HLEN + hlen, dir, None, pkt)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
+fn ipv6(ctx: &TcContext, dir: u8, ep: &EndpointInfo, pkt: &mut Packet) -> Result<(), Reason> {
+    let own = (ep.flags & EP_HAS_V6 != 0).then_some(&ep.ipv6_be);
     let h: [u8; 40] = load(ctx, ETH_HLEN)?;
     if h[0] >> 4 != 6 {
         return Err(Reason::BAD_HEADER);
@@ -232,14 +236,14 @@ fn ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reason> {
             }
         } else {
             pkt.t.proto = next;
-            return l4(ctx, off, pkt);
+            return l4(ctx, off, dir, own, pkt);
         }
     }
     if is_ipv6_ext(next) {
         return Err(Reason::EXT_HEADERS_TOO_LONG);
     }
     pkt.t.proto = next;
-    l4(ctx, off, pkt)
+    l4(ctx, off, dir, own, pkt)
 }
 
 #[inline(always)]
@@ -265,9 +269,16 @@ fn icmp6_is_error(ty: u8) -> bool {
     (1..=4).contains(&ty)
 }
 
-/// Parses the L4 header at `off` for `pkt.t.proto`.
+/// Parses the L4 header at `off` for `pkt.t.proto`; `dir` and the pod's IPv6 address `own`
+/// (`None` for IPv4 packets, or a pod without IPv6) decide link messages.
 #[inline(always)]
-fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
+fn l4(
+    ctx: &TcContext,
+    off: usize,
+    dir: u8,
+    own: Option<&[u8; 16]>,
+    pkt: &mut Packet,
+) -> Result<(), Reason> {
     let proto = pkt.t.proto;
     if proto == IPPROTO_TCP {
         let h: [u8; 20] = load(ctx, off)?;
@@ -289,6 +300,9 @@ fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
         let h: [u8; 8] = load(ctx, off)?;
         let ty = h[0];
         (pkt.icmp_type, pkt.icmp_code) = (ty, h[1]);
+        if let Some(r) = neighbor::icmp4_link_message(dir, ty) {
+            return Err(r);
+        }
         if ty == 8 || ty == 0 {
             echo_ports(&mut pkt.t, ty == 8, [h[4], h[5]]);
         } else if icmp4_is_error(ty) {
@@ -299,16 +313,16 @@ fn l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
         let h: [u8; 8] = load(ctx, off)?;
         let ty = h[0];
         (pkt.icmp_type, pkt.icmp_code) = (ty, h[1]);
-        if (133..=137).contains(&ty) {
-            // Router solicitation/advertisement, neighbour solicitation/advertisement,
-            // redirect: the pod's link to its gateway.
-            return Err(Reason::NEIGHBOR);
-        }
-        if ((130..=132).contains(&ty) || ty == 143) && pkt.t.daddr[0] == 0xff {
-            // MLD query/report/done (v1 and v2) to a multicast group: link-scoped multicast
-            // membership the kernel sends from a link-local source when the pod's interface
-            // comes up. Not a way to reach a pod; counting it as spoofed would mislead.
-            return Err(Reason::NEIGHBOR);
+        // Neighbour discovery, MLD, router messages: decided by their rule alone.
+        let na_target = if dir == DIR_EGRESS && ty == ND_NEIGHBOR_ADVERT {
+            load::<[u8; 16]>(ctx, off + 8)?
+        } else {
+            [0; 16]
+        };
+        if let Some(r) =
+            neighbor::icmp6_link_message(dir, ty, &pkt.t.saddr, &pkt.t.daddr, &na_target, own)
+        {
+            return Err(r);
         }
         if ty == 128 || ty == 129 {
             echo_ports(&mut pkt.t, ty == 128, [h[4], h[5]]);

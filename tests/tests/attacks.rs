@@ -14,7 +14,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use palisade_tests::lab::netns::in_netns;
 use palisade_tests::lab::{AgentMode, Lab, LabConfig};
 use palisade_tests::packet::{
-    Capture, ether, icmp4, icmp6, ipv4, ipv6, macs, send_frames, send_hdrincl, sys, udp,
+    Capture, ether, icmp4, icmp6, ipv4, ipv6, ipv6_hop, link_local, macs, send_frames,
+    send_hdrincl, sys, udp,
 };
 use palisade_tests::require_privileges;
 
@@ -524,6 +525,176 @@ fn privileged_attack_forged_icmp_errors_carry_nothing_past_egress_policy() {
     assert!(
         judged,
         "the forged errors were not counted as x/a's egress default_deny\n{}",
+        status(&lab)
+    );
+}
+
+/// Threat model: a pod whose egress policy denies everything (x/rogue) tries to reconfigure
+/// its node. The node is one whose new devices take router advertisements while forwarding
+/// (`net.ipv6.conf.default.accept_ra=2`, as nodes that configure their uplink by SLAAC often
+/// have). x/rogue sends the node an IPv6 router advertisement (a default route and a prefix to
+/// autoconfigure an address from), a redirect, and a neighbour advertisement claiming x/b's
+/// address. The node must get no route and no address from it; its side of x/rogue's veth
+/// must accept neither router advertisements nor redirects at all; status must count the two
+/// router messages (`router_message`) and the forged advertisement (`spoofed_source`) as
+/// x/rogue's egress drops. Control: neighbour discovery still works (x/b reaches x/rogue over
+/// IPv6).
+#[test]
+fn privileged_attack_router_advertisement_and_redirect_from_a_pod_change_nothing_on_the_node() {
+    if !require_privileges(
+        "privileged_attack_router_advertisement_and_redirect_from_a_pod_change_nothing_on_the_node",
+    ) {
+        return;
+    }
+    let mut lab = lab();
+    let node = lab.node_netns()[0].to_string();
+    in_netns(&node, || {
+        palisade_tests::lab::netns::write_sysctl("net.ipv6.conf.default.accept_ra", "2")
+    })
+    .expect("in node namespace")
+    .expect("default.accept_ra=2 on the node");
+    apply(
+        &mut lab,
+        "rogue",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: rogue, namespace: x, labels: {pod: rogue}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: rogue-no-egress, namespace: x}\n\
+         spec: {podSelector: {matchLabels: {pod: rogue}}, policyTypes: [Egress]}\n",
+    );
+    let nr = netns(&lab, "x/rogue");
+    let (rogue6, b6) = match (addr(&lab, "x/rogue", true), addr(&lab, "x/b", true)) {
+        (IpAddr::V6(r), IpAddr::V6(b)) => (r, b),
+        _ => unreachable!(),
+    };
+    let host_veth = palisade_node_api::host_veth_name(&nr, "eth0");
+    let node_ll = in_netns(&node, || {
+        palisade_tests::lab::netns::ip(&["-6", "-o", "addr", "show", "dev", &host_veth])
+    })
+    .expect("in node namespace")
+    .expect("ip addr");
+    let node_ll: std::net::Ipv6Addr = node_ll
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no link-local address on {host_veth}: {node_ll:?}"));
+    let (mac, gw_mac) = macs(&nr);
+    let ll = link_local(&nr);
+    let all_nodes: std::net::Ipv6Addr = "ff02::1".parse().expect("ff02::1");
+    let all_nodes_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let router_before = counter(&lab, "egress", "router_message");
+    let spoofed_before = counter(&lab, "egress", "spoofed_source");
+    // Router advertisement: default router for 1800 s, prefix 2001:db8:dead::/64 (on-link,
+    // autonomous), the pod's MAC as source link-layer address. Hop limit 255, as ND requires.
+    let mut ra = vec![0u8; 8]; // reachable time, retransmit timer
+    ra.extend_from_slice(&[1, 1]);
+    ra.extend_from_slice(&mac);
+    ra.extend_from_slice(&[3, 4, 64, 0xc0]);
+    ra.extend_from_slice(&2_592_000u32.to_be_bytes());
+    ra.extend_from_slice(&604_800u32.to_be_bytes());
+    ra.extend_from_slice(&[0; 4]);
+    ra.extend_from_slice(
+        &"2001:db8:dead::"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("prefix")
+            .octets(),
+    );
+    let ra = icmp6(ll, all_nodes, 134, 0, [64, 0, 0x07, 0x08], &ra);
+    // Redirect: "for 2001:db8:beef::1, use fe80::bad".
+    let mut redirect = "fe80::bad"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("target")
+        .octets()
+        .to_vec();
+    redirect.extend_from_slice(
+        &"2001:db8:beef::1"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("dst")
+            .octets(),
+    );
+    let redirect = icmp6(ll, node_ll, 137, 0, [0; 4], &redirect);
+    // Neighbour advertisement (override) claiming x/b's address.
+    let na = icmp6(ll, all_nodes, 136, 0, [0x20, 0, 0, 0], &b6.octets());
+    send_frames(
+        &nr,
+        &[
+            ether(
+                all_nodes_mac,
+                mac,
+                0x86dd,
+                &ipv6_hop(ll, all_nodes, 58, 255, &ra),
+            ),
+            ether(
+                gw_mac,
+                mac,
+                0x86dd,
+                &ipv6_hop(ll, node_ll, 58, 255, &redirect),
+            ),
+            ether(
+                all_nodes_mac,
+                mac,
+                0x86dd,
+                &ipv6_hop(ll, all_nodes, 58, 255, &na),
+            ),
+        ],
+    );
+    let node_routes = || {
+        let routes = palisade_tests::lab::netns::ip(&["-n", &node, "-6", "route", "show"])
+            .expect("ip route");
+        let addrs =
+            palisade_tests::lab::netns::ip(&["-n", &node, "-6", "addr", "show"]).expect("ip addr");
+        (routes, addrs)
+    };
+    let taken = |(routes, addrs): &(String, String)| {
+        routes.contains("default")
+            || routes.contains("2001:db8:dead")
+            || addrs.contains("2001:db8:dead")
+    };
+    let settled = eventually(|| {
+        taken(&node_routes())
+            || (counter(&lab, "egress", "router_message") >= router_before + 2
+                && counter(&lab, "egress", "spoofed_source") > spoofed_before)
+    });
+    let seen = node_routes();
+    assert!(
+        !taken(&seen),
+        "the node took a route or an address from x/rogue's router advertisement:\n{}\n{}",
+        seen.0,
+        seen.1
+    );
+    assert!(
+        settled,
+        "x/rogue's router advertisement, redirect and forged neighbour advertisement were not \
+         counted as drops (router_message, spoofed_source)\n{}",
+        status(&lab)
+    );
+    for key in ["accept_ra", "accept_redirects"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{host_veth}/{key}");
+        let value = in_netns(&node, || std::fs::read_to_string(&path))
+            .expect("in node namespace")
+            .expect("reading the sysctl");
+        assert_eq!(
+            value.trim(),
+            "0",
+            "{key} on the node's side of x/rogue's veth"
+        );
+    }
+    // Neighbour discovery still works: the node resolves x/rogue and x/b connects over IPv6.
+    let nb = netns(&lab, "x/b");
+    let connects = eventually(|| {
+        in_netns(&nb, || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::new(rogue6.into(), 80),
+                std::time::Duration::from_millis(500),
+            )
+            .is_ok()
+        })
+        .expect("in pod namespace")
+    });
+    assert!(
+        connects,
+        "x/b cannot reach x/rogue over IPv6\n{}",
         status(&lab)
     );
 }

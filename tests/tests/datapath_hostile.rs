@@ -8,8 +8,10 @@ mod tier1;
 use tier1::*;
 
 use palisade_common::{
+    FAMILY_V4,
     endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED},
     packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP},
+    stats::HostAddrKey,
     verdict::Reason,
 };
 use palisade_tests::bpf::{
@@ -105,4 +107,78 @@ fn privileged_icmp_error_entering_the_pod_must_be_addressed_to_the_flows_source(
     let misaddressed =
         V4::new(ROUTER4, OTHER4, IPPROTO_ICMP).frame(&frame::icmp(11, 0, &query[..28]));
     expect(&dp, Prog::ToPod, &misaddressed, Reason::DEFAULT_DENY);
+}
+
+const ALL_NODES6: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const GATEWAY6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Threat model: a pod sends its node the messages a router sends (IPv6 router advertisement
+/// and solicitation, redirect, router renumbering; ICMPv4 redirect and router advertisement,
+/// here to a node address, which otherwise always passes), hoping the node installs a route
+/// or an address from them. A pod is a host: router messages leaving it are dropped
+/// (`router_message`) whatever their addresses. Neighbour discovery passes only on the link
+/// and only for the pod's own addresses: an advertisement for someone else's address is
+/// spoofing, a solicitation to an address off the link is an ordinary packet (judged by
+/// policy). Entering the pod, neighbour discovery is the node's (link-local source) only.
+#[test]
+fn privileged_router_messages_from_a_pod_are_dropped_and_neighbour_discovery_stays_on_the_link() {
+    let Some(mut dp) = setup(
+        "privileged_router_messages_from_a_pod_are_dropped_and_neighbour_discovery_stays_on_the_link",
+        EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    dp.add_host(HostAddrKey {
+        family: FAMILY_V4,
+        _pad: [0; 3],
+        addr_be: addr16(&NODE4),
+    })
+    .expect("seeding host");
+    let icmp6 = |src, dst, ty, body: &[u8]| {
+        V6::new(src, dst, IPPROTO_ICMPV6).frame(&frame::icmp(ty, 0, body))
+    };
+    let ra_body = [0u8; 8];
+    for (src, dst) in [(LINK_LOCAL6, ALL_NODES6), (POD6, GATEWAY6), (POD6, PEER6)] {
+        for ty in [133, 134, 137, 138] {
+            let f = icmp6(src, dst, ty, &ra_body);
+            expect(&dp, Prog::FromPod, &f, Reason::ROUTER_MESSAGE);
+        }
+    }
+    let embedded = V4::new(POD4, PEER4, IPPROTO_UDP).packet(&frame::udp(1, 2, 0));
+    for ty in [5, 9, 10] {
+        let f = V4::new(POD4, NODE4, IPPROTO_ICMP).frame(&frame::icmp(ty, 1, &embedded[..28]));
+        expect(&dp, Prog::FromPod, &f, Reason::ROUTER_MESSAGE);
+    }
+    // Neighbour advertisements: for the pod's own address (or link-local) only.
+    let na = |src, dst, target: [u8; 16]| icmp6(src, dst, 136, &target);
+    expect(
+        &dp,
+        Prog::FromPod,
+        &na(POD6, LINK_LOCAL6, POD6),
+        Reason::NEIGHBOR,
+    );
+    expect(
+        &dp,
+        Prog::FromPod,
+        &na(LINK_LOCAL6, ALL_NODES6, LINK_LOCAL6),
+        Reason::NEIGHBOR,
+    );
+    expect(
+        &dp,
+        Prog::FromPod,
+        &na(POD6, LINK_LOCAL6, PEER6),
+        Reason::SPOOFED_SOURCE,
+    );
+    // Solicitations: on the link they pass; to an address off the link they are ordinary
+    // ICMPv6, denied here by egress policy.
+    let ns = frame::neighbour_solicitation(POD6, GATEWAY6);
+    expect(&dp, Prog::FromPod, &ns, Reason::NEIGHBOR);
+    let off_link = icmp6(POD6, OTHER6, 135, &[0u8; 20]);
+    expect(&dp, Prog::FromPod, &off_link, Reason::DEFAULT_DENY);
+    // Entering the pod: from the node's link-local address, neighbour traffic; forwarded
+    // from a peer, an ordinary packet the ingress policy denies.
+    let from_node = frame::neighbour_solicitation(LINK_LOCAL6, POD6);
+    expect(&dp, Prog::ToPod, &from_node, Reason::NEIGHBOR);
+    let forwarded = icmp6(PEER6, POD6, 134, &ra_body);
+    expect(&dp, Prog::ToPod, &forwarded, Reason::DEFAULT_DENY);
 }

@@ -186,15 +186,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
         errno: Some(libc::ENODEV),
         message: "veth vanished right after creation".into(),
     })?;
-    if has_v4 {
-        sysctl::set(&format!("net/ipv4/conf/{host_name}/proxy_arp"), "1")?;
-        sysctl::set(&format!("net/ipv4/neigh/{host_name}/proxy_delay"), "0")?;
-    }
-    if has_v6 {
-        // The host side's own link-local address must not sit in DAD: the kernel would not
-        // use it as the source of its neighbour solicitations towards the pod.
-        sysctl::set(&format!("net/ipv6/conf/{host_name}/accept_dad"), "0")?;
-    }
+    sysctl::host_veth(&host_name, has_v4, has_v6)?;
     link::set_up(&nl, host.index, &host_name)?;
     let host_mac = neigh::parse_mac(&host.mac).ok_or_else(|| Error::Netlink {
         op: "reading MAC of",
@@ -208,9 +200,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
     let pod_ips = ips.clone();
     let pod_mac = netns::run_in(&pod_ns, netns_p, move || {
         let nl = Nl::open()?;
-        if has_v6 {
-            sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
-        }
+        sysctl::pod_link(ifname, has_v6)?;
         let pod = link::get(&nl, ifname)?.ok_or_else(|| Error::Netlink {
             op: "getting link",
             object: ifname.to_string(),
