@@ -1,5 +1,5 @@
 //! Services under policy in the lab: kube-proxy-style iptables DNAT in every node namespace
-//! (tests/src/lab/kubeproxy.rs), pods probed through ClusterIPs. Policy is about pods and their
+//! (tests/src/lab/kubeproxy/), pods probed through ClusterIPs. Policy is about pods and their
 //! ports; a Service is only a path: a connection to ClusterIP:port must reach a backend exactly
 //! when the client's egress and the backend's ingress allow that backend pod on its target
 //! port. See docs/services.md.

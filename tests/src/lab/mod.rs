@@ -32,6 +32,7 @@
 mod agent;
 mod cni;
 pub mod dns;
+mod hostport;
 pub mod kubeproxy;
 pub mod model;
 pub mod netns;

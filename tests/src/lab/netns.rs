@@ -3,8 +3,9 @@
 //! fresh OS thread, and the sweep of leftovers from labs whose process died.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -38,6 +39,44 @@ pub fn run(cmd: &mut Command) -> Result<String, LabError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cmd` (e.g. `ip netns exec <node> iptables-restore --noflush`) with `input` on its
+/// standard input, mapping a failure to [`LabError::Command`] (with the input).
+pub fn run_with_input(mut cmd: Command, input: &str) -> Result<(), LabError> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LabError::Spawn {
+            cmd: what.clone(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|source| LabError::Spawn {
+                cmd: what.clone(),
+                source,
+            })?;
+    }
+    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
+        cmd: what.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: what,
+            status: out.status.to_string(),
+            output: format!(
+                "{}\n--- input ---\n{input}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `ip <args>`.

@@ -11,7 +11,11 @@
 //! - `KUBE-SVC-<hash>`: one rule per endpoint; endpoint `i` of `n` is taken with probability
 //!   `1/(n-i)` (`-m statistic --mode random`), the last one unconditionally, so every endpoint
 //!   is equally likely; conntrack keeps a connection on the endpoint its first packet drew;
-//! - `KUBE-SEP-<hash>`: `DNAT --to-destination <endpoint ip>:<port>`.
+//! - `KUBE-SEP-<hash>`: `DNAT --to-destination <endpoint ip>:<port>`;
+//! - `KUBE-NODEPORTS`: one rule per (Service port with a `nodePort`, family with ready
+//!   endpoints), matching protocol and node port, jumping to the same `KUBE-SVC-<hash>`;
+//!   `KUBE-SERVICES` jumps to it last, for destinations of type `LOCAL` (every address of the
+//!   node), as kube-proxy does.
 //!
 //! The endpoint's port comes from the EndpointSlice port with the Service port's name and
 //! protocol, as kube-proxy reads it: a named `targetPort` was resolved per pod by whoever
@@ -20,28 +24,29 @@
 //!
 //! Differences from kube-proxy, on purpose: no masquerade (pod-to-pod through a Service
 //! keeps the client's address, which policy needs; hairpin traffic, a pod reaching itself
-//! through its own Service, is therefore not supported), no NodePorts, external IPs or load
-//! balancers, and a Service port without ready endpoints gets no rule (kube-proxy REJECTs in
-//! the filter table; here the packet finds no route to the Service address).
+//! through its own Service, is therefore not supported; kube-proxy also masquerades NodePort
+//! traffic of `externalTrafficPolicy: Cluster` Services, the lab does not), no external IPs or
+//! load balancers, and a Service port without ready endpoints gets no rule (kube-proxy REJECTs
+//! in the filter table; here the packet finds no route to the Service address).
 //!
 //! Only chains named `KUBE-*` are written (`--noflush`), so other NAT rules of the node (the
 //! agent's masquerade table is nftables `inet palisade`) are left alone.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+mod endpoints;
+mod lab;
+
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use super::model::{self, ModelPod, kind_of};
-use super::reachability::{Case, Family, Protocol, Reachability};
-use super::{Lab, LabError, probe};
+use super::LabError;
+use super::model::kind_of;
+
+pub use endpoints::{ServiceTarget, endpoint_slices_for, per_pod_services_yaml};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -51,6 +56,7 @@ pub const SERVICE_CIDR_V4: &str = "10.96.0.0/12";
 pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 
 const HOOK_COMMENT: &str = "kubernetes service portals";
+const NODEPORTS: &str = "KUBE-NODEPORTS";
 
 /// The rules of one family (`iptables` or `ip6tables`), before rendering.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -141,9 +147,9 @@ pub fn parse_objects(docs: &[Value]) -> Result<(Vec<Service>, Vec<EndpointSlice>
     Ok((services, slices))
 }
 
-/// A short stable hash for chain names (FNV-1a 64, 16 hex digits): `KUBE-SVC-` plus it fits
-/// iptables' 28-character chain names.
-fn chain_hash(s: &str) -> String {
+/// A short stable hash for chain names (FNV-1a 64, 16 hex digits): `KUBE-SVC-` (or portmap's
+/// `CNI-DN-`) plus it fits iptables' 28-character chain names.
+pub(in crate::lab) fn chain_hash(s: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
@@ -204,7 +210,10 @@ pub fn generate(
 ) -> Result<KubeProxyRules, LabError> {
     let mut out = KubeProxyRules::default();
     for r in [&mut out.v4, &mut out.v6] {
+        // KUBE-NODEPORTS is always declared (so flushed): a node port that went away leaves
+        // no rule behind that would pin a deleted KUBE-SVC chain.
         r.chains.push("KUBE-SERVICES".into());
+        r.chains.push(NODEPORTS.into());
     }
     let mut services: Vec<&Service> = services.iter().collect();
     services.sort_by_key(|s| object_name(&s.metadata));
@@ -286,6 +295,13 @@ pub fn generate(
                         "-A KUBE-SERVICES -d {ip}/{plen} -p {proto} -m {proto} --dport {svc_port} -m comment --comment \"{spn} cluster IP\" -j {svc_chain}"
                     ));
                 }
+                if let Some(node_port) = sp.node_port {
+                    let node_port = u16::try_from(node_port)
+                        .map_err(|_| bad(format!("nodePort {node_port} out of range")))?;
+                    rules.rules.push(format!(
+                        "-A {NODEPORTS} -p {proto} -m {proto} --dport {node_port} -m comment --comment \"{spn} node port\" -j {svc_chain}"
+                    ));
+                }
                 let n = eps.len();
                 for (i, ep) in eps.iter().enumerate() {
                     let sep_chain =
@@ -309,440 +325,26 @@ pub fn generate(
             }
         }
     }
-    Ok(out)
-}
-
-/// A Service port resolved for one pod: (Service port name, protocol, target port number).
-type ResolvedPort = (String, String, u16);
-
-/// What the endpoint-slice controller would write for `svc` given the pods `pods` (with their
-/// addresses): per address family, one slice per distinct resolution of the Service's target
-/// ports (a named `targetPort` resolves through each pod's named container ports; a pod that
-/// lacks the name gets no endpoint for that port). A Service without a selector, or with an
-/// empty one, gets none.
-pub fn endpoint_slices_for(svc: &Service, pods: &[(&ModelPod, &[IpAddr])]) -> Vec<EndpointSlice> {
-    let Some(spec) = &svc.spec else {
-        return Vec::new();
-    };
-    // No selector, or an empty one: the endpoints are someone else's to write.
-    let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
-        return Vec::new();
-    };
-    let ns = svc
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let svc_ports = spec.ports.clone().unwrap_or_default();
-    // (v4, resolved ports) -> endpoints
-    let mut groups: BTreeMap<(bool, Vec<ResolvedPort>), Vec<Endpoint>> = BTreeMap::new();
-    for (pod, ips) in pods {
-        if pod.namespace != ns || !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
-            continue;
-        }
-        let resolved: Vec<ResolvedPort> = svc_ports
+    for r in [&mut out.v4, &mut out.v6] {
+        if r.rules
             .iter()
-            .filter_map(|sp| {
-                let proto = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
-                let port = match &sp.target_port {
-                    None => u16::try_from(sp.port).ok()?,
-                    Some(IntOrString::Int(p)) => u16::try_from(*p).ok()?,
-                    Some(IntOrString::String(n)) => {
-                        pod.ports
-                            .iter()
-                            .find(|p| &p.name == n && p.protocol.as_str() == proto)?
-                            .port
-                    }
-                };
-                Some((sp.name.clone().unwrap_or_default(), proto, port))
-            })
-            .collect();
-        for v4 in [true, false] {
-            let Some(ip) = ips.iter().find(|i| i.is_ipv4() == v4) else {
-                continue;
-            };
-            groups
-                .entry((v4, resolved.clone()))
-                .or_default()
-                .push(Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    node_name: Some(model::node_name(pod.node)),
-                    ..Endpoint::default()
-                });
-        }
-    }
-    groups
-        .into_iter()
-        .enumerate()
-        .map(|(i, ((v4, ports), endpoints))| EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{name}-{}{i}", if v4 { "v4-" } else { "v6-" })),
-                namespace: Some(ns.clone()),
-                labels: Some(BTreeMap::from([(
-                    SERVICE_NAME_LABEL.to_string(),
-                    name.clone(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            address_type: if v4 { "IPv4" } else { "IPv6" }.into(),
-            endpoints: Some(endpoints),
-            ports: Some(
-                ports
-                    .into_iter()
-                    .map(|(n, proto, port)| EndpointPort {
-                        name: Some(n),
-                        protocol: Some(proto),
-                        port: Some(i32::from(port)),
-                        ..EndpointPort::default()
-                    })
-                    .collect(),
-            ),
-        })
-        .collect()
-}
-
-/// A Service per pod of `pods` for probing the truth tables through ClusterIPs: Service
-/// `svc-<pod>` in the pod's namespace, selecting it alone (`pod=<name>`, the model's label),
-/// dual stack with ClusterIPs `10.96.1.<i+1>` and `fd00:10:96::1<i+1>` (two decimal digits),
-/// and one port per model case (TCP, UDP, SCTP): name `p<port>-<proto>`, `port` the target
-/// port plus `port_offset`, `targetPort` the model port by number or, with `named_target`, by
-/// the pod's port name (`serve-80-tcp`).
-pub fn per_pod_services_yaml(pods: &[ModelPod], port_offset: u16, named_target: bool) -> String {
-    let mut out = String::new();
-    for (i, p) in pods.iter().enumerate() {
-        out.push_str(&format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{name}, namespace: {ns}}}\n\
-             spec:\n  type: ClusterIP\n  selector: {{pod: {name}}}\n  ipFamilyPolicy: RequireDualStack\n  \
-             ipFamilies: [IPv4, IPv6]\n  clusterIP: 10.96.1.{n}\n  clusterIPs: [10.96.1.{n}, \"fd00:10:96::1{n:02}\"]\n  ports:\n",
-            name = p.name,
-            ns = p.namespace,
-            n = i + 1
-        ));
-        // One Service port per (port, protocol): a pod may name the same port twice (the
-        // conformance model's `web`), and a Service may not repeat a port.
-        let mut seen = BTreeSet::new();
-        for mp in &p.ports {
-            if !matches!(mp.protocol, Protocol::Tcp | Protocol::Udp | Protocol::Sctp)
-                || !seen.insert((mp.port, mp.protocol))
-            {
-                continue;
-            }
-            let target = if named_target {
-                mp.name.clone()
-            } else {
-                mp.port.to_string()
-            };
-            out.push_str(&format!(
-                "  - {{name: p{port}-{proto}, protocol: {up}, port: {sport}, targetPort: {target}}}\n",
-                port = mp.port,
-                proto = mp.protocol.as_str().to_ascii_lowercase(),
-                up = mp.protocol.as_str(),
-                sport = mp.port + port_offset,
+            .any(|l| l.starts_with(&format!("-A {NODEPORTS} ")))
+        {
+            r.rules.push(format!(
+                "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j {NODEPORTS}"
             ));
         }
     }
-    out
-}
-
-/// A probe target through a Service: the column `id` of the truth table, the ClusterIP, and
-/// the Service port to use for each model case (the case names the *target* port).
-#[derive(Clone, Debug)]
-pub struct ServiceTarget {
-    pub id: String,
-    pub addr: IpAddr,
-    pub ports: BTreeMap<Case, u16>,
-}
-
-/// Runs `cmd` (already set to `ip netns exec <node> iptables-restore ...`) with `input`.
-fn run_with_input(mut cmd: Command, input: &str) -> Result<(), LabError> {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| LabError::Spawn {
-            cmd: what.clone(),
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|source| LabError::Spawn {
-                cmd: what.clone(),
-                source,
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
-        cmd: what.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            cmd: what,
-            status: out.status.to_string(),
-            output: format!(
-                "{}\n--- input ---\n{input}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        });
-    }
-    Ok(())
-}
-
-impl Lab {
-    /// Every Service and EndpointSlice among the applied user manifests.
-    pub fn services(&self) -> Result<(Vec<Service>, Vec<EndpointSlice>), LabError> {
-        let docs: Vec<Value> = self.user.values().flatten().cloned().collect();
-        parse_objects(&docs)
-    }
-
-    /// Applies Service (and EndpointSlice) YAML under `name`: the objects go to the agents'
-    /// manifests directory like any [`Lab::apply`], a Service with a selector and no slice in
-    /// `yaml` gets the slices the endpoint-slice controller would write (from the lab's pods,
-    /// which the same YAML may add), and the kube-proxy rules of every applied Service are
-    /// loaded into every node. Call [`Lab::wait_synced`] before probing.
-    pub fn apply_services(&mut self, name: &str, yaml: &str) -> Result<(), LabError> {
-        self.apply_yaml(name, yaml)?;
-        let docs = model::split_documents(name, yaml)?;
-        let (services, slices) = parse_objects(&docs)?;
-        let pods: Vec<(&ModelPod, &[IpAddr])> = self
-            .model
-            .pods
-            .iter()
-            .filter_map(|m| self.pods.get(&m.id()).map(|p| (m, p.ips.as_slice())))
-            .collect();
-        let mut generated = Vec::new();
-        for svc in &services {
-            let svc_name = svc.metadata.name.as_deref().unwrap_or("");
-            let has_slice = slices.iter().any(|s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .is_some_and(|n| n == svc_name)
-                    && s.metadata.namespace == svc.metadata.namespace
-            });
-            if !has_slice {
-                generated.extend(endpoint_slices_for(svc, &pods));
-            }
-        }
-        if !generated.is_empty() {
-            let mut text = yaml.to_string();
-            for s in &generated {
-                let mut v = serde_json::to_value(s).map_err(|e| LabError::Manifest {
-                    what: "generated EndpointSlice".into(),
-                    reason: e.to_string(),
-                })?;
-                if let Value::Object(m) = &mut v {
-                    m.insert("apiVersion".into(), "discovery.k8s.io/v1".into());
-                    m.insert("kind".into(), "EndpointSlice".into());
-                }
-                text.push_str("\n---\n");
-                text.push_str(
-                    &serde_saphyr::to_string(&v).map_err(|e| LabError::Manifest {
-                        what: "generated EndpointSlice".into(),
-                        reason: e.to_string(),
-                    })?,
-                );
-            }
-            self.apply_yaml(name, &text)?;
-        }
-        self.program_kube_proxy()
-    }
-
-    /// Removes manifests applied under `name` and reloads the kube-proxy rules.
-    pub fn remove_services(&mut self, name: &str) -> Result<(), LabError> {
-        self.remove(name)?;
-        self.program_kube_proxy()
-    }
-
-    /// Loads the kube-proxy rules of every applied Service into every node namespace.
-    pub fn program_kube_proxy(&self) -> Result<(), LabError> {
-        let (services, slices) = self.services()?;
-        let rules = generate(&services, &slices)?;
-        for node in &self.nodes {
-            for (save, restore, r) in [
-                ("iptables-save", "iptables-restore", &rules.v4),
-                ("ip6tables-save", "ip6tables-restore", &rules.v6),
-            ] {
-                let existing = super::netns::run(Command::new("ip").args([
-                    "netns",
-                    "exec",
-                    &node.netns,
-                    save,
-                    "-t",
-                    "nat",
-                ]))?;
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", &node.netns, restore, "--noflush"]);
-                run_with_input(cmd, &r.render(&existing))?;
-            }
-        }
-        self.log(format_args!(
-            "lab: kube-proxy rules: {} v4 / {} v6 lines on {} node(s)",
-            rules.v4.rules.len(),
-            rules.v6.rules.len(),
-            self.nodes.len()
-        ));
-        Ok(())
-    }
-
-    /// The ClusterIP of family `family` of Service `ns/name` (applied with
-    /// [`Lab::apply_services`]).
-    pub fn cluster_ip(&self, ns: &str, name: &str, family: Family) -> Result<IpAddr, LabError> {
-        let (services, _) = self.services()?;
-        let svc = services
-            .iter()
-            .find(|s| {
-                s.metadata.name.as_deref() == Some(name)
-                    && s.metadata.namespace.as_deref().unwrap_or("default") == ns
-            })
-            .ok_or_else(|| LabError::Config {
-                reason: format!("no Service {ns}/{name} applied"),
-            })?;
-        cluster_ips(svc)?
-            .into_iter()
-            .find(|i| i.is_ipv4() == (family == Family::V4))
-            .ok_or_else(|| LabError::Config {
-                reason: format!("Service {ns}/{name} has no {family} ClusterIP"),
-            })
-    }
-
-    /// Probe targets for [`per_pod_services_yaml`] Services (applied): one per model pod, its
-    /// column id the pod's, the ClusterIP of `family`, each case's target port mapped to the
-    /// Service port `port + port_offset`.
-    pub fn per_pod_service_targets(
-        &self,
-        family: Family,
-        port_offset: u16,
-    ) -> Result<Vec<ServiceTarget>, LabError> {
-        self.model
-            .pods
-            .iter()
-            .map(|p| {
-                let addr = self.cluster_ip(&p.namespace, &format!("svc-{}", p.name), family)?;
-                let ports = p
-                    .ports
-                    .iter()
-                    .map(|mp| {
-                        (
-                            Case {
-                                port: mp.port,
-                                protocol: mp.protocol,
-                            },
-                            mp.port + port_offset,
-                        )
-                    })
-                    .collect();
-                Ok(ServiceTarget {
-                    id: p.id(),
-                    addr,
-                    ports,
-                })
-            })
-            .collect()
-    }
-
-    /// Probes from every pod to every target through its Service address, all in parallel;
-    /// the table's rows are the pods, its columns the targets' ids (which must be pod ids, so
-    /// expectations read as the pod-IP tables do).
-    pub fn probe_services(
-        &self,
-        targets: &[ServiceTarget],
-        cases: &[Case],
-        family: Family,
-    ) -> Result<Reachability, LabError> {
-        let ids = self.pod_ids();
-        if let Some(t) = targets.iter().find(|t| !ids.contains(&t.id)) {
-            return Err(LabError::Config {
-                reason: format!("service target {} is not a pod id", t.id),
-            });
-        }
-        self.wait_links_ready(family)?;
-        let probe_targets: Vec<probe::Target> = targets
-            .iter()
-            .map(|t| probe::Target {
-                id: t.id.clone(),
-                addr: t.addr,
-            })
-            .collect();
-        let port_of = |t: &probe::Target, c: Case| -> u16 {
-            targets
-                .iter()
-                .find(|s| s.id == t.id)
-                .and_then(|s| s.ports.get(&c).copied())
-                .unwrap_or(c.port)
-        };
-        let mut reach = Reachability::with_cases(&ids, cases, family, None);
-        let timeout = self.config.probe_timeout;
-        let seen = &self.sctp_seen;
-        let results: Vec<Result<(String, Vec<probe::Outcome>), LabError>> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = ids
-                    .iter()
-                    .map(|from| {
-                        let netns = self.pod_netns(from).unwrap_or_default();
-                        let (t, port_of) = (&probe_targets, &port_of);
-                        s.spawn(move || {
-                            probe::probe_from_mapped(netns, from, t, cases, timeout, seen, port_of)
-                                .map(|o| (from.clone(), o))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(LabError::ThreadPanicked {
-                                what: "service probe".into(),
-                            })
-                        })
-                    })
-                    .collect()
-            });
-        for r in results {
-            let (from, outcomes) = r?;
-            for o in outcomes {
-                reach.observe(o.case, &from, &o.to, o.reachable);
-            }
-        }
-        Ok(reach)
-    }
-
-    /// `count` new connections (TCP) or request/answer exchanges (UDP) at once from pod
-    /// `from` to `dest`, each from its own source port (so each is a new flow kube-proxy
-    /// balances on its own); each yields the id of the server that answered (the servers tell
-    /// who they are), or `None` when it did not complete within `timeout`.
-    pub fn who_answers(
-        &self,
-        from: &str,
-        dest: SocketAddr,
-        protocol: Protocol,
-        count: usize,
-        timeout: Duration,
-    ) -> Result<Vec<Option<String>>, LabError> {
-        let netns = self.pod_netns(from).ok_or_else(|| LabError::Config {
-            reason: format!("no pod {from}"),
-        })?;
-        self.wait_links_ready(if dest.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        })?;
-        probe::who_answers(netns, dest, protocol, count, timeout)
-    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
     use super::*;
+    use crate::lab::model::{self, ModelPod};
+    use crate::lab::reachability::Protocol;
 
     fn objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
         let docs = model::split_documents("test", yaml).expect("yaml");
@@ -882,6 +484,58 @@ endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}, {addresses: [10.0.
         assert!(!again.contains("-A PREROUTING"), "{again}");
         assert!(again.contains(":KUBE-SVC-0000000000000000 - [0:0]\n"));
         assert!(again.contains("-X KUBE-SVC-0000000000000000\n"));
+    }
+
+    #[test]
+    fn node_ports_jump_from_local_destinations_to_the_services_chain() {
+        let yaml = "
+kind: Service
+metadata: {name: np, namespace: x}
+spec: {type: NodePort, clusterIP: 10.96.0.7, ports: [{port: 80, nodePort: 30080, protocol: TCP}]}
+---
+kind: EndpointSlice
+metadata: {name: np1, namespace: x, labels: {kubernetes.io/service-name: np}}
+addressType: IPv4
+ports: [{port: 80, protocol: TCP}]
+endpoints: [{addresses: [10.244.0.5]}]
+";
+        let (s, e) = objects(yaml);
+        let r = generate(&s, &e).expect("rules");
+        let target = |l: &str| l.rsplit(" -j ").next().unwrap_or_default().to_string();
+        let cluster =
+            r.v4.rules
+                .iter()
+                .find(|l| l.contains("-d 10.96.0.7/32"))
+                .expect("ClusterIP rule");
+        let node_port =
+            r.v4.rules
+                .iter()
+                .find(|l| l.starts_with("-A KUBE-NODEPORTS "))
+                .expect("node port rule");
+        assert!(
+            node_port.contains("-p tcp -m tcp --dport 30080"),
+            "{node_port}"
+        );
+        assert_eq!(target(node_port), target(cluster));
+        // KUBE-SERVICES sends local destinations to KUBE-NODEPORTS, after every ClusterIP.
+        let last = r.v4.rules.last().expect("rules");
+        assert!(
+            last.starts_with("-A KUBE-SERVICES ")
+                && last.ends_with("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"),
+            "{last}"
+        );
+        // No IPv6 endpoints: no IPv6 rule, but the chain is declared (flushed) anyway.
+        assert!(r.v6.rules.is_empty());
+        assert!(r.v6.chains.iter().any(|c| c == "KUBE-NODEPORTS"));
+        let (s, e) = objects(WEB);
+        assert!(
+            !generate(&s, &e)
+                .expect("rules")
+                .v4
+                .rules
+                .iter()
+                .any(|l| l.contains("KUBE-NODEPORTS"))
+        );
     }
 
     #[test]
