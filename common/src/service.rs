@@ -31,5 +31,9 @@
 pub type SvcAddrKey = crate::stats::HostAddrKey;
 
 /// The skb mark bit that says "egress of the source pod still to be judged after translation".
-/// Chosen clear of kube-proxy's bits (0x4000 masquerade, 0x8000 drop).
+/// `from_pod` sets it on packets to a Service address (above) and on packets to an address of
+/// the node itself: the node may translate those to a pod too (kube-proxy NodePorts, portmap
+/// hostPorts, both matching every local address), and a packet it delivers to itself meets no
+/// TC egress hook, so node traffic still passes. Chosen clear of kube-proxy's bits (0x4000
+/// masquerade, 0x8000 drop) and portmap's (0x2000 masquerade).
 pub const SVC_MARK: u32 = 0x0020_0000;

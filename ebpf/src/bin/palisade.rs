@@ -15,7 +15,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, __sk_buff},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_SHOT},
     macros::classifier,
     programs::TcContext,
 };
@@ -25,6 +25,7 @@ use palisade_common::{
     conntrack::{CT_CLOSING, CT_SEEN_REPLY, CT_SERVICE},
     decide::{CtMatch, Facts, decide},
     endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
+    neighbor::is_link_local,
     packet::IPPROTO_TCP,
     service::SVC_MARK,
     stats::{CFG_DEBUG_LOG, HostAddrKey},
@@ -135,6 +136,23 @@ fn own_source(ep: &EndpointInfo, t: &Tuple) -> bool {
     }
 }
 
+/// Whether `peer` is this node: an address in `pal_host_v1`, or an IPv6 link-local address
+/// (on a pod's veth the only other end is the node, and the kernel neither forwards a packet
+/// with a link-local source nor routes a link-local destination off its link).
+#[inline(always)]
+fn peer_is_node(family: u8, peer: &[u8; 16]) -> bool {
+    if family != FAMILY_V4 && is_link_local(peer) {
+        return true;
+    }
+    let hk = HostAddrKey {
+        family,
+        _pad: [0; 3],
+        addr_be: *peer,
+    };
+    // SAFETY: presence check only.
+    unsafe { HOST_ADDRS.get(hk) }.is_some()
+}
+
 /// Whether the destination is a Service address (`pal_svc_v1`).
 #[inline(always)]
 fn to_service(t: &Tuple) -> bool {
@@ -223,7 +241,10 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 ///    an untracked fragment (only all-ports rules can admit it).
 /// 4. Anti-spoofing (`from_pod` only): the source must be the pod's address. (A deferred
 ///    judgement skips it: `from_pod` checked it, and the kernel may since have masqueraded it.)
-/// 5. Host peer (an untracked packet only): the peer address is in `pal_host_v1`.
+/// 5. Host peer (an untracked packet only): the peer address is in `pal_host_v1`, or IPv6
+///    link-local. Leaving the pod, the packet is also marked `SVC_MARK`: if the node
+///    translates it to a pod (kube-proxy NodePort, portmap hostPort), its egress is judged
+///    after translation (`to_pod` / `to_uplink`); delivered to the node itself, it passes.
 /// 6. Conntrack (skipped when 4 already decides): established, reply, related, or new. It is
 ///    looked up before 5, which it makes unnecessary for a tracked flow: host traffic is never
 ///    tracked (so the host lookup is paid only by packets of untracked flows).
@@ -293,17 +314,19 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     // 5.
     if ct == CT_NEW {
         let peer = if dir == DIR_INGRESS {
-            pkt.t.saddr
+            &pkt.t.saddr
         } else {
-            pkt.t.daddr
+            &pkt.t.daddr
         };
-        let hk = HostAddrKey {
-            family: pkt.t.family,
-            _pad: [0; 3],
-            addr_be: peer,
-        };
-        // SAFETY: presence check only.
-        if unsafe { HOST_ADDRS.get(hk) }.is_some() {
+        if peer_is_node(pkt.t.family, peer) {
+            if dir == DIR_EGRESS && !deferred {
+                // 5b. The node may translate this to a pod (a NodePort, a hostPort): judged
+                // after translation like Service traffic, when the packet meets `to_pod` or
+                // `to_uplink`. Delivered to the node itself, it meets neither and passes.
+                // SAFETY: the context pointer the kernel passed to this program.
+                let mark = unsafe { (*ctx.skb.skb).mark };
+                ctx.set_mark(mark | SVC_MARK);
+            }
             // Host traffic is not tracked: it passes whatever the conntrack table says.
             return Ok(decide(&host_or_spoofed(false, true)));
         }
