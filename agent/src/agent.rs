@@ -229,7 +229,23 @@ impl Agent {
     /// Reads the source; marks dirty when it changed.
     pub fn rescan(&mut self) {
         let started = std::time::Instant::now();
-        match self.source.poll() {
+        let polled = self.source.poll();
+        self.absorb(polled, started);
+    }
+
+    /// Like `rescan`, with every source change made before the call (for `wait`).
+    pub fn sync_source(&mut self) {
+        let started = std::time::Instant::now();
+        let synced = self.source.sync();
+        self.absorb(synced, started);
+    }
+
+    fn absorb(
+        &mut self,
+        polled: Result<Option<crate::source::Snapshot>, crate::source::SourceError>,
+        started: std::time::Instant,
+    ) {
+        match polled {
             Ok(Some(snap)) => {
                 self.last_poll = started.elapsed();
                 for p in &snap.problems {
@@ -538,7 +554,7 @@ impl Agent {
                 ifname,
             } => self.del_endpoint(&container_id, &ifname),
             Request::Wait => {
-                self.rescan();
+                self.sync_source();
                 self.reconcile();
                 match &self.last_error {
                     Some(e) => Response::err(e.clone()),

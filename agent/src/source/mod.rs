@@ -25,6 +25,12 @@ pub trait Source: Send {
     /// A source never returns a half-synced view (the API source waits for the initial list of
     /// every kind).
     fn poll(&mut self) -> Result<Option<Snapshot>, SourceError>;
+    /// Like `poll`, but the view includes every change made before the call (a barrier for
+    /// `palisadectl wait`: a client that wrote a manifest and then waits must see it applied).
+    /// Sources whose `poll` already has that property need not override it.
+    fn sync(&mut self) -> Result<Option<Snapshot>, SourceError> {
+        self.poll()
+    }
     /// Generation of the latest view seen (increases by one per change).
     fn generation(&self) -> u64;
     /// Woken when the source may have changed; the agent then calls `poll`.

@@ -75,6 +75,30 @@ impl Source for DirSource {
         }
     }
 
+    /// Scans in place, on the caller's thread: the background rescan may not have started
+    /// yet for a file written just before. This costs the agent's loop one scan, bounded by
+    /// `manifest::Limits` like any scan, and only when a client asks to wait.
+    fn sync(&mut self) -> Result<Option<Snapshot>, SourceError> {
+        if self.rescanner.is_none() {
+            return self.poll();
+        }
+        // Taking the scanner waits for a background scan in progress to finish first.
+        let fresh = lock(&self.scanner).rescan();
+        let pending = lock(&self.ready).take();
+        let snap = match (fresh, pending) {
+            // Ours is the newest: it supersedes what a background scan left.
+            (Ok(Some(snap)), _) => snap,
+            (Ok(None), Some(pending)) => pending?,
+            (Ok(None), None) => return Ok(None),
+            (Err(e), pending) => {
+                *lock(&self.ready) = pending;
+                return Err(e);
+            }
+        };
+        self.generation = snap.generation;
+        Ok(Some(snap))
+    }
+
     fn generation(&self) -> u64 {
         self.generation
     }

@@ -354,6 +354,33 @@ async fn parsing_runs_off_the_polling_thread() {
     assert_eq!(s.generation(), 2);
 }
 
+/// `palisadectl wait` after writing a manifest must see it: `sync` is a barrier even while the
+/// background rescan has not run yet (with `poll` alone, `wait` answered with the old
+/// generation and lab tests probed before the new policy was applied).
+#[tokio::test(flavor = "current_thread")]
+async fn sync_sees_every_file_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), DENY).unwrap();
+    let mut s = DirSource::new(dir.path());
+    assert_eq!(s.poll().unwrap().map(|s| s.generation), Some(1));
+    for generation in 2..5u64 {
+        let egress = if generation % 2 == 0 {
+            TYPO.replace("from:", "to:")
+        } else {
+            DENY.to_string()
+        };
+        std::fs::write(dir.path().join("p.yaml"), &egress).unwrap();
+        // No await in between: the background rescanner has had no chance to run.
+        let snap = s.sync().unwrap().expect("the write is seen");
+        assert_eq!(snap.generation, generation);
+        assert_eq!(s.generation(), generation);
+    }
+    // Nothing changed since: nothing new, now or once the background scans have run.
+    assert!(s.sync().unwrap().is_none());
+    tokio::task::yield_now().await;
+    assert!(s.sync().unwrap().is_none());
+}
+
 #[test]
 fn this_nodes_pod_cidrs_are_written_for_the_cni_plugin() {
     let dir = tempfile::tempdir().unwrap();
