@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED};
-use palisade_common::stats::{CFG_DEBUG_LOG, Config, HostAddrKey};
+use palisade_common::stats::{CFG_DEBUG_LOG, CFG_NO_FLOW_EVENTS, Config, HostAddrKey};
 use palisade_common::verdict::{REASON_SLOTS, Reason};
 use palisade_common::{FAMILY_V4, FAMILY_V6};
 
@@ -29,6 +29,10 @@ pub struct AgentConfig {
     /// translation); empty: the interface holding this node's InternalIP and those holding a
     /// default route, re-read at every reconcile.
     pub uplinks: Vec<String>,
+    /// Flow events, history, metrics (`observe`).
+    pub observe: crate::observe::ObserveConfig,
+    /// Every policy audited: nothing is enforced, what policies would drop is reported.
+    pub audit_mode: bool,
 }
 
 struct Local {
@@ -67,6 +71,11 @@ pub struct Agent {
     dirty: bool,
     /// Time the last source poll that found a change took (read and parse).
     last_poll: std::time::Duration,
+    /// Flows and metrics (`observe`), and the ring buffer until the reader takes it.
+    observe: std::sync::Arc<crate::observe::Hub>,
+    flow_events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    /// When the agent first saw a change not yet enforced (for the programmed-latency metric).
+    changed_at: Option<std::time::Instant>,
 }
 
 impl Agent {
@@ -74,7 +83,7 @@ impl Agent {
     /// source, and adopts what is pinned. Nothing is written before the first `reconcile`.
     pub fn start(cfg: AgentConfig, source: Box<dyn Source>) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let dp = Datapath::open(&cfg.object, &cfg.bpffs)
+        let mut dp = Datapath::open(&cfg.object, &cfg.bpffs)
             .with_context(|| format!("opening datapath from {}", cfg.object.display()))?;
         let pinned = crate::datapath_ops::read_pinned(&dp).context("reading pinned maps")?;
         let applier = Applier::adopt(pinned);
@@ -84,7 +93,13 @@ impl Agent {
             dp.pinned_ifindexes().len()
         );
         let ep_ids = EpIds::open(&cfg.state_dir, applier.max_ep_id() + 1)?;
-        let compiler = compile::Compiler::load(&cfg.state_dir);
+        let compiler = compile::Compiler::load(&cfg.state_dir).audit_everything(cfg.audit_mode);
+        let flow_events = if cfg.observe.events {
+            dp.take_flow_events()
+        } else {
+            None
+        };
+        let observe = crate::observe::Hub::new(&cfg.observe);
         let network = crate::routing::NodeNetwork::new(cfg.network.clone(), cfg.node.clone());
         let mut agent = Agent {
             cfg,
@@ -107,15 +122,18 @@ impl Agent {
             last_error: None,
             dirty: true,
             last_poll: std::time::Duration::ZERO,
+            observe,
+            flow_events,
+            changed_at: None,
         };
-        agent.dp.set_config(Config {
-            flags: if agent.cfg.debug_log {
-                CFG_DEBUG_LOG
-            } else {
-                0
-            },
-            _pad: 0,
-        })?;
+        let mut flags = 0;
+        if agent.cfg.debug_log {
+            flags |= CFG_DEBUG_LOG;
+        }
+        if !agent.cfg.observe.events {
+            flags |= CFG_NO_FLOW_EVENTS;
+        }
+        agent.dp.set_config(Config { flags, _pad: 0 })?;
         let Records { records, bad } = read_all(&agent.cfg.state_dir)?;
         for b in &bad {
             tracing::warn!("endpoint record {b}");
@@ -248,6 +266,7 @@ impl Agent {
         match polled {
             Ok(Some(snap)) => {
                 self.last_poll = started.elapsed();
+                self.changed_at.get_or_insert(started);
                 for p in &snap.problems {
                     tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
                 }
@@ -280,11 +299,100 @@ impl Agent {
                 self.dirty = false;
                 self.last_error = None;
                 self.applied_generation = self.snapshot.generation;
+                if let Some(t) = self.changed_at.take() {
+                    self.observe.metrics.observe_programmed(t.elapsed());
+                }
             }
             Err(e) => {
                 tracing::error!("applying state: {e:#}");
                 self.last_error = Some(format!("{e:#}"));
             }
+        }
+        self.publish_observe();
+    }
+
+    /// What `observe` needs after an apply: the names of this state, and the agent's metrics.
+    fn publish_observe(&self) {
+        use crate::observe::{LocalEndpoint, Names, NamesInput, metrics::AgentState};
+        let endpoints = self
+            .locals
+            .values()
+            .map(|l| {
+                let pod = l
+                    .record
+                    .pod()
+                    .map(|(n, p)| palisade_policy::PodKey::new(&n, &p));
+                let ep = LocalEndpoint {
+                    pod,
+                    ifindex: l.record.host_ifindex,
+                    host_veth: l.record.host_veth.clone(),
+                };
+                (l.ep_id, ep)
+            })
+            .collect();
+        if let Some(c) = &self.compiled {
+            let host = self
+                .host_addrs
+                .iter()
+                .filter_map(|k| match k.family {
+                    FAMILY_V4 => Some(std::net::IpAddr::from([
+                        k.addr_be[0],
+                        k.addr_be[1],
+                        k.addr_be[2],
+                        k.addr_be[3],
+                    ])),
+                    FAMILY_V6 => Some(std::net::IpAddr::from(k.addr_be)),
+                    _ => None,
+                })
+                .collect();
+            self.observe.set_names(Names::build(NamesInput {
+                node: &self.cfg.node,
+                snapshot: &self.snapshot,
+                endpoints,
+                registry: self.compiler.registry(),
+                prepared: self.compiler.prepared().cloned().collect(),
+                cluster: c.cluster.clone(),
+                host,
+            }));
+        }
+        let known = self
+            .locals
+            .values()
+            .filter(|l| self.compiled.as_ref().is_some_and(|c| c.knows(&l.record)))
+            .count();
+        let (pol, ports) = self.applier.sizes();
+        let status_problems = self.status_problems().len();
+        self.observe.metrics.set_agent_state(&AgentState {
+            endpoints_enforced: known,
+            endpoints_pod_unknown: self.locals.len() - known,
+            map_entries: vec![
+                (
+                    palisade_common::maps::ENDPOINTS,
+                    self.applier.ifindexes().len(),
+                ),
+                (palisade_common::maps::POLICY, pol),
+                (palisade_common::maps::PORTS, ports),
+                (palisade_common::maps::HOST_ADDRS, self.host_addrs.len()),
+                (
+                    palisade_common::maps::SERVICES,
+                    self.svc_addrs.as_ref().map_or(0, |s| s.len()),
+                ),
+            ],
+            synced: self.last_error.is_none(),
+            source_generation: self.source.generation(),
+            applied_generation: self.applied_generation,
+            problems: status_problems,
+        });
+    }
+
+    /// The hub, the ring buffer (once) and where the maps and the metrics endpoint are: for
+    /// `observe::start`.
+    pub fn observe_parts(&mut self) -> crate::observe::Parts {
+        crate::observe::Parts {
+            hub: self.observe.clone(),
+            ring: self.flow_events.take(),
+            maps_dir: self.dp.maps_dir().to_path_buf(),
+            metrics_addr: self.cfg.observe.metrics_addr,
         }
     }
 
@@ -548,7 +656,12 @@ impl Agent {
 
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Add { endpoint } => self.add_endpoint(endpoint),
+            Request::Add { endpoint } => {
+                let started = std::time::Instant::now();
+                let r = self.add_endpoint(endpoint);
+                self.observe.metrics.observe_cni_add(started.elapsed());
+                r
+            }
             Request::Del {
                 container_id,
                 ifname,
@@ -600,6 +713,8 @@ impl Agent {
             ),
             // `offload` answers it; here only if a caller did not ask `offload` first.
             Request::Lint => crate::insight::lint_job(self.insight_facts())(),
+            // Streamed by the socket server itself (`observe::serve_flows`).
+            Request::Flows { .. } => Response::err("flows are served by the socket server"),
         }
     }
 
@@ -624,7 +739,8 @@ impl Agent {
         crate::insight::Facts::new(&self.snapshot, &locals)
     }
 
-    pub fn status(&self) -> Status {
+    /// Problems of the source, the compile, the node network and the agent's own settings.
+    fn status_problems(&self) -> Vec<Problem> {
         let mut problems: Vec<Problem> = self.snapshot.problems.clone();
         if let Some(c) = &self.compiled {
             problems.extend(c.problems.iter().cloned());
@@ -640,6 +756,25 @@ impl Agent {
             field: String::new(),
             message: format!("does not parse: {e}"),
         }));
+        if let Some(e) = self
+            .observe
+            .metrics
+            .serve_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            problems.push(Problem {
+                object: format!("agent on node {}", self.cfg.node),
+                field: "--metrics-address".into(),
+                message: format!("{e}; no metrics endpoint"),
+            });
+        }
+        problems
+    }
+
+    pub fn status(&self) -> Status {
+        let problems = self.status_problems();
         let counters = self
             .dp
             .counters()
@@ -670,6 +805,16 @@ impl Agent {
             problems,
             counters,
             last_error: self.last_error.clone(),
+            flow_events: {
+                let [emitted, lost, suppressed] = self.dp.event_counts();
+                crate::status::FlowEventCounts {
+                    enabled: self.cfg.observe.events,
+                    emitted,
+                    lost,
+                    suppressed,
+                    history: self.observe.history_len(),
+                }
+            },
         }
     }
 

@@ -19,7 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED};
+use palisade_common::endpoint::{
+    EP_AUDIT_EGRESS_ISOLATED, EP_AUDIT_INGRESS_ISOLATED, EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6,
+    EP_INGRESS_ISOLATED,
+};
 use palisade_common::policy::POL_ALL_PORTS;
 use palisade_policy as policy;
 use palisade_policy::cnp::ClusterNetworkPolicy;
@@ -32,7 +35,9 @@ use crate::status::Problem;
 /// A policy kind the agent prepares (validates and normalizes) once per object version.
 trait Policy: PartialEq {
     type Prepared;
-    fn prepare(&self) -> Result<Self::Prepared, Vec<policy::Problem>>;
+    /// `audit_all`: the node is in audit mode (`--audit-mode`; kinds that cannot be audited
+    /// ignore it).
+    fn prepare(&self, audit_all: bool) -> Result<Self::Prepared, Vec<policy::Problem>>;
     /// Problems of a valid object that do not stop it from being enforced.
     fn notices(_prepared: &Self::Prepared) -> &[policy::Problem] {
         &[]
@@ -41,14 +46,14 @@ trait Policy: PartialEq {
 
 impl Policy for NetworkPolicy {
     type Prepared = policy::Prepared;
-    fn prepare(&self) -> Result<policy::Prepared, Vec<policy::Problem>> {
-        policy::prepare(self)
+    fn prepare(&self, audit_all: bool) -> Result<policy::Prepared, Vec<policy::Problem>> {
+        policy::prepare(self).map(|p| p.with_audit(audit_all))
     }
 }
 
 impl Policy for ClusterNetworkPolicy {
     type Prepared = policy::PreparedCnp;
-    fn prepare(&self) -> Result<policy::PreparedCnp, Vec<policy::Problem>> {
+    fn prepare(&self, _audit_all: bool) -> Result<policy::PreparedCnp, Vec<policy::Problem>> {
         policy::prepare_cluster_policy(self)
     }
     fn notices(prepared: &policy::PreparedCnp) -> &[policy::Problem] {
@@ -70,11 +75,11 @@ impl<O: Policy> PolicyState<O> {
     /// The state now that the source holds `obj`: `old` when the object did not change, else
     /// `obj` prepared anew (keeping the last valid version when `obj` is invalid). A replaced
     /// state goes to `retired`.
-    fn next(old: Option<Self>, obj: &Arc<O>, retired: &mut Vec<Self>) -> Self {
+    fn next(old: Option<Self>, obj: &Arc<O>, retired: &mut Vec<Self>, audit_all: bool) -> Self {
         match old {
             Some(st) if Arc::ptr_eq(&st.seen, obj) || *st.seen == **obj => st,
             old => {
-                let st = match obj.prepare() {
+                let st = match obj.prepare(audit_all) {
                     Ok(p) => PolicyState {
                         seen: obj.clone(),
                         problems: Vec::new(),
@@ -117,11 +122,12 @@ fn track<K: Ord + Clone, O: Policy>(
     states: &mut BTreeMap<K, PolicyState<O>>,
     now: &BTreeMap<K, Arc<O>>,
     retired: &mut Vec<PolicyState<O>>,
+    audit_all: bool,
     problems: &mut Vec<Problem>,
 ) {
     let mut old = std::mem::take(states);
     for (key, obj) in now {
-        let st = PolicyState::next(old.remove(key), obj, retired);
+        let st = PolicyState::next(old.remove(key), obj, retired, audit_all);
         st.report(problems);
         states.insert(key.clone(), st);
     }
@@ -139,10 +145,14 @@ pub struct Compiler {
     port_contents: HashMap<policy::PortSet, Arc<PortContent>>,
     /// The previous compile's distinct endpoint policies with their converted entries.
     converted: Vec<(Arc<policy::EndpointPolicy>, Arc<Entries>)>,
+    /// The node is in audit mode: every policy is audited (decides nothing, reports).
+    audit_all: bool,
 }
 
 pub struct Compiled {
     pub problems: Vec<Problem>,
+    /// The cluster as the compile saw it (for naming flows: `observe`).
+    pub cluster: Arc<policy::Cluster>,
     /// Local endpoint key -> its policy (None: its pod is not in the source).
     endpoints: BTreeMap<String, Option<Arc<policy::EndpointPolicy>>>,
     /// Map entries of each distinct endpoint policy, by `Arc` address.
@@ -230,7 +240,20 @@ impl Compiler {
             cluster_policies: BTreeMap::new(),
             port_contents: HashMap::new(),
             converted: Vec::new(),
+            audit_all: false,
         }
+    }
+
+    /// Every policy audited (`--audit-mode`): traffic is judged as if there were no policy,
+    /// and what the policies would drop is reported.
+    pub fn audit_everything(mut self, on: bool) -> Self {
+        self.audit_all = on;
+        self
+    }
+
+    /// The policies enforced (or audited) now: the last valid version of each.
+    pub fn prepared(&self) -> impl Iterator<Item = &Arc<policy::Prepared>> {
+        self.policies.values().filter_map(|st| st.enforced.as_ref())
     }
 
     pub fn registry(&self) -> &policy::RuleRegistry {
@@ -246,12 +269,14 @@ impl Compiler {
             &mut self.policies,
             &snap.policies,
             &mut retired.policies,
+            self.audit_all,
             &mut problems,
         );
         track(
             &mut self.cluster_policies,
             &snap.cluster_policies,
             &mut retired.cluster_policies,
+            false,
             &mut problems,
         );
         let prepared: Vec<&policy::Prepared> = self
@@ -292,6 +317,7 @@ impl Compiler {
         }
         Compiled {
             problems,
+            cluster: Arc::new(cluster),
             endpoints,
             entries,
             pods,
@@ -468,11 +494,15 @@ fn unknown_endpoint(ifindex: u32, ep_id: u32, addrs: &[IpAddr]) -> DesiredEndpoi
 
 fn set_isolation(d: &mut DesiredEndpoint, ep: &policy::EndpointPolicy) {
     d.flags &= !(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
-    if ep.ingress_isolated {
-        d.flags |= EP_INGRESS_ISOLATED;
-    }
-    if ep.egress_isolated {
-        d.flags |= EP_EGRESS_ISOLATED;
+    for (on, bit) in [
+        (ep.ingress_isolated, EP_INGRESS_ISOLATED),
+        (ep.egress_isolated, EP_EGRESS_ISOLATED),
+        (ep.audit_ingress_isolated, EP_AUDIT_INGRESS_ISOLATED),
+        (ep.audit_egress_isolated, EP_AUDIT_EGRESS_ISOLATED),
+    ] {
+        if on {
+            d.flags |= bit;
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod datapath_ops;
 pub mod endpoints;
 pub mod insight;
 pub mod masquerade;
+pub mod observe;
 pub mod orphans;
 pub mod routing;
 pub mod run;

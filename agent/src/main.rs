@@ -70,6 +70,24 @@ struct Args {
     /// this node's InternalIP, and every interface holding a default route.
     #[arg(long = "uplink")]
     uplinks: Vec<String>,
+    /// Flow events from the datapath (one per decision; docs/observability.md).
+    /// `--flow-events=false`: the datapath emits none and `palisadectl flows` shows nothing.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    flow_events: bool,
+    /// Flows kept in memory for `palisadectl flows` (the oldest go first).
+    #[arg(long, default_value_t = 4096)]
+    flow_history: usize,
+    /// Serve Prometheus metrics on `--metrics-address` (`/metrics`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    metrics: bool,
+    /// Address and port of the metrics endpoint.
+    #[arg(long, default_value = "0.0.0.0:9963")]
+    metrics_address: std::net::SocketAddr,
+    /// Audit mode for the whole node: every NetworkPolicy is audited (decides nothing; what
+    /// it would drop is reported as AUDIT flows). Per policy: the annotation
+    /// `policy.palisade.io/audit: "true"`.
+    #[arg(long)]
+    audit_mode: bool,
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
@@ -107,6 +125,12 @@ fn main() -> Result<()> {
             service_cidrs: args.service_cidrs,
         },
         uplinks: args.uplinks,
+        observe: palisade_agent::observe::ObserveConfig {
+            events: args.flow_events,
+            history: args.flow_history,
+            metrics_addr: args.metrics.then_some(args.metrics_address),
+        },
+        audit_mode: args.audit_mode,
     };
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::Agent;
 use crate::api::{Request, Response};
+use crate::observe::Hub;
 
 type Job = (Request, oneshot::Sender<Response>);
 
@@ -18,7 +20,7 @@ type Job = (Request, oneshot::Sender<Response>);
 /// restored, and a link detached behind the agent's back attached again, within this.
 const DATAPATH_CHECK: Duration = Duration::from_secs(1);
 
-async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
+async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>, hub: Arc<Hub>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -28,6 +30,7 @@ async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
             }
         };
         let tx = tx.clone();
+        let hub = hub.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
@@ -35,6 +38,10 @@ async fn serve(listener: UnixListener, tx: mpsc::Sender<Job>) {
                 return;
             }
             let resp = match serde_json::from_str::<Request>(&line) {
+                // Streamed here, off the agent's loop.
+                Ok(Request::Flows { query }) => {
+                    return crate::observe::serve_flows(&hub, query, wr).await;
+                }
                 Ok(req) => {
                     let (otx, orx) = oneshot::channel();
                     if tx.send((req, otx)).await.is_err() {
@@ -75,7 +82,8 @@ pub async fn run(mut agent: Agent, socket: PathBuf, resync: Duration) -> Result<
     let listener =
         UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     let (tx, mut rx) = mpsc::channel::<Job>(64);
-    tokio::spawn(serve(listener, tx));
+    let hub = crate::observe::start(agent.observe_parts()).await;
+    tokio::spawn(serve(listener, tx, hub));
     let changes = agent.source_changes();
     let mut tick = tokio::time::interval(resync);
     // Lost pins, a lost bpffs or a detached link are noticed within this interval.

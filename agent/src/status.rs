@@ -1,4 +1,4 @@
 //! What the agent reports (health, generations, problems naming object, field and value,
 //! endpoints, datapath counters): the node contract's types, shared with `palisadectl`.
 
-pub use palisade_node_api::status::{CounterRow, EndpointRow, Problem, Status};
+pub use palisade_node_api::status::{CounterRow, EndpointRow, FlowEventCounts, Problem, Status};

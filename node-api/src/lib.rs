@@ -8,6 +8,8 @@
 //! - [`podcidr`]: the node's pod-CIDR file the agent writes and the plugin reads;
 //! - [`ipam`]: the plugin's IPAM allocation files, as the agent reads them;
 //! - [`status`]: what `palisadectl status` / `endpoints` show;
+//! - [`flow`]: the flows `palisadectl flows` asks for and the agent streams (Hubble's field
+//!   names);
 //! - [`file`]: the one atomic (fsynced, private) file writer and the bounded reader every
 //!   state file goes through;
 //! - [`host_veth_name`]: the host-side veth name of an attachment (the plugin creates it, the
@@ -19,6 +21,7 @@
 pub mod endpoint;
 pub mod error;
 pub mod file;
+pub mod flow;
 pub mod ipam;
 pub mod podcidr;
 pub mod socket;

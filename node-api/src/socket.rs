@@ -6,7 +6,10 @@
 //!   everything otherwise (CNI error 11, try again later);
 //! - `{"op":"del","container_id":"...","ifname":"..."}`: sent by DEL and GC;
 //! - `status`, `wait`, `endpoints`, `{"op":"policy","pod":"ns/name"}`,
-//!   `{"op":"explain","from":"ns/a","to":"ns/b","port":"80/TCP"}`, `lint`: `palisadectl`.
+//!   `{"op":"explain","from":"ns/a","to":"ns/b","port":"80/TCP"}`, `lint`: `palisadectl`;
+//! - `{"op":"flows","query":<FlowQuery>}`: `palisadectl flows`, answered with one response
+//!   line per flow (`flow`), then a last line without one (or, following, until the client
+//!   goes away; `lost_flows` says how many a slow follower missed).
 //!
 //! Responses: `{"ok":true,"generation":<u64>, ...}` or `{"ok":false,"error":"<message>"}`.
 
@@ -67,6 +70,10 @@ pub enum Request {
     /// Lint the source's NetworkPolicies against its state (`palisadectl policy lint`). The
     /// answer is `report`, a `palisade_policy::lint::LintReport`.
     Lint,
+    /// Flows of the history matching the query, then (with `follow`) new ones as they come.
+    Flows {
+        query: crate::flow::FlowQuery,
+    },
 }
 
 impl Request {
@@ -80,6 +87,7 @@ impl Request {
             Request::Policy { .. } => "policy",
             Request::Explain { .. } => "explain",
             Request::Lint => "lint",
+            Request::Flows { .. } => "flows",
         }
     }
 
@@ -107,6 +115,12 @@ pub struct Response {
     /// which this crate (linked by the CNI plugin) does not depend on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<serde_json::Value>,
+    /// One flow of a `flows` answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<Box<crate::flow::FlowRecord>>,
+    /// A follower fell behind: this many flows were not sent to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_flows: Option<u64>,
 }
 
 impl Response {

@@ -29,6 +29,23 @@ pub struct Status {
     pub counters: Vec<CounterRow>,
     /// Last error applying state to the datapath, if the last attempt failed.
     pub last_error: Option<String>,
+    /// Flow events of the datapath (docs/observability.md).
+    #[serde(default)]
+    pub flow_events: FlowEventCounts,
+}
+
+/// What became of the datapath's flow events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEventCounts {
+    /// Off with `--flow-events=false`.
+    pub enabled: bool,
+    pub emitted: u64,
+    /// Lost because the ring buffer was full (the agent did not keep up).
+    pub lost: u64,
+    /// Drop events held back by the per-flow rate limit.
+    pub suppressed: u64,
+    /// Flows in the agent's history.
+    pub history: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

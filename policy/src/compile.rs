@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use palisade_common::DIR_AUDIT;
 
 use crate::cnp::{NormCnp, PreparedCnp, prepare_cluster_policy};
 use crate::model::{Cluster, Labels, NamedPort, PodInfo, PodKey};
@@ -46,7 +47,11 @@ pub enum PeerAllow {
 pub struct EndpointPolicy {
     pub ingress_isolated: bool,
     pub egress_isolated: bool,
-    /// Only directions that are isolated have entries.
+    /// Audited policies (`Prepared::audited`) isolate the endpoint in this direction; their
+    /// entries have `DIR_AUDIT` added to the direction.
+    pub audit_ingress_isolated: bool,
+    pub audit_egress_isolated: bool,
+    /// Only directions that are isolated (by enforced or by audited policies) have entries.
     pub entries: BTreeMap<PeerPrefix, PeerAllow>,
 }
 
@@ -74,6 +79,18 @@ impl Prepared {
 
     pub(crate) fn norm(&self) -> &NormPolicy {
         &self.0
+    }
+
+    /// In audit mode (its annotation, or `with_audit`): it decides nothing; what it would
+    /// drop is reported.
+    pub fn audited(&self) -> bool {
+        self.0.audit
+    }
+
+    /// The same policy, audited (`true`: a node in audit mode) or as its annotation says.
+    pub fn with_audit(mut self, audit: bool) -> Self {
+        self.0.audit |= audit;
+        self
     }
 }
 
@@ -353,6 +370,11 @@ impl<'a> Compiler<'a> {
 
     /// The policy of one endpoint. `selecting` are the NetworkPolicies selecting it,
     /// `selecting_cnps` the ClusterNetworkPolicies (indices in evaluation order).
+    ///
+    /// Enforced NetworkPolicies and the tiers isolate and allow under
+    /// `DIR_INGRESS`/`DIR_EGRESS`; audited NetworkPolicies under the same plus `DIR_AUDIT`
+    /// (what they allow alone: `common::decide::audit` joins the two). The tiers are never
+    /// audited.
     fn endpoint(
         &mut self,
         selecting: &[usize],
@@ -360,8 +382,20 @@ impl<'a> Compiler<'a> {
         target: &PodInfo,
     ) -> EndpointPolicy {
         let mut ep = EndpointPolicy::default();
+        let (audited, enforced): (Vec<usize>, Vec<usize>) =
+            selecting.iter().partition(|pi| self.policies[**pi].audit);
         for dir in Direction::BOTH {
-            let np_isolated = selecting
+            let audit_isolated = audited
+                .iter()
+                .any(|pi| self.policies[*pi].rules(dir).is_some());
+            match dir {
+                Direction::Ingress => ep.audit_ingress_isolated = audit_isolated,
+                Direction::Egress => ep.audit_egress_isolated = audit_isolated,
+            }
+            if audit_isolated {
+                self.direction(&audited, target, dir, DIR_AUDIT, &mut ep.entries);
+            }
+            let np_isolated = enforced
                 .iter()
                 .any(|pi| self.policies[*pi].rules(dir).is_some());
             let tiered: Vec<usize> = selecting_cnps
@@ -379,13 +413,13 @@ impl<'a> Compiler<'a> {
                 // NetworkPolicies alone decide (a Baseline policy is never reached when a
                 // NetworkPolicy isolates the pod).
                 if np_isolated {
-                    self.direction(selecting, target, dir, &mut ep.entries);
+                    self.direction(&enforced, target, dir, 0, &mut ep.entries);
                 }
                 continue;
             }
             let mut np = BTreeMap::new();
             if np_isolated {
-                self.direction(selecting, target, dir, &mut np);
+                self.direction(&enforced, target, dir, 0, &mut np);
             }
             self.tiered_direction(
                 &tiered,
@@ -410,11 +444,14 @@ impl<'a> Compiler<'a> {
     ///    hides another's allow).
     /// 4. P with an empty value is kept only when a shorter block could otherwise match it
     ///    (a hole); it then denies.
+    ///
+    /// `dir_bits` is added to the entries' direction (`DIR_AUDIT` for audited policies).
     fn direction(
         &mut self,
         selecting: &[usize],
         target: &PodInfo,
         dir: Direction,
+        dir_bits: u8,
         entries: &mut BTreeMap<PeerPrefix, PeerAllow>,
     ) {
         let mut blocks: Vec<Block> = Vec::new();
@@ -518,7 +555,7 @@ impl<'a> Compiler<'a> {
             };
             entries.insert(
                 PeerPrefix {
-                    dir: dir.to_dir(),
+                    dir: dir.to_dir() | dir_bits,
                     addr: p.addr,
                     len: p.len,
                 },

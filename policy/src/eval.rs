@@ -314,8 +314,9 @@ impl<'a> Evaluator<'a> {
         let mut isolated = false;
         for pol in policies {
             // 1. Only policies in the pod's namespace whose podSelector matches it, and whose
-            //    policyTypes include this direction, isolate it.
-            if pol.namespace != pod.namespace || !pol.selector.matches(&pod.labels) {
+            //    policyTypes include this direction, isolate it; audited policies decide
+            //    nothing (`audit`).
+            if pol.audit || pol.namespace != pod.namespace || !pol.selector.matches(&pod.labels) {
                 continue;
             }
             let Some(rules) = pol.rules(dir) else {
@@ -336,6 +337,49 @@ impl<'a> Evaluator<'a> {
             }
         }
         (isolated, allowing)
+    }
+
+    /// Audit mode: when the enforced policies pass a new flow at `pod` in `dir` that they
+    /// and the audited policies together would drop, the drop they would decide (through
+    /// `common::decide::audit`, as the datapath).
+    pub fn audit(
+        &self,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> Option<palisade_common::verdict::Verdict> {
+        let enforced = self.check(pod, dir, peer, proto, port);
+        let mut audit_isolated = false;
+        let mut audit_allowed = false;
+        for pol in self.policies.iter().filter(|p| p.audit) {
+            if pod.host_network
+                || pol.namespace != pod.namespace
+                || !pol.selector.matches(&pod.labels)
+            {
+                continue;
+            }
+            let Some(rules) = pol.rules(dir) else {
+                continue;
+            };
+            audit_isolated = true;
+            audit_allowed |= rules.iter().any(|rule| {
+                self.rule_match(pol, rule, dir, pod, peer, proto, port)
+                    .iter()
+                    .any(PeerHit::allows)
+            });
+        }
+        let f = Facts {
+            spoofed: false,
+            peer_is_host: false,
+            ct: CtMatch::New,
+            ct_current: false,
+            isolated: enforced.isolated,
+            allow_rule: u32::from(enforced.allowed_by_rule),
+            untracked_fragment: false,
+        };
+        palisade_common::decide::audit(&f, audit_isolated, u32::from(audit_allowed))
     }
 
     /// How `rule` of `pol` matches a connection with `peer` at `pod` in `dir`: every peer of

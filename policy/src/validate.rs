@@ -64,6 +64,9 @@ pub(crate) struct NormPolicy {
     /// `Some` when `Ingress` is among the (defaulted) policyTypes; the rules (possibly none).
     pub ingress: Option<Vec<NormRule>>,
     pub egress: Option<Vec<NormRule>>,
+    /// Audit mode (`AUDIT_ANNOTATION: "true"`, or a node in audit mode): the policy decides
+    /// nothing; what it would drop is reported.
+    pub audit: bool,
 }
 
 impl NormPolicy {
@@ -159,6 +162,34 @@ pub(crate) enum PortMatch {
     Named(String),
 }
 
+/// The annotation that puts a NetworkPolicy in audit mode: `"true"` (audited: it decides
+/// nothing, the flows it would drop are reported as `AUDIT`) or `"false"` (enforced, as
+/// without it). Any other value is a problem of the policy (the last valid version stays).
+pub const AUDIT_ANNOTATION: &str = "policy.palisade.io/audit";
+
+fn audit_mode(policy: &NetworkPolicy, obj: &str, problems: &mut Vec<Problem>) -> bool {
+    let Some(v) = policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUDIT_ANNOTATION))
+    else {
+        return false;
+    };
+    match v.as_str() {
+        "true" => true,
+        "false" => false,
+        other => {
+            problems.push(Problem::new(
+                obj,
+                format!("metadata.annotations[{AUDIT_ANNOTATION}]"),
+                format!("{other:?} is neither \"true\" (audit) nor \"false\" (enforce)"),
+            ));
+            false
+        }
+    }
+}
+
 /// Everything wrong with `policy` (empty when `compile` would accept it).
 pub fn validate(policy: &NetworkPolicy) -> Vec<Problem> {
     match normalize(policy) {
@@ -178,6 +209,7 @@ pub(crate) fn normalize(policy: &NetworkPolicy) -> Result<NormPolicy, Vec<Proble
     if name.is_empty() {
         problems.push(Problem::new(&obj, "metadata.name", "is empty"));
     }
+    let audit = audit_mode(policy, &obj, &mut problems);
     let Some(spec) = policy.spec.as_ref() else {
         problems.push(Problem::new(&obj, "spec", "is missing"));
         return Err(problems);
@@ -246,6 +278,7 @@ pub(crate) fn normalize(policy: &NetworkPolicy) -> Result<NormPolicy, Vec<Proble
         // Rules of a direction not in policyTypes are ignored, as the spec says.
         ingress: has_in.then_some(ingress),
         egress: has_eg.then_some(egress),
+        audit,
     })
 }
 

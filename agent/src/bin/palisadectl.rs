@@ -15,6 +15,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use palisade_agent::api::{Request, call};
 
+// One module file per command that has options of its own.
+#[path = "palisadectl/flows.rs"]
+mod flows;
+
 #[derive(Parser)]
 #[command(
     name = "palisadectl",
@@ -51,6 +55,9 @@ enum Cmd {
     },
     /// Is a connection allowed, and why: the deciding policies, rules, peers and ports.
     Explain(explain::Args),
+    /// Flows the datapath decided, with the pods, policies and rules that decided them
+    /// (like `hubble observe`).
+    Flows(Box<flows::FlowsArgs>),
 }
 
 #[derive(Subcommand)]
@@ -128,6 +135,7 @@ fn main() -> Result<()> {
         Cmd::Policy {
             cmd: PolicyCmd::Lint(a),
         } => std::process::exit(lint::run(&args.socket, a)),
+        Cmd::Flows(f) => flows::run(&args.socket, &f)?,
         Cmd::Policy {
             cmd: PolicyCmd::Show { pod },
         } => {

@@ -521,6 +521,37 @@ impl Datapath {
         out
     }
 
+    /// The flow-event ring buffer, for the observe reader (once; `None` afterwards or when the
+    /// object has none).
+    pub fn take_flow_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        let map = self.ebpf.take_map(maps::FLOW_EVENTS)?;
+        aya::maps::RingBuf::try_from(map)
+            .map_err(|e| tracing::error!("{}: {e}", maps::FLOW_EVENTS))
+            .ok()
+    }
+
+    /// Flow event counters (`EVSTAT_*` slots, summed over CPUs).
+    pub fn event_counts(&self) -> [u64; 3] {
+        let mut out = [0; 3];
+        let Ok(md) = MapData::from_pin(self.maps_dir.join(maps::EVENT_STATS)) else {
+            return out;
+        };
+        let Ok(m) = PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(md)) else {
+            return out;
+        };
+        for (slot, v) in out.iter_mut().enumerate() {
+            if let Ok(per_cpu) = m.get(&(slot as u32), 0) {
+                *v = per_cpu.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// The directory the maps are pinned in.
+    pub fn maps_dir(&self) -> &Path {
+        &self.maps_dir
+    }
+
     /// Kernel memory of each pinned map, as the kernel accounts it (`memlock` in the map fd's
     /// fdinfo; since Linux 6.4 this is the map's actual usage, e.g. the trie's nodes).
     pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
@@ -535,6 +566,9 @@ impl Datapath {
             maps::STATS,
             maps::CONFIG,
             maps::SERVICES,
+            maps::EVENT_STATS,
+            maps::EVENT_LIMIT,
+            maps::SVC_FLOWS,
         ];
         let mut out = Vec::new();
         for name in names {

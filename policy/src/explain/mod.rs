@@ -156,6 +156,23 @@ impl PolicySet {
         self.notes.push(note.into());
     }
 
+    /// The audited policies of this set as if they were enforced: what explains an `AUDIT`
+    /// flow (the drops they would decide).
+    pub fn audited(&self) -> PolicySet {
+        PolicySet {
+            policies: self
+                .policies
+                .iter()
+                .filter(|p| p.audit)
+                .map(|p| NormPolicy {
+                    audit: false,
+                    ..p.clone()
+                })
+                .collect(),
+            notes: vec!["audited policies, as if enforced".to_string()],
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.policies.len()
     }
@@ -258,6 +275,30 @@ impl<'a> Explainer<'a> {
         })
     }
 
+    /// One direction at `pod` with `peer` on one protocol and port (0 for protocols without
+    /// ports), as `explain` words it: for naming a flow the datapath decided
+    /// (`agent/src/observe`).
+    pub fn direction_on_port(
+        &self,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> DirectionExplanation {
+        let piece = Piece {
+            proto,
+            first: port,
+            last: port,
+        };
+        let q = PortQuery {
+            protocol: crate::model::proto_name(proto),
+            port: Some(port),
+        };
+        self.direction(pod, dir, peer, &[piece], &Probe::One(q, piece))
+            .0
+    }
+
     fn connection(&self, s: &SideEnd, d: &SideEnd, probe: Probe) -> Connection {
         let v6 = d.ep.addr().is_ipv6();
         let pieces = match &probe {
@@ -312,7 +353,9 @@ impl<'a> Explainer<'a> {
         dir: Direction,
     ) -> impl Iterator<Item = &'s NormPolicy> + 's {
         self.ev.policies.iter().filter(move |pol| {
-            !pod.host_network
+            // Audited policies decide nothing (`PolicySet::audited` explains them).
+            !pol.audit
+                && !pod.host_network
                 && pol.namespace == pod.namespace
                 && pol.selector.matches(&pod.labels)
                 && pol.rules(dir).is_some()

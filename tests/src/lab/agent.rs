@@ -390,6 +390,27 @@ impl Agent {
         self.ctl(&["status"])
     }
 
+    /// `palisadectl flows -o json ARGS`: one JSON object per flow.
+    pub fn flows(&self, args: &[&str]) -> Result<Vec<serde_json::Value>, LabError> {
+        let mut all = vec!["flows", "-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.ctl(&all)?;
+        out.lines()
+            .map(|l| {
+                serde_json::from_str(l).map_err(|e| LabError::Agent {
+                    node: self.node.clone(),
+                    what: format!("palisadectl flows printed {l:?}: {e}"),
+                    log: self.log_tail(),
+                })
+            })
+            .collect()
+    }
+
+    /// `palisadectl ARGS` (any command), its standard output.
+    pub fn palisadectl_stdout(&self, args: &[&str]) -> Result<String, LabError> {
+        self.ctl(args)
+    }
+
     /// SIGTERM, a bounded wait, then SIGKILL; then unmounts the bpffs.
     pub fn stop(&mut self) -> Result<(), LabError> {
         if let Some(mut child) = self.child.take() {

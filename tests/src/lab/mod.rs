@@ -186,6 +186,8 @@ pub struct LabConfig {
     /// capability), the model's named ports (SCTP and the per-pod `web` port included), and
     /// the outside host `ext` (192.168.1.1, 2001:db8::1) behind the node. One node only.
     pub conformance_addresses: bool,
+    /// More `palisade-agent` arguments for every node (`--audit-mode`, `--flow-history N`).
+    pub agent_args: Vec<String>,
 }
 
 impl Default for LabConfig {
@@ -201,6 +203,7 @@ impl Default for LabConfig {
             base_dir: std::env::temp_dir(),
             verbose: false,
             conformance_addresses: false,
+            agent_args: Vec::new(),
         }
     }
 }
@@ -484,6 +487,7 @@ impl Lab {
             for c in SERVICE_CIDRS {
                 network_args.extend(["--service-cidr".to_string(), c.to_string()]);
             }
+            network_args.extend(lab.config.agent_args.iter().cloned());
             for i in 0..lab.nodes.len() {
                 let node_dir = dir.join(&lab.nodes[i].name);
                 let agent = Agent::start(
