@@ -1038,3 +1038,50 @@ fn uninstall_script_deletes_the_masquerade_table_and_the_agents_routes() {
     assert!(out.status.success());
     assert!(!log.exists(), "nft or ip ran against a fake node");
 }
+
+/// The agent serves /metrics on the port the DaemonSet exposes and its scrape annotations
+/// name (Prometheus' usual pod discovery), and flow events are on.
+#[test]
+fn agent_exposes_metrics_on_the_port_its_scrape_annotations_name() {
+    let docs = all_docs();
+    let settings = agent_settings(&docs);
+    assert_eq!(settings.get("metrics").map(String::as_str), Some("true"));
+    assert_eq!(
+        settings.get("flow-events").map(String::as_str),
+        Some("true")
+    );
+    let addr: std::net::SocketAddr = settings["metrics-address"].parse().unwrap();
+    let ds = daemonset(&docs, "palisade");
+    let ann = ds
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        ann.get("prometheus.io/scrape").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        ann.get("prometheus.io/port").map(String::as_str),
+        Some(addr.port().to_string().as_str())
+    );
+    assert_eq!(
+        ann.get("prometheus.io/path").map(String::as_str),
+        Some("/metrics")
+    );
+    let spec = pod_spec(&ds);
+    let agent = container(&spec, "agent");
+    let port = agent
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("a port named metrics");
+    assert_eq!(port.container_port, i32::from(addr.port()));
+    assert!(
+        addr.ip().is_unspecified(),
+        "Prometheus reaches the node's address: {addr}"
+    );
+}

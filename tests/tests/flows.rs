@@ -282,13 +282,13 @@ fn privileged_flows_name_pods_policies_rules_and_reasons() {
     );
     // A bad filter is refused, naming it.
     let err = agent
-        .palisadectl(&["flows", "--ip", "10.0.0.0/33"])
+        .palisadectl_stdout(&["flows", "--ip", "10.0.0.0/33"])
         .unwrap_err()
         .to_string();
     assert!(err.contains("--ip") && err.contains("10.0.0.0/33"), "{err}");
     // The compact and table outputs say the same in words.
     let text = agent
-        .palisadectl(&["flows", "--verdict", "DROPPED", "--last", "1"])
+        .palisadectl_stdout(&["flows", "--verdict", "DROPPED", "--last", "1"])
         .unwrap();
     assert!(
         text.contains("DROPPED default_deny INGRESS") && text.contains("denied by"),
@@ -423,7 +423,7 @@ fn privileged_audited_default_deny_reports_then_enforces() {
     let text = lab
         .agent(0)
         .unwrap()
-        .palisadectl(&["flows", "--verdict", "AUDIT", "--last", "1"])
+        .palisadectl_stdout(&["flows", "--verdict", "AUDIT", "--last", "1"])
         .unwrap();
     assert!(
         text.contains("would be denied by x/deny-all (audit)"),

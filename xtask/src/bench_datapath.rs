@@ -47,12 +47,13 @@ pub struct DatapathArgs {
     /// Rule counts (non-matching rules; one matching rule is always added).
     #[arg(long, value_delimiter = ',', default_value = "0,100,1000,10000")]
     pub rules: Vec<usize>,
-    /// Which configurations besides baseline and empty-tc: any of palisade, ipt-stateless,
-    /// ipt-stateful, ipset.
+    /// Which configurations besides baseline and empty-tc: any of palisade,
+    /// palisade-noevents (flow events off: what events cost), ipt-stateless, ipt-stateful,
+    /// ipset.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "palisade,ipt-stateless,ipt-stateful,ipset"
+        default_value = "palisade,palisade-noevents,ipt-stateless,ipt-stateful,ipset"
     )]
     pub enforcers: Vec<String>,
     /// Smoke run: 0.5 s per measurement (sockperf: 1 s), 2 repetitions, rule counts 0 and 100.
@@ -82,6 +83,8 @@ enum Config {
     Baseline,
     EmptyTc,
     Palisade(usize),
+    /// Palisade with flow events off (`CFG_NO_FLOW_EVENTS`): the cost of events, same run.
+    PalisadeNoEvents(usize),
     IptStateless(usize),
     IptStateful(usize),
     Ipset(usize),
@@ -93,6 +96,7 @@ impl Config {
             Config::Baseline => "baseline".into(),
             Config::EmptyTc => "empty-tc".into(),
             Config::Palisade(n) => format!("palisade/{n}"),
+            Config::PalisadeNoEvents(n) => format!("palisade-noevents/{n}"),
             Config::IptStateless(n) => format!("ipt-stateless/{n}"),
             Config::IptStateful(n) => format!("ipt-stateful/{n}"),
             Config::Ipset(n) => format!("ipset/{n}"),
@@ -104,6 +108,7 @@ impl Config {
             Config::Baseline => "baseline",
             Config::EmptyTc => "empty-tc",
             Config::Palisade(_) => "palisade",
+            Config::PalisadeNoEvents(_) => "palisade-noevents",
             Config::IptStateless(_) => "ipt-stateless",
             Config::IptStateful(_) => "ipt-stateful",
             Config::Ipset(_) => "ipset",
@@ -114,6 +119,7 @@ impl Config {
         match self {
             Config::Baseline | Config::EmptyTc => None,
             Config::Palisade(n)
+            | Config::PalisadeNoEvents(n)
             | Config::IptStateless(n)
             | Config::IptStateful(n)
             | Config::Ipset(n) => Some(n),
@@ -208,15 +214,18 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
     let dur = Duration::from_secs_f64(seconds);
 
     let mut configs = vec![Config::Baseline, Config::EmptyTc];
-    let families: [(&str, ConfigOf); 4] = [
+    let families: [(&str, ConfigOf); 5] = [
         ("palisade", Config::Palisade),
+        ("palisade-noevents", Config::PalisadeNoEvents),
         ("ipt-stateless", Config::IptStateless),
         ("ipt-stateful", Config::IptStateful),
         ("ipset", Config::Ipset),
     ];
     for e in &args.enforcers {
         if !families.iter().any(|(name, _)| name == e) {
-            bail!("unknown enforcer {e:?} (palisade, ipt-stateless, ipt-stateful, ipset)");
+            bail!(
+                "unknown enforcer {e:?} (palisade, palisade-noevents, ipt-stateless, ipt-stateful, ipset)"
+            );
         }
     }
     for (name, config) in families {
@@ -272,7 +281,7 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
     for rep in 0..reps {
         for &config in &configs {
             // Palisade configurations need the agent; all others need it gone.
-            let want_agent = matches!(config, Config::Palisade(_));
+            let want_agent = matches!(config, Config::Palisade(_) | Config::PalisadeNoEvents(_));
             if want_agent && !agent_up {
                 start_agent(&mut lab, &topo)?;
                 agent_up = true;
@@ -283,9 +292,10 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
             match config {
                 Config::Baseline => {}
                 Config::EmptyTc => empty.attach(&topo)?,
-                Config::Palisade(n) => {
+                Config::Palisade(n) | Config::PalisadeNoEvents(n) => {
                     lab.apply_yaml("bench", &policy_yaml(n, topo.client_ip))?;
                     lab.wait_synced()?;
+                    set_flow_events(&topo, !matches!(config, Config::PalisadeNoEvents(_)))?;
                 }
                 Config::IptStateless(n) => firewall.install(n, false, false, &topo)?,
                 Config::IptStateful(n) => firewall.install(n, true, false, &topo)?,
@@ -473,6 +483,29 @@ fn tune_pods(topo: &Topo) -> Result<()> {
             &format!("{key}={value}"),
         ]))?;
     }
+    Ok(())
+}
+
+/// Flow events on or off in the running datapath (`pal_cfg_v1`, as `--flow-events` sets it).
+fn set_flow_events(topo: &Topo, on: bool) -> Result<()> {
+    use palisade_common::stats::{CFG_NO_FLOW_EVENTS, Config as DpConfig};
+    let maps = topo
+        .links_dir
+        .parent()
+        .context("bpffs of the links")?
+        .join("maps");
+    let path = maps.join(palisade_common::maps::CONFIG);
+    let md = aya::maps::MapData::from_pin(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut m: aya::maps::Array<_, DpConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(md))?;
+    let mut cfg = m.get(&0, 0).context("reading pal_cfg_v1")?;
+    cfg.flags = if on {
+        cfg.flags & !CFG_NO_FLOW_EVENTS
+    } else {
+        cfg.flags | CFG_NO_FLOW_EVENTS
+    };
+    m.set(0, cfg, 0).context("writing pal_cfg_v1")?;
     Ok(())
 }
 
@@ -1152,6 +1185,7 @@ impl Report {
         );
         let families = [
             ("palisade", "#1f77b4"),
+            ("palisade-noevents", "#9467bd"),
             ("ipt-stateless", "#d62728"),
             ("ipt-stateful", "#ff7f0e"),
             ("ipset", "#2ca02c"),

@@ -147,6 +147,70 @@ fn keep(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
+/// The flows behind a few cells of the last table: why an allowed cell is allowed and a
+/// denied one denied, as `palisadectl flows` tells it (docs/observability.md). The probes of
+/// the table made these flows; the agent of the destination's node judged them.
+fn why(lab: &Lab) -> Result<()> {
+    println!("\n==== why: the flows behind a few cells (palisadectl flows)");
+    let cells = [
+        (
+            "y/b",
+            "x/a",
+            "80",
+            "TCP",
+            "allowed: the rule of allow-x-a-from-y-tcp-80",
+        ),
+        (
+            "z/b",
+            "x/a",
+            "80",
+            "TCP",
+            "denied: isolated, no rule allows z",
+        ),
+        (
+            "y/b",
+            "x/a",
+            "81",
+            "UDP",
+            "denied: the rule allows TCP 80 only",
+        ),
+        (
+            "y/c",
+            "x/b",
+            "80",
+            "TCP",
+            "denied: x/b is isolated by the default deny alone",
+        ),
+    ];
+    for (from, to, port, proto, what) in cells {
+        println!("\n{from} -> {to} {proto}/{port} ({what}):");
+        let args = [
+            "flows",
+            "--from-pod",
+            from,
+            "--to-pod",
+            to,
+            "--port",
+            port,
+            "--protocol",
+            proto,
+            "--last",
+            "6",
+        ];
+        for i in 0..lab.node_netns().len() {
+            let Some(agent) = lab.agent(i) else { continue };
+            let out = agent
+                .palisadectl_stdout(&args)
+                .with_context(|| format!("palisadectl {}", args.join(" ")))?;
+            // The destination's ingress decides these cells: its latest verdict.
+            if let Some(line) = out.lines().rfind(|l| l.contains(" INGRESS")) {
+                println!("  {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn run_demo(args: &DemoArgs) -> Result<()> {
     require_root("demo")?;
     let mut lab = start(args.nodes, &args.common)?;
@@ -212,6 +276,9 @@ pub fn run_demo(args: &DemoArgs) -> Result<()> {
                 .set_peers(&Peer::ns("y"), &Peer::pod("x", "a"), true);
         },
     )?;
+    if lab.enforcing() {
+        why(&lab)?;
+    }
     println!("\nmode: {}", lab.mode());
     drop(lab);
     if mismatches > 0 {
