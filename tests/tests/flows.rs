@@ -3,10 +3,13 @@
 //! `palisadectl flows -o json` (Hubble's field names), `/metrics` parsed with a Prometheus
 //! text-format parser, and `palisadectl status`.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+#[path = "common/metrics.rs"]
+mod metrics;
+
+use metrics::{scrape, value};
 use palisade_tests::lab::kubeproxy::per_pod_services_yaml;
 use palisade_tests::lab::{AgentMode, Family, Lab, LabConfig, Protocol};
 use palisade_tests::require_privileges;
@@ -302,37 +305,6 @@ fn privileged_flows_name_pods_policies_rules_and_reasons() {
     assert!(ev["emitted"].as_u64().unwrap() >= 6, "{ev}");
     assert_eq!(ev["lost"], 0);
     lab.remove("policies").unwrap();
-}
-
-/// `GET /metrics` in the node's namespace.
-fn scrape(lab: &Lab) -> prometheus_parse::Scrape {
-    let node = lab.node_netns()[0].to_string();
-    let body = palisade_tests::lab::netns::in_netns(&node, || -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9963")?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .expect("entering the node")
-    .expect("scraping /metrics");
-    let (head, body) = body.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
-}
-
-fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    s.samples
-        .iter()
-        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .map(|x| match x.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 /// The metrics endpoint, parsed as Prometheus does: a real denied connection moves the

@@ -406,6 +406,11 @@ impl Agent {
             .collect()
     }
 
+    /// Process id of the agent (`ip netns exec` execs it in place), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `palisadectl ARGS` (any command), its standard output.
     pub fn palisadectl_stdout(&self, args: &[&str]) -> Result<String, LabError> {
         self.ctl(args)
