@@ -594,8 +594,25 @@ impl Agent {
         self.host_addrs = want;
     }
 
+    /// The state directory shared with the CNI plugin.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.cfg.state_dir
+    }
+
+    /// CNI ADD (the socket server checked the peer, the record and its veth). Refused when an
+    /// address of the record is another local endpoint's: one pod must not take over another's
+    /// address (and its policy).
     fn add_endpoint(&mut self, record: EndpointRecord) -> Response {
         let key = record.key();
+        let addrs = record.addrs();
+        if let Some((other, ip)) = self.locals.iter().find_map(|(k, l)| {
+            let ip = l.record.addrs().into_iter().find(|a| addrs.contains(a))?;
+            (*k != key).then_some((k, ip))
+        }) {
+            return Response::err(format!(
+                "refused add of endpoint {key}: address {ip} is endpoint {other}'s"
+            ));
+        }
         let ep_id = match self.locals.get(&key) {
             Some(l) if l.record.host_ifindex == record.host_ifindex => l.ep_id,
             _ => match self.ep_ids.alloc() {
@@ -621,8 +638,21 @@ impl Agent {
         Response::ok(self.applied_generation)
     }
 
+    /// CNI DEL: forgets the endpoint once its host veth is gone. While the veth exists the
+    /// endpoint stays enforced and the request is refused: a `del` must never leave a live
+    /// pod attached without its programs (the plugin deletes the veth first).
     fn del_endpoint(&mut self, container_id: &str, ifname: &str) -> Response {
         let key = palisade_node_api::endpoint::key(container_id, ifname);
+        if let Some(l) = self.locals.get(&key)
+            && crate::api::veth::name_of(l.record.host_ifindex).as_deref()
+                == Some(l.record.host_veth.as_str())
+        {
+            return Response::err(format!(
+                "refused del of endpoint {key}: its host veth {} (ifindex {}) still exists; \
+                 it stays enforced until the veth is deleted",
+                l.record.host_veth, l.record.host_ifindex
+            ));
+        }
         if let Some(l) = self.locals.remove(&key) {
             self.dp.detach(l.record.host_ifindex);
             self.dirty = true;

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod applier;
+pub mod cniconf;
 pub mod compile;
 pub mod datapath;
 pub mod datapath_ops;

@@ -33,18 +33,33 @@ struct Args {
     /// bpffs directory for pinned maps and links.
     #[arg(long, default_value = "/sys/fs/bpf/palisade")]
     bpffs: PathBuf,
-    /// The eBPF object (built by `cargo xtask build-ebpf`).
-    #[arg(long, default_value = "/usr/lib/palisade/palisade.bpf.o")]
-    bpf_object: PathBuf,
+    /// The eBPF object. Default: /usr/lib/palisade/palisade.bpf.o (where the image installs
+    /// it); when that does not exist, bpf/palisade.bpf.o beside this binary's directory, which
+    /// is where `cargo xtask build` writes it (target/bpf/palisade.bpf.o for
+    /// target/release/palisade-agent).
+    #[arg(long)]
+    bpf_object: Option<PathBuf>,
     /// Node-local state shared with the CNI plugin (endpoint records).
     #[arg(long, default_value = "/var/lib/palisade")]
     state_dir: PathBuf,
-    /// Socket for the CNI plugin and palisadectl.
-    #[arg(long, default_value = "/run/palisade/agent.sock")]
+    /// Socket for the CNI plugin and palisadectl: mode 0600 (root only) unless
+    /// --socket-group is given.
+    #[arg(long, default_value = palisade_node_api::socket::DEFAULT_PATH)]
     socket: PathBuf,
-    /// This node's name.
-    #[arg(long, env = "NODE_NAME", default_value = "localhost")]
-    node_name: String,
+    /// Make the socket 0660 with this group (name or numeric id): its members may use
+    /// `palisadectl status`, `wait`, `endpoints` and `policy`. Adding or deleting endpoints
+    /// stays root's (checked by peer credentials).
+    #[arg(long, value_parser = parse_group)]
+    socket_group: Option<nix::unistd::Gid>,
+    /// This node's name (its Node object). Default: $NODE_NAME, else the host name in lower
+    /// case (as kubelet names its Node).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// The container runtime's CNI config directory: palisade entries there whose stateDir,
+    /// agentSocket or podCIDRFile disagree with this agent are reported in `palisadectl
+    /// status`.
+    #[arg(long, default_value = palisade_agent::cniconf::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
     /// Periodic resync in seconds (changes are also picked up at once via inotify).
     #[arg(long, default_value_t = 10)]
     resync_seconds: u64,
@@ -90,6 +105,45 @@ struct Args {
     audit_mode: bool,
 }
 
+/// Where the image installs the eBPF object.
+const INSTALLED_BPF_OBJECT: &str = "/usr/lib/palisade/palisade.bpf.o";
+
+/// `--bpf-object` when not given: the installed object, else the one `cargo xtask build` wrote
+/// beside the binary's directory (`target/release/palisade-agent` -> `target/bpf/...`).
+fn default_bpf_object(exe: Option<&std::path::Path>) -> PathBuf {
+    let installed = PathBuf::from(INSTALLED_BPF_OBJECT);
+    if installed.exists() {
+        return installed;
+    }
+    exe.and_then(|e| e.parent()?.parent())
+        .map(|target| target.join("bpf/palisade.bpf.o"))
+        .filter(|p| p.exists())
+        .unwrap_or(installed)
+}
+
+/// The host name in lower case, as kubelet names its Node when `--hostname-override` is unset.
+fn host_name() -> Result<String> {
+    use anyhow::Context;
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name for --node-name (set --node-name or NODE_NAME)")?;
+    let name = raw.trim().to_lowercase();
+    if name.is_empty() {
+        bail!("the host name is empty: set --node-name or NODE_NAME");
+    }
+    Ok(name)
+}
+
+fn parse_group(s: &str) -> Result<nix::unistd::Gid, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(format!("no group {s:?} on this host")),
+        Err(e) => Err(format!("looking up group {s:?}: {e}")),
+    }
+}
+
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
     Cidr::parse(s).ok_or_else(|| format!("{s:?} is not a CIDR (e.g. 10.244.0.0/16)"))
 }
@@ -112,11 +166,20 @@ fn main() -> Result<()> {
         },
     };
     let kubeconfig = args.kubeconfig;
+    let node = match args.node_name {
+        Some(n) => n,
+        None => host_name()?,
+    };
+    let object = match args.bpf_object {
+        Some(o) => o,
+        None => default_bpf_object(std::env::current_exe().ok().as_deref()),
+    };
+    tracing::info!(node, object = %object.display(), "starting");
     let cfg = AgentConfig {
-        node: args.node_name,
+        node,
         state_dir: args.state_dir,
         bpffs: args.bpffs,
-        object: args.bpf_object,
+        object,
         debug_log: args.bpf_debug_log,
         network: NetworkConfig {
             routes: args.pod_routes,
@@ -143,7 +206,13 @@ fn main() -> Result<()> {
             None => Box::new(kube_source(&cfg, kubeconfig.as_deref()).await?),
         };
         let agent = Agent::start(cfg, source)?;
-        palisade_agent::run::run(agent, args.socket, resync).await
+        let run = palisade_agent::run::RunConfig {
+            socket: args.socket,
+            socket_group: args.socket_group,
+            resync,
+            cni_conf_dir: args.cni_conf_dir,
+        };
+        palisade_agent::run::run(agent, run).await
     })
 }
 
@@ -187,4 +256,36 @@ async fn kube_source(
     }
     tracing::info!("{}: every kind listed", source.describe());
     Ok(source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_bpf_object_is_found_where_the_build_writes_it() {
+        let d = tempfile::tempdir().unwrap();
+        let exe = d.path().join("target/release/palisade-agent");
+        let built = d.path().join("target/bpf/palisade.bpf.o");
+        std::fs::create_dir_all(built.parent().unwrap()).unwrap();
+        // Without the object beside the build, the installed path is named (in the error).
+        if !Path::new(INSTALLED_BPF_OBJECT).exists() {
+            assert_eq!(
+                default_bpf_object(Some(&exe)),
+                Path::new(INSTALLED_BPF_OBJECT)
+            );
+            std::fs::write(&built, b"").unwrap();
+            assert_eq!(default_bpf_object(Some(&exe)), built);
+        }
+    }
+
+    #[test]
+    fn the_node_name_defaults_to_the_lower_case_host_name() {
+        let n = host_name().unwrap();
+        assert!(!n.is_empty() && n == n.to_lowercase(), "{n}");
+        let a = Args::try_parse_from(["palisade-agent", "--source", "kube"]).unwrap();
+        // NODE_NAME may be set where the tests run; without it no name is assumed.
+        assert_eq!(a.node_name, std::env::var("NODE_NAME").ok());
+    }
 }

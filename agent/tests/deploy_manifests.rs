@@ -385,6 +385,9 @@ fn conflist_chains_palisade_then_portmap_and_the_configmap_carries_it_verbatim()
         .map(|p| p["type"].as_str().unwrap())
         .collect();
     assert_eq!(types, ["palisade", "portmap"]);
+    // A runtime passes requested addresses (`runtimeConfig.ips`) only to a plugin that
+    // declares the capability.
+    assert_eq!(conf["plugins"][0]["capabilities"]["ips"], true);
     // Same paths as the agent: the plugin finds the agent and the pod CIDR file it writes.
     let settings = agent_settings(&docs);
     let p = &conf["plugins"][0];

@@ -202,8 +202,27 @@ fn parse_cidr_list(v: &Value, field: &str) -> Result<Vec<IpNetwork>> {
     Ok(out)
 }
 
+/// Ranges no pod CIDR may overlap: pod addresses there would be the node's own (loopback,
+/// "this host"), shadow the pods' link-local gateways (169.254.1.1, fe80::1), or not be
+/// unicast at all.
+const FORBIDDEN_POOL_RANGES: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this host on this network\""),
+    ("127.0.0.0/8", "loopback"),
+    (
+        "169.254.0.0/16",
+        "link-local, holds the pods' gateway 169.254.1.1",
+    ),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved, holds the broadcast address"),
+    ("::/127", "unspecified and loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fe80::/10", "link-local, holds the pods' gateway fe80::1"),
+    ("ff00::/8", "multicast"),
+];
+
 /// Parses a pod CIDR and normalises it to its network address. The prefix must leave at least
-/// two usable addresses (/30 for IPv4, /126 for IPv6).
+/// two usable addresses (/30 for IPv4, /126 for IPv6), and the range must not overlap any of
+/// [`FORBIDDEN_POOL_RANGES`] (so `0.0.0.0/0` or `::/0` are refused too).
 pub fn parse_pool_cidr(s: &str) -> std::result::Result<IpNetwork, String> {
     if !s.contains('/') {
         return Err("not a CIDR (no /prefix)".into());
@@ -216,7 +235,14 @@ pub fn parse_pool_cidr(s: &str) -> std::result::Result<IpNetwork, String> {
             n.prefix()
         ));
     }
-    IpNetwork::new(n.network(), n.prefix()).map_err(|e| format!("not a CIDR: {e}"))
+    let n = IpNetwork::new(n.network(), n.prefix()).map_err(|e| format!("not a CIDR: {e}"))?;
+    for (range, what) in FORBIDDEN_POOL_RANGES {
+        let r: IpNetwork = range.parse().expect("the table holds CIDRs");
+        if r.is_ipv4() == n.is_ipv4() && (n.contains(r.network()) || r.contains(n.network())) {
+            return Err(format!("overlaps {range} ({what}): not usable for pods"));
+        }
+    }
+    Ok(n)
 }
 
 /// `runtimeConfig.ips`: a list of `"10.0.1.11/16"` or `"10.0.1.11"` strings.
@@ -304,14 +330,16 @@ fn opt_path(obj: &Map<String, Value>, field: &str) -> Result<Option<PathBuf>> {
     }
 }
 
-/// A JSON value shortened for error messages.
-fn short(v: &Value) -> String {
-    let mut s = v.to_string();
-    if s.len() > 80 {
-        s.truncate(77);
-        s.push_str("...");
+/// A JSON value shortened for error messages (to 80 characters, never inside one: values
+/// may be any UTF-8).
+pub fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= 80 {
+        return s;
     }
-    s
+    let mut out: String = s.chars().take(77).collect();
+    out.push_str("...");
+    out
 }
 
 /// The CNI command (`CNI_COMMAND`).
@@ -519,6 +547,50 @@ mod tests {
         assert!(e.to_string().contains("no room"), "{e}");
         let e = conf(r#","podCIDRs":["10.1.0.0/16","10.2.0.0/16"]"#).unwrap_err();
         assert!(e.to_string().contains("at most one IPv4"), "{e}");
+    }
+
+    #[test]
+    fn pod_cidrs_that_are_not_pod_addresses_are_refused_naming_the_range() {
+        for (bad, range) in [
+            ("0.0.0.0/0", "0.0.0.0/8"),
+            ("127.0.0.0/8", "127.0.0.0/8"),
+            ("127.5.0.0/24", "127.0.0.0/8"),
+            ("169.254.0.0/16", "169.254.0.0/16"),
+            ("169.254.1.0/24", "169.254.0.0/16"),
+            ("224.0.0.0/24", "224.0.0.0/4"),
+            ("255.255.255.0/24", "240.0.0.0/4"),
+            ("::/0", "::/127"),
+            ("fe80::/64", "fe80::/10"),
+            ("ff02::/64", "ff00::/8"),
+            ("::ffff:10.0.0.0/120", "::ffff:0:0/96"),
+        ] {
+            let e = parse_pool_cidr(bad).unwrap_err();
+            assert!(e.contains(range), "{bad}: {e}");
+            let e = conf(&format!(r#","podCIDRs":["{bad}"]"#)).unwrap_err();
+            assert_eq!(e.code(), code::INVALID_CONFIG);
+            assert!(
+                e.to_string().contains("podCIDRs[0]") && e.to_string().contains(bad),
+                "{e}"
+            );
+        }
+        for good in [
+            "10.244.0.0/16",
+            "100.64.0.0/10",
+            "fd00:10:244::/64",
+            "2001:db8::/64",
+        ] {
+            assert!(parse_pool_cidr(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn values_of_any_utf8_are_shortened_without_cutting_a_character() {
+        let long = "é".repeat(100);
+        let e = conf(&format!(r#","mtu":"{long}""#)).unwrap_err();
+        assert!(
+            e.to_string().contains("...") && e.to_string().contains("mtu"),
+            "{e}"
+        );
     }
 
     #[test]

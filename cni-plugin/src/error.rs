@@ -21,7 +21,8 @@ pub mod code {
     pub const DECODE_FAILURE: u32 = 6;
     /// Invalid network config.
     pub const INVALID_CONFIG: u32 = 7;
-    /// Try again later (here: the agent is unreachable or refused the endpoint).
+    /// Try again later (the agent is unreachable or refused the endpoint; the IPAM lock stayed
+    /// held past the bounded wait).
     pub const TRY_AGAIN_LATER: u32 = 11;
     /// STATUS: the plugin cannot service ADD requests.
     pub const NOT_AVAILABLE: u32 = 50;
@@ -108,6 +109,13 @@ pub enum Error {
     Node(#[from] palisade_node_api::Error),
     #[error("plugin not available: {reason}")]
     NotAvailable { reason: String },
+    /// A lock another process holds past the bounded wait.
+    #[error("{what} {} is held by another process; gave up after {waited:?}", path.display())]
+    Busy {
+        what: &'static str,
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
 }
 
 impl Error {
@@ -142,6 +150,7 @@ impl Error {
                 }
             }
             Error::NotAvailable { .. } => code::NOT_AVAILABLE,
+            Error::Busy { .. } => code::TRY_AGAIN_LATER,
         }
     }
 

@@ -6,7 +6,9 @@
 //!   from there, so a freed address is not reused until the pool wraps around;
 //! - `lock`: `flock`ed for every read-modify-write, so concurrent ADDs (kubelet runs them in
 //!   parallel) serialise here. The kernel drops the lock when a process dies, so kill -9 never
-//!   leaves it held;
+//!   leaves it held; a live holder that never lets go costs a waiter at most [`LOCK_WAIT`].
+//!   The directory is 0700 and every file 0600: no other user can read the allocations or
+//!   open the lock to hold it;
 //! - `.tmp.*`: files being written; an allocation appears by `rename`, so a crash leaves either
 //!   no file or a complete one. Leftover tmp files are removed by the next locked operation.
 //!
@@ -16,13 +18,19 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Attachment;
 use crate::error::{Error, Result};
+
+/// How long an IPAM operation waits for the store's lock (each holder keeps it for a few
+/// file writes).
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Who holds an address.
 pub type Owner = Attachment;
@@ -168,16 +176,40 @@ impl Store {
         &self.dir
     }
 
+    /// Takes the store's lock, waiting at most [`LOCK_WAIT`]: a holder that never lets go
+    /// (a stuck process; no other user can open the 0600 file in the 0700 directory) makes
+    /// the call fail with "try again later" instead of hanging the runtime's CNI call.
     fn lock(&self) -> Result<Flock<File>> {
         let path = self.dir.join("lock");
-        let f = File::options()
+        let mut f = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(palisade_node_api::file::PRIVATE_FILE_MODE)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
             .map_err(|e| Error::io("opening IPAM lock", &path, e))?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::io("locking IPAM store", &path, errno.into()))
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(l),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) => f = back,
+                Err((_, errno)) => {
+                    return Err(Error::io("locking IPAM store", &path, errno.into()));
+                }
+            }
+            let waited = started.elapsed();
+            if waited >= LOCK_WAIT {
+                return Err(Error::Busy {
+                    what: "IPAM lock",
+                    path,
+                    waited,
+                });
+            }
+            std::thread::sleep(pause.min(LOCK_WAIT - waited));
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
     }
 
     /// Lists allocations and removes leftover tmp files (caller holds the lock).
@@ -200,11 +232,10 @@ impl Store {
                 continue;
             };
             let p = ent.path();
-            let content = match std::fs::read_to_string(&p) {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("reading allocation", &p, e)),
+            let Some(content) = palisade_node_api::file::read_bounded(&p, 4096)? else {
+                continue;
             };
+            let content = String::from_utf8_lossy(&content);
             let (container_id, ifname) = palisade_node_api::ipam::parse_owner(&content);
             let owner = Owner {
                 container_id,

@@ -79,7 +79,9 @@ impl AddResult {
 
 /// The pod addresses a `prevResult` (CHECK) claims for interface `ifname`.
 pub fn prev_result_ips(prev: &Value, ifname: &str) -> Result<Vec<IpNetwork>> {
-    let bad = |why: &str| Error::invalid_config("prevResult", short(prev), why.to_string());
+    let bad = |why: &str| {
+        Error::invalid_config("prevResult", crate::config::short(prev), why.to_string())
+    };
     let interfaces = prev.get("interfaces").and_then(Value::as_array);
     let ips = prev
         .get("ips")
@@ -104,12 +106,6 @@ pub fn prev_result_ips(prev: &Value, ifname: &str) -> Result<Vec<IpNetwork>> {
         out.push(a.parse().map_err(|_| bad("an ips address is not a CIDR"))?);
     }
     Ok(out)
-}
-
-fn short(v: &Value) -> String {
-    let mut s = v.to_string();
-    s.truncate(120);
-    s
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod rng;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod unprivileged;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use palisade_agent::api::{Request, call};
+use palisade_node_api::Error as NodeError;
+use palisade_node_api::socket::DEFAULT_PATH;
 
 // One module file per command that has options of its own.
 #[path = "palisadectl/flows.rs"]
@@ -26,11 +28,8 @@ mod flows;
     about = "Inspect the local Palisade agent"
 )]
 struct Args {
-    #[arg(
-        long,
-        env = "PALISADE_SOCKET",
-        default_value = "/run/palisade/agent.sock"
-    )]
+    /// The agent's socket (its --socket). May come before or after the subcommand.
+    #[arg(long, global = true, env = "PALISADE_SOCKET", default_value = DEFAULT_PATH)]
     socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -42,9 +41,9 @@ enum Cmd {
     Status,
     /// Block until the current source state is enforced.
     Wait {
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 30.0)]
-        timeout: f64,
+        /// Give up after this long: `30s`, `500ms`, `2m`, `1m30s` (a bare number is seconds).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
     },
     /// Endpoints on this node.
     Endpoints,
@@ -68,6 +67,16 @@ enum PolicyCmd {
     Lint(lint::Args),
 }
 
+/// A duration with units (humantime's syntax), or a bare number of seconds (what the first
+/// releases accepted).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30s, 500ms, 2m, 1m30s"))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let t = Duration::from_secs(30);
@@ -81,14 +90,16 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Wait { timeout } => {
-            let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+            let deadline = Instant::now() + timeout;
             let mut last = String::new();
             let mut backoff = Duration::from_millis(20);
+            let mut said_not_listening = false;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     bail!(
-                        "timed out after {timeout}s waiting for the agent at {}: {last}",
+                        "timed out after {} waiting for the agent at {}: {last}",
+                        humantime::format_duration(timeout),
                         args.socket.display()
                     );
                 }
@@ -98,7 +109,18 @@ fn main() -> Result<()> {
                         return Ok(());
                     }
                     Ok(r) => last = r.error.unwrap_or_default(),
-                    Err(e) => last = e.to_string(),
+                    Err(e) => {
+                        // Say at once which path was tried and that nobody is there (a wrong
+                        // --socket), then keep trying: an agent that is starting opens it.
+                        if matches!(e, NodeError::NotListening { .. }) && !said_not_listening {
+                            eprintln!(
+                                "palisadectl: {e}; retrying for up to {}",
+                                humantime::format_duration(left)
+                            );
+                            said_not_listening = true;
+                        }
+                        last = e.chain();
+                    }
                 }
                 // The agent is not up yet or could not apply: poll again, with a cap.
                 std::thread::sleep(backoff.min(left));

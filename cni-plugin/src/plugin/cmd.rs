@@ -54,20 +54,14 @@ fn owner(env: &CniEnv) -> Owner {
     }
 }
 
-/// The netns path, checked to exist (a bad `CNI_NETNS` is the caller's error, code 4).
-fn netns_path(env: &CniEnv) -> Result<&Path> {
+/// `CNI_NETNS`, opened and checked to be a pod's network namespace (a bad one is the
+/// caller's error, code 4, naming it).
+fn pod_netns(env: &CniEnv) -> Result<(&Path, std::fs::File)> {
     let p = env
         .netns
         .as_deref()
         .ok_or_else(|| Error::invalid_env("CNI_NETNS", "", "is required for this command"))?;
-    std::fs::metadata(p).map_err(|e| {
-        Error::invalid_env(
-            "CNI_NETNS",
-            p.display().to_string(),
-            format!("does not exist: {e}"),
-        )
-    })?;
-    Ok(p)
+    Ok((p, netns::open(p)?))
 }
 
 /// Undoes a partial ADD unless disarmed: deletes the host veth (which takes the pod side and
@@ -111,7 +105,7 @@ impl Drop for AddRollback<'_> {
 }
 
 fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
-    let netns_p = netns_path(env)?;
+    let (netns_p, pod_ns) = pod_netns(env)?;
     let pools = conf.pod_cidrs()?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     let nl = Nl::open()?;
@@ -148,7 +142,6 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
         .render(conf.cni_version));
     }
 
-    let pod_ns = netns::open(netns_p)?;
     let store = Store::open(&conf.state_dir)?;
     let mut rollback = AddRollback {
         armed: true,
@@ -259,20 +252,29 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
     .render(conf.cni_version))
 }
 
-/// Idempotent: succeeds when the netns, the veth, the allocation or the record are gone.
-fn del(env: &CniEnv, conf: &NetConf) -> Result<()> {
+/// Tells the agent an attachment is gone, best effort (a failure goes to stderr: the agent
+/// drops endpoints without a record when it next starts).
+///
+/// Only after the host veth is deleted: the agent refuses to drop the endpoint of a veth that
+/// still exists, so a pod is never left attached without its programs.
+fn tell_agent_del(conf: &NetConf, o: &Owner, verb: &str) {
     if let Some(sock) = &conf.agent_socket {
         let req = Request::Del {
-            container_id: env.container_id.clone(),
-            ifname: env.ifname.clone(),
+            container_id: o.container_id.clone(),
+            ifname: o.ifname.clone(),
         };
         if let Err(e) = socket::call_ok(sock, &req, PLUGIN_TIMEOUT) {
-            eprintln!("palisade: DEL continues without the agent: {e}");
+            eprintln!("palisade: {verb} continues without the agent: {e}");
         }
     }
+}
+
+/// Idempotent: succeeds when the netns, the veth, the allocation or the record are gone.
+fn del(env: &CniEnv, conf: &NetConf) -> Result<()> {
     // Deleting the host side removes the pod side and every route through it.
     let nl = Nl::open()?;
     link::delete_by_name(&nl, &host_veth_name(&env.container_id, &env.ifname))?;
+    tell_agent_del(conf, &owner(env), "DEL");
     Store::open(&conf.state_dir)?.release(&owner(env))?;
     Ok(endpoint::remove(
         &conf.state_dir,
@@ -291,7 +293,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<()> {
         Error::invalid_config("prevResult", "(missing)", "CHECK needs the ADD result")
     })?;
     let ips = prev_result_ips(prev, &env.ifname)?;
-    let netns_p = netns_path(env)?;
+    let (netns_p, pod_ns) = pod_netns(env)?;
     let host_name = host_veth_name(&env.container_id, &env.ifname);
     let nl = Nl::open()?;
     let host = link::get(&nl, &host_name)?
@@ -327,7 +329,6 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<()> {
             }
         }
     }
-    let pod_ns = netns::open(netns_p)?;
     let ifname = env.ifname.as_str();
     netns::run_in(&pod_ns, netns_p, || {
         let nl = Nl::open()?;
@@ -403,16 +404,8 @@ fn gc(conf: &NetConf) -> Result<()> {
     endpoint::remove_tmp_leftovers(&conf.state_dir)?;
     let nl = Nl::open()?;
     for o in &stale {
-        if let Some(sock) = &conf.agent_socket {
-            let req = Request::Del {
-                container_id: o.container_id.clone(),
-                ifname: o.ifname.clone(),
-            };
-            if let Err(e) = socket::call_ok(sock, &req, PLUGIN_TIMEOUT) {
-                eprintln!("palisade: GC continues without the agent: {e}");
-            }
-        }
         link::delete_by_name(&nl, &host_veth_name(&o.container_id, &o.ifname))?;
+        tell_agent_del(conf, o, "GC");
         endpoint::remove(&conf.state_dir, &o.container_id, &o.ifname)?;
     }
     // Host veths of attachments no record or allocation remembers (a crash between creating

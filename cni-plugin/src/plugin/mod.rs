@@ -11,14 +11,31 @@ use crate::config::{self, CniEnv, Command};
 use crate::error::Error;
 use crate::version::{self, Version};
 
+/// Largest network config read from stdin (a conflist entry with a `prevResult` is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Runs one plugin invocation from the process environment and stdin; prints the result or the
 /// spec's error JSON to stdout and returns the exit code.
 pub fn main() -> i32 {
-    let get = |k: &str| std::env::var(k).ok();
+    // A value that is not UTF-8 reads as U+FFFD here and then fails its variable's check by
+    // name (it is never silently "missing").
+    let get = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
     let mut stdin = Vec::new();
     let command = CniEnv::command(&get);
-    // VERSION's stdin is optional (`{"cniVersion": ...}`); the other commands need it.
-    let read = std::io::stdin().read_to_end(&mut stdin).map(|_| ());
+    // VERSION's stdin is optional (`{"cniVersion": ...}`); the other commands need it. A
+    // network config is a few KiB: anything past MAX_CONFIG_BYTES is refused, not buffered.
+    let read = std::io::stdin()
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut stdin)
+        .and_then(|n| {
+            if n as u64 > MAX_CONFIG_BYTES {
+                Err(std::io::Error::other(format!(
+                    "more than {MAX_CONFIG_BYTES} bytes of network config"
+                )))
+            } else {
+                Ok(())
+            }
+        });
     let out_version = config::peek_version(&stdin)
         .as_deref()
         .and_then(Version::parse)

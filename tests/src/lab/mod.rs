@@ -47,11 +47,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use agent::AgentBins;
+pub use agent::{Agent, AgentBins};
 pub use model::{Model, ModelPod, ModelPort, PORTS};
 pub use reachability::{Case, Family, Peer, ProbeCase, Protocol, Reachability, TruthTable};
 
-use agent::Agent;
 use cni::NodeCni;
 use probe::{PodServer, SctpSeen, Target};
 

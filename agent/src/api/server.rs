@@ -1,0 +1,257 @@
+//! The socket server: who may connect, who may change what is enforced, and how long and how
+//! much a client may take.
+//!
+//! Threat: a local unprivileged user (or a container the socket is mounted into) that can
+//! connect. What holds:
+//! - the socket is 0600 (root only), or 0660 with `--socket-group` (members may read status);
+//!   it is bound under a temporary name, restricted, then renamed into place, so it is never
+//!   reachable with a wider mode;
+//! - `add` and `del` change what is enforced: only a peer with uid 0 (or the agent's own uid)
+//!   may send them (`SO_PEERCRED`, which the client cannot forge); `status`, `wait`,
+//!   `endpoints` and `policy` are answered for anyone who can connect;
+//! - an `add` is checked before the agent sees it: the record is valid, equals the record the
+//!   plugin wrote under the state directory (0600 in a 0700 directory), and names the
+//!   plugin's host veth of that attachment ([`super::veth`]);
+//! - a request line may hold at most `MAX_REQUEST_BYTES` and must arrive within
+//!   [`REQUEST_TIMEOUT`]; at most [`MAX_CONNECTIONS`] are served at once; accept errors
+//!   (EMFILE, ENFILE) back off instead of spinning.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade_node_api::endpoint::{self, EndpointRecord};
+use palisade_node_api::socket::MAX_REQUEST_BYTES;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::net::unix::UCred;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Request, Response, veth};
+use crate::observe::Hub;
+
+/// A request and where its answer goes.
+pub type Job = (Request, oneshot::Sender<Response>);
+
+/// How long a client may take to send its request line, and to take the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; the next ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("{op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} exists and is not a socket: refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+}
+
+/// Binds the agent socket at `path`: mode 0600, or 0660 owned by `group`. A stale socket
+/// (of an agent that died) is replaced; anything else at `path` is an error.
+pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> Result<UnixListener, SocketError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let io = |op, p: &Path| {
+        let path = p.to_path_buf();
+        move |source| SocketError::Io { op, path, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(SocketError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(_) | Err(_) => {}
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("removing", &tmp)(e));
+        }
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(io("binding", &tmp))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    let restricted = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(io("restricting the mode of", &tmp))
+        .and_then(|()| match group {
+            Some(g) => nix::unistd::chown(&tmp, None, Some(g))
+                .map_err(|e| io("giving its group to", &tmp)(e.into())),
+            None => Ok(()),
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io("renaming into place", path)));
+    if let Err(e) = restricted {
+        if let Err(rm) = std::fs::remove_file(&tmp) {
+            tracing::debug!("removing {}: {rm}", tmp.display());
+        }
+        return Err(e);
+    }
+    listener
+        .set_nonblocking(true)
+        .map_err(io("configuring", path))?;
+    UnixListener::from_std(listener).map_err(io("registering", path))
+}
+
+/// Whether a peer may change what is enforced (`add`, `del`): root, or the agent's own uid.
+fn may_change(peer: Option<&UCred>) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    match peer {
+        Some(p) if p.uid() == 0 || p.uid() == me => Ok(()),
+        Some(p) => Err(format!(
+            "uid {} (pid {}) may not change what is enforced: only root may add or delete endpoints",
+            p.uid(),
+            p.pid().map_or_else(|| "?".into(), |p| p.to_string())
+        )),
+        None => Err("peer credentials unavailable: only root may add or delete endpoints".into()),
+    }
+}
+
+/// The checks of an `add` that need no agent state: the record's own rules, the record the
+/// plugin wrote, the kernel's view of its interface. Blocking (file and netlink I/O).
+pub fn check_add(record: &EndpointRecord, state_dir: &Path) -> Result<(), String> {
+    record.validate().map_err(|e| e.chain())?;
+    let on_disk =
+        endpoint::read(state_dir, &record.container_id, &record.ifname).map_err(|e| e.chain())?;
+    if on_disk.as_ref() != Some(record) {
+        return Err(format!(
+            "it does not match the endpoint record the plugin wrote at {} ({})",
+            record.path(state_dir).display(),
+            if on_disk.is_some() { "differs" } else { "none" }
+        ));
+    }
+    let link = veth::inspect(record.host_ifindex)?;
+    veth::check_is_host_veth(record, link.as_ref())
+}
+
+/// Reads one request line: at most `MAX_REQUEST_BYTES`, without the deadline (the caller
+/// bounds it).
+async fn read_request(rd: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
+    let mut line = Vec::new();
+    BufReader::new(rd)
+        .take(MAX_REQUEST_BYTES as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("reading the request: {e}"))?;
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "request longer than {MAX_REQUEST_BYTES} bytes: refused"
+        ));
+    }
+    serde_json::from_slice(&line).map_err(|e| {
+        let text: String = String::from_utf8_lossy(&line)
+            .trim()
+            .chars()
+            .take(200)
+            .collect();
+        format!("bad request {text:?}: {e}")
+    })
+}
+
+async fn answer(
+    req: Request,
+    peer: Option<UCred>,
+    tx: &mpsc::Sender<Job>,
+    state_dir: &Path,
+) -> Response {
+    if req.changes_enforcement() {
+        if let Err(why) = may_change(peer.as_ref()) {
+            tracing::warn!("refused {} on the agent socket: {why}", req.op());
+            return Response::err(why);
+        }
+        if let Request::Add { endpoint } = &req {
+            let (ep, dir) = (endpoint.clone(), state_dir.to_path_buf());
+            let key = endpoint.key();
+            let checked = tokio::task::spawn_blocking(move || check_add(&ep, &dir))
+                .await
+                .unwrap_or_else(|e| Err(format!("check panicked: {e}")));
+            if let Err(why) = checked {
+                tracing::warn!("refused add of endpoint {key}: {why}");
+                return Response::err(format!("refused add of endpoint {key}: {why}"));
+            }
+        }
+    }
+    let (otx, orx) = oneshot::channel();
+    if tx.send((req, otx)).await.is_err() {
+        return Response::err("agent is shutting down");
+    }
+    orx.await
+        .unwrap_or_else(|_| Response::err("agent dropped the request"))
+}
+
+async fn serve_one(
+    stream: tokio::net::UnixStream,
+    tx: mpsc::Sender<Job>,
+    state_dir: Arc<Path>,
+    hub: Arc<Hub>,
+) {
+    let peer = stream.peer_cred().ok();
+    let (rd, mut wr) = stream.into_split();
+    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(rd)).await {
+        Err(_) => Response::err(format!(
+            "no complete request line within {REQUEST_TIMEOUT:?}"
+        )),
+        Ok(Err(why)) => Response::err(why),
+        // Streamed here, off the agent's loop, for as long as the client reads.
+        Ok(Ok(Request::Flows { query })) => {
+            return crate::observe::serve_flows(&hub, query, wr).await;
+        }
+        Ok(Ok(req)) => answer(req, peer, &tx, &state_dir).await,
+    };
+    let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+    out.push('\n');
+    match tokio::time::timeout(REQUEST_TIMEOUT, wr.write_all(out.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("writing response: {e}"),
+        Err(_) => tracing::debug!("client did not take its response within {REQUEST_TIMEOUT:?}"),
+    }
+}
+
+/// Accepts connections until the listener fails for good; each request goes to the agent's
+/// loop through `tx`.
+pub async fn serve(
+    listener: UnixListener,
+    tx: mpsc::Sender<Job>,
+    state_dir: PathBuf,
+    hub: Arc<Hub>,
+) {
+    let state_dir: Arc<Path> = state_dir.into();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff = Duration::from_millis(10);
+                s
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: retrying at once would spin; wait, then try again.
+                tracing::warn!("accept on the agent socket: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let (tx, state_dir, hub) = (tx.clone(), state_dir.clone(), hub.clone());
+        tokio::spawn(async move {
+            serve_one(stream, tx, state_dir, hub).await;
+            drop(slot);
+        });
+    }
+}
