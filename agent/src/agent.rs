@@ -644,7 +644,7 @@ impl Agent {
     fn del_endpoint(&mut self, container_id: &str, ifname: &str) -> Response {
         let key = palisade_node_api::endpoint::key(container_id, ifname);
         if let Some(l) = self.locals.get(&key)
-            && crate::api::veth::name_of(l.record.host_ifindex).as_deref()
+            && crate::datapath::ifname_of(l.record.host_ifindex).as_deref()
                 == Some(l.record.host_veth.as_str())
         {
             return Response::err(format!(

@@ -67,6 +67,17 @@ fn privileged_the_agent_socket_lets_only_root_change_endpoints_and_bounds_reques
     let node_dir = tempfile::Builder::new().prefix("pltc-agent").tempdir()?;
     let manifests = node_dir.path().join("manifests");
     std::fs::create_dir_all(&manifests)?;
+    // The runtime's CNI configs: one palisade entry that names another state directory.
+    let cni_conf = node_dir.path().join("net.d");
+    std::fs::create_dir_all(&cni_conf)?;
+    std::fs::write(
+        cni_conf.join("10-palisade.conflist"),
+        json!({"cniVersion": "1.1.0", "name": "p", "plugins": [{
+            "type": "palisade", "stateDir": "/srv/elsewhere",
+            "agentSocket": node_dir.path().join("agent.sock"),
+            "podCIDRs": [V4_CIDR]}]})
+        .to_string(),
+    )?;
     let mut agent = Agent::start(
         &bins,
         &node.ns.name,
@@ -74,8 +85,13 @@ fn privileged_the_agent_socket_lets_only_root_change_endpoints_and_bounds_reques
         node_dir.path(),
         &manifests,
         node.state_dir(),
-        &[],
+        &["--cni-conf-dir".into(), cni_conf.display().to_string()],
     )?;
+    let status = agent.status()?;
+    ensure!(
+        status.contains("plugins[0].stateDir") && status.contains("/srv/elsewhere"),
+        "the mismatched conflist is not reported: {status}"
+    );
     let sock = node_dir.path().join("agent.sock");
     let pod = Netns::new("c")?;
     let cfg = conf(&node, "1.1.0", json!({ "agentSocket": sock }));

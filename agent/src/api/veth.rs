@@ -96,20 +96,6 @@ pub fn check_is_host_veth(record: &EndpointRecord, link: Option<&Link>) -> Resul
     Ok(())
 }
 
-/// The name of interface `ifindex` of this namespace, if it exists (one ioctl; for the DEL
-/// check on the agent's loop).
-pub fn name_of(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,7 +155,6 @@ mod tests {
 
     #[test]
     fn the_kernel_names_loopback_and_reports_it_as_no_veth() {
-        assert_eq!(name_of(1).as_deref(), Some("lo"));
         let lo = inspect(1).unwrap().expect("ifindex 1 is lo");
         assert_eq!(lo.name, "lo");
         assert!(!lo.is_veth && lo.peer_netnsid.is_none(), "{lo:?}");
