@@ -24,7 +24,7 @@ use palisade_node_api::endpoint::{self, EndpointRecord};
 use palisade_node_api::socket::MAX_REQUEST_BYTES;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::net::unix::UCred;
+use tokio::net::unix::{OwnedReadHalf, UCred};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Request, Response, veth};
@@ -35,6 +35,9 @@ pub type Job = (Request, oneshot::Sender<Response>);
 
 /// How long a client may take to send its request line, and to take the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// What is still read (and dropped) from a client after its answer, at most.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 /// Connections served at once; the next ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
 
@@ -139,10 +142,9 @@ pub fn check_add(record: &EndpointRecord, state_dir: &Path) -> Result<(), String
 
 /// Reads one request line: at most `MAX_REQUEST_BYTES`, without the deadline (the caller
 /// bounds it).
-async fn read_request(rd: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
+async fn read_request(rd: &mut BufReader<OwnedReadHalf>) -> Result<Request, String> {
     let mut line = Vec::new();
-    BufReader::new(rd)
-        .take(MAX_REQUEST_BYTES as u64 + 1)
+    rd.take(MAX_REQUEST_BYTES as u64 + 1)
         .read_until(b'\n', &mut line)
         .await
         .map_err(|e| format!("reading the request: {e}"))?;
@@ -200,7 +202,8 @@ async fn serve_one(
 ) {
     let peer = stream.peer_cred().ok();
     let (rd, mut wr) = stream.into_split();
-    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(rd)).await {
+    let mut rd = BufReader::new(rd);
+    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut rd)).await {
         Err(_) => Response::err(format!(
             "no complete request line within {REQUEST_TIMEOUT:?}"
         )),
@@ -217,6 +220,17 @@ async fn serve_one(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("writing response: {e}"),
         Err(_) => tracing::debug!("client did not take its response within {REQUEST_TIMEOUT:?}"),
+    }
+    // Closing with unread input makes the client's next read fail (ECONNRESET) instead of
+    // ending: take what a refused client still sends (bounded) so it reads its answer, then
+    // end of file.
+    if let Err(e) = wr.shutdown().await {
+        tracing::debug!("shutting down the response side: {e}");
+    }
+    let (mut rest, mut sink) = ((&mut rd).take(DRAIN_BYTES), tokio::io::sink());
+    let drain = tokio::io::copy(&mut rest, &mut sink);
+    if let Ok(Err(e)) = tokio::time::timeout(DRAIN_TIME, drain).await {
+        tracing::debug!("draining the request side: {e}");
     }
 }
 

@@ -74,6 +74,9 @@ struct AddRollback<'a> {
     owner: Owner,
     host_veth: Option<String>,
     record: bool,
+    /// Whether the store may hold an allocation of this ADD (not when the lock was never
+    /// taken: releasing would wait for it a second time).
+    allocated: bool,
 }
 
 impl AddRollback<'_> {
@@ -98,7 +101,9 @@ impl Drop for AddRollback<'_> {
         {
             eprintln!("palisade: rollback: {e}");
         }
-        if let Err(e) = self.store.release(&self.owner) {
+        if self.allocated
+            && let Err(e) = self.store.release(&self.owner)
+        {
             eprintln!("palisade: rollback: {e}");
         }
     }
@@ -151,6 +156,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
         owner: owner(env),
         host_veth: None,
         record: false,
+        allocated: false,
     };
     let mut requested = conf.requested_ips.clone();
     for ip in env.requested_ips()? {
@@ -158,7 +164,15 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value> {
             requested.push(ip);
         }
     }
-    let ips = store.allocate_requested(&rollback.owner, &pools, &requested)?;
+    let ips = match store.allocate_requested(&rollback.owner, &pools, &requested) {
+        Ok(ips) => ips,
+        Err(e @ Error::Busy { .. }) => return Err(e),
+        Err(e) => {
+            rollback.allocated = true;
+            return Err(e);
+        }
+    };
+    rollback.allocated = true;
     let has_v4 = ips.iter().any(IpNetwork::is_ipv4);
     let has_v6 = ips.iter().any(IpNetwork::is_ipv6);
 
