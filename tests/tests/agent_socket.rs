@@ -176,6 +176,34 @@ fn privileged_the_agent_socket_lets_only_root_change_endpoints_and_bounds_reques
         "still exists",
     )?;
     ensure!(listed(&agent)? == ["default/web"], "{}", agent.endpoints()?);
+    // Another pod's record (written by root) taking sock1's address: its own veth passes the
+    // kernel checks, the address is refused.
+    let pod2 = Netns::new("c")?;
+    ok_json(&run_bounded(
+        &inv(&node, "ADD", "sock2", Some(&pod2.path)),
+        &cfg,
+        bound,
+    )?)?;
+    let record2 = palisade_node_api::endpoint::read(node.state_dir(), "sock2", "eth0")?
+        .context("record of sock2")?;
+    let thief = EndpointRecord {
+        ips: record.ips.clone(),
+        ..record2.clone()
+    };
+    thief.write(node.state_dir())?;
+    refused(
+        &Request::Add { endpoint: thief },
+        &format!("is endpoint {}'s", record.key()),
+    )?;
+    record2.write(node.state_dir())?;
+    ok_empty(&run_bounded(
+        &inv(&node, "DEL", "sock2", Some(&pod2.path)),
+        &cfg,
+        bound,
+    )?)?;
+    wait_for("the agent to drop sock2", Duration::from_secs(10), || {
+        Ok((listed(&agent)? == ["default/web"]).then_some(()))
+    })?;
 
     // 4. A client that never finishes its line is answered and dropped within the bound,
     //    and does not hold up others meanwhile.

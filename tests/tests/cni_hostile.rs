@@ -206,7 +206,7 @@ fn privileged_a_held_ipam_lock_fails_add_with_11_within_the_bound_and_leaves_not
         |node, pod| {
             let cfg = conf(node, "1.1.0", json!({}));
             // A process that takes the lock and never lets go (a stuck plugin; other users
-            // cannot open the lock at all: tests/node_local_user.rs).
+            // cannot open the lock at all: tests/cni_local_user.rs).
             let dir = node.state_dir().join("ipam");
             std::fs::create_dir_all(&dir)?;
             let lock = std::fs::File::options()

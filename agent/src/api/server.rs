@@ -25,7 +25,7 @@ use palisade_node_api::socket::MAX_REQUEST_BYTES;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::net::unix::{OwnedReadHalf, UCred};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::{Request, Response, veth};
 use crate::observe::Hub;
@@ -234,8 +234,8 @@ async fn serve_one(
     }
 }
 
-/// Accepts connections until the listener fails for good; each request goes to the agent's
-/// loop through `tx`.
+/// Accepts connections until the agent stops; each request goes to the agent's loop through
+/// `tx`.
 pub async fn serve(
     listener: UnixListener,
     tx: mpsc::Sender<Job>,
@@ -243,29 +243,97 @@ pub async fn serve(
     hub: Arc<Hub>,
 ) {
     let state_dir: Arc<Path> = state_dir.into();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((s, _)) => {
-                backoff = Duration::from_millis(10);
-                s
-            }
-            Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS: retrying at once would spin; wait, then try again.
-                tracing::warn!("accept on the agent socket: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let accept = || async { listener.accept().await.map(|(s, _)| s) };
+    accept_loop(accept, |stream, slot| {
         let (tx, state_dir, hub) = (tx.clone(), state_dir.clone(), hub.clone());
         tokio::spawn(async move {
             serve_one(stream, tx, state_dir, hub).await;
             drop(slot);
         });
+    })
+    .await;
+}
+
+/// First and longest wait after a failed accept.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// Takes a connection slot, then a connection from `accept`, and hands both to `handle`. A
+/// failed accept (EMFILE, ENFILE, ENOBUFS: the pending connection stays in the backlog, so
+/// retrying at once would spin a core) waits before the next try, doubling up to a second.
+async fn accept_loop<S, A, F>(mut accept: impl FnMut() -> A, mut handle: F)
+where
+    A: std::future::Future<Output = std::io::Result<S>>,
+    F: FnMut(S, OwnedSemaphorePermit),
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = ACCEPT_BACKOFF.0;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match accept().await {
+            Ok(stream) => {
+                backoff = ACCEPT_BACKOFF.0;
+                handle(stream, slot);
+            }
+            Err(e) => {
+                tracing::warn!("accept on the agent socket: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Threat: a local user exhausts the agent's file descriptors (EMFILE) by opening
+    /// connections. 0.1 retried a failed accept at once, spinning a core for as long as the
+    /// pending connection stayed in the backlog. 1.5 s of failures cost a bounded number of
+    /// tries (a slow machine only makes fewer), and the first connection after them is served.
+    #[tokio::test]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let (calls, served) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let accept = || {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                match n {
+                    0..10_000 => Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+                    _ => std::future::pending().await,
+                }
+            }
+        };
+        let handle = |(), _slot| {
+            served.fetch_add(1, Ordering::Relaxed);
+        };
+        let failing = Duration::from_millis(1500);
+        let looped = tokio::time::timeout(failing, accept_loop(accept, handle));
+        assert!(looped.await.is_err(), "the accept loop gave up");
+        let n = calls.load(Ordering::Relaxed);
+        // 10 ms doubling: at most 8 tries in 1.5 s (0.1 made all 10,000 at once).
+        assert!(
+            (2..=8).contains(&n),
+            "{n} accept calls in {failing:?} of failures"
+        );
+
+        // Errors, then a connection: it is served.
+        let calls = AtomicUsize::new(0);
+        let accept = || {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                match n {
+                    0..3 => Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+                    3 => Ok(()),
+                    _ => std::future::pending().await,
+                }
+            }
+        };
+        let looped = tokio::time::timeout(failing, accept_loop(accept, handle));
+        assert!(looped.await.is_err());
+        assert_eq!(served.load(Ordering::Relaxed), 1);
     }
 }
