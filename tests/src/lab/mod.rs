@@ -32,10 +32,12 @@
 mod agent;
 mod cni;
 pub mod dns;
+mod hostnet;
 mod hostport;
 pub mod kubeproxy;
 pub mod model;
 pub mod netns;
+mod pairs;
 mod probe;
 pub mod reachability;
 
@@ -49,6 +51,7 @@ use serde_json::Value;
 
 pub use agent::{Agent, AgentBins};
 pub use model::{Model, ModelPod, ModelPort, PORTS};
+pub use pairs::Pair;
 pub use reachability::{Case, Family, Peer, ProbeCase, Protocol, Reachability, TruthTable};
 
 use cni::NodeCni;
@@ -187,6 +190,9 @@ pub struct LabConfig {
     pub conformance_addresses: bool,
     /// More `palisade-agent` arguments for every node (`--audit-mode`, `--flow-history N`).
     pub agent_args: Vec<String>,
+    /// Build this model instead of the upstream NetworkPolicy one (e.g.
+    /// [`Model::cluster_network_policy`]); its node count replaces `nodes`.
+    pub base_model: Option<Model>,
 }
 
 impl Default for LabConfig {
@@ -203,6 +209,7 @@ impl Default for LabConfig {
             verbose: false,
             conformance_addresses: false,
             agent_args: Vec::new(),
+            base_model: None,
         }
     }
 }
@@ -320,6 +327,8 @@ struct PodRuntime {
     server: Option<PodServer>,
     /// CNI ADD succeeded, so teardown runs DEL.
     added: bool,
+    /// A host-network pod: `netns` is its node's, which teardown leaves alone.
+    host_network: bool,
 }
 
 /// A host outside the cluster: a namespace behind node 0 (veth `ext0` in the node, `eth0` in
@@ -385,7 +394,11 @@ impl Lab {
         }
         let id = crate::unique_name("lab");
         let dir = config.base_dir.join(&id);
-        let nodes_n = config.nodes.clamp(1, 3);
+        let nodes_n = config
+            .base_model
+            .as_ref()
+            .map_or(config.nodes, |m| m.nodes)
+            .clamp(1, 3);
         let plugin = config
             .cni_plugin
             .clone()
@@ -412,7 +425,9 @@ impl Lab {
                 ),
             });
         }
-        let base = if config.conformance_addresses {
+        let base = if let Some(m) = &config.base_model {
+            m.clone()
+        } else if config.conformance_addresses {
             Model::conformance()
         } else {
             Model::upstream(nodes_n)
@@ -595,10 +610,11 @@ impl Lab {
             .enumerate()
             .map(|(i, n)| {
                 let [v4, v6] = Self::node_addrs(i);
+                let labels = self.model.node_labels.get(i).cloned().unwrap_or_default();
                 serde_json::json!({
                     "apiVersion": "v1",
                     "kind": "Node",
-                    "metadata": {"name": n.name},
+                    "metadata": {"name": n.name, "labels": labels},
                     "spec": {"podCIDR": n.cni.pod_cidrs.first(), "podCIDRs": n.cni.pod_cidrs},
                     "status": {"addresses": [
                         {"type": "InternalIP", "address": v4.to_string()},
@@ -1070,7 +1086,7 @@ impl Lab {
                 Some(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        for p in self.pods.values() {
+        for p in self.pods.values().filter(|p| !p.host_network) {
             let ns = p.netns.as_str();
             wait(ns, &|| {
                 let link = netns::ip(&["-n", ns, "-o", "link", "show", "dev", "eth0"])?;
@@ -1092,6 +1108,7 @@ impl Lab {
             let all = self
                 .pods
                 .values()
+                .filter(|p| !p.host_network)
                 .map(|p| p.netns.as_str())
                 .chain(self.nodes.iter().map(|n| n.netns.as_str()));
             for ns in all {
@@ -1242,6 +1259,9 @@ impl Lab {
     }
 
     fn add_pod(&mut self, m: &ModelPod) -> Result<(), LabError> {
+        if m.host_network {
+            return self.add_host_network_pod(m);
+        }
         let name = format!("{}-{}-{}", self.id, m.namespace, m.name);
         netns::add(&name)?;
         let mut rt = PodRuntime {
@@ -1253,6 +1273,7 @@ impl Lab {
             ips: Vec::new(),
             server: None,
             added: false,
+            host_network: false,
         };
         let id = m.id();
         // Recorded first, so a failure below still tears down what exists.
@@ -1275,7 +1296,7 @@ impl Lab {
                 return Err(e);
             }
         }
-        match PodServer::start(&name, &id, &PORTS, &self.sctp_seen) {
+        match PodServer::start(&name, &id, &self.model.serve, &self.sctp_seen) {
             Ok(s) => rt.server = Some(s),
             Err(e) => {
                 self.pods.insert(id, rt);
@@ -1292,6 +1313,10 @@ impl Lab {
 
     fn teardown_pod(&self, mut p: PodRuntime) -> Result<(), LabError> {
         p.server = None;
+        if p.host_network {
+            // Its namespace is its node's.
+            return Ok(());
+        }
         if p.added {
             self.nodes[p.node]
                 .cni
@@ -1305,10 +1330,11 @@ impl Lab {
         let pods = std::mem::take(&mut self.pods);
         for (_, p) in pods {
             let ns = p.netns.clone();
+            let host_network = p.host_network;
             if let Err(e) = self.teardown_pod(p) {
                 errors.push(e);
-                // The namespace goes anyway.
-                if let Err(e) = netns::del(&ns) {
+                // The namespace goes anyway (a node's goes with the node).
+                if !host_network && let Err(e) = netns::del(&ns) {
                     errors.push(e);
                 }
             }

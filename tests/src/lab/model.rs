@@ -40,6 +40,9 @@ pub struct ModelPod {
     pub ports: Vec<ModelPort>,
     /// Addresses the CNI plugin is asked for (`runtimeConfig.ips`); empty = any.
     pub requested_ips: Vec<IpAddr>,
+    /// `spec.hostNetwork`: no network namespace or CNI ADD of its own; its servers (the
+    /// model's `host_serve` ports) run in its node's namespace, on the node's addresses.
+    pub host_network: bool,
 }
 
 /// A named container port.
@@ -77,6 +80,12 @@ pub struct Model {
     pub namespaces: Vec<ModelNamespace>,
     pub pods: Vec<ModelPod>,
     pub nodes: usize,
+    /// TCP and UDP ports every pod's servers listen on (SCTP probes reach any port).
+    pub serve: Vec<u16>,
+    /// The same for host-network pods, in their node's namespace.
+    pub host_serve: Vec<u16>,
+    /// Labels of the Node objects (by node index; none when absent).
+    pub node_labels: Vec<Labels>,
 }
 
 /// Kubernetes node name of node `i` (what `spec.nodeName` and the agent's `--node-name` say).
@@ -105,6 +114,9 @@ impl Model {
             namespaces: Vec::new(),
             pods: Vec::new(),
             nodes,
+            serve: PORTS.to_vec(),
+            host_serve: Vec::new(),
+            node_labels: Vec::new(),
         };
         for ns in NAMESPACES {
             m.namespaces.push(default_namespace(ns));
@@ -117,6 +129,7 @@ impl Model {
                     node,
                     ports: default_ports(),
                     requested_ips: Vec::new(),
+                    host_network: false,
                 });
             }
         }
@@ -133,6 +146,9 @@ impl Model {
             namespaces: Vec::new(),
             pods: Vec::new(),
             nodes: 1,
+            serve: PORTS.to_vec(),
+            host_serve: Vec::new(),
+            node_labels: Vec::new(),
         };
         for (name, labels) in &cluster.namespaces {
             m.namespaces.push(ModelNamespace {
@@ -161,7 +177,71 @@ impl Model {
                 node: 0,
                 ports,
                 requested_ips: p.ips.clone(),
+                host_network: false,
             });
+        }
+        m
+    }
+
+    /// The ClusterNetworkPolicy conformance model (`palisade_policy::cnp::conformance`): its
+    /// namespaces, pods (with their nodes, served ports and named ports), host-network pods
+    /// and node labels, on two nodes.
+    pub fn cluster_network_policy() -> Model {
+        let suite = palisade_policy::cnp::conformance::suite();
+        let sm = &suite.model;
+        let named = |list: &[palisade_policy::cnp::conformance::SuitePort]| -> Vec<ModelPort> {
+            list.iter()
+                .map(|p| ModelPort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    protocol: match p.protocol.as_str() {
+                        "UDP" => Protocol::Udp,
+                        "SCTP" => Protocol::Sctp,
+                        _ => Protocol::Tcp,
+                    },
+                })
+                .collect()
+        };
+        let tcp_udp = |s: &palisade_policy::cnp::conformance::Serve| -> Vec<u16> {
+            let mut v: Vec<u16> = s.tcp.iter().chain(&s.udp).copied().collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let mut m = Model {
+            namespaces: sm
+                .namespaces
+                .iter()
+                .map(|n| {
+                    let mut labels = n.labels.clone();
+                    labels.insert(NS_NAME_LABEL.into(), n.name.clone());
+                    ModelNamespace {
+                        name: n.name.clone(),
+                        labels,
+                    }
+                })
+                .collect(),
+            pods: Vec::new(),
+            nodes: sm.nodes.len(),
+            serve: tcp_udp(&sm.serve),
+            host_serve: tcp_udp(&sm.host_serve),
+            node_labels: sm.nodes.iter().map(|n| n.labels.clone()).collect(),
+        };
+        for (list, host_network, ports) in [
+            (&sm.pods, false, named(&sm.named_ports)),
+            (&sm.host_network_pods, true, named(&sm.host_named_ports)),
+        ] {
+            for p in list {
+                m.pods.push(ModelPod {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    labels: p.labels.clone(),
+                    node: p.node,
+                    ports: ports.clone(),
+                    requested_ips: Vec::new(),
+                    host_network,
+                });
+            }
         }
         m
     }
@@ -247,6 +327,7 @@ impl Model {
                         node,
                         ports: default_ports(),
                         requested_ips: Vec::new(),
+                        host_network: false,
                     });
                 }
             }
@@ -286,6 +367,9 @@ impl Model {
                     "containers": [{"name": "server", "image": "palisade-lab/server", "ports": ports}],
                 },
             });
+            if pod.host_network {
+                doc["spec"]["hostNetwork"] = json!(true);
+            }
             if let Some(addrs) = ips.get(&pod.id()).filter(|a| !a.is_empty()) {
                 let list: Vec<_> = addrs.iter().map(|a| json!({"ip": a.to_string()})).collect();
                 doc["status"] = json!({

@@ -552,6 +552,7 @@ endpoints: [{addresses: [10.244.0.5]}]
                 protocol: Protocol::Tcp,
             }],
             requested_ips: Vec::new(),
+            host_network: false,
         };
         let mut b = a.clone();
         b.name = "b".into();
