@@ -431,6 +431,8 @@ impl Agent {
                 self.applier.remove(&mut ops, ifindex)?;
             }
         }
+        // What the endpoints above stopped referencing, once no packet can still read it.
+        self.applier.commit(&mut ops)?;
         for ifindex in self.dp.pinned_ifindexes() {
             if !live.contains(&ifindex) {
                 self.dp.detach(ifindex);

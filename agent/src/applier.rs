@@ -10,7 +10,7 @@
 //!    endpoints and entries, addressed by content, reference counted, immutable);
 //! 3. write all its `pal_pol_v1` entries under the new `policy_id` (no packet reads them yet);
 //! 4. replace the endpoint's `pal_ep_v1` entry in one update, switching packets at once;
-//! 5. delete the old `policy_id`'s entries and release port sets no longer referenced.
+//! 5. retire the old `policy_id`'s entries and the port sets no longer referenced (below).
 //!
 //! **In place** (a change touching few entries; O(change) map writes instead of O(policy)):
 //! 1. if a direction stops being isolated, clear its flag first (so deleting its entries below
@@ -30,6 +30,15 @@
 //! both is the longest in both whenever it is the longest present. So each packet sees the old
 //! policy or the new one for its address, never a mix; port sets are immutable and written
 //! before anything points at them.
+//!
+//! **Retiring, then a grace period.** A packet copies its endpoint entry when it starts and
+//! makes its policy and port lookups afterwards, so a packet that read the old `policy_id` (or
+//! an old value's `portset_id`) just before the switch may look up after it. Deleting those
+//! entries at once would make such a packet miss and drop a flow both versions allow. So what
+//! no endpoint references any more is only retired by `apply`/`remove`; `commit` (once per
+//! reconcile) waits for an RCU grace period (`MapOps::grace_period`: every program run that
+//! started before it has finished) and only then deletes it. One grace period covers all the
+//! endpoints of a reconcile.
 //!
 //! An endpoint whose desired policy equals the applied one is not touched, so a restarted agent
 //! that finds its pinned state current rewrites nothing (and conntrack entries stay current).
@@ -92,6 +101,9 @@ pub trait MapOps {
     fn del_port(&mut self, prefixlen: u32, key: PortKey) -> Result<(), Self::Error>;
     fn put_endpoint(&mut self, ifindex: u32, info: EndpointInfo) -> Result<(), Self::Error>;
     fn del_endpoint(&mut self, ifindex: u32) -> Result<(), Self::Error>;
+    /// Returns once every datapath program run that started before the call has finished
+    /// (nothing read before the call is still being used).
+    fn grace_period(&mut self) -> Result<(), Self::Error>;
 }
 
 /// What was read back from pinned maps when adopting them.
@@ -123,6 +135,10 @@ pub struct Applier {
     /// deleted on the next apply.
     orphans: Vec<(u32, PolicyKey)>,
     orphan_ports: Vec<(u32, PortKey)>,
+    /// Entries no endpoint references any more that a packet in flight may still read:
+    /// deleted by `commit` after a grace period (see the module documentation).
+    retired: Vec<(u32, PolicyKey)>,
+    retired_ports: Vec<(u32, PortKey)>,
 }
 
 fn id_be(id: u32) -> [u8; 4] {
@@ -259,26 +275,22 @@ impl Applier {
         Ok(id)
     }
 
-    fn release<M: MapOps>(
-        &mut self,
-        m: &mut M,
-        content: &Arc<PortContent>,
-    ) -> Result<(), M::Error> {
+    /// One user fewer; the last one retires the port set's entries.
+    fn release(&mut self, content: &Arc<PortContent>) {
         let Some(slot) = self.portsets.get_mut(content) else {
-            return Ok(());
+            return;
         };
         slot.1 -= 1;
         if slot.1 > 0 {
-            return Ok(());
+            return;
         }
         let id = slot.0;
         self.portsets.remove(content);
         for (plen, key, _) in content.iter() {
             let mut key = *key;
             key.portset_id_be = id_be(id);
-            m.del_port(*plen, key)?;
+            self.retired_ports.push((*plen, key));
         }
-        Ok(())
     }
 
     fn bump_gen(&mut self) -> u32 {
@@ -305,10 +317,11 @@ impl Applier {
         })
     }
 
-    fn release_allow<M: MapOps>(&mut self, m: &mut M, allow: &Allow) -> Result<(), M::Error> {
-        match allow {
-            Allow::Ports(c) if !c.is_empty() => self.release(m, c),
-            _ => Ok(()),
+    fn release_allow(&mut self, allow: &Allow) {
+        if let Allow::Ports(c) = allow
+            && !c.is_empty()
+        {
+            self.release(c);
         }
     }
 
@@ -384,7 +397,7 @@ impl Applier {
             },
         );
         if let Some(old) = old {
-            self.drop_entries(m, old)?;
+            self.retire(old);
         }
         Ok(())
     }
@@ -428,7 +441,7 @@ impl Applier {
             {
                 let value = self.value(m, allow)?;
                 m.put_policy(*plen, with_id(*key), value)?;
-                self.release_allow(m, old)?;
+                self.release_allow(old);
             }
         }
         // 4. Keys only the old state has, shortest prefix first.
@@ -440,7 +453,7 @@ impl Applier {
         dels.sort_by_key(|e| e.0.0);
         for ((plen, key), allow) in dels {
             m.del_policy(*plen, with_id(*key))?;
-            self.release_allow(m, allow)?;
+            self.release_allow(allow);
         }
         // 5. Final flags and a new generation.
         let policy_gen = self.bump_gen();
@@ -456,26 +469,47 @@ impl Applier {
         Ok(())
     }
 
-    fn drop_entries<M: MapOps>(&mut self, m: &mut M, old: Applied) -> Result<(), M::Error> {
+    /// Retires the entries of a policy id no endpoint uses any more.
+    fn retire(&mut self, old: Applied) {
         for ((plen, key), allow) in old.entries {
             let mut key = key;
             key.policy_id_be = id_be(old.info.policy_id);
-            m.del_policy(plen, key)?;
-            if let Allow::Ports(c) = allow
-                && !c.is_empty()
-            {
-                self.release(m, &c)?;
+            self.retired.push((plen, key));
+            self.release_allow(&allow);
+        }
+    }
+
+    /// Deletes what `apply` and `remove` retired, after one grace period. Called once all the
+    /// endpoints of a reconcile are applied; what it could not delete stays retired (deleted
+    /// by the next call).
+    pub fn commit<M: MapOps>(&mut self, m: &mut M) -> Result<(), M::Error> {
+        if self.retired.is_empty() && self.retired_ports.is_empty() {
+            return Ok(());
+        }
+        m.grace_period()?;
+        while let Some((plen, key)) = self.retired.pop() {
+            if let Err(e) = m.del_policy(plen, key) {
+                self.retired.push((plen, key));
+                return Err(e);
+            }
+        }
+        while let Some((plen, key)) = self.retired_ports.pop() {
+            if let Err(e) = m.del_port(plen, key) {
+                self.retired_ports.push((plen, key));
+                return Err(e);
             }
         }
         Ok(())
     }
 
     /// Removes an endpoint: first its endpoint entry (packets on its hooks now fail closed),
-    /// then its policy.
+    /// then its policy (retired: deleted by `commit`).
     pub fn remove<M: MapOps>(&mut self, m: &mut M, ifindex: u32) -> Result<(), M::Error> {
-        if let Some(old) = self.endpoints.remove(&ifindex) {
+        if self.endpoints.contains_key(&ifindex) {
             m.del_endpoint(ifindex)?;
-            self.drop_entries(m, old)?;
+            if let Some(old) = self.endpoints.remove(&ifindex) {
+                self.retire(old);
+            }
         }
         Ok(())
     }
@@ -492,6 +526,8 @@ pub mod fake {
         pub ports: BTreeMap<(u32, PortKey), PortValue>,
         pub endpoints: BTreeMap<u32, EndpointInfo>,
         pub writes: usize,
+        /// `writes` at each grace period.
+        pub grace_periods: Vec<usize>,
         /// When set, a copy of the maps after every write (to check intermediate states).
         pub history: Option<Vec<FakeMaps>>,
     }
@@ -542,6 +578,10 @@ pub mod fake {
             self.record();
             r
         }
+        fn grace_period(&mut self) -> Result<(), Missing> {
+            self.grace_periods.push(self.writes);
+            Ok(())
+        }
     }
 
     impl FakeMaps {
@@ -549,12 +589,20 @@ pub mod fake {
         /// the longest matching entry under the endpoint's current policy id, resolved to
         /// its port entries. None: no entry (nothing allowed).
         pub fn answer(&self, ifindex: u32, addr: [u8; 4]) -> Option<(u32, u32, PortContent)> {
-            let info = self.endpoints.get(&ifindex)?;
+            self.answer_under(self.endpoints.get(&ifindex)?.policy_id, addr)
+        }
+
+        /// The same, for a packet that read `policy_id` from its endpoint entry earlier.
+        pub fn answer_under(
+            &self,
+            policy_id: u32,
+            addr: [u8; 4],
+        ) -> Option<(u32, u32, PortContent)> {
             let (_, v) = self
                 .policy
                 .iter()
                 .filter(|((plen, k), _)| {
-                    u32::from_be_bytes(k.policy_id_be) == info.policy_id && {
+                    u32::from_be_bytes(k.policy_id_be) == policy_id && {
                         let bits = plen - 64;
                         let mask = if bits == 0 {
                             0
@@ -607,6 +655,23 @@ mod tests {
     use super::fake::FakeMaps;
     use super::*;
     use palisade_common::{DIR_INGRESS, FAMILY_V4};
+
+    /// `apply` then `commit`, as one reconcile of one endpoint does.
+    fn applied(
+        a: &mut Applier,
+        m: &mut FakeMaps,
+        d: &DesiredEndpoint,
+    ) -> Result<bool, fake::Missing> {
+        let r = a.apply(m, d)?;
+        a.commit(m)?;
+        Ok(r)
+    }
+
+    /// `remove` then `commit`.
+    fn removed(a: &mut Applier, m: &mut FakeMaps, ifindex: u32) -> Result<(), fake::Missing> {
+        a.remove(m, ifindex)?;
+        a.commit(m)
+    }
 
     fn key(a: u8, len: u8) -> (u32, PolicyKey) {
         let mut k = PolicyKey {
@@ -676,8 +741,12 @@ mod tests {
         let mut m = FakeMaps::default();
         let mut a = Applier::new();
         assert!(
-            a.apply(&mut m, &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]))
-                .unwrap()
+            applied(
+                &mut a,
+                &mut m,
+                &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))])
+            )
+            .unwrap()
         );
         let first = m.endpoints[&1].policy_id;
         assert!(
@@ -694,9 +763,25 @@ mod tests {
             .unwrap()
         );
         assert_ne!(m.endpoints[&1].policy_id, first);
+        // A packet that read the old policy id before the switch still finds its answer...
+        let old_answer = m.answer_under(first, [10, 0, 1, 7]);
+        assert!(old_answer.is_some_and(|(_, _, p)| p.len() == 1));
+        assert!(m.grace_periods.is_empty());
+        // ...until the grace period, after which the old policy and its port set are gone.
+        let before = m.writes;
+        a.commit(&mut m).unwrap();
+        assert_eq!(
+            m.grace_periods,
+            vec![before],
+            "deleted only after a grace period"
+        );
+        assert_eq!(m.answer_under(first, [10, 0, 1, 7]), None);
         assert_eq!(m.policy.len(), 2);
         assert_eq!(m.ports.len(), 1);
         assert_consistent(&m);
+        // Nothing retired: no grace period to wait for.
+        a.commit(&mut m).unwrap();
+        assert_eq!(m.grace_periods.len(), 1);
     }
 
     #[test]
@@ -704,17 +789,16 @@ mod tests {
         let mut m = FakeMaps::default();
         let mut a = Applier::new();
         let p = ports(&[(6, 80, 1), (17, 53, 1)]);
-        a.apply(&mut m, &ep(1, vec![(key(1, 24), p.clone())]))
-            .unwrap();
+        applied(&mut a, &mut m, &ep(1, vec![(key(1, 24), p.clone())])).unwrap();
         a.apply(
             &mut m,
             &ep(2, vec![(key(1, 24), p.clone()), (key(9, 24), p)]),
         )
         .unwrap();
         assert_eq!(m.ports.len(), 2, "one shared set of two entries");
-        a.remove(&mut m, 1).unwrap();
+        removed(&mut a, &mut m, 1).unwrap();
         assert_eq!(m.ports.len(), 2);
-        a.remove(&mut m, 2).unwrap();
+        removed(&mut a, &mut m, 2).unwrap();
         assert!(m.ports.is_empty() && m.policy.is_empty() && m.endpoints.is_empty());
     }
 
@@ -723,9 +807,9 @@ mod tests {
         let mut m = FakeMaps::default();
         let mut a = Applier::new();
         let d = ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]);
-        a.apply(&mut m, &d).unwrap();
+        applied(&mut a, &mut m, &d).unwrap();
         let writes = m.writes;
-        assert!(!a.apply(&mut m, &d).unwrap());
+        assert!(!applied(&mut a, &mut m, &d).unwrap());
         assert_eq!(m.writes, writes);
     }
 
@@ -738,19 +822,23 @@ mod tests {
             vec![(key(1, 24), ports(&[(6, 80, 1)])), (key(4, 32), ports(&[]))],
         );
         let d2 = ep(2, vec![(key(1, 24), ports(&[(6, 80, 1)]))]);
-        a.apply(&mut m, &d1).unwrap();
-        a.apply(&mut m, &d2).unwrap();
+        applied(&mut a, &mut m, &d1).unwrap();
+        applied(&mut a, &mut m, &d2).unwrap();
         let before = m.clone();
         let mut b = Applier::adopt(m.pinned());
-        assert!(!b.apply(&mut m, &d1).unwrap());
-        assert!(!b.apply(&mut m, &d2).unwrap());
+        assert!(!applied(&mut b, &mut m, &d1).unwrap());
+        assert!(!applied(&mut b, &mut m, &d2).unwrap());
         assert_eq!(m.policy, before.policy);
         // A change after adoption allocates fresh ids and keeps the maps consistent.
-        b.apply(&mut m, &ep(1, vec![(key(7, 24), ports(&[(6, 80, 1)]))]))
-            .unwrap();
+        applied(
+            &mut b,
+            &mut m,
+            &ep(1, vec![(key(7, 24), ports(&[(6, 80, 1)]))]),
+        )
+        .unwrap();
         assert_consistent(&m);
-        b.remove(&mut m, 2).unwrap();
-        b.remove(&mut m, 1).unwrap();
+        removed(&mut b, &mut m, 2).unwrap();
+        removed(&mut b, &mut m, 1).unwrap();
         assert!(m.policy.is_empty() && m.ports.is_empty());
     }
 
@@ -761,12 +849,12 @@ mod tests {
         let mut entries: Vec<_> = (0..100u8)
             .map(|i| (key(i, 24), ports(&[(6, 80, 1)])))
             .collect();
-        a.apply(&mut m, &ep(1, entries.clone())).unwrap();
+        applied(&mut a, &mut m, &ep(1, entries.clone())).unwrap();
         let id = m.endpoints[&1].policy_id;
         let gen0 = m.endpoints[&1].policy_gen;
         let writes = m.writes;
         entries.push((key(200, 24), Allow::All(9)));
-        a.apply(&mut m, &ep(1, entries)).unwrap();
+        applied(&mut a, &mut m, &ep(1, entries)).unwrap();
         assert_eq!(m.endpoints[&1].policy_id, id, "same policy id: in place");
         assert!(
             m.endpoints[&1].policy_gen > gen0,
@@ -814,12 +902,12 @@ mod tests {
             }).collect();
             let d_old = ep(1, old_e.into_iter().chain(filler.clone()).collect());
             let d_new = ep(1, new_e.into_iter().chain(filler).collect());
-            a.apply(&mut m, &d_old).unwrap();
+            applied(&mut a, &mut m, &d_old).unwrap();
             let probes: Vec<[u8; 4]> = (0..4u8).flat_map(|b2| (0..=255u8).step_by(16).map(move |b3| [10, 0, b2, b3])).collect();
             let before: Vec<_> = probes.iter().map(|p| m.answer(1, *p)).collect();
             let id = m.endpoints[&1].policy_id;
             m.history = Some(Vec::new());
-            a.apply(&mut m, &d_new).unwrap();
+            applied(&mut a, &mut m, &d_new).unwrap();
             let history = m.history.take().unwrap();
             proptest::prop_assert_eq!(m.endpoints[&1].policy_id, id, "applied in place");
             let after: Vec<_> = probes.iter().map(|p| m.answer(1, *p)).collect();
@@ -838,8 +926,12 @@ mod tests {
     fn adoption_cleans_entries_left_by_a_crash_mid_apply() {
         let mut m = FakeMaps::default();
         let mut a = Applier::new();
-        a.apply(&mut m, &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]))
-            .unwrap();
+        applied(
+            &mut a,
+            &mut m,
+            &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]),
+        )
+        .unwrap();
         // A crash after step 3 of the next apply: new entries written, endpoint not switched.
         let mut k = key(5, 24);
         k.1.policy_id_be = 99u32.to_be_bytes();
@@ -863,7 +955,7 @@ mod tests {
             PortValue { rule_ref: 1 },
         );
         let mut b = Applier::adopt(m.pinned());
-        b.apply(&mut m, &ep(2, vec![])).unwrap();
+        applied(&mut b, &mut m, &ep(2, vec![])).unwrap();
         assert_consistent(&m);
         assert_eq!(m.policy.len(), 1);
     }

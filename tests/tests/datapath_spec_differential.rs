@@ -502,6 +502,10 @@ impl MapOps for HarnessMaps<'_> {
             BpfHashMap::try_from(self.map(maps::ENDPOINTS))?;
         ignore_missing(m.remove(&i))
     }
+    fn grace_period(&mut self) -> Result<(), MapError> {
+        palisade_agent::datapath_ops::rcu_grace_period();
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -861,6 +865,7 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
         );
         applier
             .apply(&mut HarnessMaps(&mut dp), &desired)
+            .and_then(|_| applier.commit(&mut HarnessMaps(&mut dp)))
             .expect("applying the desired endpoint to the kernel maps");
         let ctx = Context {
             seed,
