@@ -77,7 +77,7 @@ pub fn report(
     // SAFETY: this CPU's scratch entry, as the evaluation left it.
     let s = unsafe { &mut *s };
     if r.is_drop() {
-        dropped(ctx, dir, ep_ifindex, deferred, r, s);
+        dropped(ctx, dir, ep_ifindex, deferred, v, s);
         return;
     }
     let mut flags = if deferred { EV_DEFERRED } else { 0 };
@@ -152,9 +152,11 @@ pub fn report(
     emit(ctx, &s.ep, &s.pkt, dir, ep_ifindex, flags, verdict, out, 0);
 }
 
-/// 4. A dropped packet: rate-limited per flow.
+/// 4. A dropped packet: rate-limited per flow. The verdict keeps its rule (a ClusterNetworkPolicy
+/// Deny rule for `POLICY_DENY`).
 #[inline(always)]
-fn dropped(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool, r: Reason, s: &mut Scratch) {
+fn dropped(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool, v: &Verdict, s: &mut Scratch) {
+    let r = v.reason;
     let mut flags = if deferred { EV_DEFERRED } else { 0 };
     let no_ep = r == Reason::NO_ENDPOINT;
     if no_ep
@@ -223,7 +225,7 @@ fn dropped(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool, r: Reason,
         ep_ifindex,
         flags,
         VERDICT_DROPPED,
-        Verdict::drop(r),
+        *v,
         suppressed,
     );
 }

@@ -201,10 +201,11 @@ pub struct Service {
     pub address: String,
 }
 
-/// A policy that allowed, or isolates without allowing, the flow.
+/// A policy that allowed the flow, isolates the pod without allowing it (no `rule`), or
+/// denied it with a Deny rule (a ClusterNetworkPolicy's, with `rule`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
-    /// `NetworkPolicy` (more kinds join as they are enforced).
+    /// `NetworkPolicy` or `ClusterNetworkPolicy` (cluster-scoped: no namespace).
     pub kind: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
@@ -212,7 +213,8 @@ pub struct Policy {
     /// The policy is in audit mode (it decides nothing).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub audit: bool,
-    /// The allowing rule (`spec.ingress[0]`), with the peer and port entry that matched.
+    /// The deciding rule (`spec.ingress[0]`), with the peer and port entry that matched (for
+    /// NetworkPolicy rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Rule>,
 }

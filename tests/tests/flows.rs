@@ -310,6 +310,121 @@ fn privileged_flows_name_pods_policies_rules_and_reasons() {
 /// The metrics endpoint, parsed as Prometheus does: a real denied connection moves the
 /// verdict counter of its direction and reason and the per-policy counter of the policies
 /// that isolate the pod; map pressure, events and sync state are there.
+/// ClusterNetworkPolicy verdicts name the tier policy and rule that decided: an admin Deny
+/// drop says which Deny rule (not "isolates the pod"), an admin Accept names its rule.
+#[test]
+fn privileged_flows_name_the_cluster_network_policy_rule_that_decided() {
+    let Some(mut lab) = lab(
+        "privileged_flows_name_the_cluster_network_policy_rule_that_decided",
+        &[],
+    ) else {
+        return;
+    };
+    lab.apply_yaml(
+        "cnp",
+        "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard-x}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress:
+  - {name: no-z, action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}]}
+  - {name: y-in, action: Accept, from: [{namespaces: {matchLabels: {ns: y}}}]}
+",
+    )
+    .expect("policy");
+    lab.wait_synced().expect("synced");
+    assert!(
+        !connect(&lab, "z/c", "x/a", 80, Protocol::Tcp, Family::V4),
+        "z/c -> x/a denied"
+    );
+    assert!(
+        connect(&lab, "y/b", "x/a", 80, Protocol::Tcp, Family::V4),
+        "y/b -> x/a allowed"
+    );
+    let f = wait_flow(
+        &lab,
+        &[
+            "--verdict",
+            "DROPPED",
+            "--from-pod",
+            "z/c",
+            "--to-pod",
+            "x/a",
+            "--last",
+            "50",
+        ],
+        "denied z/c -> x/a",
+        |f| f["traffic_direction"] == "INGRESS",
+    );
+    assert_eq!(f["reason"], "policy_deny", "{f}");
+    let by = &f["ingress_denied_by"][0];
+    assert_eq!(
+        (
+            by["kind"].as_str(),
+            by["name"].as_str(),
+            by["rule"]["path"].as_str()
+        ),
+        (
+            Some("ClusterNetworkPolicy"),
+            Some("guard-x"),
+            Some("spec.ingress[0]")
+        ),
+        "{f}"
+    );
+    assert!(by.get("namespace").is_none(), "cluster-scoped: {f}");
+    let f = wait_flow(
+        &lab,
+        &[
+            "--verdict",
+            "FORWARDED",
+            "--from-pod",
+            "y/b",
+            "--to-pod",
+            "x/a",
+            "--last",
+            "50",
+        ],
+        "allowed y/b -> x/a",
+        |f| f["traffic_direction"] == "INGRESS",
+    );
+    let by = &f["ingress_allowed_by"][0];
+    assert_eq!(
+        (
+            by["kind"].as_str(),
+            by["name"].as_str(),
+            by["rule"]["path"].as_str()
+        ),
+        (
+            Some("ClusterNetworkPolicy"),
+            Some("guard-x"),
+            Some("spec.ingress[1]")
+        ),
+        "{f}"
+    );
+    // The compact line says it in words.
+    let text = lab
+        .agent(0)
+        .unwrap()
+        .palisadectl_stdout(&[
+            "flows",
+            "--verdict",
+            "DROPPED",
+            "--from-pod",
+            "z/c",
+            "--last",
+            "1",
+        ])
+        .unwrap();
+    assert!(
+        text.contains("DROPPED policy_deny INGRESS denied by guard-x spec.ingress[0]")
+            && !text.contains("isolates the pod"),
+        "{text}"
+    );
+}
+
 #[test]
 fn privileged_metrics_count_a_real_denied_connection() {
     let Some(mut lab) = lab("privileged_metrics_count_a_real_denied_connection", &[]) else {

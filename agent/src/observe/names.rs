@@ -20,7 +20,7 @@ use palisade_common::events::{
 use palisade_common::verdict::Reason;
 use palisade_common::{DIR_INGRESS, FAMILY_V4, FAMILY_V6};
 use palisade_policy::explain::{DirectionExplanation, Explainer, PolicyKind, PolicySet};
-use palisade_policy::{Cluster, Direction, PodKey, Prepared, RuleRegistry};
+use palisade_policy::{Cluster, Direction, PodKey, Prepared, RuleKind, RuleRegistry};
 
 use crate::source::Snapshot;
 use palisade_node_api::flow::{
@@ -320,6 +320,7 @@ impl Names {
         explain: &mut Lazy,
     ) {
         let decided_by_policy = reason == Reason::POLICY_ALLOW
+            || reason == Reason::POLICY_DENY
             || reason == Reason::DEFAULT_DENY
             || reason == Reason::POLICY_CHANGED
             || reason == Reason::FRAGMENT_UNTRACKED
@@ -383,6 +384,9 @@ impl Names {
         };
         if e.rule_ref != 0 && e.verdict == VERDICT_FORWARDED {
             allowed.extend(self.policy_of(e.rule_ref, &expl, audit));
+        } else if e.rule_ref != 0 && reason == Reason::POLICY_DENY {
+            // A tier's Deny rule decided (not isolation): name that rule.
+            denied.extend(self.policy_of(e.rule_ref, &expl, audit));
         } else if e.verdict != VERDICT_FORWARDED {
             denied.extend(isolating(&expl, audit));
         }
@@ -392,13 +396,19 @@ impl Names {
     /// matched (from the explanation of the same direction).
     fn policy_of(&self, rule_ref: u32, expl: &DirectionExplanation, audit: bool) -> Option<Policy> {
         let id = self.registry.describe(rule_ref)?;
+        let kind = match id.kind {
+            RuleKind::NetworkPolicy => "NetworkPolicy",
+            RuleKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            // No tier decided: the default allow, which no policy names.
+            RuleKind::DefaultAllow => return None,
+        };
         let matched = expl
             .policies
             .iter()
             .find(|p| p.namespace.as_deref() == Some(id.namespace.as_str()) && p.name == id.policy)
             .and_then(|p| p.rules.get(id.index));
         Some(Policy {
-            kind: "NetworkPolicy".into(),
+            kind: kind.into(),
             namespace: id.namespace.clone(),
             name: id.policy.clone(),
             audit,

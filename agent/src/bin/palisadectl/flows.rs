@@ -193,7 +193,8 @@ fn decided_by(f: &Flow) -> String {
         } else {
             word
         };
-        let isolating = if word.contains("denied") {
+        // Denied by isolation (policies named without a rule), or by a tier's Deny rule.
+        let isolating = if word.contains("denied") && list.iter().all(|p| p.rule.is_none()) {
             " (isolates the pod; no rule allows it)"
         } else {
             ""
