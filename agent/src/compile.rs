@@ -1,5 +1,5 @@
 //! From the agent's view of the cluster to the policy crate's input, and from its output to
-//! the applier's desired endpoints.
+//! the applier's desired endpoints (built by the policy crate, `palisade_policy::DesiredEndpoint`).
 //!
 //! Invalid NetworkPolicies and ClusterNetworkPolicies: an update that fails validation does
 //! not replace the last valid version of that policy (nothing lost); a policy that was never
@@ -14,20 +14,14 @@
 //! stop at the pointer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use palisade_common::endpoint::{
-    EP_AUDIT_EGRESS_ISOLATED, EP_AUDIT_INGRESS_ISOLATED, EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6,
-    EP_INGRESS_ISOLATED,
-};
-use palisade_common::policy::POL_ALL_PORTS;
 use palisade_policy as policy;
 use palisade_policy::cnp::ClusterNetworkPolicy;
+use palisade_policy::{DesiredEndpoint, Entries, PortContent, PortContents};
 
-use crate::applier::{Allow, DesiredEndpoint, Entries, PortContent};
 use crate::endpoints::EndpointRecord;
 use crate::source::Snapshot;
 use crate::status::Problem;
@@ -141,8 +135,8 @@ pub struct Compiler {
     policies: BTreeMap<(String, String), PolicyState<NetworkPolicy>>,
     /// Per ClusterNetworkPolicy name, from the previous compile.
     cluster_policies: BTreeMap<String, PolicyState<ClusterNetworkPolicy>>,
-    /// Port set -> its `pal_port_v1` content, from the previous compile.
-    port_contents: HashMap<policy::PortSet, Arc<PortContent>>,
+    /// Port set -> its `pal_port_v1` content, kept from one compile to the next.
+    port_contents: PortContents,
     /// The previous compile's distinct endpoint policies with their converted entries.
     converted: Vec<(Arc<policy::EndpointPolicy>, Arc<Entries>)>,
     /// The node is in audit mode: every policy is audited (decides nothing, reports).
@@ -238,7 +232,7 @@ impl Compiler {
             registry: policy::RuleRegistry::default(),
             policies: BTreeMap::new(),
             cluster_policies: BTreeMap::new(),
-            port_contents: HashMap::new(),
+            port_contents: PortContents::default(),
             converted: Vec::new(),
             audit_all: false,
         }
@@ -326,7 +320,7 @@ impl Compiler {
     }
 
     /// Map entries of every distinct endpoint policy: those equal to one of the previous
-    /// compile are reused, the others converted, with the port set contents of the previous
+    /// compile are reused, the others built, with the port set contents of the previous
     /// compile reused by content.
     fn convert_all<'a>(
         &mut self,
@@ -335,10 +329,6 @@ impl Compiler {
     ) -> HashMap<usize, Arc<Entries>> {
         let mut out: HashMap<usize, Arc<Entries>> = HashMap::new();
         let mut converted = Vec::new();
-        let mut contents = PortContents {
-            old: std::mem::take(&mut self.port_contents),
-            new: HashMap::new(),
-        };
         for ep in eps {
             let addr = Arc::as_ptr(ep) as usize;
             if out.contains_key(&addr) {
@@ -354,12 +344,12 @@ impl Compiler {
                     // Keep its port sets alive in the cache.
                     for allow in ep.entries.values() {
                         if let policy::PeerAllow::Ports(set) = allow {
-                            contents.get(set);
+                            self.port_contents.get(set);
                         }
                     }
                     e
                 }
-                None => Arc::new(convert(ep, &mut contents)),
+                None => Arc::new(policy::endpoint_entries(ep, &mut self.port_contents)),
             };
             converted.push((ep.clone(), entries.clone()));
             out.insert(addr, entries);
@@ -367,64 +357,9 @@ impl Compiler {
         retired
             .entries
             .extend(std::mem::replace(&mut self.converted, converted));
-        retired.port_contents.push(contents.old);
-        self.port_contents = contents.new;
+        retired.port_contents.push(self.port_contents.next_round());
         out
     }
-}
-
-/// Port set contents by port set: `new` collects those used now, taking them from `old` (the
-/// previous compile's) when present so their `Arc` stays the same.
-struct PortContents {
-    old: HashMap<policy::PortSet, Arc<PortContent>>,
-    new: HashMap<policy::PortSet, Arc<PortContent>>,
-}
-
-impl PortContents {
-    fn get(&mut self, set: &policy::PortSet) -> Arc<PortContent> {
-        if set.is_empty() {
-            // Portset 0: deny. Not interned (the applier writes no port entries for it).
-            return Arc::new(PortContent::new());
-        }
-        if let Some(c) = self.new.get(set) {
-            return c.clone();
-        }
-        let c = match self.old.remove_entry(set) {
-            Some((_, c)) => c,
-            None => Arc::new(
-                policy::port_map_entries(0, set)
-                    .into_iter()
-                    .map(|(plen, key, v)| (plen, key, v.rule_ref))
-                    .collect(),
-            ),
-        };
-        self.new.insert(set.clone(), c.clone());
-        c
-    }
-}
-
-/// The `pal_pol_v1` entries of `ep` (policy id 0), port sets resolved through `contents`.
-fn convert(ep: &policy::EndpointPolicy, contents: &mut PortContents) -> Entries {
-    // `policy_map_entries` asks for a port set id per entry; here the id only pairs the entry
-    // with its resolved content.
-    let mut allows: Vec<Allow> = Vec::new();
-    let raw = policy::policy_map_entries(ep, 0, |ps| {
-        allows.push(Allow::Ports(contents.get(ps)));
-        allows.len() as u32
-    });
-    let deny = Arc::new(PortContent::new());
-    raw.into_iter()
-        .map(|(plen, key, v)| {
-            let allow = if v.flags & POL_ALL_PORTS != 0 {
-                Allow::All(v.rule_ref)
-            } else if v.portset_id == 0 {
-                Allow::Ports(deny.clone())
-            } else {
-                std::mem::replace(&mut allows[v.portset_id as usize - 1], Allow::All(0))
-            };
-            ((plen, key), allow)
-        })
-        .collect()
 }
 
 impl Compiled {
@@ -432,7 +367,9 @@ impl Compiled {
         matches!(self.endpoints.get(&r.key()), Some(Some(_)))
     }
 
-    /// The endpoint as the maps should hold it.
+    /// The endpoint as the maps should hold it; `None` (a pod the source does not know yet)
+    /// gives an endpoint isolated both ways with nothing allowed: fail closed until its labels
+    /// are known.
     pub fn desired(
         &self,
         key: &str,
@@ -440,22 +377,15 @@ impl Compiled {
         ep_id: u32,
         r: &EndpointRecord,
     ) -> DesiredEndpoint {
-        let ep = self.endpoints.get(key).and_then(|e| e.as_ref());
-        let mut d = unknown_endpoint(ifindex, ep_id, &r.addrs());
-        if let Some(ep) = ep {
-            set_isolation(&mut d, ep);
-            match self.entries.get(&(Arc::as_ptr(ep) as usize)) {
-                Some(e) => d.entries = (**e).clone(),
-                None => {
-                    let mut contents = PortContents {
-                        old: HashMap::new(),
-                        new: HashMap::new(),
-                    };
-                    d.entries = convert(ep, &mut contents);
-                }
-            }
-        }
-        d
+        let d = DesiredEndpoint::isolated(ifindex, ep_id, &r.addrs());
+        let Some(ep) = self.endpoints.get(key).and_then(|e| e.as_ref()) else {
+            return d;
+        };
+        let entries = match self.entries.get(&(Arc::as_ptr(ep) as usize)) {
+            Some(e) => e.clone(),
+            None => Arc::new(policy::endpoint_entries(ep, &mut PortContents::default())),
+        };
+        d.with_policy(ep, entries)
     }
 
     pub fn describe(&self, pod: &str, compiler: &Compiler) -> Option<String> {
@@ -465,65 +395,6 @@ impl Compiled {
             None => format!("{pod}: not in the source yet: everything denied except its node\n"),
         })
     }
-}
-
-/// An endpoint isolated both ways with nothing allowed, with its addresses.
-fn unknown_endpoint(ifindex: u32, ep_id: u32, addrs: &[IpAddr]) -> DesiredEndpoint {
-    let mut d = DesiredEndpoint {
-        ifindex,
-        ep_id,
-        flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
-        ipv4_be: [0; 4],
-        ipv6_be: [0; 16],
-        entries: Entries::new(),
-    };
-    for a in addrs {
-        match a {
-            IpAddr::V4(v4) => {
-                d.flags |= EP_HAS_V4;
-                d.ipv4_be = v4.octets();
-            }
-            IpAddr::V6(v6) => {
-                d.flags |= EP_HAS_V6;
-                d.ipv6_be = v6.octets();
-            }
-        }
-    }
-    d
-}
-
-fn set_isolation(d: &mut DesiredEndpoint, ep: &policy::EndpointPolicy) {
-    d.flags &= !(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
-    for (on, bit) in [
-        (ep.ingress_isolated, EP_INGRESS_ISOLATED),
-        (ep.egress_isolated, EP_EGRESS_ISOLATED),
-        (ep.audit_ingress_isolated, EP_AUDIT_INGRESS_ISOLATED),
-        (ep.audit_egress_isolated, EP_AUDIT_EGRESS_ISOLATED),
-    ] {
-        if on {
-            d.flags |= bit;
-        }
-    }
-}
-
-/// The endpoint as the maps should hold it, from its compiled policy. `None` (a pod the source
-/// does not know yet) gives an endpoint isolated both ways with nothing allowed: fail closed
-/// until its labels are known.
-pub fn desired_endpoint(
-    ep: Option<&policy::EndpointPolicy>,
-    ifindex: u32,
-    ep_id: u32,
-    addrs: &[IpAddr],
-) -> DesiredEndpoint {
-    let mut d = unknown_endpoint(ifindex, ep_id, addrs);
-    let Some(ep) = ep else { return d };
-    set_isolation(&mut d, ep);
-    let mut contents = PortContents {
-        old: HashMap::new(),
-        new: HashMap::new(),
-    };
-    d.entries = convert(ep, &mut contents);
-    d
 }
 
 #[cfg(test)]
@@ -614,7 +485,13 @@ mod tests {
                 let ep = want.endpoints[key].as_deref();
                 assert_eq!(
                     g,
-                    desired_endpoint(ep, r.host_ifindex, i as u32, &r.addrs()),
+                    policy::desired_endpoint(
+                        ep,
+                        r.host_ifindex,
+                        i as u32,
+                        &r.addrs(),
+                        &mut PortContents::default()
+                    ),
                     "step {step:?}, endpoint {key}"
                 );
             }

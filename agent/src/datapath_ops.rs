@@ -1,11 +1,13 @@
-//! The applier's map operations on the real pinned maps, and reading them back for adoption.
+//! The applier's map operations on the real pinned maps, reading them back for adoption, and
+//! their capacities.
 
 use aya::maps::MapError;
 use palisade_common::endpoint::EndpointInfo;
 use palisade_common::maps;
 use palisade_common::policy::{PolicyKey, PolicyValue, PortKey, PortValue};
+use palisade_common::stats::{Config, HostAddrKey};
 
-use crate::applier::{MapOps, PinnedState};
+use crate::applier::{AddrMap, Capacity, MapOps, PinnedState};
 use crate::datapath::{Datapath, DatapathError, Maps, lpm};
 
 pub struct Ops<'a>(pub &'a mut Maps);
@@ -54,26 +56,38 @@ impl MapOps for Ops<'_> {
     fn del_endpoint(&mut self, i: u32) -> Result<(), DatapathError> {
         ignore_missing(self.0.endpoints.remove(&i)).map_err(e(maps::ENDPOINTS, "remove"))
     }
-    fn grace_period(&mut self) -> Result<(), DatapathError> {
-        rcu_grace_period();
-        Ok(())
+    fn put_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), DatapathError> {
+        let m = match map {
+            AddrMap::Services => &mut self.0.services,
+            AddrMap::HostAddrs => &mut self.0.hosts,
+        };
+        m.insert(k, 1, 0).map_err(e(map.name(), "insert"))
+    }
+    fn del_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), DatapathError> {
+        let m = match map {
+            AddrMap::Services => &mut self.0.services,
+            AddrMap::HostAddrs => &mut self.0.hosts,
+        };
+        ignore_missing(m.remove(&k)).map_err(e(map.name(), "remove"))
+    }
+    fn put_config(&mut self, c: Config) -> Result<(), DatapathError> {
+        self.0.config.set(0, c, 0).map_err(e(maps::CONFIG, "set"))
     }
 }
 
-/// Waits until every eBPF program run that started before the call has finished.
-///
-/// TC programs run inside RCU read-side sections (softirq, or `rcu_read_lock_bh` on transmit),
-/// and `membarrier(MEMBARRIER_CMD_GLOBAL)` returns only after an RCU grace period
-/// (`synchronize_rcu`), which waits for every such section that had begun: the one syscall that
-/// gives this guarantee to user space. Kernels with `nohz_full` refuse the command; there a
-/// sleep far longer than any program run (microseconds) stands in for it.
-pub fn rcu_grace_period() {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: the syscall takes no pointers.
-    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if r != 0 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+/// `max_entries` of the maps the applier fills, as the kernel created them.
+pub fn capacity(m: &Maps) -> Result<Capacity, DatapathError> {
+    use aya::maps::IterableMap;
+    fn max(map: &aya::maps::MapData, name: &'static str) -> Result<u32, DatapathError> {
+        Ok(map.info().map_err(e(name, "info"))?.max_entries())
     }
+    Ok(Capacity {
+        endpoints: max(m.endpoints.map(), maps::ENDPOINTS)?,
+        policy: max(m.policy.map(), maps::POLICY)?,
+        ports: max(m.ports.map(), maps::PORTS)?,
+        services: max(m.services.map(), maps::SERVICES)?,
+        host_addrs: max(m.hosts.map(), maps::HOST_ADDRS)?,
+    })
 }
 
 pub fn read_pinned(dp: &Datapath) -> Result<PinnedState, DatapathError> {
@@ -90,5 +104,13 @@ pub fn read_pinned(dp: &Datapath) -> Result<PinnedState, DatapathError> {
         let (k, v) = r.map_err(e(maps::PORTS, "iterate"))?;
         st.ports.push((k.prefix_len(), k.data(), v));
     }
+    for k in m.services.keys() {
+        st.services.push(k.map_err(e(maps::SERVICES, "iterate"))?);
+    }
+    for k in m.hosts.keys() {
+        st.host_addrs
+            .push(k.map_err(e(maps::HOST_ADDRS, "iterate"))?);
+    }
+    st.config = Some(m.config.get(&0, 0).map_err(e(maps::CONFIG, "get"))?);
     Ok(st)
 }

@@ -1,7 +1,9 @@
 //! palisade-agent: the node agent.
 //!
-//! watch (source) -> compute (`palisade_policy`) -> diff (`applier`) -> write maps
-//! (`datapath`), and attach the TC programs to every pod's host-side veth.
+//! source (`source`) -> desired state (`compile` with `palisade_policy`, `services`,
+//! `node::addrs`) -> one diff (`applier`) -> maps (`datapath`), all driven from `reconcile`;
+//! the TC programs attached to every pod's host-side veth; the node's routes, masquerade and
+//! uplinks (`node`).
 
 pub mod agent;
 pub mod api;
@@ -12,10 +14,10 @@ pub mod datapath;
 pub mod datapath_ops;
 pub mod endpoints;
 pub mod insight;
-pub mod masquerade;
+pub mod node;
 pub mod observe;
 pub mod orphans;
-pub mod routing;
+pub mod reconcile;
 pub mod run;
 pub mod services;
 pub mod source;

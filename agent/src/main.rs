@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Parser;
 use palisade_agent::agent::{Agent, AgentConfig};
-use palisade_agent::routing::{Cidr, NetworkConfig};
+use palisade_agent::node::routing::{Cidr, NetworkConfig};
 use palisade_agent::source::{DirSource, KubeSource, Source};
 
 /// mimalloc rather than glibc malloc: a policy change builds and drops ~10^5 small objects per

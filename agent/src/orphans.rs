@@ -165,16 +165,16 @@ fn pod_with_ips(snapshot: &Snapshot, addrs: &[IpAddr]) -> Option<(String, String
     })
 }
 
-fn node_cidrs(snapshot: &Snapshot, node: &str) -> Vec<crate::routing::Cidr> {
+fn node_cidrs(snapshot: &Snapshot, node: &str) -> Vec<crate::node::routing::Cidr> {
     let mut ignored = Vec::new();
     snapshot
         .nodes
         .get(node)
-        .map(|n| crate::routing::node_pod_cidrs(n, &mut ignored))
+        .map(|n| crate::node::routing::node_pod_cidrs(n, &mut ignored))
         .unwrap_or_default()
 }
 
-fn contains(c: &crate::routing::Cidr, ip: IpAddr) -> bool {
+fn contains(c: &crate::node::routing::Cidr, ip: IpAddr) -> bool {
     fn bits(ip: IpAddr) -> (u128, u32) {
         match ip {
             IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
@@ -192,7 +192,7 @@ fn contains(c: &crate::routing::Cidr, ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::Cidr;
+    use crate::node::routing::Cidr;
 
     #[test]
     fn cidr_contains_its_addresses_only() {

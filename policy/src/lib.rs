@@ -14,8 +14,9 @@
 //!   pod: isolation per direction and a map [`PeerPrefix`] -> [`PeerAllow`]. Every pod of the
 //!   cluster is a peer. The [`RuleRegistry`] gives stable `rule_ref`s (>= 1) to
 //!   [`RuleId`]s; the agent keeps it across compiles.
-//! - [`policy_map_entries`] / [`port_map_entries`] turn that into `pal_pol_v1` /
-//!   `pal_port_v1` entries (`palisade_common::policy` types).
+//! - [`desired_endpoint`] / [`endpoint_entries`] turn that into the desired state of an
+//!   endpoint ([`DesiredEndpoint`]: `pal_pol_v1` keys and shared `pal_port_v1` contents in
+//!   `palisade_common::policy` types), the input of the agent's applier.
 //! - [`lookup`] emulates the datapath's two LPM lookups over the compiled form;
 //!   [`evaluate`] is the reference evaluator, written from the spec text over the objects.
 //!   Tests hold the two equal.
@@ -71,7 +72,8 @@ pub use model::{
     Cluster, Endpoint, Labels, NamedPort, NodeInfo, PodInfo, PodKey, Protocol, proto_name,
 };
 pub use output::{
-    compiled_allows, describe, lookup, lookup_peer, policy_map_entries, port_map_entries,
+    Allow, DesiredEndpoint, Entries, PortContent, PortContents, compiled_allows, describe,
+    desired_endpoint, endpoint_entries, lookup, lookup_peer, port_content,
 };
 pub use port_space::{PortRange, PortRanges};
 pub use ports::{PortPrefix, PortSet};

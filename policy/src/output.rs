@@ -1,10 +1,16 @@
-//! The compiled form as map entries (`common` types), its LPM emulation, and a human view.
+//! The compiled form as the agent's applier consumes it (the desired state of each endpoint:
+//! map keys in `common` types, port sets as shared contents), its LPM emulation, and a human
+//! view.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use palisade_common::policy::{
-    POL_ALL_PORTS, PolicyKey, PolicyValue, PortKey, PortValue, RULE_DENY, policy_prefixlen,
+use palisade_common::endpoint::{
+    EP_AUDIT_EGRESS_ISOLATED, EP_AUDIT_INGRESS_ISOLATED, EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6,
+    EP_INGRESS_ISOLATED,
 };
+use palisade_common::policy::{PolicyKey, PortKey, RULE_DENY, policy_prefixlen};
 use palisade_common::{FAMILY_V4, FAMILY_V6};
 
 use palisade_common::decide::{CtMatch, Facts, decide};
@@ -16,39 +22,156 @@ use crate::prefix::{mask, max_len};
 use crate::rules::RuleRegistry;
 use crate::validate::Direction;
 
-/// `pal_pol_v1` entries of one endpoint policy under `policy_id`: (LPM prefixlen, key, value).
-/// `portset_id` is asked for the id of each non-empty port set (the agent interns them and
-/// writes `port_map_entries` for each new one); an empty set becomes `portset_id` 0 (deny)
-/// without asking.
-pub fn policy_map_entries(
-    ep: &EndpointPolicy,
-    policy_id: u32,
-    mut portset_id: impl FnMut(&PortSet) -> u32,
-) -> Vec<(u32, PolicyKey, PolicyValue)> {
+/// The entries of one port set as `pal_port_v1` holds them, with `portset_id` zeroed:
+/// (LPM prefixlen, key, `rule_ref`). The applier writes a content once under a `portset_id` of
+/// its own and shares it between every entry and endpoint that uses it.
+pub type PortContent = BTreeSet<(u32, PortKey, u32)>;
+
+/// What one `pal_pol_v1` entry allows, in the form the agent's applier consumes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allow {
+    /// Every protocol and port; the rule that allows it.
+    All(u32),
+    /// A port set (empty: nothing allowed, an except-hole). Contents are immutable and shared
+    /// (`Arc`), so comparing two unchanged entries stops at the pointer.
+    Ports(Arc<PortContent>),
+}
+
+/// `pal_pol_v1` entries of one endpoint, with `policy_id` zeroed: (LPM prefixlen, key) -> allow.
+pub type Entries = BTreeMap<(u32, PolicyKey), Allow>;
+
+/// What one endpoint should look like in the maps: its `pal_ep_v1` entry (without the ids the
+/// applier allocates) and its policy entries. The desired state the policy crate hands to the
+/// agent's applier; no map encoding happens before the applier's own writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredEndpoint {
+    /// Host-side veth ifindex (the `pal_ep_v1` key).
+    pub ifindex: u32,
+    pub ep_id: u32,
+    /// `EP_*` flags (isolation and address families).
+    pub flags: u32,
+    pub ipv4_be: [u8; 4],
+    pub ipv6_be: [u8; 16],
+    /// Shared between endpoints with the same policy and from one compile to the next while
+    /// the policy does not change.
+    pub entries: Arc<Entries>,
+}
+
+impl DesiredEndpoint {
+    /// An endpoint isolated both ways with nothing allowed (fail closed), with its addresses.
+    pub fn isolated(ifindex: u32, ep_id: u32, addrs: &[IpAddr]) -> Self {
+        let mut d = DesiredEndpoint {
+            ifindex,
+            ep_id,
+            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+            ipv4_be: [0; 4],
+            ipv6_be: [0; 16],
+            entries: Arc::default(),
+        };
+        for a in addrs {
+            match a {
+                IpAddr::V4(v4) => {
+                    d.flags |= EP_HAS_V4;
+                    d.ipv4_be = v4.octets();
+                }
+                IpAddr::V6(v6) => {
+                    d.flags |= EP_HAS_V6;
+                    d.ipv6_be = v6.octets();
+                }
+            }
+        }
+        d
+    }
+
+    /// The endpoint with `ep`'s isolation and `entries` (which must be `ep`'s, see
+    /// [`endpoint_entries`]).
+    pub fn with_policy(mut self, ep: &EndpointPolicy, entries: Arc<Entries>) -> Self {
+        self.flags &= !(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
+        for (on, bit) in [
+            (ep.ingress_isolated, EP_INGRESS_ISOLATED),
+            (ep.egress_isolated, EP_EGRESS_ISOLATED),
+            (ep.audit_ingress_isolated, EP_AUDIT_INGRESS_ISOLATED),
+            (ep.audit_egress_isolated, EP_AUDIT_EGRESS_ISOLATED),
+        ] {
+            if on {
+                self.flags |= bit;
+            }
+        }
+        self.entries = entries;
+        self
+    }
+}
+
+/// The endpoint as the maps should hold it, from its compiled policy. `None` (a pod the source
+/// does not know yet) gives an endpoint isolated both ways with nothing allowed: fail closed
+/// until its labels are known.
+pub fn desired_endpoint(
+    ep: Option<&EndpointPolicy>,
+    ifindex: u32,
+    ep_id: u32,
+    addrs: &[IpAddr],
+    contents: &mut PortContents,
+) -> DesiredEndpoint {
+    let d = DesiredEndpoint::isolated(ifindex, ep_id, addrs);
+    match ep {
+        Some(ep) => d.with_policy(ep, Arc::new(endpoint_entries(ep, contents))),
+        None => d,
+    }
+}
+
+/// Port set contents by port set. A caller that builds entries repeatedly keeps one and calls
+/// [`PortContents::next_round`] between rounds: a set used again keeps its `Arc`.
+#[derive(Debug, Default)]
+pub struct PortContents {
+    old: HashMap<PortSet, Arc<PortContent>>,
+    new: HashMap<PortSet, Arc<PortContent>>,
+    empty: Arc<PortContent>,
+}
+
+impl PortContents {
+    /// The content of `set` (shared with every earlier request for an equal set this round or
+    /// the previous one).
+    pub fn get(&mut self, set: &PortSet) -> Arc<PortContent> {
+        if set.is_empty() {
+            // Nothing allowed: the applier writes no port entries for it.
+            return self.empty.clone();
+        }
+        if let Some(c) = self.new.get(set) {
+            return c.clone();
+        }
+        let c = match self.old.remove_entry(set) {
+            Some((_, c)) => c,
+            None => Arc::new(port_content(set)),
+        };
+        self.new.insert(set.clone(), c.clone());
+        c
+    }
+
+    /// Starts a new round: contents not requested since the previous call are returned (to be
+    /// dropped by the caller when convenient: freeing large sets takes time).
+    pub fn next_round(&mut self) -> HashMap<PortSet, Arc<PortContent>> {
+        std::mem::replace(&mut self.old, std::mem::take(&mut self.new))
+    }
+}
+
+/// The `pal_pol_v1` entries of `ep` (policy id 0), port sets resolved through `contents`.
+pub fn endpoint_entries(ep: &EndpointPolicy, contents: &mut PortContents) -> Entries {
     ep.entries
         .iter()
         .map(|(pp, allow)| {
-            let key = policy_key(policy_id, pp.dir, pp.addr);
-            let value = match allow {
-                PeerAllow::AllPorts { rule_ref } => PolicyValue {
-                    flags: POL_ALL_PORTS,
-                    rule_ref: *rule_ref,
-                    portset_id: 0,
-                    _pad: 0,
-                },
-                PeerAllow::Ports(set) => PolicyValue {
-                    flags: 0,
-                    rule_ref: 0,
-                    portset_id: if set.is_empty() { 0 } else { portset_id(set) },
-                    _pad: 0,
-                },
+            let allow = match allow {
+                PeerAllow::AllPorts { rule_ref } => Allow::All(*rule_ref),
+                PeerAllow::Ports(set) => Allow::Ports(contents.get(set)),
             };
-            (policy_prefixlen(pp.len), key, value)
+            (
+                (policy_prefixlen(pp.len), policy_key(pp.dir, pp.addr)),
+                allow,
+            )
         })
         .collect()
 }
 
-fn policy_key(policy_id: u32, dir: u8, addr: IpAddr) -> PolicyKey {
+fn policy_key(dir: u8, addr: IpAddr) -> PolicyKey {
     let mut addr_be = [0u8; 16];
     let family = match addr {
         IpAddr::V4(a) => {
@@ -61,7 +184,7 @@ fn policy_key(policy_id: u32, dir: u8, addr: IpAddr) -> PolicyKey {
         }
     };
     PolicyKey {
-        policy_id_be: policy_id.to_be_bytes(),
+        policy_id_be: [0; 4],
         dir,
         family,
         _pad: [0; 2],
@@ -69,24 +192,18 @@ fn policy_key(policy_id: u32, dir: u8, addr: IpAddr) -> PolicyKey {
     }
 }
 
-/// `pal_port_v1` entries of one port set under `portset_id`: (LPM prefixlen, key, value).
-pub fn port_map_entries(portset_id: u32, set: &PortSet) -> Vec<(u32, PortKey, PortValue)> {
+/// The `pal_port_v1` entries of one port set, `portset_id` zeroed.
+pub fn port_content(set: &PortSet) -> PortContent {
     set.0
         .iter()
         .map(|(pp, rule_ref)| {
             let key = PortKey {
-                portset_id_be: portset_id.to_be_bytes(),
+                portset_id_be: [0; 4],
                 proto: pp.proto.unwrap_or(0),
                 port_be: pp.port.to_be_bytes(),
                 _pad: 0,
             };
-            (
-                pp.lpm_prefixlen(),
-                key,
-                PortValue {
-                    rule_ref: *rule_ref,
-                },
-            )
+            (pp.lpm_prefixlen(), key, *rule_ref)
         })
         .collect()
 }

@@ -3,14 +3,14 @@
 use std::net::IpAddr;
 
 use palisade_common::policy::{
-    POL_ALL_PORTS, PORT_KEY_ANY_PORT_BITS, PORT_KEY_ANY_PROTO_BITS, PORT_KEY_FULL_BITS,
+    PORT_KEY_ANY_PORT_BITS, PORT_KEY_ANY_PROTO_BITS, PORT_KEY_FULL_BITS,
 };
 use palisade_common::{DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6};
 use palisade_policy::conformance::{Case, case_cluster, model_cluster};
 use palisade_policy::manifest::{self, Format};
 use palisade_policy::{
-    Cluster, Object, PeerAllow, PodInfo, PodKey, RuleRegistry, compile, describe, lookup,
-    policy_map_entries, port_map_entries, validate,
+    Allow, Cluster, Object, PeerAllow, PodInfo, PodKey, PortContents, RuleRegistry, compile,
+    describe, endpoint_entries, lookup, validate,
 };
 
 fn policy(yaml: &str) -> k8s_openapi::api::networking::v1::NetworkPolicy {
@@ -161,43 +161,46 @@ spec:
     let mut reg = RuleRegistry::new();
     let out = compile(&c, std::slice::from_ref(&key), &mut reg);
     let ep = &out.endpoints[&key];
-    let mut sets = Vec::new();
-    let entries = policy_map_entries(ep, 0x0102_0304, |s| {
-        sets.push(s.clone());
-        7
-    });
+    let mut contents = PortContents::default();
+    let entries = endpoint_entries(ep, &mut contents);
     // 10.0.0.0/16, its hole 10.0.1.0/24, and x/b's /32 and /128.
     assert_eq!(entries.len(), 4, "{}", describe(ep, &reg));
-    for (plen, k, v) in &entries {
-        assert_eq!(k.policy_id_be, [1, 2, 3, 4]);
+    let mut sets = Vec::new();
+    for ((plen, k), allow) in &entries {
+        assert_eq!(k.policy_id_be, [0; 4], "the applier sets the policy id");
         assert_eq!(k.dir, DIR_INGRESS);
-        match (k.family, *plen) {
-            (FAMILY_V4, 80) => assert_eq!((&k.addr_be[..4], v.portset_id), (&[10, 0, 0, 0][..], 7)),
-            (FAMILY_V4, 88) => assert_eq!((v.flags, v.portset_id), (0, 0)),
+        match (k.family, *plen, allow) {
+            (FAMILY_V4, 80, Allow::Ports(c)) => {
+                assert_eq!(&k.addr_be[..4], &[10, 0, 0, 0][..]);
+                sets.push(c.clone());
+            }
+            (FAMILY_V4, 88, Allow::Ports(c)) => assert!(c.is_empty(), "the hole denies"),
             // x/b over IPv4 is also inside the ipBlock, whose rule 1 is lower for its ports.
-            (FAMILY_V4, 96) => assert_eq!((v.flags, v.portset_id), (0, 7)),
-            (FAMILY_V6, 192) => assert_eq!((v.flags, v.rule_ref), (POL_ALL_PORTS, 2)),
+            (FAMILY_V4, 96, Allow::Ports(c)) => sets.push(c.clone()),
+            (FAMILY_V6, 192, Allow::All(rule_ref)) => assert_eq!(*rule_ref, 2),
             other => panic!("unexpected entry {other:?}"),
         }
     }
+    // The two allowing /16 and /32 entries name different port sets; equal sets are shared.
     assert_eq!(sets.len(), 2);
-    let ports = port_map_entries(9, &sets[0]);
-    let lens: Vec<_> = ports
+    let again = endpoint_entries(ep, &mut contents);
+    for (a, b) in entries.values().zip(again.values()) {
+        if let (Allow::Ports(a), Allow::Ports(b)) = (a, b) {
+            assert!(std::sync::Arc::ptr_eq(a, b), "a port set keeps its content");
+        }
+    }
+    let lens: Vec<_> = sets[0]
         .iter()
-        .map(|(l, k, v)| (*l, k.proto, u16::from_be_bytes(k.port_be), v.rule_ref))
+        .map(|(l, k, r)| (*l, k.proto, u16::from_be_bytes(k.port_be), *r))
         .collect();
     assert_eq!(
         lens,
         vec![
-            (PORT_KEY_FULL_BITS - 1, 6, 80, 1),
-            (PORT_KEY_ANY_PORT_BITS, 17, 0, 1)
+            (PORT_KEY_ANY_PORT_BITS, 17, 0, 1),
+            (PORT_KEY_FULL_BITS - 1, 6, 80, 1)
         ]
     );
-    assert!(
-        ports
-            .iter()
-            .all(|(_, k, _)| k.portset_id_be == [0, 0, 0, 9])
-    );
+    assert!(sets[0].iter().all(|(_, k, _)| k.portset_id_be == [0; 4]));
     assert_eq!(PORT_KEY_ANY_PROTO_BITS, 32);
     let text = describe(ep, &reg);
     assert!(

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use palisade_policy::{
-    PeerAllow, RuleRegistry, SyntheticSpec, compile, policy_map_entries, synthetic_cluster,
+    Allow, PeerAllow, PortContents, RuleRegistry, SyntheticSpec, compile, endpoint_entries,
+    synthetic_cluster,
 };
 
 #[test]
@@ -37,15 +38,19 @@ fn compile_of_100_local_endpoints_against_10k_pods_and_1k_policies() {
     assert_eq!(compiled.endpoints, again.endpoints);
 
     let mut entries = 0;
+    let mut contents = PortContents::default();
     let mut sets = std::collections::BTreeSet::new();
     let mut distinct = std::collections::BTreeSet::new();
     for ep in compiled.endpoints.values() {
         distinct.insert(std::sync::Arc::as_ptr(ep) as usize);
-        entries += policy_map_entries(ep, 1, |s| {
-            sets.insert(s.clone());
-            1
-        })
-        .len();
+        for allow in endpoint_entries(ep, &mut contents).values() {
+            entries += 1;
+            if let Allow::Ports(c) = allow
+                && !c.is_empty()
+            {
+                sets.insert(std::sync::Arc::as_ptr(c) as usize);
+            }
+        }
         assert!(ep.ingress_isolated);
         assert!(
             ep.entries

@@ -1,7 +1,8 @@
 //! Tier 1, differential against the SPEC: random clusters, NetworkPolicies and
 //! ClusterNetworkPolicies (Admin and Baseline tiers, Accept/Deny/Pass, namespaces, pods, nodes
 //! and networks peers, ports, ranges and named ports) are compiled
-//! (`palisade_policy::compile`), converted (`palisade_agent::compile::desired_endpoint`) and
+//! (`palisade_policy::compile`), turned into their desired state
+//! (`palisade_policy::desired_endpoint`) and
 //! written by the agent's own `Applier` into the real maps of the loaded object; random new
 //! flows (TCP, UDP, SCTP, ICMP, another protocol; v4 and v6; ingress at `to_pod`, egress at
 //! `from_pod`; pod and external peers; numeric and named-port targets) then run through the
@@ -38,13 +39,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use palisade_agent::applier::{Applier, MapOps};
+use palisade_agent::applier::{AddrMap, Applier, Capacity, MapOps};
 use palisade_common::{
     conntrack::{CtKey, CtValue},
     endpoint::EndpointInfo,
     maps,
     packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
+    stats::{Config, HostAddrKey},
     verdict::Reason,
 };
 use palisade_policy::cnp::ClusterNetworkPolicy;
@@ -502,9 +504,20 @@ impl MapOps for HarnessMaps<'_> {
             BpfHashMap::try_from(self.map(maps::ENDPOINTS))?;
         ignore_missing(m.remove(&i))
     }
-    fn grace_period(&mut self) -> Result<(), MapError> {
-        palisade_agent::datapath_ops::rcu_grace_period();
-        Ok(())
+    fn put_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), MapError> {
+        let mut m: BpfHashMap<&mut MapData, HostAddrKey, u32> =
+            BpfHashMap::try_from(self.map(map.name()))?;
+        m.insert(k, 1, 0)
+    }
+    fn del_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), MapError> {
+        let mut m: BpfHashMap<&mut MapData, HostAddrKey, u32> =
+            BpfHashMap::try_from(self.map(map.name()))?;
+        ignore_missing(m.remove(&k))
+    }
+    fn put_config(&mut self, c: Config) -> Result<(), MapError> {
+        let mut m: aya::maps::Array<&mut MapData, Config> =
+            aya::maps::Array::try_from(self.map(maps::CONFIG))?;
+        m.set(0, c, 0)
     }
 }
 
@@ -834,7 +847,7 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
             });
         }
     }
-    let mut applier = Applier::new();
+    let mut applier = Applier::new(Capacity::default());
     let mut reg = RuleRegistry::new();
     // Fresh source ports / echo identifiers / fragment ids: every probe is a new flow.
     let mut next_sport: u16 = 10_000;
@@ -857,15 +870,15 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
             .endpoints
             .get(&local)
             .expect("the local pod has an endpoint");
-        let desired = palisade_agent::compile::desired_endpoint(
+        let desired = palisade_policy::desired_endpoint(
             Some(ep),
             TEST_RUN_IFINDEX,
             EP_ID,
             &pods[0].ips,
+            &mut palisade_policy::PortContents::default(),
         );
         applier
-            .apply(&mut HarnessMaps(&mut dp), &desired)
-            .and_then(|_| applier.commit(&mut HarnessMaps(&mut dp)))
+            .apply_endpoint(&mut HarnessMaps(&mut dp), &desired)
             .expect("applying the desired endpoint to the kernel maps");
         let ctx = Context {
             seed,

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use palisade_agent::applier::Applier;
-use palisade_agent::compile::desired_endpoint;
 use palisade_agent::datapath::Datapath;
-use palisade_agent::datapath_ops::Ops;
-use palisade_policy::{SyntheticSpec, synthetic_cluster};
+use palisade_agent::datapath_ops::{Ops, capacity};
+use palisade_policy::{PortContents, SyntheticSpec, desired_endpoint, synthetic_cluster};
 
 #[derive(clap::Args, Clone)]
 pub struct PolicyBenchArgs {
@@ -169,6 +168,7 @@ fn synthetic_run(
     }
     times.sort();
     let compiled = compiled.expect("at least one run");
+    let mut contents = PortContents::default();
     let desired: Vec<_> = local
         .iter()
         .enumerate()
@@ -180,6 +180,7 @@ fn synthetic_run(
                 1000 + i as u32,
                 1 + i as u32,
                 &addrs,
+                &mut contents,
             ))
         })
         .collect();
@@ -217,10 +218,10 @@ fn synthetic_run(
     let bpffs = PrivateBpffs::mount()?;
     let mut dp = Datapath::open(object, bpffs.path())?;
     let before: u64 = dp.map_memory().iter().map(|(_, b)| b).sum();
-    let mut applier = Applier::new();
+    let mut applier = Applier::new(capacity(&dp.maps)?);
     let t = Instant::now();
     for d in &desired {
-        applier.apply(&mut Ops(&mut dp.maps), d)?;
+        applier.apply_endpoint(&mut Ops(&mut dp.maps), d)?;
     }
     let programmed = t.elapsed();
     println!(

@@ -378,7 +378,7 @@ const UNDERLAY_V6: &str = "fd00:ffff:";
 /// Service CIDRs (kind's defaults), passed to the agents (`--cluster-cidr`, `--service-cidr`).
 pub const CLUSTER_CIDRS: [&str; 2] = ["10.244.0.0/16", "fd00:10:244::/48"];
 pub const SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/12", "fd00:10:96::/112"];
-/// `rtm_protocol` of the agent's routes (`palisade_agent::routing::RTPROT_PALISADE`).
+/// `rtm_protocol` of the agent's routes (`palisade_agent::node::routing::RTPROT_PALISADE`).
 pub const ROUTE_PROTOCOL: &str = "80";
 
 impl Lab {

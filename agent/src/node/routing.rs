@@ -421,7 +421,7 @@ pub fn masquerade_spec(
     cfg: &NetworkConfig,
     nodes: &BTreeMap<String, Arc<Node>>,
     own: &str,
-) -> Option<crate::masquerade::MasqueradeSpec> {
+) -> Option<crate::node::masquerade::MasqueradeSpec> {
     if !cfg.masquerade {
         return None;
     }
@@ -441,137 +441,10 @@ pub fn masquerade_spec(
     no_masquerade.extend(cfg.service_cidrs.iter().copied());
     no_masquerade.sort();
     no_masquerade.dedup();
-    Some(crate::masquerade::MasqueradeSpec {
+    Some(crate::node::masquerade::MasqueradeSpec {
         pod_cidrs,
         no_masquerade,
     })
-}
-
-/// Keeps the node's routes and masquerade rules in line with the Nodes; owned by the agent.
-///
-/// Work happens only when what the Nodes mean for this node changed (the route plan or the
-/// masquerade rules: a Node's heartbeat changes the object, not the plan), or on `force` (the
-/// periodic resync, which also retries what failed and repairs routes someone removed). So a
-/// failing `nft` or netlink call is retried once per resync, never on a CNI ADD's path.
-pub struct NodeNetwork {
-    cfg: NetworkConfig,
-    own: String,
-    router: Router,
-    /// The route plan and masquerade script of the last sync.
-    last_inputs: Option<(Option<Plan>, String)>,
-    /// The masquerade script last applied successfully.
-    applied_masq: Option<String>,
-    problems: Vec<Problem>,
-}
-
-impl NodeNetwork {
-    pub fn new(cfg: NetworkConfig, own: String) -> Self {
-        NodeNetwork {
-            cfg,
-            own,
-            router: Router,
-            last_inputs: None,
-            applied_masq: None,
-            problems: Vec::new(),
-        }
-    }
-
-    /// Problems of the last sync (unroutable Nodes, routes or rules that could not be written).
-    pub fn problems(&self) -> &[Problem] {
-        &self.problems
-    }
-
-    /// Syncs routes and masquerade with `nodes` if their meaning for this node changed since
-    /// the last sync, or on `force`. Errors become problems; nothing panics.
-    pub fn sync(&mut self, nodes: &BTreeMap<String, Arc<Node>>, force: bool) {
-        let route_plan = self.cfg.routes.then(|| plan(nodes, &self.own));
-        let spec = masquerade_spec(&self.cfg, nodes, &self.own);
-        let script = crate::masquerade::ruleset(spec.as_ref());
-        let inputs = (route_plan, script);
-        if !force && self.last_inputs.as_ref() == Some(&inputs) {
-            return;
-        }
-        let (route_plan, script) = &inputs;
-        let mut problems = Vec::new();
-        if let Some(p) = route_plan {
-            problems.extend(p.problems.iter().cloned());
-            match self.router.sync(p) {
-                Ok(ch) => {
-                    if !(ch.added.is_empty() && ch.replaced.is_empty() && ch.removed.is_empty()) {
-                        tracing::info!(
-                            "routes: added {:?}, replaced {:?}, removed {:?}",
-                            ch.added.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                            ch.replaced
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>(),
-                            ch.removed
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                        );
-                    }
-                    problems.extend(ch.problems);
-                }
-                Err(e) => {
-                    problems.push(Problem {
-                        object: format!("node {}", self.own),
-                        field: "routes".into(),
-                        message: error_chain(&e),
-                    });
-                }
-            }
-        }
-        if self.applied_masq.as_ref() != Some(script) {
-            match crate::masquerade::apply(spec.as_ref()) {
-                Ok(()) => {
-                    tracing::info!(
-                        "masquerade: {}",
-                        match &spec {
-                            Some(s) => format!(
-                                "pods {:?}, not to {:?}",
-                                s.pod_cidrs
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect::<Vec<_>>(),
-                                s.no_masquerade
-                                    .iter()
-                                    .map(ToString::to_string)
-                                    .collect::<Vec<_>>()
-                            ),
-                            None => "off".into(),
-                        }
-                    );
-                    self.applied_masq = Some(script.clone());
-                }
-                Err(e) => {
-                    self.applied_masq = None;
-                    problems.push(Problem {
-                        object: format!("nftables table inet {}", crate::masquerade::TABLE),
-                        field: "masquerade".into(),
-                        message: error_chain(&e),
-                    });
-                }
-            }
-        }
-        if problems != self.problems {
-            for p in &problems {
-                tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
-            }
-        }
-        self.problems = problems;
-        self.last_inputs = Some(inputs);
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::routing::Cidr;
+use super::routing::Cidr;
 
 /// nftables table (family `inet`) that holds Palisade's NAT rules.
 pub const TABLE: &str = "palisade";
