@@ -137,13 +137,18 @@ fn compile_with_1k_cluster_network_policies_mixed_in() {
     assert_eq!(compiled.endpoints, again.endpoints);
     let mut entries = 0;
     let mut sets = std::collections::BTreeSet::new();
+    let mut contents = PortContents::default();
     for ep in compiled.endpoints.values() {
         assert!(ep.ingress_isolated && ep.egress_isolated);
-        entries += policy_map_entries(ep, 1, |s| {
-            sets.insert(s.clone());
-            1
-        })
-        .len();
+        let e = endpoint_entries(ep, &mut contents);
+        for allow in e.values() {
+            if let Allow::Ports(c) = allow
+                && !c.is_empty()
+            {
+                sets.insert(c.clone());
+            }
+        }
+        entries += e.len();
     }
     eprintln!(
         "synthetic 10k pods/1k policies/1k ClusterNetworkPolicies: compile 100 endpoints \
