@@ -37,6 +37,8 @@ pub struct AgentConfig {
     pub observe: crate::observe::ObserveConfig,
     /// Every policy audited: nothing is enforced, what policies would drop is reported.
     pub audit_mode: bool,
+    /// `--map-size`: sizes of the maps the agent creates.
+    pub map_sizes: crate::map_sizes::MapSizes,
 }
 
 pub struct Agent {
@@ -57,7 +59,7 @@ impl Agent {
     /// Starts the node network task on the current tokio runtime.
     pub fn start(cfg: AgentConfig, source: Box<dyn Source>) -> anyhow::Result<Self> {
         use anyhow::Context;
-        let mut dp = Datapath::open(&cfg.object, &cfg.bpffs)
+        let mut dp = Datapath::open_sized(&cfg.object, &cfg.bpffs, &cfg.map_sizes)
             .with_context(|| format!("opening datapath from {}", cfg.object.display()))?;
         let pinned = crate::datapath_ops::read_pinned(&dp).context("reading pinned maps")?;
         let capacity = crate::datapath_ops::capacity(&dp.maps).context("reading map sizes")?;
@@ -68,7 +70,9 @@ impl Agent {
             dp.pinned_ifindexes().len()
         );
         let ep_ids = EpIds::open(&cfg.state_dir, applier.max_ep_id() + 1)?;
-        let compiler = Compiler::load(&cfg.state_dir).audit_everything(cfg.audit_mode);
+        let compiler = Compiler::load(&cfg.state_dir)
+            .audit_everything(cfg.audit_mode)
+            .for_capacity(applier.capacity().policy);
         let flow_events = if cfg.observe.events {
             dp.take_flow_events()
         } else {

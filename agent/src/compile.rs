@@ -7,6 +7,16 @@
 //! ClusterNetworkPolicy whose peers fail closed (domainNames, a peer kind this version does
 //! not know) is enforced, and each such peer is reported.
 //!
+//! Oversized NetworkPolicies (issue 9 §3): a policy that compiles to more than
+//! [`policy_limit`] `pal_pol_v1` entries for one endpoint is rejected alone, with a problem
+//! naming it and the numbers. It is not dropped (that would lift the isolation it asks for,
+//! failing open): it is enforced as its isolation only, allowing nothing, so the pods it
+//! selects are denied what it alone would allow and keep what the other policies allow. It
+//! stays rejected until the object changes (a smaller version is then compiled again). The
+//! check costs nothing while every endpoint is within the limit (an endpoint's entries
+//! include every key of each policy selecting it); only an endpoint over it makes each policy
+//! of its namespace compile alone, to find the one(s) to blame.
+//!
 //! Incremental work: a compile prepares (validates and normalizes) only the policies that
 //! changed since the previous compile (same `Arc` from the source, or an equal object), and
 //! converts to map entries only the endpoint policies that changed. Port set contents keep
@@ -63,6 +73,9 @@ struct PolicyState<O: Policy> {
     problems: Vec<policy::Problem>,
     /// What is enforced: `seen` when valid, else the last valid version, if any.
     enforced: Option<Arc<O::Prepared>>,
+    /// `seen` compiles to more entries than one policy may have: the problem saying so, and
+    /// the policy's isolation alone, enforced instead of `enforced` (NetworkPolicies only).
+    oversized: Option<(Problem, Arc<O::Prepared>)>,
 }
 
 impl<O: Policy> PolicyState<O> {
@@ -78,16 +91,26 @@ impl<O: Policy> PolicyState<O> {
                         seen: obj.clone(),
                         problems: Vec::new(),
                         enforced: Some(Arc::new(p)),
+                        oversized: None,
                     },
                     Err(problems) => PolicyState {
                         seen: obj.clone(),
                         problems,
                         enforced: old.as_ref().and_then(|o| o.enforced.clone()),
+                        oversized: None,
                     },
                 };
                 retired.extend(old);
                 st
             }
+        }
+    }
+
+    /// What the datapath enforces for it.
+    fn in_force(&self) -> Option<&O::Prepared> {
+        match &self.oversized {
+            Some((_, isolation)) => Some(isolation),
+            None => self.enforced.as_deref(),
         }
     }
 
@@ -129,6 +152,31 @@ fn track<K: Ord + Clone, O: Policy>(
     retired.extend(old.into_values());
 }
 
+/// Most `pal_pol_v1` entries one NetworkPolicy may compile to for one endpoint, for a map of
+/// `capacity` entries: a quarter of it (262 144 with the default 1 048 576), so that one
+/// policy cannot take the map that every endpoint of the node shares, and a rewrite (new
+/// entries written beside the old ones) of an endpoint holding it still fits.
+pub fn policy_limit(capacity: u32) -> usize {
+    (capacity as usize / 4).max(1)
+}
+
+/// `np` with its rules removed and its policy types made explicit: the pods it selects stay
+/// isolated in the directions it isolates, and it allows nothing.
+fn isolation_only(np: &NetworkPolicy) -> Option<policy::Prepared> {
+    let mut np = np.clone();
+    let spec = np.spec.as_mut()?;
+    if spec.policy_types.is_none() {
+        let mut types = vec!["Ingress".to_string()];
+        if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) {
+            types.push("Egress".into());
+        }
+        spec.policy_types = Some(types);
+    }
+    spec.ingress = None;
+    spec.egress = None;
+    policy::prepare(&np).ok()
+}
+
 pub struct Compiler {
     registry: policy::RuleRegistry,
     /// Per policy (namespace, name), from the previous compile.
@@ -141,6 +189,8 @@ pub struct Compiler {
     converted: Vec<(Arc<policy::EndpointPolicy>, Arc<Entries>)>,
     /// The node is in audit mode: every policy is audited (decides nothing, reports).
     audit_all: bool,
+    /// `max_entries` of the node's `pal_pol_v1` (see [`policy_limit`]).
+    capacity: u32,
 }
 
 pub struct Compiled {
@@ -235,6 +285,7 @@ impl Compiler {
             port_contents: PortContents::default(),
             converted: Vec::new(),
             audit_all: false,
+            capacity: palisade_common::maps::POLICY_MAX,
         }
     }
 
@@ -248,6 +299,13 @@ impl Compiler {
     /// The policies enforced (or audited) now: the last valid version of each.
     pub fn prepared(&self) -> impl Iterator<Item = &Arc<policy::Prepared>> {
         self.policies.values().filter_map(|st| st.enforced.as_ref())
+    }
+
+    /// Checks compiled sizes against a `pal_pol_v1` of `capacity` entries (see
+    /// [`policy_limit`]).
+    pub fn for_capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self
     }
 
     pub fn registry(&self) -> &policy::RuleRegistry {
@@ -273,11 +331,6 @@ impl Compiler {
             false,
             &mut problems,
         );
-        let prepared: Vec<&policy::Prepared> = self
-            .policies
-            .values()
-            .filter_map(|st| st.enforced.as_deref())
-            .collect();
         let prepared_cnps: Vec<&policy::PreparedCnp> = self
             .cluster_policies
             .values()
@@ -289,13 +342,41 @@ impl Compiler {
             .filter(|k| snap.pods.contains_key(*k))
             .map(|(n, p)| policy::PodKey::new(n, p))
             .collect();
-        let out = policy::compile_tiers(
+        let prepared: Vec<&policy::Prepared> = self
+            .policies
+            .values()
+            .filter_map(PolicyState::in_force)
+            .collect();
+        let mut out = policy::compile_tiers(
             &cluster,
             &prepared,
             &prepared_cnps,
             &local_pods,
             &mut self.registry,
         );
+        if Self::admit(
+            &mut self.policies,
+            &mut self.registry,
+            self.capacity,
+            &cluster,
+            &out,
+        ) {
+            let prepared: Vec<&policy::Prepared> = self
+                .policies
+                .values()
+                .filter_map(PolicyState::in_force)
+                .collect();
+            out = policy::compile_tiers(
+                &cluster,
+                &prepared,
+                &prepared_cnps,
+                &local_pods,
+                &mut self.registry,
+            );
+        }
+        for st in self.policies.values() {
+            problems.extend(st.oversized.as_ref().map(|(p, _)| p.clone()));
+        }
         problems.extend(out.problems.iter().map(to_problem));
         let entries = self.convert_all(out.endpoints.values(), &mut retired);
         let mut endpoints = BTreeMap::new();
@@ -317,6 +398,55 @@ impl Compiler {
             pods,
             _retired: retired,
         }
+    }
+
+    /// Finds the NetworkPolicies that make an endpoint of `out` exceed the limit and marks
+    /// them oversized (see the module doc). Returns true when one was marked (compile again).
+    fn admit(
+        policies: &mut BTreeMap<(String, String), PolicyState<NetworkPolicy>>,
+        registry: &mut policy::RuleRegistry,
+        capacity: u32,
+        cluster: &policy::Cluster,
+        out: &policy::Compiled,
+    ) -> bool {
+        let limit = policy_limit(capacity);
+        let mut marked = false;
+        for (pod, ep) in &out.endpoints {
+            if ep.entries.len() <= limit {
+                continue;
+            }
+            for ((ns, name), st) in policies.iter_mut() {
+                if *ns != pod.namespace || st.oversized.is_some() {
+                    continue;
+                }
+                let Some(p) = st.enforced.as_deref() else {
+                    continue;
+                };
+                let alone =
+                    policy::compile_prepared(cluster, &[p], std::slice::from_ref(pod), registry);
+                let n = alone.endpoints.get(pod).map_or(0, |e| e.entries.len());
+                if n <= limit {
+                    continue;
+                }
+                let Some(isolation) = isolation_only(&st.seen) else {
+                    continue;
+                };
+                let map = palisade_common::maps::POLICY;
+                let problem = Problem {
+                    object: format!("NetworkPolicy {ns}/{name}"),
+                    field: "spec".into(),
+                    message: format!(
+                        "compiles to {n} {map} entries for Pod {pod}, more than the {limit} one \
+                         policy may have ({map} holds {capacity}); rejected: the pods it \
+                         selects stay isolated by it and it allows nothing until it changes"
+                    ),
+                };
+                tracing::warn!(object = %problem.object, "{}", problem.message);
+                st.oversized = Some((problem, Arc::new(isolation)));
+                marked = true;
+            }
+        }
+        marked
     }
 
     /// Map entries of every distinct endpoint policy: those equal to one of the previous
@@ -507,5 +637,64 @@ mod tests {
             "{:?}",
             c.problems
         );
+    }
+
+    /// Threat model: a tenant writes a NetworkPolicy whose compiled form would take more of
+    /// `pal_pol_v1` than one policy may. It is rejected alone, named with the numbers, and
+    /// fails closed (the pod it selects stays isolated by it, allowing nothing); another
+    /// policy beside it applies; a smaller version of it applies again.
+    #[test]
+    fn an_oversized_policy_is_rejected_alone_and_enforced_as_its_isolation() {
+        let records: Vec<EndpointRecord> = (1..=3)
+            .map(|n| record("x", ["a", "b", "c"][n as usize - 1], n))
+            .collect();
+        let locals: Vec<(String, &EndpointRecord)> = records.iter().map(|r| (r.key(), r)).collect();
+        let blocks: Vec<String> = (0..10)
+            .map(|i| format!("{{ipBlock: {{cidr: 198.51.100.{i}/32}}}}"))
+            .collect();
+        let big = format!(
+            "metadata: {{name: p0, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{}]\n",
+            blocks.join(", ")
+        );
+        // A 16-entry pal_pol_v1: 4 entries per policy.
+        let mut c = Compiler::load(Path::new("/nonexistent")).for_capacity(16);
+        let out = c.compile(&snapshot(&[big.as_str(), EGRESS_B]), &locals);
+        let p: Vec<&Problem> = out
+            .problems
+            .iter()
+            .filter(|p| p.object == "NetworkPolicy x/p0")
+            .collect();
+        assert_eq!(p.len(), 1, "{:?}", out.problems);
+        assert!(
+            p[0].message
+                .contains("compiles to 10 pal_pol_v1 entries for Pod x/a")
+                && p[0].message.contains("more than the 4 one policy may have")
+                && p[0].message.contains("pal_pol_v1 holds 16"),
+            "{}",
+            p[0].message
+        );
+        let (ka, ra) = &locals[0];
+        let a = out.desired(ka, ra.host_ifindex, 1, ra);
+        assert!(
+            a.flags & palisade_common::endpoint::EP_INGRESS_ISOLATED != 0 && a.entries.is_empty(),
+            "x/a fails closed: isolated, nothing allowed: {a:?}"
+        );
+        let (kb, rb) = &locals[1];
+        let b = out.desired(kb, rb.host_ifindex, 2, rb);
+        assert!(
+            b.flags & palisade_common::endpoint::EP_EGRESS_ISOLATED != 0 && !b.entries.is_empty(),
+            "the other policy applies: {b:?}"
+        );
+        // Unchanged, it stays rejected; a version that fits is compiled again.
+        let out = c.compile(&snapshot(&[big.as_str(), EGRESS_B]), &locals);
+        assert!(
+            out.problems
+                .iter()
+                .any(|p| p.object == "NetworkPolicy x/p0")
+        );
+        let out = c.compile(&snapshot(&[ALLOW_C, EGRESS_B]), &locals);
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let a = out.desired(ka, ra.host_ifindex, 1, ra);
+        assert!(!a.entries.is_empty(), "the smaller version applies: {a:?}");
     }
 }

@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod datapath_ops;
 pub mod endpoints;
 pub mod insight;
+pub mod map_sizes;
 pub mod node;
 pub mod observe;
 pub mod orphans;

@@ -53,6 +53,8 @@ pub struct Reconciler {
     /// Problems of the last apply: objects the maps could not take (the numbers in the
     /// message).
     problems: Vec<Problem>,
+    /// Problems of the Services in the last desired state (bad addresses, rejected Services).
+    service_problems: Vec<Problem>,
     /// Endpoints (by record key) whose desired state is not in force, with why.
     failed: BTreeMap<String, String>,
     applied_generation: u64,
@@ -99,6 +101,7 @@ impl Reconciler {
             config,
             desired: DesiredState::default(),
             problems: Vec::new(),
+            service_problems: Vec::new(),
             failed: BTreeMap::new(),
             applied_generation: 0,
             last_error: None,
@@ -270,6 +273,7 @@ impl Reconciler {
         if let Some(c) = &self.compiled {
             out.extend(c.problems.iter().cloned());
         }
+        out.extend(self.service_problems.iter().cloned());
         out.extend(self.problems.iter().cloned());
         out.extend(self.orphans.values().map(Orphan::problem));
         out.extend(self.recovered.iter().cloned());
@@ -469,10 +473,12 @@ impl Reconciler {
         for p in &compiled.problems {
             tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
         }
-        let (services, problems) = crate::services::service_addrs(&self.snapshot);
+        let (services, problems) =
+            crate::services::service_addrs(&self.snapshot, self.applier.capacity().services);
         for p in &problems {
             tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
         }
+        self.service_problems = problems;
         let mut endpoints: BTreeMap<u32, DesiredEndpoint> = self
             .locals
             .iter()

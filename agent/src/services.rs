@@ -35,16 +35,22 @@ pub fn addr_key(ip: IpAddr) -> SvcAddrKey {
     }
 }
 
+/// Most addresses one Service may put in `pal_svc_v1` (ClusterIPs, external IPs and load
+/// balancer ingress IPs together). Kubernetes bounds none of `spec.externalIPs` or
+/// `status.loadBalancer.ingress`, so one tenant could otherwise fill the map that every
+/// Service of the cluster shares (issue 9 §3). A Service over the limit is rejected alone.
+pub const MAX_ADDRS_PER_SERVICE: usize = 256;
+
+/// What a rejected Service means for packets, said in its problem.
+const REJECTED: &str = "its addresses are left out of pal_svc_v1 (egress to them is judged \
+    on the Service address, before translation; ingress at its backends is judged as always)";
+
 /// Every address kube-proxy translates for `svc`: `spec.clusterIP(s)` (not `None`: headless
 /// Services have no translation; their DNS names resolve to pod addresses, which policy sees
 /// directly), `spec.externalIPs`, `status.loadBalancer.ingress[].ip`. Values that are not IP
 /// addresses are reported, naming the field.
-fn addrs_of(svc: &Service, out: &mut BTreeSet<SvcAddrKey>, problems: &mut Vec<Problem>) {
-    let name = format!(
-        "Service {}/{}",
-        svc.metadata.namespace.as_deref().unwrap_or(""),
-        svc.metadata.name.as_deref().unwrap_or("")
-    );
+fn addrs_of(svc: &Service, name: &str, problems: &mut Vec<Problem>) -> BTreeSet<SvcAddrKey> {
+    let mut out = BTreeSet::new();
     let mut add = |field: &str, v: &str| {
         if v.is_empty() || v == "None" {
             return;
@@ -54,7 +60,7 @@ fn addrs_of(svc: &Service, out: &mut BTreeSet<SvcAddrKey>, problems: &mut Vec<Pr
                 out.insert(addr_key(ip));
             }
             Err(_) => problems.push(Problem {
-                object: name.clone(),
+                object: name.to_string(),
                 field: field.to_string(),
                 message: format!("{v:?} is not an IP address; not treated as a Service address"),
             }),
@@ -78,14 +84,75 @@ fn addrs_of(svc: &Service, out: &mut BTreeSet<SvcAddrKey>, problems: &mut Vec<Pr
             }
         }
     }
+    out
 }
 
-/// The desired content of `pal_svc_v1`.
-pub fn service_addrs(snap: &Snapshot) -> (BTreeSet<SvcAddrKey>, Vec<Problem>) {
-    let mut out = BTreeSet::new();
+/// The field holding most of `svc`'s addresses (named by a rejection).
+fn field_of(svc: &Service) -> &'static str {
+    let external = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.external_ips.as_ref())
+        .map_or(0, Vec::len);
+    let lb = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .map_or(0, Vec::len);
+    if lb > external {
+        "status.loadBalancer.ingress"
+    } else {
+        "spec.externalIPs"
+    }
+}
+
+/// The desired content of `pal_svc_v1` for a map of `capacity` entries, and the problems.
+///
+/// Admission, so that one Service cannot stall the others: a Service with more than
+/// [`MAX_ADDRS_PER_SERVICE`] addresses is rejected; the others are admitted smallest first
+/// (then by namespace/name) while their addresses fit, so a Service that does not fit is the
+/// one rejected, never the small ones already there. A rejected Service is named in a problem
+/// with the numbers; it is admitted again by the first reconcile after it shrinks or space
+/// frees up (nothing is retried in between: the desired state does not change).
+pub fn service_addrs(snap: &Snapshot, capacity: u32) -> (BTreeSet<SvcAddrKey>, Vec<Problem>) {
     let mut problems = Vec::new();
-    for svc in snap.services.values() {
-        addrs_of(svc, &mut out, &mut problems);
+    let mut sized = Vec::new();
+    for ((ns, n), svc) in &snap.services {
+        let name = format!("Service {ns}/{n}");
+        let addrs = addrs_of(svc, &name, &mut problems);
+        if addrs.len() > MAX_ADDRS_PER_SERVICE {
+            problems.push(Problem {
+                object: name,
+                field: field_of(svc).into(),
+                message: format!(
+                    "{} addresses (ClusterIPs, external and load balancer IPs), more than the \
+                     {MAX_ADDRS_PER_SERVICE} a Service may have; rejected: {REJECTED}",
+                    addrs.len()
+                ),
+            });
+            continue;
+        }
+        sized.push((addrs.len(), name, field_of(svc), addrs));
+    }
+    sized.sort();
+    let mut out = BTreeSet::new();
+    for (_, name, field, addrs) in sized {
+        let new = addrs.difference(&out).count();
+        let free = (capacity as usize).saturating_sub(out.len());
+        if new > free {
+            problems.push(Problem {
+                object: name,
+                field: field.into(),
+                message: format!(
+                    "needs {new} more entries in {}, {free} of {capacity} free; rejected: \
+                     {REJECTED}",
+                    palisade_common::maps::SERVICES
+                ),
+            });
+            continue;
+        }
+        out.extend(addrs);
     }
     (out, problems)
 }
@@ -115,7 +182,7 @@ mod tests {
             ("a".into(), "headless".into()),
             svc("metadata: {name: headless, namespace: a}\nspec: {clusterIP: None}\n"),
         );
-        let (addrs, problems) = service_addrs(&snap);
+        let (addrs, problems) = service_addrs(&snap, 1024);
         assert!(problems.is_empty(), "{problems:?}");
         let want: BTreeSet<SvcAddrKey> = ["10.96.0.10", "fd00:96::a", "192.0.2.7", "198.51.100.1"]
             .iter()
@@ -131,11 +198,66 @@ mod tests {
             ("a".into(), "bad".into()),
             svc("metadata: {name: bad, namespace: a}\nspec: {externalIPs: [not-an-ip]}\n"),
         );
-        let (addrs, problems) = service_addrs(&snap);
+        let (addrs, problems) = service_addrs(&snap, 1024);
         assert!(addrs.is_empty());
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "spec.externalIPs");
         assert!(problems[0].object.contains("a/bad"));
         assert!(problems[0].message.contains("not-an-ip"));
+    }
+
+    fn with_external_ips(snap: &mut Snapshot, name: &str, first: u32, n: u32) {
+        let ips: Vec<String> = (first..first + n)
+            .map(|i| format!("'{}'", std::net::Ipv4Addr::from(0xc000_0000 + i)))
+            .collect();
+        snap.services.insert(
+            ("t".into(), name.into()),
+            svc(&format!(
+                "metadata: {{name: {name}, namespace: t}}\nspec: {{clusterIP: {}, externalIPs: [{}]}}\n",
+                std::net::Ipv4Addr::from(0x0a60_0000 + first),
+                ips.join(", ")
+            )),
+        );
+    }
+
+    #[test]
+    fn a_service_over_the_per_service_limit_is_rejected_alone_with_the_numbers() {
+        let mut snap = Snapshot::default();
+        with_external_ips(&mut snap, "small", 0, 3);
+        with_external_ips(&mut snap, "huge", 1000, 30_000);
+        let (addrs, problems) = service_addrs(&snap, 65_536);
+        assert_eq!(addrs.len(), 4, "the small Service is admitted");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].object, "Service t/huge");
+        assert_eq!(problems[0].field, "spec.externalIPs");
+        assert!(
+            problems[0].message.contains("30001 addresses") && problems[0].message.contains("256"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn services_that_do_not_fit_are_rejected_largest_first_and_admitted_when_space_frees() {
+        let mut snap = Snapshot::default();
+        with_external_ips(&mut snap, "a", 0, 10);
+        with_external_ips(&mut snap, "b", 100, 200);
+        with_external_ips(&mut snap, "c", 400, 20);
+        // 11 + 201 + 21 = 233 addresses, 64 entries: b does not fit, a and c do.
+        let (addrs, problems) = service_addrs(&snap, 64);
+        assert_eq!(addrs.len(), 32);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].object, "Service t/b");
+        assert!(
+            problems[0]
+                .message
+                .contains("needs 201 more entries in pal_svc_v1, 32 of 64 free"),
+            "{}",
+            problems[0].message
+        );
+        // b deleted: nothing rejected.
+        snap.services.remove(&("t".into(), "b".into()));
+        let (addrs, problems) = service_addrs(&snap, 64);
+        assert_eq!((addrs.len(), problems.len()), (32, 0));
     }
 }

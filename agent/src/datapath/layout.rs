@@ -25,6 +25,7 @@ use aya::maps::{HashMap, Map, MapData, MapInfo};
 use palisade_common::maps;
 
 use super::{DatapathError, Maps};
+use crate::map_sizes::MapSizes;
 use crate::status::Problem;
 
 /// What the kernel reports about a map, as far as its layout goes.
@@ -125,8 +126,8 @@ impl Replaced {
     }
 }
 
-/// Layouts of the maps the object pins by name.
-pub fn expected(object: &aya_obj::Object) -> BTreeMap<String, Layout> {
+/// Layouts of the maps the object pins by name, with the sizes `--map-size` sets.
+pub fn expected(object: &aya_obj::Object, sizes: &MapSizes) -> BTreeMap<String, Layout> {
     object
         .maps
         .iter()
@@ -138,7 +139,7 @@ pub fn expected(object: &aya_obj::Object) -> BTreeMap<String, Layout> {
                     map_type: m.map_type(),
                     key_size: m.key_size(),
                     value_size: m.value_size(),
-                    max_entries: m.max_entries(),
+                    max_entries: sizes.get(name).unwrap_or(m.max_entries()),
                     flags: m.map_flags(),
                 },
             )

@@ -34,6 +34,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
+
+use crate::map_sizes::MapSizes;
 use palisade_common::conntrack::{CtKey, CtValue};
 use palisade_common::endpoint::EndpointInfo;
 use palisade_common::maps;
@@ -206,6 +208,11 @@ impl Datapath {
     /// agent's state) when their layout is the object's, and pinning new ones there. Mounts a
     /// bpffs on `bpffs` first when none holds it.
     pub fn open(object: &Path, bpffs: &Path) -> Result<Self> {
+        Datapath::open_sized(object, bpffs, &MapSizes::default())
+    }
+
+    /// [`Datapath::open`], creating the maps not pinned yet with `sizes`.
+    pub fn open_sized(object: &Path, bpffs: &Path, sizes: &MapSizes) -> Result<Self> {
         let mut at_start = Vec::new();
         if let Some(at) = bpffs::ensure(bpffs)? {
             tracing::warn!(
@@ -235,10 +242,14 @@ impl Datapath {
                 path: object.to_path_buf(),
                 source: Box::new(source),
             })?;
-        let expected = layout::expected(&parsed);
+        // The sizes asked for are the layout expected: a map pinned with another size is
+        // replaced by one of that size, its entries copied (`layout`).
+        let expected = layout::expected(&parsed, sizes);
         drop(parsed);
         let mut replaced = layout::unpin_mismatched(&expected, &maps_dir)?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        sizes.apply(&mut loader);
+        let mut ebpf = loader
             .default_map_pin_directory(&maps_dir)
             .load(&bytes)
             .map_err(|source| DatapathError::Load {

@@ -479,4 +479,9 @@ impl super::Lab {
     pub fn agent_mut(&mut self, index: usize) -> Option<&mut Agent> {
         self.agents.get_mut(index)
     }
+
+    /// The private bpffs of node `index`'s agent (its pinned maps are under `maps/`).
+    pub fn agent_bpffs(&self, index: usize) -> Option<&Path> {
+        self.agents.get(index).map(|a| a.bpffs.as_path())
+    }
 }

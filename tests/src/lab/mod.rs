@@ -188,7 +188,8 @@ pub struct LabConfig {
     /// capability), the model's named ports (SCTP and the per-pod `web` port included), and
     /// the outside host `ext` (192.168.1.1, 2001:db8::1) behind the node. One node only.
     pub conformance_addresses: bool,
-    /// More `palisade-agent` arguments for every node (`--audit-mode`, `--flow-history N`).
+    /// More `palisade-agent` arguments for every node (`--audit-mode`, `--flow-history N`,
+    /// `--map-size pal_svc_v1=64`).
     pub agent_args: Vec<String>,
     /// Build this model instead of the upstream NetworkPolicy one (e.g.
     /// [`Model::cluster_network_policy`]); its node count replaces `nodes`.
