@@ -73,6 +73,26 @@ impl MapOps for Ops<'_> {
     fn put_config(&mut self, c: Config) -> Result<(), DatapathError> {
         self.0.config.set(0, c, 0).map_err(e(maps::CONFIG, "set"))
     }
+    fn grace_period(&mut self) -> Result<(), DatapathError> {
+        rcu_grace_period();
+        Ok(())
+    }
+}
+
+/// Waits until every eBPF program run that started before the call has finished.
+///
+/// TC programs run inside RCU read-side sections (softirq, or `rcu_read_lock_bh` on transmit),
+/// and `membarrier(MEMBARRIER_CMD_GLOBAL)` returns only after an RCU grace period
+/// (`synchronize_rcu`), which waits for every such section that had begun: the one syscall that
+/// gives this guarantee to user space. Kernels with `nohz_full` refuse the command; there a
+/// sleep far longer than any program run (microseconds) stands in for it.
+pub fn rcu_grace_period() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: the syscall takes no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `max_entries` of the maps the applier fills, as the kernel created them.

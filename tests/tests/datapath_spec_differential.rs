@@ -514,6 +514,10 @@ impl MapOps for HarnessMaps<'_> {
             BpfHashMap::try_from(self.map(map.name()))?;
         ignore_missing(m.remove(&k))
     }
+    fn grace_period(&mut self) -> Result<(), MapError> {
+        palisade_agent::datapath_ops::rcu_grace_period();
+        Ok(())
+    }
     fn put_config(&mut self, c: Config) -> Result<(), MapError> {
         let mut m: aya::maps::Array<&mut MapData, Config> =
             aya::maps::Array::try_from(self.map(maps::CONFIG))?;
@@ -880,6 +884,7 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
         applier
             .apply_endpoint(&mut HarnessMaps(&mut dp), &desired)
             .expect("applying the desired endpoint to the kernel maps");
+        applier.commit(&mut HarnessMaps(&mut dp));
         let ctx = Context {
             seed,
             phase,

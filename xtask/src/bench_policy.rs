@@ -223,6 +223,7 @@ fn synthetic_run(
     for d in &desired {
         applier.apply_endpoint(&mut Ops(&mut dp.maps), d)?;
     }
+    applier.commit(&mut Ops(&mut dp.maps));
     let programmed = t.elapsed();
     println!(
         "programming all {} endpoints into the kernel maps: {}",

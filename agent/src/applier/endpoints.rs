@@ -11,11 +11,10 @@
 //! 1. allocate a fresh `policy_id`;
 //! 2. write all its `pal_pol_v1` entries under the new `policy_id` (no packet reads them yet);
 //! 3. replace the endpoint's `pal_ep_v1` entry in one update, switching packets at once;
-//! 4. delete the old `policy_id`'s entries and release port sets no longer referenced.
+//! 4. retire the old `policy_id`'s entries and the port sets no longer referenced (below).
 //!
 //! A failure before step 3 completes leaves the old state in force; what steps 1-2 wrote is
-//! deleted (or remembered and deleted by the next apply). A failure in step 4 leaves the new
-//! state in force, and the rest of the old entries are remembered the same way.
+//! retired the same way.
 //!
 //! **In place** (a change touching few entries; O(change) map writes instead of O(policy)):
 //! 1. if a direction stops being isolated, clear its flag first (so deleting its entries below
@@ -42,6 +41,16 @@
 //! state. If an undo write fails too, the undo stops there: the maps hold one of those
 //! intermediate states, and the applier records exactly that state, from which the next apply
 //! continues.
+//!
+//! **Retiring, then a grace period.** A packet copies its endpoint entry when it starts and
+//! makes its policy and port lookups afterwards, so a packet that read the old `policy_id` (or
+//! an old value's `portset_id`) just before a switch may look up after it. Deleting those
+//! entries at once would make such a packet miss and drop a flow both versions allow. So what
+//! no endpoint references any more is only retired; `commit` (once per apply, after every
+//! endpoint) waits for an RCU grace period (`MapOps::grace_period`: every program run that
+//! started before it has finished) and only then deletes it. One grace period covers all the
+//! endpoints of an apply; a change that does not fit commits first, so the room retired
+//! entries hold is there for it. Retired entries count as used until deleted.
 //!
 //! An endpoint whose desired policy equals the applied one is not touched, so a restarted agent
 //! that finds its pinned state current rewrites nothing (and conntrack entries stay current).
@@ -113,6 +122,10 @@ pub(super) struct EndpointMaps {
     /// that failed): deleted at the start of the next apply. Full keys.
     orphans: Vec<(u32, PolicyKey)>,
     orphan_ports: Vec<(u32, PortKey)>,
+    /// Entries no endpoint references any more that a packet in flight may still read:
+    /// deleted by `commit` after a grace period (see the module documentation).
+    retired: Vec<(u32, PolicyKey)>,
+    retired_ports: Vec<(u32, PortKey)>,
     /// Entries present in `pal_pol_v1` / `pal_port_v1` (orphans included).
     policy_used: usize,
     ports_used: usize,
@@ -235,7 +248,38 @@ impl EndpointMaps {
     }
 
     pub fn leftovers(&self) -> usize {
-        self.orphans.len() + self.orphan_ports.len()
+        self.orphans.len() + self.orphan_ports.len() + self.retired.len() + self.retired_ports.len()
+    }
+
+    /// Deletes what was retired, after one grace period; what cannot be deleted is left for
+    /// the next apply's `clean_leftovers`. Returns true when something was deleted.
+    pub fn commit<M: MapOps>(&mut self, m: &mut M) -> bool {
+        if self.retired.is_empty() && self.retired_ports.is_empty() {
+            return false;
+        }
+        if m.grace_period().is_err() {
+            return false;
+        }
+        let mut deleted = false;
+        for (plen, key) in std::mem::take(&mut self.retired) {
+            match m.del_policy(plen, key) {
+                Ok(()) => {
+                    self.policy_used = self.policy_used.saturating_sub(1);
+                    deleted = true;
+                }
+                Err(_) => self.orphans.push((plen, key)),
+            }
+        }
+        for (plen, key) in std::mem::take(&mut self.retired_ports) {
+            match m.del_port(plen, key) {
+                Ok(()) => {
+                    self.ports_used = self.ports_used.saturating_sub(1);
+                    deleted = true;
+                }
+                Err(_) => self.orphan_ports.push((plen, key)),
+            }
+        }
+        deleted
     }
 
     /// Deletes the entries nothing references; those whose delete fails stay listed.
@@ -302,9 +346,9 @@ impl EndpointMaps {
             }
             if let Some(e) = failed {
                 for (plen, key) in written {
-                    self.delete_port(m, plen, key);
+                    self.retire_port(plen, key);
                 }
-                self.release(m, taken);
+                self.release(taken);
                 return Err(e);
             }
             self.portsets.insert(c.clone(), (id, 1));
@@ -313,12 +357,8 @@ impl EndpointMaps {
         Ok(taken)
     }
 
-    /// Drops one reference on each of `contents`, deleting the port sets nobody holds.
-    fn release<M: MapOps>(
-        &mut self,
-        m: &mut M,
-        contents: impl IntoIterator<Item = Arc<PortContent>>,
-    ) {
+    /// Drops one reference on each of `contents`, retiring the port sets nobody holds.
+    fn release(&mut self, contents: impl IntoIterator<Item = Arc<PortContent>>) {
         for c in contents {
             let Some(slot) = self.portsets.get_mut(&c) else {
                 continue;
@@ -330,24 +370,33 @@ impl EndpointMaps {
             let id = slot.0;
             self.portsets.remove(&c);
             for (plen, key, _) in c.iter() {
-                self.delete_port(m, *plen, with_portset_id(*key, id));
+                self.retire_port(*plen, with_portset_id(*key, id));
             }
         }
     }
 
-    /// Deletes a port entry nothing references, or remembers it for the next apply.
-    fn delete_port<M: MapOps>(&mut self, m: &mut M, plen: u32, key: PortKey) {
-        match m.del_port(plen, key) {
-            Ok(()) => self.ports_used = self.ports_used.saturating_sub(1),
-            Err(_) => self.orphan_ports.push((plen, key)),
-        }
+    /// A port entry nothing references any more: deleted by the next `commit`.
+    fn retire_port(&mut self, plen: u32, key: PortKey) {
+        self.retired_ports.push((plen, key));
     }
 
-    /// Deletes a policy entry nothing references, or remembers it for the next apply.
-    fn delete_policy<M: MapOps>(&mut self, m: &mut M, plen: u32, key: PolicyKey) {
-        match m.del_policy(plen, key) {
-            Ok(()) => self.policy_used = self.policy_used.saturating_sub(1),
-            Err(_) => self.orphans.push((plen, key)),
+    /// A policy entry nothing references any more: deleted by the next `commit`.
+    fn retire_policy(&mut self, plen: u32, key: PolicyKey) {
+        self.retired.push((plen, key));
+    }
+
+    /// `check_fits`, after freeing what retired entries hold when it does not fit.
+    fn fits<M: MapOps>(
+        &mut self,
+        m: &mut M,
+        want: &DesiredEndpoint,
+        new_entries: usize,
+        wanted: &HashSet<Arc<PortContent>>,
+        cap: &Capacity,
+    ) -> Result<(), Full> {
+        match self.check_fits(want, new_entries, wanted, cap) {
+            Err(_) if self.commit(m) => self.check_fits(want, new_entries, wanted, cap),
+            r => r,
         }
     }
 
@@ -465,7 +514,7 @@ impl EndpointMaps {
         cap: &Capacity,
     ) -> Result<(), ApplyError<M::Error>> {
         let wanted = contents(&want.entries);
-        self.check_fits(want, want.entries.len(), &wanted, cap)?;
+        self.fits(m, want, want.entries.len(), &wanted, cap)?;
         let held = cur
             .as_ref()
             .map(|c| contents(&c.entries))
@@ -495,9 +544,9 @@ impl EndpointMaps {
         if let Err(e) = result {
             // Nothing points at the new entries: the old state is in force. Take them back.
             for (plen, key) in written {
-                self.delete_policy(m, plen, key);
+                self.retire_policy(plen, key);
             }
-            self.release(m, taken);
+            self.release(taken);
             return Err(ApplyError::Map(e));
         }
         self.bump_gen();
@@ -510,10 +559,10 @@ impl EndpointMaps {
         );
         if let Some(old) = cur {
             for (plen, key) in old.entries.keys() {
-                self.delete_policy(m, *plen, with_policy_id(*key, old.info.policy_id));
+                self.retire_policy(*plen, with_policy_id(*key, old.info.policy_id));
             }
             let gone: Vec<_> = held.into_iter().filter(|c| !wanted.contains(c)).collect();
-            self.release(m, gone);
+            self.release(gone);
         }
         Ok(())
     }
@@ -531,7 +580,7 @@ impl EndpointMaps {
             .keys()
             .filter(|k| !cur.entries.contains_key(*k))
             .count();
-        self.check_fits(want, adds, &wanted, cap)?;
+        self.fits(m, want, adds, &wanted, cap)?;
         let held = contents(&cur.entries);
         let taken = self.acquire(m, &wanted, &held).map_err(ApplyError::Map)?;
         let final_info = Self::info_of(want, cur.info.policy_id, self.next_gen);
@@ -568,7 +617,7 @@ impl EndpointMaps {
             .collect();
         // Each content of `held` holds one reference; each of `taken` one more, and a content
         // is in at most one of the two (`acquire` skips what is held).
-        self.release(m, release);
+        self.release(release);
         match err {
             Some(e) => Err(ApplyError::Map(e)),
             None => Ok(()),
@@ -668,7 +717,7 @@ impl EndpointMaps {
     }
 
     /// Removes an endpoint: first its endpoint entry (packets on its hooks now fail closed),
-    /// then its policy. If the endpoint entry cannot be deleted, nothing changes.
+    /// then its policy (retired). If the endpoint entry cannot be deleted, nothing changes.
     pub fn remove<M: MapOps>(&mut self, m: &mut M, ifindex: u32) -> Result<(), M::Error> {
         let Some(old) = self.applied.get(&ifindex) else {
             return Ok(());
@@ -677,9 +726,9 @@ impl EndpointMaps {
         let old = old.clone();
         self.applied.remove(&ifindex);
         for (plen, key) in old.entries.keys() {
-            self.delete_policy(m, *plen, with_policy_id(*key, old.info.policy_id));
+            self.retire_policy(*plen, with_policy_id(*key, old.info.policy_id));
         }
-        self.release(m, contents(&old.entries));
+        self.release(contents(&old.entries));
         Ok(())
     }
 }

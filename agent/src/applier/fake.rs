@@ -34,6 +34,8 @@ pub struct FakeMaps {
     pub fail_from: Option<usize>,
     /// When set, a copy of the maps after every write (to check intermediate states).
     pub history: Option<Vec<FakeMaps>>,
+    /// `writes` at each grace period.
+    pub grace_periods: Vec<usize>,
 }
 
 impl Default for FakeMaps {
@@ -65,6 +67,7 @@ impl FakeMaps {
             fail_at: None,
             fail_from: None,
             history: None,
+            grace_periods: Vec::new(),
         }
     }
 
@@ -184,6 +187,10 @@ impl MapOps for FakeMaps {
         self.attempt()?;
         self.config = Some(c);
         self.record();
+        Ok(())
+    }
+    fn grace_period(&mut self) -> Result<(), FakeError> {
+        self.grace_periods.push(self.writes);
         Ok(())
     }
 }

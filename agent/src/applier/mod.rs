@@ -6,13 +6,16 @@
 //! which fails the k-th write for every k of large changes):
 //! 1. **Capacity is checked before writing.** A change whose entries would not fit in a map
 //!    (its real `max_entries`, see [`Capacity`]) writes nothing and is reported with the
-//!    numbers ([`Full`]); a map never fills up half-way through an object. The reconcile loop
-//!    admits objects against the same capacities before building the desired state (see
-//!    `admission`), so this check is the last line, not the policy.
+//!    numbers ([`Full`]); a map never fills up half-way through an object. The desired state
+//!    is built with the same capacities in mind (`services::service_addrs` admits Services,
+//!    `compile` limits what one policy may take), so this check is the last line, not the
+//!    policy.
 //! 2. **Old or new, never a mix, nothing leaked.** A write that fails half-way leaves the old
 //!    or the new state of its object in force: `endpoints` has the order and the undo journal
-//!    for the policy maps, `sets` the argument for address sets. Entries that could not be
-//!    deleted are remembered and deleted first by the next apply.
+//!    for the policy maps, `sets` the argument for address sets. Entries no endpoint uses any
+//!    more are deleted after a grace period (a packet that read them just before a switch
+//!    still finds them, see `endpoints`); those that could not be deleted are remembered and
+//!    deleted first by the next apply.
 //! 3. **One object failing does not stop the others.** [`Outcome`] lists failures per
 //!    endpoint and per map; everything else was applied.
 //! 4. **The applier's view is the maps' content** (after adopting the pinned maps), even after
@@ -77,6 +80,9 @@ pub trait MapOps {
     fn put_addr(&mut self, map: AddrMap, key: HostAddrKey) -> Result<(), Self::Error>;
     fn del_addr(&mut self, map: AddrMap, key: HostAddrKey) -> Result<(), Self::Error>;
     fn put_config(&mut self, config: Config) -> Result<(), Self::Error>;
+    /// Returns once every datapath program run that started before the call has finished
+    /// (nothing read before the call is still being used).
+    fn grace_period(&mut self) -> Result<(), Self::Error>;
 }
 
 /// `max_entries` of the maps the applier fills (read from the loaded maps: `--map-size` and
@@ -265,7 +271,8 @@ impl Applier {
     }
 
     /// Makes the maps hold `want`. Removed endpoints go first, then endpoints whose policy
-    /// shrinks, then those that grow, so space freed by one is there for the next.
+    /// shrinks, then those that grow, so space freed by one is there for the next (an endpoint
+    /// that does not fit first frees what the earlier ones retired, after a grace period).
     pub fn apply<M: MapOps>(&mut self, m: &mut M, want: &DesiredState) -> Outcome<M::Error> {
         let mut out = Outcome::default();
         out.written |= self.endpoints.clean_leftovers(m);
@@ -309,12 +316,20 @@ impl Applier {
                 }
             }
         }
+        // What the endpoints above stopped referencing, once no packet can still read it.
+        out.written |= self.endpoints.commit(m);
         out.leftovers = self.endpoints.leftovers();
         out
     }
 
-    /// Applies one endpoint alone (tests and benchmarks that drive the policy maps directly).
-    /// Returns true when something was written.
+    /// Deletes what `apply_endpoint` and `remove_endpoint` retired, after one grace period
+    /// (`apply` does this itself). Returns true when something was deleted.
+    pub fn commit<M: MapOps>(&mut self, m: &mut M) -> bool {
+        self.endpoints.commit(m)
+    }
+
+    /// Applies one endpoint alone (tests and benchmarks that drive the policy maps directly;
+    /// `commit` deletes what it retired). Returns true when something was written.
     pub fn apply_endpoint<M: MapOps>(
         &mut self,
         m: &mut M,
@@ -325,7 +340,7 @@ impl Applier {
     }
 
     /// Removes one endpoint alone: its `pal_ep_v1` entry first (packets on its hooks now fail
-    /// closed), then its policy.
+    /// closed), then its policy (retired: `commit` deletes it).
     pub fn remove_endpoint<M: MapOps>(&mut self, m: &mut M, ifindex: u32) -> Result<(), M::Error> {
         self.endpoints.remove(m, ifindex)
     }

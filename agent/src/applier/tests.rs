@@ -9,8 +9,26 @@ use palisade_common::policy::{PolicyKey, PolicyValue, PortKey, PortValue};
 use palisade_common::stats::{CFG_DEBUG_LOG, Config, HostAddrKey};
 use palisade_common::{DIR_EGRESS, DIR_INGRESS, FAMILY_V4};
 
-use super::fake::{Answer, FakeMaps};
+use super::fake::{Answer, FakeError, FakeMaps};
 use super::*;
+
+/// `apply_endpoint` then `commit`, as one apply of one endpoint does.
+fn applied(
+    a: &mut Applier,
+    m: &mut FakeMaps,
+    d: &DesiredEndpoint,
+) -> Result<bool, ApplyError<FakeError>> {
+    let r = a.apply_endpoint(m, d);
+    a.commit(m);
+    r
+}
+
+/// `remove_endpoint` then `commit`.
+fn removed(a: &mut Applier, m: &mut FakeMaps, ifindex: u32) -> Result<(), FakeError> {
+    let r = a.remove_endpoint(m, ifindex);
+    a.commit(m);
+    r
+}
 
 fn key(a: u8, len: u8) -> (u32, PolicyKey) {
     let mut k = PolicyKey {
@@ -88,12 +106,17 @@ fn policy_change_switches_endpoint_to_a_complete_new_policy_and_frees_the_old() 
     let mut m = FakeMaps::default();
     let mut a = Applier::new(Capacity::default());
     assert!(
-        a.apply_endpoint(&mut m, &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]))
-            .unwrap()
+        applied(
+            &mut a,
+            &mut m,
+            &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))])
+        )
+        .unwrap()
     );
     let first = m.endpoints[&1].policy_id;
     assert!(
-        a.apply_endpoint(
+        applied(
+            &mut a,
             &mut m,
             &ep(
                 1,
@@ -111,22 +134,102 @@ fn policy_change_switches_endpoint_to_a_complete_new_policy_and_frees_the_old() 
     assert_consistent(&m);
 }
 
+/// Threat model: a policy rewrite under traffic. A packet copies its endpoint entry, then
+/// looks its policy and port set up: one that read the old `policy_id` (or an old value's
+/// `portset_id`) just before the switch must still find them, or a flow both versions allow
+/// is dropped. So what a change stops referencing is deleted only after a grace period that
+/// follows the switch, in a rewrite, an in-place change of a value's port set and a removal.
+#[test]
+fn what_a_change_stops_referencing_is_deleted_only_after_a_grace_period_after_the_switch() {
+    let mut m = FakeMaps::default();
+    let mut a = Applier::new(Capacity::default());
+    let mut filler: Vec<_> = (10..30u8).map(|i| (key(i, 24), Allow::All(9))).collect();
+    filler.push((key(1, 24), ports(&[(6, 80, 1)])));
+    applied(&mut a, &mut m, &ep(1, filler.clone())).unwrap();
+    applied(
+        &mut a,
+        &mut m,
+        &ep(2, vec![(key(1, 24), ports(&[(6, 80, 1)]))]),
+    )
+    .unwrap();
+    let mut in_place = filler.clone();
+    in_place.last_mut().unwrap().1 = ports(&[(6, 81, 2)]);
+    type Step = Box<dyn Fn(&mut Applier, &mut FakeMaps)>;
+    let steps: [(&str, Step); 3] = [
+        (
+            "rewrite",
+            Box::new(|a, m| {
+                a.apply_endpoint(m, &ep(2, vec![(key(2, 24), ports(&[(6, 82, 3)]))]))
+                    .unwrap();
+            }),
+        ),
+        (
+            "in place",
+            Box::new(move |a, m| {
+                a.apply_endpoint(m, &ep(1, in_place.clone())).unwrap();
+            }),
+        ),
+        ("removal", Box::new(|a, m| a.remove_endpoint(m, 2).unwrap())),
+    ];
+    for (what, step) in steps {
+        let before = m.clone();
+        m.history = Some(Vec::new());
+        m.grace_periods.clear();
+        step(&mut a, &mut m);
+        let switched = m.writes;
+        // Nothing the old state held is gone before the grace period.
+        for (i, state) in m.history.take().unwrap().iter().enumerate() {
+            let gone_policy = before
+                .policy
+                .keys()
+                .filter(|k| !state.policy.contains_key(*k))
+                .filter(|(_, k)| {
+                    // In place deletes its own keys in LPM order; only other policy ids count.
+                    Some(u32::from_be_bytes(k.policy_id_be))
+                        != state.endpoints.get(&1).map(|e| e.policy_id)
+                })
+                .count();
+            let gone_ports = before
+                .ports
+                .keys()
+                .filter(|k| !state.ports.contains_key(*k))
+                .count();
+            assert_eq!(
+                (gone_policy, gone_ports),
+                (0, 0),
+                "{what}: write {i} deleted entries before any grace period"
+            );
+        }
+        assert!(a.commit(&mut m), "{what}: something was retired");
+        assert_eq!(
+            m.grace_periods,
+            vec![switched],
+            "{what}: one grace period, before any delete"
+        );
+        assert_view_exact(&a, &m);
+        assert_consistent(&m);
+        // Nothing retired: no grace period to wait for.
+        assert!(!a.commit(&mut m));
+        assert_eq!(m.grace_periods.len(), 1, "{what}");
+    }
+}
+
 #[test]
 fn identical_port_sets_are_shared_and_freed_with_their_last_user() {
     let mut m = FakeMaps::default();
     let mut a = Applier::new(Capacity::default());
     let p = ports(&[(6, 80, 1), (17, 53, 1)]);
-    a.apply_endpoint(&mut m, &ep(1, vec![(key(1, 24), p.clone())]))
-        .unwrap();
-    a.apply_endpoint(
+    applied(&mut a, &mut m, &ep(1, vec![(key(1, 24), p.clone())])).unwrap();
+    applied(
+        &mut a,
         &mut m,
         &ep(2, vec![(key(1, 24), p.clone()), (key(9, 24), p)]),
     )
     .unwrap();
     assert_eq!(m.ports.len(), 2, "one shared set of two entries");
-    a.remove_endpoint(&mut m, 1).unwrap();
+    removed(&mut a, &mut m, 1).unwrap();
     assert_eq!(m.ports.len(), 2);
-    a.remove_endpoint(&mut m, 2).unwrap();
+    removed(&mut a, &mut m, 2).unwrap();
     assert!(m.ports.is_empty() && m.policy.is_empty() && m.endpoints.is_empty());
 }
 
@@ -135,9 +238,9 @@ fn unchanged_desired_state_writes_nothing() {
     let mut m = FakeMaps::default();
     let mut a = Applier::new(Capacity::default());
     let d = ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]);
-    a.apply_endpoint(&mut m, &d).unwrap();
+    applied(&mut a, &mut m, &d).unwrap();
     let writes = m.writes;
-    assert!(!a.apply_endpoint(&mut m, &d).unwrap());
+    assert!(!applied(&mut a, &mut m, &d).unwrap());
     assert_eq!(m.writes, writes);
 }
 
@@ -150,19 +253,23 @@ fn restarted_applier_adopts_pinned_state_and_rewrites_nothing_that_is_current() 
         vec![(key(1, 24), ports(&[(6, 80, 1)])), (key(4, 32), ports(&[]))],
     );
     let d2 = ep(2, vec![(key(1, 24), ports(&[(6, 80, 1)]))]);
-    a.apply_endpoint(&mut m, &d1).unwrap();
-    a.apply_endpoint(&mut m, &d2).unwrap();
+    applied(&mut a, &mut m, &d1).unwrap();
+    applied(&mut a, &mut m, &d2).unwrap();
     let before = m.clone();
     let mut b = Applier::adopt(m.pinned(), Capacity::default());
-    assert!(!b.apply_endpoint(&mut m, &d1).unwrap());
-    assert!(!b.apply_endpoint(&mut m, &d2).unwrap());
+    assert!(!applied(&mut b, &mut m, &d1).unwrap());
+    assert!(!applied(&mut b, &mut m, &d2).unwrap());
     assert_eq!(m.policy, before.policy);
     // A change after adoption allocates fresh ids and keeps the maps consistent.
-    b.apply_endpoint(&mut m, &ep(1, vec![(key(7, 24), ports(&[(6, 80, 1)]))]))
-        .unwrap();
+    applied(
+        &mut b,
+        &mut m,
+        &ep(1, vec![(key(7, 24), ports(&[(6, 80, 1)]))]),
+    )
+    .unwrap();
     assert_consistent(&m);
-    b.remove_endpoint(&mut m, 2).unwrap();
-    b.remove_endpoint(&mut m, 1).unwrap();
+    removed(&mut b, &mut m, 2).unwrap();
+    removed(&mut b, &mut m, 1).unwrap();
     assert!(m.policy.is_empty() && m.ports.is_empty());
 }
 
@@ -173,12 +280,12 @@ fn small_change_is_applied_in_place_with_few_writes() {
     let mut entries: Vec<_> = (0..100u8)
         .map(|i| (key(i, 24), ports(&[(6, 80, 1)])))
         .collect();
-    a.apply_endpoint(&mut m, &ep(1, entries.clone())).unwrap();
+    applied(&mut a, &mut m, &ep(1, entries.clone())).unwrap();
     let id = m.endpoints[&1].policy_id;
     let gen0 = m.endpoints[&1].policy_gen;
     let writes = m.writes;
     entries.push((key(200, 24), Allow::All(9)));
-    a.apply_endpoint(&mut m, &ep(1, entries)).unwrap();
+    applied(&mut a, &mut m, &ep(1, entries)).unwrap();
     assert_eq!(m.endpoints[&1].policy_id, id, "same policy id: in place");
     assert!(
         m.endpoints[&1].policy_gen > gen0,
@@ -226,12 +333,12 @@ proptest::proptest! {
         }).collect();
         let d_old = ep(1, old_e.into_iter().chain(filler.clone()).collect());
         let d_new = ep(1, new_e.into_iter().chain(filler).collect());
-        a.apply_endpoint(&mut m, &d_old).unwrap();
+        applied(&mut a, &mut m, &d_old).unwrap();
         let probes: Vec<IpAddr> = (0..4u8).flat_map(|b2| (0..=255u8).step_by(16).map(move |b3| IpAddr::from([10, 0, b2, b3]))).collect();
         let before: Vec<_> = probes.iter().map(|p| answers(&m, 1, *p)).collect();
         let id = m.endpoints[&1].policy_id;
         m.history = Some(Vec::new());
-        a.apply_endpoint(&mut m, &d_new).unwrap();
+        applied(&mut a, &mut m, &d_new).unwrap();
         let history = m.history.take().unwrap();
         proptest::prop_assert_eq!(m.endpoints[&1].policy_id, id, "applied in place");
         let after: Vec<_> = probes.iter().map(|p| answers(&m, 1, *p)).collect();
@@ -250,8 +357,12 @@ proptest::proptest! {
 fn adoption_cleans_entries_left_by_a_crash_mid_apply() {
     let mut m = FakeMaps::default();
     let mut a = Applier::new(Capacity::default());
-    a.apply_endpoint(&mut m, &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]))
-        .unwrap();
+    applied(
+        &mut a,
+        &mut m,
+        &ep(1, vec![(key(1, 24), ports(&[(6, 80, 1)]))]),
+    )
+    .unwrap();
     // A crash after step 3 of the next apply: new entries written, endpoint not switched.
     let mut k = key(5, 24);
     k.1.policy_id_be = 99u32.to_be_bytes();
@@ -275,7 +386,7 @@ fn adoption_cleans_entries_left_by_a_crash_mid_apply() {
         PortValue { rule_ref: 1 },
     );
     let mut b = Applier::adopt(m.pinned(), Capacity::default());
-    b.apply_endpoint(&mut m, &ep(2, vec![])).unwrap();
+    applied(&mut b, &mut m, &ep(2, vec![])).unwrap();
     assert_consistent(&m);
     assert_eq!(m.policy.len(), 1);
 }
@@ -631,7 +742,7 @@ fn a_change_is_applied_in_place_when_a_rewrite_does_not_fit_and_refused_when_nei
     };
     let mut m = FakeMaps::with_capacity(cap);
     let mut a = Applier::new(cap);
-    a.apply_endpoint(&mut m, &ep(1, entries(0, 40))).unwrap();
+    applied(&mut a, &mut m, &ep(1, entries(0, 40))).unwrap();
     let id = m.endpoints[&1].policy_id;
     let err = a
         .apply_endpoint(&mut m, &ep(1, entries(100, 40)))
@@ -652,7 +763,7 @@ fn a_change_is_applied_in_place_when_a_rewrite_does_not_fit_and_refused_when_nei
     // Drop 20, add 5: a rewrite would need 25 new entries at once, in place needs 5.
     let mut smaller = entries(0, 20);
     smaller.extend(entries(100, 5));
-    a.apply_endpoint(&mut m, &ep(1, smaller)).unwrap();
+    applied(&mut a, &mut m, &ep(1, smaller)).unwrap();
     assert_eq!(m.endpoints[&1].policy_id, id, "applied in place");
     assert_eq!(m.policy.len(), 25);
     assert_consistent(&m);
