@@ -27,10 +27,10 @@ pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_TO_UPLINK: &str = "to_uplink";
 
 /// Default capacities (`max_entries` in the eBPF object). `palisade-agent --map-size` may
-/// create maps of other sizes, and pinned maps keep the size they were created with, so the
-/// agent's applier checks every change against the loaded maps' real `max_entries`
-/// (`applier::Capacity`) before writing, and reports what does not fit instead of writing
-/// part of it.
+/// create maps of other sizes (a map pinned with another size is replaced, see the agent's
+/// `datapath::layout`), so the agent's applier checks every change against the loaded maps'
+/// real `max_entries` (`applier::Capacity`) before writing, and reports what does not fit
+/// instead of writing part of it.
 pub const ENDPOINTS_MAX: u32 = 16_384;
 pub const POLICY_MAX: u32 = 1_048_576;
 pub const PORTS_MAX: u32 = 262_144;
