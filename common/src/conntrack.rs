@@ -35,6 +35,13 @@ pub const CT_CLOSING: u32 = 1 << 1;
 /// is judged after translation (`crate::service`), so the entry admits the Service's replies
 /// and is never re-checked against the client's policy itself.
 pub const CT_SERVICE: u32 = 1 << 2;
+/// The endpoint's policy forbade the flow at a re-check (`POLICY_CHANGED`): the entry stays,
+/// so that every later packet of the flow is dropped as `POLICY_CHANGED` again and never
+/// judged as new. (A new mid-stream TCP segment may be restored as the reply of the reversed
+/// flow, `crate::decide::restore`: without this mark, a connection a policy change cut would
+/// come back on its next segment whenever the other direction admits it.) Never current: a
+/// re-check that passes (the policy admits it again) clears it.
+pub const CT_REVOKED: u32 = 1 << 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -43,8 +50,8 @@ pub struct CtValue {
     pub last_seen_ns: u64,
     /// The endpoint's `policy_gen` when the flow was admitted or last re-checked. When the
     /// endpoint's policy changes, the next packet of the flow is re-checked against the new
-    /// policy, and dropped (and the entry deleted) if the new policy forbids it: a policy
-    /// change cuts established connections it forbids.
+    /// policy, and dropped (and the entry marked `CT_REVOKED`) if the new policy forbids it:
+    /// a policy change cuts established connections it forbids.
     pub policy_gen: u32,
     pub flags: u32,
     /// Rule that admitted the flow (0 when admitted because the endpoint is not isolated).

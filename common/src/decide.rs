@@ -2,6 +2,7 @@
 //! the TC programs (`ebpf/`) and by the reference evaluator in `policy/`, so both agree by
 //! construction on precedence.
 
+use crate::packet::{IPPROTO_TCP, TCP_SYN};
 use crate::policy::{RULE_DENY, rule_allows};
 use crate::verdict::{Reason, Verdict};
 
@@ -94,6 +95,55 @@ pub fn decide(f: &Facts) -> Verdict {
         return Verdict::drop(Reason::FRAGMENT_UNTRACKED);
     }
     Verdict::drop(Reason::DEFAULT_DENY)
+}
+
+/// Whether a packet is a mid-stream TCP segment: TCP with its header seen (not a later
+/// fragment) and no SYN. Only a segment of an existing connection is one: a connection is
+/// opened by a SYN, so a mid-stream segment that no conntrack entry matches belongs to a
+/// connection whose entry was lost (or to none at all: then the receiver's stack answers RST).
+#[inline(always)]
+pub fn tcp_mid_stream(proto: u8, tcp_flags: u8, later_fragment: bool) -> bool {
+    proto == IPPROTO_TCP && !later_fragment && tcp_flags & TCP_SYN == 0
+}
+
+/// Conntrack state lost to eviction (`pal_ct_v1` is one LRU table shared by every endpoint of
+/// the node: a pod opening many flows evicts other pods' idle ones). The next packet of an
+/// evicted flow is new. In the direction the flow was admitted in, policy admits it again;
+/// in the reply direction, at an endpoint isolated in that direction, `decide` drops it. So:
+/// "eviction cannot cut an allowed established TCP flow".
+///
+/// `restorable`: whether a packet that `decide` judged `v` from `f` gets a second question,
+/// the one of the flow it would be a reply to. Only a new (`CtMatch::New`) mid-stream TCP
+/// segment (`tcp_mid_stream`) dropped by policy (`DEFAULT_DENY`, `POLICY_DENY`), not judged
+/// after Service translation (`deferred`: the question there is the client's egress only).
+/// A SYN, UDP, ICMP, a fragment without ports and every other drop keep their verdict.
+#[inline(always)]
+pub fn restorable(f: &Facts, v: Verdict, mid_stream: bool, deferred: bool) -> bool {
+    mid_stream
+        && !deferred
+        && f.ct == CtMatch::New
+        && !f.untracked_fragment
+        && (v.reason == Reason::DEFAULT_DENY || v.reason == Reason::POLICY_DENY)
+}
+
+/// The verdict of a `restorable` packet, from the facts of the flow it would reply to:
+/// the reversed tuple in the other direction at the same endpoint (`reversed.isolated` and
+/// `reversed.allow_rule` asked for that direction, the same peer and the packet's *source*
+/// port). When policy admits that flow as new, the packet passes as `CT_RESTORED` (naming
+/// the rule that admits the flow) and the datapath tracks that flow again; else `None`: the
+/// packet keeps its drop.
+///
+/// A peer that is a Service address (`peer_is_service`: a reply the kernel un-translated
+/// from a backend) is never restored: the flow it replies to went to the Service and was
+/// judged on the backend it was translated to, which the reply no longer names, and judging
+/// egress on a Service address is wrong both ways (see `crate::service`). Kept dropped.
+#[inline(always)]
+pub fn restore(reversed: &Facts, peer_is_service: bool) -> Option<Verdict> {
+    if peer_is_service || reversed.ct != CtMatch::New {
+        return None;
+    }
+    let v = decide(reversed);
+    (!v.is_drop()).then_some(Verdict::pass(Reason::CT_RESTORED, v.rule_ref))
 }
 
 /// Audit mode: when the enforced policies (`f`, which `decide` judges) pass a packet that the
@@ -260,6 +310,146 @@ mod tests {
         assert_eq!(
             decide(&unisolated),
             Verdict::pass(Reason::CT_ESTABLISHED, 0)
+        );
+    }
+
+    /// The facts of the packet as a new flow and of the flow it would reply to, through
+    /// `restorable` and `restore`, as the datapath chains them.
+    fn after_eviction(
+        packet: Facts,
+        mid_stream: bool,
+        deferred: bool,
+        reversed: Facts,
+        peer_is_service: bool,
+    ) -> Verdict {
+        let v = decide(&packet);
+        if v.is_drop() && restorable(&packet, v, mid_stream, deferred) {
+            restore(&reversed, peer_is_service).unwrap_or(v)
+        } else {
+            v
+        }
+    }
+
+    #[test]
+    fn mid_stream_tcp_is_a_segment_without_syn_whose_header_was_seen() {
+        const ACK: u8 = 0x10;
+        assert!(tcp_mid_stream(IPPROTO_TCP, ACK, false));
+        assert!(tcp_mid_stream(IPPROTO_TCP, ACK | 0x08 | 0x01, false));
+        assert!(tcp_mid_stream(IPPROTO_TCP, 0x04, false));
+        assert!(!tcp_mid_stream(IPPROTO_TCP, TCP_SYN, false));
+        assert!(!tcp_mid_stream(IPPROTO_TCP, TCP_SYN | ACK, false));
+        // A later fragment carries no TCP header: its flags read as 0, which is not "no SYN".
+        assert!(!tcp_mid_stream(IPPROTO_TCP, 0, true));
+        assert!(!tcp_mid_stream(crate::packet::IPPROTO_UDP, 0, false));
+        assert!(!tcp_mid_stream(crate::packet::IPPROTO_ICMP, 0, false));
+    }
+
+    #[test]
+    fn a_lost_reply_of_a_flow_policy_allows_in_the_other_direction_is_restored() {
+        // Egress-isolated server pushing on a connection its ingress rule 5 admitted.
+        let reversed = Facts {
+            allow_rule: 5,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(base(), true, false, reversed, false),
+            Verdict::pass(Reason::CT_RESTORED, 5)
+        );
+        // The other direction is not isolated at all: restored, no rule to name.
+        let open = Facts {
+            isolated: false,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(base(), true, false, open, false),
+            Verdict::pass(Reason::CT_RESTORED, 0)
+        );
+        // Dropped by a ClusterNetworkPolicy Deny as a new flow: a reply is still a reply.
+        let denied = Facts {
+            allow_rule: RULE_DENY | 2,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(denied, true, false, reversed, false),
+            Verdict::pass(Reason::CT_RESTORED, 5)
+        );
+    }
+
+    #[test]
+    fn a_lost_reply_stays_dropped_when_the_flow_it_replies_to_is_not_allowed() {
+        // Nothing allows the reversed flow; a Deny rule drops it.
+        for allow_rule in [0, RULE_DENY | 4] {
+            let reversed = Facts {
+                allow_rule,
+                ..base()
+            };
+            assert_eq!(
+                after_eviction(base(), true, false, reversed, false).reason,
+                Reason::DEFAULT_DENY
+            );
+        }
+        // The flow it replies to went to a Service address: kept dropped (no sound check).
+        let open = Facts {
+            isolated: false,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(base(), true, false, open, true).reason,
+            Reason::DEFAULT_DENY
+        );
+        assert_eq!(restore(&open, true), None);
+    }
+
+    #[test]
+    fn only_mid_stream_tcp_dropped_by_policy_as_new_asks_the_reply_question() {
+        let open = Facts {
+            isolated: false,
+            ..base()
+        };
+        // A SYN, UDP, ICMP (not mid-stream): today's verdict.
+        assert_eq!(
+            after_eviction(base(), false, false, open, false).reason,
+            Reason::DEFAULT_DENY
+        );
+        // Judged after Service translation: the client's egress question only.
+        assert_eq!(
+            after_eviction(base(), true, true, open, false).reason,
+            Reason::DEFAULT_DENY
+        );
+        // A fragment whose ports are unknown.
+        let fragment = Facts {
+            untracked_fragment: true,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(fragment, true, false, open, false).reason,
+            Reason::FRAGMENT_UNTRACKED
+        );
+        // Other drops are not policy's judgement of a new flow.
+        let spoofed = Facts {
+            spoofed: true,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(spoofed, true, false, open, false).reason,
+            Reason::SPOOFED_SOURCE
+        );
+        let stale = Facts {
+            ct: CtMatch::Reply,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(stale, true, false, open, false).reason,
+            Reason::POLICY_CHANGED
+        );
+        // What passes as new keeps its verdict (nothing to restore).
+        let allowed = Facts {
+            allow_rule: 3,
+            ..base()
+        };
+        assert_eq!(
+            after_eviction(allowed, true, false, open, false),
+            Verdict::pass(Reason::POLICY_ALLOW, 3)
         );
     }
 

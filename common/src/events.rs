@@ -26,7 +26,9 @@ pub const VERDICT_DROPPED: u8 = 2;
 /// The packet passed, but the enforced and audited policies together would have dropped it.
 pub const VERDICT_AUDIT: u8 = 3;
 
-/// `FlowEvent.flags`: the packet is a reply of a tracked flow (`POLICY_CHANGED` drops).
+/// `FlowEvent.flags`: the packet is a reply of a tracked flow (`POLICY_CHANGED` drops), or
+/// of the flow restored by it (`CT_RESTORED`): the rule named is that flow's, in the other
+/// direction, on the packet's source port.
 pub const EV_REPLY: u8 = 1 << 0;
 /// `svc_addr_be` / `svc_port_be` hold the Service address the client sent this flow to (the
 /// event is its judgement after translation, or, at a client whose egress is not isolated,

@@ -17,6 +17,11 @@ pub const IPPROTO_NONE: u8 = 59;
 pub const IPPROTO_DSTOPTS: u8 = 60;
 pub const IPPROTO_SCTP: u8 = 132;
 
+/// TCP flag bits (byte 13 of the TCP header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+
 /// IPv6 extension headers the datapath walks before giving up (`EXT_HEADERS_TOO_LONG`).
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 

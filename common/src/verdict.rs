@@ -25,6 +25,10 @@ impl Reason {
     /// Egress to a Service address: judged after translation, at the backend's `to_pod` or
     /// at `to_uplink` (see `crate::service`).
     pub const SERVICE_DEFERRED: Reason = Reason(8);
+    /// A mid-stream TCP segment whose flow's conntrack entry was lost (evicted from the full
+    /// table): it is a reply to a flow that policy allows in the other direction, so it passes
+    /// and that flow is tracked again (`crate::decide::restore`; `rule_ref` names the rule).
+    pub const CT_RESTORED: Reason = Reason(9);
 
     // --- drops (32 and up) ---
     /// Isolated and no rule allows it.
@@ -66,6 +70,7 @@ impl Reason {
             6 => "host",
             7 => "neighbor",
             8 => "service_deferred",
+            9 => "ct_restored",
             32 => "default_deny",
             33 => "spoofed_source",
             34 => "bad_header",
@@ -82,7 +87,7 @@ impl Reason {
     }
 
     /// Every reason, for counters and docs.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::NOT_ISOLATED,
         Reason::POLICY_ALLOW,
         Reason::CT_ESTABLISHED,
@@ -91,6 +96,7 @@ impl Reason {
         Reason::HOST,
         Reason::NEIGHBOR,
         Reason::SERVICE_DEFERRED,
+        Reason::CT_RESTORED,
         Reason::DEFAULT_DENY,
         Reason::SPOOFED_SOURCE,
         Reason::BAD_HEADER,

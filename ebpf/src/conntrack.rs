@@ -163,13 +163,6 @@ pub fn insert(k: &CtKey, now: u64, policy_gen: u32, rule_ref: u32, flags: u32) -
     CONNTRACK.insert(k, v, 0)
 }
 
-/// Forgets a flow (its endpoint's new policy forbids it).
-#[inline(always)]
-pub fn remove(k: &CtKey) {
-    // Already gone (evicted or removed by a concurrent packet) is the wanted end state.
-    if CONNTRACK.remove(k).is_err() {}
-}
-
 #[inline(always)]
 fn frag_key(ep_id: u32, dir: u8, pkt: &Packet) -> FragKey {
     FragKey {

@@ -9,6 +9,9 @@
 //!    new flow): a forwarded event; at an endpoint that audited policies isolate in this
 //!    direction, the audited rules are looked up and `decide::audit` says whether it is an
 //!    audit event instead.
+//!    `CT_RESTORED` (a mid-stream TCP segment of a flow whose entry was lost, once per
+//!    restore): a forwarded event with `EV_REPLY`, naming the rule that admits the flow it
+//!    replies to.
 //! 3. `SERVICE_DEFERRED` (the first packet of a client's new flow to a Service address): at a
 //!    client whose egress is judged after translation (isolated or audited), the Service
 //!    address is recorded for that judgement's event; otherwise a forwarded `NOT_ISOLATED`
@@ -81,6 +84,9 @@ pub fn report(
         return;
     }
     let mut flags = if deferred { EV_DEFERRED } else { 0 };
+    if r == Reason::CT_RESTORED {
+        flags |= EV_REPLY;
+    }
     if r == Reason::SERVICE_DEFERRED {
         // 3.
         if s.pkt.ct != CT_NEW {
@@ -152,8 +158,8 @@ pub fn report(
     emit(ctx, &s.ep, &s.pkt, dir, ep_ifindex, flags, verdict, out, 0);
 }
 
-/// 4. A dropped packet: rate-limited per flow. The verdict keeps its rule (a ClusterNetworkPolicy
-/// Deny rule for `POLICY_DENY`).
+/// Step 4 of `report`, a dropped packet: rate-limited per flow. The verdict keeps its rule (a
+/// ClusterNetworkPolicy Deny rule for `POLICY_DENY`).
 #[inline(always)]
 fn dropped(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool, v: &Verdict, s: &mut Scratch) {
     let r = v.reason;

@@ -26,9 +26,7 @@ pub const FRAG_FIRST: u8 = 1;
 /// Any later fragment: no L4 header, ports come from `pal_frag_v1`.
 pub const FRAG_LATER: u8 = 2;
 
-/// TCP flag bits (byte 13 of the TCP header).
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_RST: u8 = 0x04;
+pub use palisade_common::packet::{TCP_FIN, TCP_RST, TCP_SYN};
 
 /// A flow's identity as carried by one packet. Addresses and ports in network byte order;
 /// IPv4 addresses use the first 4 bytes. An ICMP echo request carries its identifier as

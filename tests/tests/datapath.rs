@@ -626,9 +626,12 @@ fn privileged_policy_change_cuts_forbidden_flows_and_keeps_allowed_ones() {
     dp.set_endpoint(TEST_RUN_IFINDEX, endpoint(EP_INGRESS_ISOLATED, POLICY_B))
         .expect("switching policy");
     // The reply of the port-80 flow is re-checked as the flow was admitted (ingress, port
-    // 80): forbidden now, cut, and the entry is gone.
+    // 80): forbidden now, cut, and the entry is marked revoked: every later packet of that
+    // flow is cut the same way (never new, so never restored as a reply: ct_eviction.rs).
     expect(&dp, Prog::FromPod, &reply80, Reason::POLICY_CHANGED);
-    expect(&dp, Prog::ToPod, &syn_in(PEER4, 80), Reason::DEFAULT_DENY);
+    expect(&dp, Prog::FromPod, &reply80, Reason::POLICY_CHANGED);
+    expect(&dp, Prog::ToPod, &syn_in(PEER4, 80), Reason::POLICY_CHANGED);
+    expect(&dp, Prog::ToPod, &syn_in(PEER4, 81), Reason::DEFAULT_DENY);
     // The port-443 flow is still allowed: it passes and is re-stamped with policy B's rule.
     let ack443 = V4::new(PEER4, POD4, IPPROTO_TCP).frame(&frame::tcp(40000, 443, TCP_ACK));
     let o = run(&dp, Prog::ToPod, &ack443);
@@ -639,9 +642,14 @@ fn privileged_policy_change_cuts_forbidden_flows_and_keeps_allowed_ones() {
         .find(|(k, _)| k.dport_be == 443u16.to_be_bytes())
         .expect("443 flow tracked");
     assert_eq!((e443.1.policy_gen, e443.1.rule_ref), (POLICY_B, 7));
-    assert!(
-        !ct.iter().any(|(k, _)| k.dport_be == 80u16.to_be_bytes()),
-        "the forbidden flow's entry is deleted"
+    let e80 = ct
+        .iter()
+        .find(|(k, _)| k.dport_be == 80u16.to_be_bytes())
+        .expect("80 flow kept");
+    assert_ne!(
+        e80.1.flags & palisade_common::conntrack::CT_REVOKED,
+        0,
+        "the forbidden flow's entry is marked revoked"
     );
     // Lifting isolation keeps every flow.
     dp.set_endpoint(TEST_RUN_IFINDEX, endpoint(0, POLICY_A + 2))
@@ -880,9 +888,11 @@ fn ct_entry(proto: u8, sport: u16, dport: u16) -> palisade_common::conntrack::Ct
 
 #[test]
 fn privileged_idle_flows_expire_by_protocol_and_closing_state() {
+    // Isolated both ways: an expired TCP flow's late segment is not restored as a reply
+    // either (ct_eviction.rs), so expiry shows as `DEFAULT_DENY`.
     let Some(mut dp) = setup(
         "privileged_idle_flows_expire_by_protocol_and_closing_state",
-        EP_INGRESS_ISOLATED,
+        EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
     ) else {
         return;
     };

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6,
     conntrack::{CtKey, FragKey},
-    decide::{CtMatch, Facts, decide},
+    decide::{CtMatch, Facts, decide, restorable, restore, tcp_mid_stream},
     endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
     packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
     policy::{
@@ -187,6 +187,9 @@ impl Spec {
     }
 }
 
+/// The model's `policy_gen` of a revoked flow (`CT_REVOKED`): equal to no endpoint's.
+const REVOKED: u32 = u32::MAX;
+
 /// The model: map contents as the test wrote them, plus the state the datapath keeps.
 #[derive(Default)]
 struct Model {
@@ -353,7 +356,7 @@ impl Model {
         } else {
             0
         };
-        let v = decide(&Facts {
+        let facts = Facts {
             spoofed: false,
             peer_is_host: false,
             ct,
@@ -361,12 +364,39 @@ impl Model {
             isolated: iso,
             allow_rule,
             untracked_fragment: !ports_known,
-        });
+        };
+        let mut v = decide(&facts);
+        let mut key = key;
         if v.is_drop() {
             if v.reason == Reason::POLICY_CHANGED {
-                self.ct.remove(&key);
+                // Kept and marked revoked (`CT_REVOKED`): never current until a re-check passes.
+                self.ct.insert(key, (REVOKED, 0));
+                return v;
             }
-            return v;
+            // Every TCP frame of the generator is an ACK: mid-stream unless a later fragment.
+            let mid_stream = tcp_mid_stream(s.proto, frame::TCP_ACK, s.frag == 2);
+            if !restorable(&facts, v, mid_stream, false) {
+                return v;
+            }
+            // The flow it would reply to: the reversed tuple in the other direction.
+            key = rev_key;
+            let iso = self.isolated(other);
+            let reversed = Facts {
+                ct: CtMatch::New,
+                ct_current: false,
+                isolated: iso,
+                allow_rule: if iso {
+                    self.allow_rule(other, &key, true)
+                } else {
+                    0
+                },
+                untracked_fragment: false,
+                ..facts
+            };
+            match restore(&reversed, false) {
+                Some(r) => v = r,
+                None => return v,
+            }
         }
         if tracked {
             if !ct_current {
@@ -645,6 +675,7 @@ fn privileged_kernel_verdicts_match_the_model_on_random_policies_and_packets() {
         "default_deny",
         "ct_established",
         "ct_reply",
+        "ct_restored",
         "policy_changed",
         "spoofed_source",
         "fragment_untracked",

@@ -323,6 +323,7 @@ impl Names {
             || reason == Reason::POLICY_DENY
             || reason == Reason::DEFAULT_DENY
             || reason == Reason::POLICY_CHANGED
+            || reason == Reason::CT_RESTORED
             || reason == Reason::FRAGMENT_UNTRACKED
             || e.verdict == VERDICT_AUDIT
             || (reason == Reason::NOT_ISOLATED && e.rule_ref != 0);
@@ -332,8 +333,9 @@ impl Names {
         let Some(info) = self.cluster.pod(pod) else {
             return;
         };
-        // The question the datapath asked: a reply cut by a policy change is re-checked as
-        // the flow it replies to (the other direction; the peer is the same address).
+        // The question the datapath asked: a reply cut by a policy change (or restored after
+        // its entry was lost) is checked as the flow it replies to (the other direction; the
+        // peer is the same address).
         let mut dir = if e.dir == DIR_INGRESS {
             Direction::Ingress
         } else {

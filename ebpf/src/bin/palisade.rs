@@ -22,8 +22,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
-    conntrack::{CT_CLOSING, CT_SEEN_REPLY, CT_SERVICE},
-    decide::{CtMatch, Facts, decide},
+    conntrack::{CT_CLOSING, CT_REVOKED, CT_SEEN_REPLY, CT_SERVICE},
+    decide::{CtMatch, Facts, decide, restorable, restore, tcp_mid_stream},
     endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
     neighbor::is_link_local,
     packet::IPPROTO_TCP,
@@ -36,7 +36,7 @@ use palisade_ebpf::{
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
     events,
     maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch},
-    parse::{FRAG_FIRST, FRAG_LATER, TCP_FIN, TCP_RST, Tuple, parse},
+    parse::{FRAG_FIRST, FRAG_LATER, Packet, TCP_FIN, TCP_RST, Tuple, parse},
     policy, stats,
 };
 
@@ -153,13 +153,13 @@ fn peer_is_node(family: u8, peer: &[u8; 16]) -> bool {
     unsafe { HOST_ADDRS.get(hk) }.is_some()
 }
 
-/// Whether the destination is a Service address (`pal_svc_v1`).
+/// Whether `addr` is a Service address (`pal_svc_v1`).
 #[inline(always)]
-fn to_service(t: &Tuple) -> bool {
+fn is_service(family: u8, addr: &[u8; 16]) -> bool {
     let k = HostAddrKey {
-        family: t.family,
+        family,
         _pad: [0; 3],
-        addr_be: t.daddr,
+        addr_be: *addr,
     };
     // SAFETY: presence check only.
     unsafe { SERVICES.get(k) }.is_some()
@@ -258,7 +258,9 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 /// 8. `decide` (palisade_common::decide) gives the verdict; then the state follows it: a
 ///    passing new flow is tracked (and a first fragment's ports recorded), a tracked flow is
 ///    refreshed (and re-stamped with the current policy), a flow the new policy forbids is
-///    forgotten.
+///    marked `CT_REVOKED` (its later packets are cut the same way).
+/// 9. Deny path only: a mid-stream TCP segment dropped by policy as new may be the reply of a
+///    flow whose entry was evicted (`restore_lost_reply`).
 #[inline(always)]
 fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result<Verdict, Reason> {
     let s = match SCRATCH.get_ptr_mut(0) {
@@ -336,7 +338,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     // the entry says whether its flow goes to a Service.)
     if dir == DIR_EGRESS && !deferred {
         let service = if ct == CT_NEW {
-            to_service(&pkt.t)
+            is_service(pkt.t.family, &pkt.t.daddr)
         } else {
             // SAFETY: live map value found by the lookup.
             unsafe { (*value).flags & CT_SERVICE != 0 }
@@ -359,7 +361,10 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     let tracked = ct != CT_NEW;
     // SAFETY: `value` is the live map value found by the lookup when `tracked`.
     let ct_current = tracked
-        && unsafe { (*value).policy_gen == ep.policy_gen || (*value).flags & CT_SERVICE != 0 };
+        && unsafe {
+            ((*value).policy_gen == ep.policy_gen && (*value).flags & CT_REVOKED == 0)
+                || (*value).flags & CT_SERVICE != 0
+        };
 
     // 7. The question asked: the flow in the direction it was admitted (for a new flow, the
     // packet itself; `key` holds it either way).
@@ -393,12 +398,24 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
         allow_rule,
         untracked_fragment: !ports_known,
     };
-    let v = decide(&f);
+    let mut v = decide(&f);
     if v.is_drop() {
         if v.reason == Reason::POLICY_CHANGED {
-            conntrack::remove(key);
+            // Kept, marked: later packets of the flow are cut the same way, never new
+            // (which step 9 could restore as replies of the reversed flow).
+            // SAFETY: live map value (tracked); a plain store.
+            unsafe { (*value).flags |= CT_REVOKED };
+            return Ok(v);
         }
-        return Ok(v);
+        // 9.
+        let mid_stream = tcp_mid_stream(pkt.t.proto, pkt.tcp_flags, pkt.frag == FRAG_LATER);
+        if !restorable(&f, v, mid_stream, deferred) {
+            return Ok(v);
+        }
+        match restore_lost_reply(ep, pkt, key) {
+            Some(restored) => v = restored,
+            None => return Ok(v),
+        }
     }
     let closing = if pkt.t.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         CT_CLOSING
@@ -412,6 +429,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
             if !ct_current {
                 (*value).policy_gen = ep.policy_gen;
                 (*value).rule_ref = v.rule_ref;
+                (*value).flags &= !CT_REVOKED;
             }
             if ct != CT_RELATED {
                 (*value).last_seen_ns = now;
@@ -423,14 +441,70 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
             }
         }
     } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
-        // ICMP errors and later fragments do not start flows.
-        conntrack::insert(key, now, ep.policy_gen, v.rule_ref, closing)
+        // ICMP errors and later fragments do not start flows. A restored flow (`key` is the
+        // flow the packet replies to) has seen this reply.
+        let seen = if v.reason == Reason::CT_RESTORED {
+            CT_SEEN_REPLY
+        } else {
+            0
+        };
+        conntrack::insert(key, now, ep.policy_gen, v.rule_ref, closing | seen)
             .map_err(|_| Reason::INTERNAL_ERROR)?;
     }
     if pkt.frag == FRAG_FIRST {
         conntrack::frag_record(ep.ep_id, dir, pkt).map_err(|_| Reason::INTERNAL_ERROR)?;
     }
     Ok(v)
+}
+
+/// Step 9 of `evaluate`: a mid-stream TCP segment that policy drops as a new flow, asked the
+/// question of the flow it would be a reply to (`palisade_common::decide::restore`): its
+/// reversed tuple in the other direction at this endpoint, the same peer, the packet's source
+/// port. Allowed: `Some(CT_RESTORED)` and `key` is that flow's key (step 8 tracks it again,
+/// under the current `policy_gen` and the admitting rule). `None`: the drop stands. Costs the
+/// lookups of one new flow, on the deny path only.
+#[inline(always)]
+fn restore_lost_reply(
+    ep: &EndpointInfo,
+    pkt: &Packet,
+    key: &mut palisade_common::conntrack::CtKey,
+) -> Option<Verdict> {
+    let rdir = conntrack::other_dir(key.dir);
+    *key = conntrack::reversed_key(ep.ep_id, rdir, &pkt.t);
+    // The peer is the same address in both directions: the reversed flow's source when it
+    // enters the pod, its destination when it leaves.
+    let peer = if rdir == DIR_INGRESS {
+        &key.saddr_be
+    } else {
+        &key.daddr_be
+    };
+    // Leaving the pod, a Service destination never gets here (it passed as
+    // `SERVICE_DEFERRED`); entering it, a Service source is a reply the kernel un-translated.
+    let peer_is_service = rdir == DIR_EGRESS && is_service(key.family, peer);
+    let iso = isolated(ep, rdir);
+    let allow_rule = if iso && !peer_is_service {
+        policy::allow_rule(
+            ep.policy_id,
+            rdir,
+            key.family,
+            peer,
+            key.proto,
+            policy::policy_port(key.proto, key.dport_be),
+            true,
+        )
+    } else {
+        0
+    };
+    let reversed = Facts {
+        spoofed: false,
+        peer_is_host: false,
+        ct: CtMatch::New,
+        ct_current: false,
+        isolated: iso,
+        allow_rule,
+        untracked_fragment: false,
+    };
+    restore(&reversed, peer_is_service)
 }
 
 /// The object's license, as the kernel reads it. No GPL-only helper is used.

@@ -1,0 +1,541 @@
+//! Conntrack eviction across pods (issue 9 §1, last item), with real packets in the lab.
+//!
+//! Threat model: a hostile pod (or a busy one) opens flows as fast as it can. `pal_ct_v1` is
+//! one LRU table for every endpoint of the node, so it evicts other pods' idle established
+//! flows. Before, the next packet of such a flow in its reply direction, at an endpoint
+//! isolated in that direction, was dropped as `default_deny`: a server whose egress is
+//! isolated could no longer push data on a connection its ingress policy admitted. What must
+//! hold: eviction cannot cut an allowed established TCP flow (the lost reply passes as
+//! `ct_restored`, named in `palisadectl flows` with the rule that admits the flow, and the flow
+//! is tracked again), and nothing else opens: a SYN or a UDP datagram that policy does not
+//! admit stays dropped, also one that looks like a reply of an admitted flow.
+//!
+//! Run against main's eBPF object from before the fix, the push never arrives (and no flow
+//! is `ct_restored`): the test fails at step 3.
+
+#[path = "common/tier1.rs"]
+mod tier1;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use palisade_common::{
+    DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    conntrack::{CT_SEEN_REPLY, CtKey},
+    endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED},
+    events::{EV_REPLY, VERDICT_FORWARDED},
+    maps::CONNTRACK_MAX,
+    packet::{IPPROTO_TCP, IPPROTO_UDP},
+    service::SVC_MARK,
+    stats::HostAddrKey,
+    verdict::Reason,
+};
+use palisade_tests::bpf::{
+    Prog, TC_ACT_SHOT, TEST_RUN_IFINDEX,
+    frame::{self, TCP_ACK, TCP_FIN, TCP_SYN, V4},
+};
+use palisade_tests::lab::netns::in_netns;
+use palisade_tests::lab::{Lab, LabConfig};
+use palisade_tests::require_privileges;
+use serde_json::Value;
+use tier1::*;
+
+/// x/a: ingress from namespace y on 8080 (TCP and UDP), egress isolated with nothing allowed.
+const POLICY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-serves-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{port: 8080, protocol: TCP}, {port: 8080, protocol: UDP}]
+";
+
+/// Pods no policy selects: the flood's destinations (tracked at both ends).
+const FLOOD_TO: [&str; 5] = ["x/b", "x/c", "y/a", "y/c", "z/a"];
+
+fn v4(lab: &Lab, pod: &str) -> Result<IpAddr> {
+    lab.pod_ips(pod)
+        .and_then(|ips| ips.iter().copied().find(IpAddr::is_ipv4))
+        .with_context(|| format!("{pod} has no IPv4 address"))
+}
+
+fn ns(lab: &Lab, pod: &str) -> Result<String> {
+    lab.pod_netns(pod)
+        .map(str::to_string)
+        .with_context(|| format!("no pod {pod}"))
+}
+
+/// Reads exactly `want.len()` bytes and compares; false on a timeout (the stream's read
+/// timeout bounds each read) or a difference.
+fn receives(s: &mut TcpStream, want: &[u8]) -> bool {
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).is_ok() && got == want
+}
+
+/// One UDP datagram from `from_ns` (bound to `sport`, 0 = any) to `to`.
+fn send_udp(from_ns: &str, sport: u16, to: SocketAddr, payload: &'static [u8]) -> Result<()> {
+    in_netns(from_ns, move || -> std::io::Result<()> {
+        let s = UdpSocket::bind(("0.0.0.0", sport))?;
+        s.send_to(payload, to)?;
+        Ok(())
+    })??;
+    Ok(())
+}
+
+/// Whether `s` receives a datagram within `wait` (a negative check: bounded by `wait`).
+fn udp_arrives(s: &UdpSocket, wait: Duration) -> bool {
+    let mut b = [0u8; 64];
+    s.set_read_timeout(Some(wait)).is_ok() && s.recv_from(&mut b).is_ok()
+}
+
+/// Whether a TCP connection from `from_ns`, bound to `sport`, to `to` completes within
+/// `wait` (its SYN dropped: it does not).
+fn connects(from_ns: &str, sport: u16, to: SocketAddr, wait: Duration) -> Result<bool> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrStorage, bind, connect, getsockopt,
+        socket, sockopt,
+    };
+    let r = in_netns(from_ns, move || -> nix::Result<bool> {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(0, 0, 0, 0, sport),
+        )?;
+        match connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(to),
+        ) {
+            Ok(()) => return Ok(true),
+            Err(nix::errno::Errno::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&fd),
+            PollFlags::POLLOUT,
+        )];
+        if poll(&mut fds, PollTimeout::from(ms))? == 0 {
+            return Ok(false);
+        }
+        Ok(getsockopt(&fd, sockopt::SocketError)? == 0)
+    })??;
+    Ok(r)
+}
+
+/// More distinct flows than `pal_ct_v1` holds, from `from_ns`: two UDP datagrams to every
+/// port from 1024 up on each of `targets`, from one thread pinned to each CPU. Returns the
+/// flows sent and how long it took.
+///
+/// Why two datagrams, and every CPU: the kernel's LRU (a "common" LRU with per-CPU lists)
+/// parks a new entry on its CPU's pending list until that CPU needs free entries, puts it on
+/// the active list if it was looked up meanwhile, and evicts from the inactive list first.
+/// So a flood of one-packet flows, or from one CPU only, evicts itself and leaves an
+/// established flow tracked by another CPU alone; an attacker whose flows see a second packet
+/// (any real connection does) on every CPU evicts it.
+fn flood(from_ns: &str, targets: &[IpAddr]) -> Result<(u64, Duration)> {
+    let cpus: Vec<usize> = {
+        let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+        (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect()
+    };
+    let start = Instant::now();
+    let flows = std::thread::scope(|scope| {
+        let threads: Vec<_> = cpus
+            .iter()
+            .enumerate()
+            .map(|(i, &cpu)| {
+                let n = cpus.len();
+                scope.spawn(move || {
+                    in_netns(from_ns, move || -> Result<u64> {
+                        let mut set = nix::sched::CpuSet::new();
+                        set.set(cpu)?;
+                        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                        let s = UdpSocket::bind(("0.0.0.0", 0))?;
+                        let mut flows = 0u64;
+                        for port in (1024..=u16::MAX).skip(i).step_by(n) {
+                            for t in targets {
+                                let to = SocketAddr::new(*t, port);
+                                // A full socket buffer (ENOBUFS) loses a datagram, not the flood.
+                                if s.send_to(b"f", to).is_ok() && s.send_to(b"f", to).is_ok() {
+                                    flows += 1;
+                                }
+                            }
+                        }
+                        Ok(flows)
+                    })
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a flood thread panicked"))??
+            })
+            .sum::<Result<u64>>()
+    })?;
+    Ok((flows, start.elapsed()))
+}
+
+/// `palisadectl flows ARGS` until one matches (the agent reads events asynchronously), at
+/// most 15 s.
+fn wait_flow(lab: &Lab, args: &[&str]) -> Result<Value> {
+    let t = Instant::now();
+    loop {
+        let flows = lab.agent(0).context("agent")?.flows(args)?;
+        if let Some(f) = flows.into_iter().last() {
+            return Ok(f);
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            bail!("no flow for `palisadectl flows {}`", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Tier 1 (the real programs on crafted frames, `BPF_PROG_TEST_RUN`): the restore rule case
+/// by case, with no entry in the table (as after an eviction). The endpoint is isolated both
+/// ways: ingress admits PEER4 on TCP 8080 (rule 5), egress admits PEER4 on TCP 443 (rule 6).
+/// A mid-stream segment that replies to one of those flows passes as `ct_restored` and
+/// re-creates that flow's entry; a SYN, a SYN-ACK, UDP, another port, another peer, a reply
+/// from a Service address, and a judgement after Service translation stay dropped.
+#[test]
+fn privileged_only_mid_stream_tcp_replying_to_an_admitted_flow_is_restored() {
+    let Some(mut dp) = setup(
+        "privileged_only_mid_stream_tcp_replying_to_an_admitted_flow_is_restored",
+        EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
+    allow_port(&mut dp, PORTSET, IPPROTO_TCP, 8080, 16, 5);
+    allow_peer(
+        &mut dp,
+        POLICY_A,
+        DIR_EGRESS,
+        &PEER4,
+        32,
+        portset(PORTSET + 1),
+    );
+    allow_port(&mut dp, PORTSET + 1, IPPROTO_TCP, 443, 16, 6);
+    let tcp = |src, dst, sport, dport, flags| {
+        V4::new(src, dst, IPPROTO_TCP).frame(&frame::tcp(sport, dport, flags))
+    };
+
+    // A server pushing on a connection its ingress admitted (entry lost): restored, and the
+    // flow is tracked again as admitted: ingress, rule 5, current policy, reply seen.
+    let push = tcp(POD4, PEER4, 8080, 40000, TCP_ACK);
+    expect(&dp, Prog::FromPod, &push, Reason::CT_RESTORED);
+    let ct = dp.conntrack().expect("reading conntrack");
+    assert_eq!(ct.len(), 1, "one entry: the restored flow");
+    let (k, v) = ct[0];
+    let want = CtKey {
+        ep_id: 42,
+        dir: DIR_INGRESS,
+        proto: IPPROTO_TCP,
+        family: FAMILY_V4,
+        _pad: 0,
+        saddr_be: addr16(&PEER4),
+        daddr_be: addr16(&POD4),
+        sport_be: 40000u16.to_be_bytes(),
+        dport_be: 8080u16.to_be_bytes(),
+    };
+    assert_eq!(k, want);
+    assert_eq!((v.policy_gen, v.rule_ref), (POLICY_A, 5));
+    assert_ne!(v.flags & CT_SEEN_REPLY, 0);
+    expect(&dp, Prog::FromPod, &push, Reason::CT_REPLY);
+    expect(
+        &dp,
+        Prog::ToPod,
+        &tcp(PEER4, POD4, 40000, 8080, TCP_ACK),
+        Reason::CT_ESTABLISHED,
+    );
+    // The event names the flow's rule and says it is a reply.
+    let events = dp.flow_events().expect("reading flow events");
+    let e = events
+        .iter()
+        .find(|e| e.reason == Reason::CT_RESTORED.0)
+        .expect("a ct_restored event");
+    assert_eq!(
+        (e.verdict, e.dir, e.rule_ref, e.flags & EV_REPLY),
+        (VERDICT_FORWARDED, DIR_EGRESS, 5, EV_REPLY)
+    );
+
+    // A client whose ingress is isolated, receiving on a connection its egress admitted.
+    expect(
+        &dp,
+        Prog::ToPod,
+        &tcp(PEER4, POD4, 443, 50000, TCP_ACK | TCP_FIN),
+        Reason::CT_RESTORED,
+    );
+    assert_eq!(
+        dp.counter(DIR_INGRESS, Reason::CT_RESTORED)
+            .unwrap()
+            .packets,
+        1
+    );
+
+    // What opens nothing stays dropped.
+    for (what, prog, f) in [
+        ("SYN", Prog::FromPod, tcp(POD4, PEER4, 8080, 40001, TCP_SYN)),
+        (
+            "SYN-ACK",
+            Prog::FromPod,
+            tcp(POD4, PEER4, 8080, 40001, TCP_SYN | TCP_ACK),
+        ),
+        (
+            "UDP",
+            Prog::FromPod,
+            V4::new(POD4, PEER4, IPPROTO_UDP).frame(&frame::udp(8080, 40001, 4)),
+        ),
+        (
+            "a port no rule admits",
+            Prog::FromPod,
+            tcp(POD4, PEER4, 8081, 40001, TCP_ACK),
+        ),
+        (
+            "a peer no rule admits",
+            Prog::FromPod,
+            tcp(POD4, OTHER4, 8080, 40001, TCP_ACK),
+        ),
+        ("SYN in", Prog::ToPod, tcp(PEER4, POD4, 443, 50001, TCP_SYN)),
+    ] {
+        let o = run(&dp, prog, &f);
+        assert_eq!(
+            (o.action, o.reason.name()),
+            (TC_ACT_SHOT, "default_deny"),
+            "{what}"
+        );
+    }
+
+    // Judged after Service translation (the client's egress question only): dropped.
+    let (action, _) = dp
+        .run_with_mark(
+            Prog::ToUplink,
+            &tcp(POD4, PEER4, 8080, 40002, TCP_ACK),
+            SVC_MARK,
+            TEST_RUN_IFINDEX,
+        )
+        .unwrap();
+    assert_eq!(action, TC_ACT_SHOT, "after translation");
+
+    // A reply from a Service address (un-translated by the kernel): while SVC4 is only an
+    // address the egress admits, its lost reply is restored; once it is a Service address,
+    // not (the flow it replies to was judged on a backend the reply does not name).
+    allow_peer(&mut dp, POLICY_A, DIR_EGRESS, &SVC4, 32, all_ports(7));
+    expect(
+        &dp,
+        Prog::ToPod,
+        &tcp(SVC4, POD4, 80, 50002, TCP_ACK),
+        Reason::CT_RESTORED,
+    );
+    dp.add_service(HostAddrKey {
+        family: FAMILY_V4,
+        _pad: [0; 3],
+        addr_be: addr16(&SVC4),
+    })
+    .unwrap();
+    expect(
+        &dp,
+        Prog::ToPod,
+        &tcp(SVC4, POD4, 80, 50003, TCP_ACK),
+        Reason::DEFAULT_DENY,
+    );
+}
+
+const SVC4: [u8; 4] = [10, 96, 0, 10];
+
+#[test]
+fn privileged_an_evicting_flood_cannot_cut_an_allowed_established_tcp_flow() -> Result<()> {
+    let test = "privileged_an_evicting_flood_cannot_cut_an_allowed_established_tcp_flow";
+    if !require_privileges(test) {
+        return Ok(());
+    }
+    let mut lab = Lab::start(LabConfig::default())?;
+    ensure!(
+        lab.enforcing(),
+        "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
+        lab.mode()
+    );
+    lab.apply_yaml("a-serves-y", POLICY)?;
+    lab.wait_synced()?;
+    let (xa, yb, zb, zc) = (
+        ns(&lab, "x/a")?,
+        ns(&lab, "y/b")?,
+        ns(&lab, "z/b")?,
+        ns(&lab, "z/c")?,
+    );
+    let a = SocketAddr::new(v4(&lab, "x/a")?, 8080);
+    let b_ip = v4(&lab, "y/b")?;
+
+    // 1. Negative cases, before anything is tracked. x/a's egress is isolated: a SYN or a
+    // datagram from its port 8080 to y/b (the reverse of flows its ingress admits) is no reply
+    // of anything and stays dropped; so does a SYN or datagram from z/b, which nothing admits.
+    let b_udp = in_netns(&yb, || UdpSocket::bind(("0.0.0.0", 9090)))??;
+    let b_tcp = in_netns(&yb, || TcpListener::bind(("0.0.0.0", 9091)))??;
+    let short = Duration::from_millis(700);
+    ensure!(
+        !connects(&xa, 8080, SocketAddr::new(b_ip, 9091), short)?,
+        "a SYN from x/a:8080 to y/b passed x/a's isolated egress"
+    );
+    send_udp(&xa, 8080, SocketAddr::new(b_ip, 9090), b"from-a")?;
+    ensure!(
+        !udp_arrives(&b_udp, short),
+        "a datagram from x/a:8080 to y/b passed x/a's isolated egress"
+    );
+    let a_udp = in_netns(&xa, || UdpSocket::bind(("0.0.0.0", 8080)))??;
+    ensure!(
+        !connects(&zb, 40000, a, short)?,
+        "a SYN from z/b to x/a:8080 passed x/a's ingress"
+    );
+    send_udp(&zb, 0, a, b"from-zb")?;
+    ensure!(
+        !udp_arrives(&a_udp, short),
+        "a datagram from z/b to x/a:8080 passed x/a's ingress"
+    );
+    drop(b_tcp);
+    for (from, proto) in [
+        ("x/a", "TCP"),
+        ("x/a", "UDP"),
+        ("z/b", "TCP"),
+        ("z/b", "UDP"),
+    ] {
+        let f = wait_flow(
+            &lab,
+            &[
+                "--from-pod",
+                from,
+                "--protocol",
+                proto,
+                "--verdict",
+                "DROPPED",
+            ],
+        )?;
+        ensure!(
+            f["flow"]["reason"] == "default_deny",
+            "{proto} from {from}: {f}"
+        );
+    }
+
+    // 2. y/b connects to x/a:8080 (admitted), one roundtrip, then the connection idles.
+    let listener = in_netns(&xa, || TcpListener::bind(("0.0.0.0", 8080)))??;
+    let mut client = in_netns(&yb, move || {
+        TcpStream::connect_timeout(&a, Duration::from_secs(2))
+    })?
+    .context("y/b connects to x/a:8080")?;
+    let (mut server, _) = listener.accept()?;
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    }
+    client.write_all(b"hello")?;
+    ensure!(receives(&mut server, b"hello"), "x/a got y/b's hello");
+    server.write_all(b"hi")?;
+    ensure!(receives(&mut client, b"hi"), "y/b got x/a's answer");
+
+    // 3. z/c (no policy: every flow it opens is tracked, at its egress and at the
+    // destination's ingress) opens more flows than the table holds.
+    let targets = FLOOD_TO
+        .iter()
+        .map(|p| v4(&lab, p))
+        .collect::<Result<Vec<_>>>()?;
+    let (sent, took) = flood(&zc, &targets)?;
+    eprintln!(
+        "flood: {sent} new UDP flows (two datagrams each) from z/c in {took:?} ({:.0} flows/s); pal_ct_v1 holds {CONNTRACK_MAX}",
+        sent as f64 / took.as_secs_f64()
+    );
+    ensure!(
+        sent > u64::from(CONNTRACK_MAX),
+        "the flood sent {sent} flows, not more than {CONNTRACK_MAX}"
+    );
+
+    // The agent has read the flood's events (the ring buffer has room for the push's):
+    // a drop that no flow had before shows up in `palisadectl flows`.
+    let marker = SocketAddr::new(a.ip(), 8081);
+    let za = ns(&lab, "z/a")?;
+    let t = Instant::now();
+    loop {
+        ensure!(!connects(&za, 0, marker, Duration::from_millis(200))?);
+        let seen = lab.agent(0).context("agent")?.flows(&[
+            "--from-pod",
+            "z/a",
+            "--to-pod",
+            "x/a",
+            "--last",
+            "1",
+        ])?;
+        if !seen.is_empty() {
+            break;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "the agent did not catch up with the flood's events: {}",
+            lab.agent(0).context("agent")?.status()?
+        );
+    }
+    eprintln!("the agent read the flood's events after {:?}", t.elapsed());
+
+    // x/a pushes on the idle connection: its egress is isolated, its entry evicted.
+    server.write_all(b"push")?;
+    ensure!(
+        receives(&mut client, b"push"),
+        "x/a's push on y/b's established connection did not arrive after the flood"
+    );
+    let f = wait_flow(
+        &lab,
+        &[
+            "--from-pod",
+            "x/a",
+            "--to-pod",
+            "y/b",
+            "--reason",
+            "ct_restored",
+        ],
+    )
+    .with_context(|| {
+        format!(
+            "status: {}\nflows from x/a: {:?}",
+            lab.agent(0)
+                .and_then(|a| a.status().ok())
+                .unwrap_or_default(),
+            lab.agent(0)
+                .and_then(|a| a.flows(&["--from-pod", "x/a", "--last", "5"]).ok())
+        )
+    })?;
+    eprintln!("the push: {f}");
+    let flow = &f["flow"];
+    ensure!(flow["verdict"] == "FORWARDED", "{f}");
+    ensure!(flow["traffic_direction"] == "EGRESS", "{f}");
+    ensure!(flow["is_reply"] == true, "{f}");
+    ensure!(
+        flow["ingress_allowed_by"][0]["name"] == "a-serves-y",
+        "the restored flow names the ingress rule that admits it: {f}"
+    );
+    // And the connection works both ways again.
+    client.write_all(b"again")?;
+    ensure!(receives(&mut server, b"again"), "roundtrip after the flood");
+    server.write_all(b"ok")?;
+    ensure!(receives(&mut client, b"ok"), "roundtrip after the flood");
+
+    // 4. The reason is counted like any other in status.
+    let st: Value = serde_json::from_str(&lab.agent(0).context("agent")?.status()?)?;
+    let restored: u64 = st["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["direction"] == "egress" && c["reason"] == "ct_restored")
+        .map(|c| c["packets"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(restored >= 1, "status counts egress ct_restored: {st}");
+    Ok(())
+}
