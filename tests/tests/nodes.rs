@@ -356,11 +356,14 @@ fn privileged_nodes_foreign_route_to_a_pod_cidr_is_reported_and_left_alone() {
         .respawn()
         .expect("respawn");
     lab.wait_synced().expect("synced");
-    let status = lab.agent_status().expect("status").remove(0);
-    assert!(
-        status.contains("not written by Palisade"),
-        "the conflict is reported: {status}"
-    );
+    // Routes are written by the node-network task beside the apply that `wait` waits for:
+    // the report comes when that task's first sync after the restart finishes.
+    wait_for("the conflict is reported", Duration::from_secs(30), || {
+        lab.agent_status().is_ok_and(|s| {
+            s.first()
+                .is_some_and(|s| s.contains("not written by Palisade"))
+        })
+    });
     let routes = netns::ip(&["-n", &ns, "route", "show", "10.244.1.0/24"]).expect("routes");
     assert!(
         routes.contains("proto static"),
