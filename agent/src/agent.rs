@@ -367,6 +367,7 @@ impl Agent {
             } => crate::insight::explain_response(
                 &self.insight_facts(),
                 &self.rec.compiler().enforced(),
+                &self.rec.compiler().enforced_cluster_policies(),
                 &from,
                 &to,
                 port.as_deref(),

@@ -274,6 +274,14 @@ impl Compiler {
             .collect()
     }
 
+    /// The ClusterNetworkPolicies enforced now: the last valid version of each.
+    pub fn enforced_cluster_policies(&self) -> Vec<&policy::PreparedCnp> {
+        self.cluster_policies
+            .values()
+            .filter_map(|st| st.enforced.as_deref())
+            .collect()
+    }
+
     /// A fresh compiler. Rule references are assigned anew by each agent process; after a
     /// restart the first apply rewrites entries whose references changed, atomically per
     /// endpoint (tracked flows that the policy still allows keep passing).

@@ -64,19 +64,20 @@ impl Facts {
         Ok(Facts::new(&snap, &[]))
     }
 
-    /// `explain FROM TO [PORT]`, against `enforced` policies (an agent's) or else the valid
-    /// policies of the cluster, with `what_if` (NetworkPolicy manifests) applied on top.
+    /// `explain FROM TO [PORT]`, against `enforced` policies (an agent's NetworkPolicies and
+    /// ClusterNetworkPolicies) or else the valid policies of the cluster, with `what_if`
+    /// (NetworkPolicy manifests) applied on top.
     pub fn explain(
         &self,
-        enforced: Option<&[&policy::Prepared]>,
+        enforced: Option<Enforced<'_>>,
         from: &str,
         to: &str,
         port: Option<&str>,
         what_if: Option<&str>,
     ) -> Result<Explanation, String> {
         let mut set = match enforced {
-            Some(p) => {
-                let mut set = PolicySet::from_prepared(p);
+            Some((p, cnps)) => {
+                let mut set = PolicySet::from_prepared(p).with_cluster_policies(cnps);
                 for np in &self.cluster.policies {
                     let problems = policy::validate(np);
                     if !problems.is_empty() {
@@ -87,12 +88,14 @@ impl Facts {
                         ));
                     }
                 }
-                if !self.cluster.cluster_policies.is_empty() {
-                    set.note(format!(
-                        "{} ClusterNetworkPolicies are not explained yet: this answer covers \
-                         NetworkPolicies only (palisadectl policy show has the tiers' compiled answer)",
-                        self.cluster.cluster_policies.len()
-                    ));
+                for cnp in &self.cluster.cluster_policies {
+                    if let Err(problems) = policy::prepare_cluster_policy(cnp) {
+                        set.note(format!(
+                            "{} is invalid ({}); the agent enforces its last valid version, if it had one",
+                            policy::cnp::cluster_policy_object_name(cnp),
+                            problems.first().map(ToString::to_string).unwrap_or_default()
+                        ));
+                    }
                 }
                 set
             }
@@ -144,6 +147,10 @@ pub fn what_if_policies(yaml: &str) -> Result<Vec<NetworkPolicy>, String> {
     Ok(out)
 }
 
+/// What an agent enforces: its NetworkPolicies and its ClusterNetworkPolicies (the last
+/// valid version of each).
+pub type Enforced<'a> = (&'a [&'a policy::Prepared], &'a [&'a policy::PreparedCnp]);
+
 /// Work answered off the agent's loop.
 pub type Job = Box<dyn FnOnce() -> palisade_node_api::socket::Response + Send>;
 
@@ -155,13 +162,14 @@ static LINT_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 pub fn explain_response(
     facts: &Facts,
     enforced: &[&policy::Prepared],
+    enforced_cluster: &[&policy::PreparedCnp],
     from: &str,
     to: &str,
     port: Option<&str>,
     what_if: Option<&str>,
 ) -> palisade_node_api::socket::Response {
     use palisade_node_api::socket::Response;
-    match facts.explain(Some(enforced), from, to, port, what_if) {
+    match facts.explain(Some((enforced, enforced_cluster)), from, to, port, what_if) {
         Ok(e) => match serde_json::to_value(&e) {
             Ok(v) => Response {
                 ok: true,
@@ -279,7 +287,7 @@ mod tests {
         let enforced: Vec<&policy::Prepared> = enforced_from.iter().collect();
         let e = f
             .explain(
-                Some(&enforced),
+                Some((&enforced, &[])),
                 "web/api",
                 "db/postgres",
                 Some("5432"),

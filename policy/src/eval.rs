@@ -131,13 +131,13 @@ impl<'a> Evaluator<'a> {
         Self::from_tiers(cluster, policies, cluster_policies)
     }
 
-    /// NetworkPolicies only (explain and lint reason about them alone).
+    /// NetworkPolicies only (lint reasons about them alone).
     pub(crate) fn from_parts(cluster: &'a Cluster, policies: Vec<NormPolicy>) -> Self {
         Self::from_tiers(cluster, policies, Vec::new())
     }
 
     /// `cluster_policies` sorted in evaluation order.
-    fn from_tiers(
+    pub(crate) fn from_tiers(
         cluster: &'a Cluster,
         policies: Vec<NormPolicy>,
         cluster_policies: Vec<NormCnp>,
@@ -228,28 +228,9 @@ impl<'a> Evaluator<'a> {
         port: u16,
     ) -> Decision {
         let (np_isolated, np_rules) = self.allowing_rules(pod, dir, peer, proto, port);
-        let selecting: Vec<&NormCnp> = self
-            .cluster_policies
-            .iter()
-            .filter(|c| !c.rules(dir).is_empty() && subject_selects(self.cluster, c, pod))
-            .collect();
+        let selecting = self.selecting(pod, dir);
         let isolated = np_isolated || !selecting.is_empty();
-        let tier = |tier: Tier| -> Option<Outcome> {
-            for cnp in selecting.iter().filter(|c| c.tier == tier) {
-                for (index, rule) in cnp.rules(dir).iter().enumerate() {
-                    if !rule_matches(self.cluster, rule, dir, pod, peer, proto, port) {
-                        continue;
-                    }
-                    let id = RuleId::cluster_network_policy(&cnp.name, dir, index);
-                    return match rule.action {
-                        Action::Accept => Some(Outcome::Accepted(id)),
-                        Action::Deny => Some(Outcome::Denied(id)),
-                        Action::Pass => None,
-                    };
-                }
-            }
-            None
-        };
+        let tier = |t| self.tier_outcome(&selecting, t, pod, dir, peer, proto, port);
         let outcome = if let Some(o) = tier(Tier::Admin) {
             o
         } else if np_isolated {
@@ -262,6 +243,45 @@ impl<'a> Evaluator<'a> {
             Outcome::NotIsolated
         };
         Decision { isolated, outcome }
+    }
+
+    /// The ClusterNetworkPolicies with rules in `dir` whose subject selects `pod`, in
+    /// evaluation order.
+    pub(crate) fn selecting(&self, pod: &PodInfo, dir: Direction) -> Vec<&NormCnp> {
+        self.cluster_policies
+            .iter()
+            .filter(|c| !c.rules(dir).is_empty() && subject_selects(self.cluster, c, pod))
+            .collect()
+    }
+
+    /// One tier of `decide` over the policies `selecting` the pod: the first rule (by policy
+    /// order, then rule order) matching the connection decides. Accept and Deny are final;
+    /// Pass skips the rest of the tier (`None`, as when no rule matches).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn tier_outcome(
+        &self,
+        selecting: &[&NormCnp],
+        tier: Tier,
+        pod: &PodInfo,
+        dir: Direction,
+        peer: &Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> Option<Outcome> {
+        for cnp in selecting.iter().filter(|c| c.tier == tier) {
+            for (index, rule) in cnp.rules(dir).iter().enumerate() {
+                if !rule_matches(self.cluster, rule, dir, pod, peer, proto, port) {
+                    continue;
+                }
+                let id = RuleId::cluster_network_policy(&cnp.name, dir, index);
+                return match rule.action {
+                    Action::Accept => Some(Outcome::Accepted(id)),
+                    Action::Deny => Some(Outcome::Denied(id)),
+                    Action::Pass => None,
+                };
+            }
+        }
+        None
     }
 
     /// Whether NetworkPolicies isolate `pod` in `dir`, and every NetworkPolicy rule that

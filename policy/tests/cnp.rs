@@ -230,3 +230,107 @@ fn worked_example_admin_deny_beats_a_namespace_allow_and_a_namespace_allow_beats
         "{yb}"
     );
 }
+
+/// `explain` knows the tiers: on the worked example it names the Admin Deny that overrides the
+/// namespace's allow (and says the allow was overridden), the NetworkPolicy that decides
+/// before the Baseline tier, and the Baseline Deny where no NetworkPolicy isolates; with an
+/// Admin Accept on one port, the other ports are allowed by the default allow and it says so.
+#[test]
+fn explain_names_the_tier_rule_that_decides_and_what_it_overrides() {
+    use palisade_policy::explain::{Explainer, PolicyKind, PolicySet, RuleAction, render};
+    let mut c = model_cluster();
+    c.cluster_policies = vec![
+        cnp(ADMIN_DENY),
+        cnp(BASELINE_DENY),
+        cnp("
+metadata: {name: web-from-x}
+spec:
+  tier: Admin
+  priority: 20
+  subject: {pods: {namespaceSelector: {matchLabels: {ns: z}}, podSelector: {matchLabels: {pod: c}}}}
+  ingress:
+  - action: Accept
+    from: [{namespaces: {matchLabels: {ns: x}}}]
+    protocols: [{tcp: {destinationPort: {number: 80}}}]"),
+    ];
+    c.policies = vec![serde_saphyr::from_str(NAMESPACE_ALLOW).expect("policy")];
+    let set = PolicySet::from_cluster(&c);
+    let ex = Explainer::new(&c, &set, &[]);
+    let ask = |from: &str, to: &str, port: Option<&str>| {
+        let e = ex.explain(from, to, port).expect("an answer");
+        let text = render(&e);
+        println!("{text}");
+        (e, text)
+    };
+
+    let (e, text) = ask("z/a", "x/a", Some("80"));
+    assert!(
+        text.contains(
+            "ingress at x/a: DENIED by ClusterNetworkPolicy no-z-to-x (Admin tier, priority 10) spec.ingress[0] (Deny)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.ingress[0] DENIES: from[0] (every pod in namespaces ns=z) includes z/a; port: every port (no ports listed)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("but an Admin-tier rule decided first"),
+        "the overridden namespace allow is named: {text}"
+    );
+    let ing = e.connections[0].ingress.as_ref().expect("ingress");
+    assert_eq!(ing.policies[0].kind, PolicyKind::ClusterNetworkPolicy);
+    assert_eq!(ing.policies[0].tier.as_deref(), Some("Admin"));
+    assert_eq!(ing.policies[0].rules[0].action, RuleAction::Deny);
+    assert!(ing.policies[0].decides && ing.policies[0].rules[0].decides);
+    assert_eq!(ing.policies[1].kind, PolicyKind::NetworkPolicy);
+    assert!(ing.policies[1].rules[0].matches && !ing.policies[1].rules[0].decides);
+
+    let (_, text) = ask("y/a", "x/a", Some("80"));
+    assert!(
+        text.contains("ingress at x/a: allowed by NetworkPolicy x/allow-all-in spec.ingress[0]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.ingress[0] (Deny) does not match: no peer includes y/a"),
+        "{text}"
+    );
+
+    let (_, text) = ask("x/a", "y/b", Some("80"));
+    assert!(
+        text.contains(
+            "ingress at y/b: DENIED by ClusterNetworkPolicy default-deny (Baseline tier, priority 100) spec.ingress[0] (Deny)"
+        ),
+        "{text}"
+    );
+
+    // z/c: the Admin Accept decides TCP 80 from x; every other port falls through to the
+    // Baseline Deny (no NetworkPolicy in z).
+    let (e, text) = ask("x/a", "z/c", None);
+    let ing = e.connections[0].ingress.as_ref().expect("ingress");
+    let allowed = ing.allowed_ports.as_ref().expect("every port asked");
+    assert!(allowed.contains(6, 80) && !allowed.contains(6, 81) && !allowed.contains(17, 80));
+    assert!(
+        text.contains("by ClusterNetworkPolicy web-from-x (Admin tier, priority 20) spec.ingress[0] (Accept); the rest denied by ClusterNetworkPolicy default-deny"),
+        "{text}"
+    );
+    // Without the Baseline Deny, the rest is the default allow, said as such.
+    let mut c2 = c.clone();
+    c2.cluster_policies.remove(1);
+    let set = PolicySet::from_cluster(&c2);
+    let ex2 = Explainer::new(&c2, &set, &[]);
+    let e = ex2.explain("x/a", "z/c", Some("81")).expect("an answer");
+    let text = render(&e);
+    println!("{text}");
+    assert!(
+        text.contains("ingress at z/c: allowed by the default allow (ClusterNetworkPolicies select the pod, none decides, no NetworkPolicy isolates it)"),
+        "{text}"
+    );
+    assert!(
+        e.connections[0]
+            .ingress
+            .as_ref()
+            .expect("ingress")
+            .default_allow
+    );
+}

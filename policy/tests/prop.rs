@@ -535,12 +535,10 @@ proptest! {
     #![proptest_config(config())]
 
     /// `explain`'s answer, for one port and for every port, is the reference evaluator's, for
-    /// pods, addresses and a Service's backends (NetworkPolicies: explain does not know the
-    /// ClusterNetworkPolicy tiers yet and says so).
+    /// pods, addresses and a Service's backends, over NetworkPolicies and ClusterNetworkPolicies
+    /// of both tiers.
     #[test]
     fn explain_answer_equals_reference_evaluator(c in cluster(), pick in any::<u64>()) {
-        let mut c = c;
-        c.cluster_policies.clear();
         let ev = Evaluator::new(&c);
         let services = [web_service()];
         let set = explain::PolicySet::from_cluster(&c);

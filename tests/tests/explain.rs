@@ -216,3 +216,119 @@ fn privileged_explain_against_the_agent_is_what_packets_then_do() {
     let (code, out, _) = ctl(&lab, &["explain", "x/b", "x/a", "80/TCP"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// An Admin-tier Deny over a namespace's allow-all, and a Baseline Deny where no NetworkPolicy
+/// isolates (docs/policy.md's worked example).
+const TIERS: &str = "
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-z-to-x}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  ingress: [{name: nothing-from-z, action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: default-deny-y}
+spec:
+  tier: Baseline
+  priority: 100
+  subject: {namespaces: {matchLabels: {ns: y}}}
+  ingress: [{name: deny-from-everywhere, action: Deny, from: [{namespaces: {}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all-in, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{}]
+";
+
+/// The agent explains ClusterNetworkPolicy tiers: it names the Admin Deny that overrides the
+/// namespace's allow, the NetworkPolicy that decides before the Baseline tier, and the
+/// Baseline Deny; the offline answer (`--manifests`) is the agent's; packets then do what it
+/// said.
+#[test]
+fn privileged_explain_names_the_cluster_network_policy_tier_that_decides() {
+    if !require_privileges("privileged_explain_names_the_cluster_network_policy_tier_that_decides")
+    {
+        return;
+    }
+    let mut lab = enforcing_lab(1);
+    let manifests = lab.manifests_dir();
+    let manifests = manifests.to_str().expect("utf-8 path").to_string();
+    lab.apply_yaml("tiers", TIERS).expect("apply");
+    lab.wait_synced().expect("agent enforces the policies");
+    // As above: wait for the agent's answer to name the policies (compiled on its loop).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (code, out, err) = loop {
+        let (code, out, err) = ctl(&lab, &["explain", "z/a", "x/a", "80/TCP"]);
+        if out.contains("no-z-to-x") || std::time::Instant::now() > deadline {
+            break (code, out, err);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(code, 1, "denied exits 1\n{out}{err}");
+    assert!(
+        out.contains(
+            "ingress at x/a: DENIED by ClusterNetworkPolicy no-z-to-x (Admin tier, priority 10) spec.ingress[0] (Deny)"
+        ) && out.contains("but an Admin-tier rule decided first"),
+        "{out}"
+    );
+    let (code, out, err) = ctl(&lab, &["explain", "y/a", "x/a", "80/TCP"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ingress at x/a: allowed by NetworkPolicy x/allow-all-in spec.ingress[0]"),
+        "{out}"
+    );
+    let (code, out, err) = ctl(&lab, &["explain", "x/a", "y/b", "80/TCP"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(
+            "ingress at y/b: DENIED by ClusterNetworkPolicy default-deny-y (Baseline tier, priority 100) spec.ingress[0] (Deny)"
+        ),
+        "{out}"
+    );
+    for (from, to) in [("z/a", "x/a"), ("y/a", "x/a"), ("x/a", "y/b")] {
+        let (agent_code, agent, _) = ctl(&lab, &["explain", from, to, "80/TCP", "-o", "json"]);
+        let (code, offline, err) = ctl(
+            &lab,
+            &[
+                "explain",
+                from,
+                to,
+                "80/TCP",
+                "-o",
+                "json",
+                "--manifests",
+                &manifests,
+            ],
+        );
+        assert_eq!(code, agent_code, "{offline}{err}");
+        let agent: serde_json::Value = serde_json::from_str(&agent).expect("JSON answer");
+        let offline: serde_json::Value = serde_json::from_str(&offline).expect("JSON answer");
+        assert_eq!(
+            offline, agent,
+            "{from} -> {to}: offline and agent answers differ"
+        );
+        if from == "z/a" {
+            let p = &agent["connections"][0]["ingress"]["policies"][0];
+            assert_eq!(p["kind"], "ClusterNetworkPolicy", "{agent}");
+            assert_eq!(p["tier"], "Admin", "{agent}");
+            assert_eq!(p["rules"][0]["action"], "deny", "{agent}");
+            assert_eq!(p["rules"][0]["decides"], true, "{agent}");
+        }
+    }
+    // Real packets, both families: what the agent said.
+    for family in [Family::V4, Family::V6] {
+        let observed = lab
+            .probe_all(&PORTS[..1], &[Protocol::Tcp], family)
+            .expect("probes run");
+        let table = observed.table(PORTS[0], Protocol::Tcp).expect("TCP table");
+        assert_eq!(table.get("z/a", "x/a"), Some(false), "{family}\n{observed}");
+        assert_eq!(table.get("y/a", "x/a"), Some(true), "{family}\n{observed}");
+        assert_eq!(table.get("x/a", "y/b"), Some(false), "{family}\n{observed}");
+    }
+}

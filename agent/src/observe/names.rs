@@ -432,6 +432,7 @@ fn isolating(expl: &DirectionExplanation, audit: bool) -> Vec<Policy> {
         .map(|p| Policy {
             kind: match p.kind {
                 PolicyKind::NetworkPolicy => "NetworkPolicy".into(),
+                PolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy".into(),
             },
             namespace: p.namespace.clone().unwrap_or_default(),
             name: p.name.clone(),

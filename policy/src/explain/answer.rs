@@ -101,22 +101,32 @@ pub struct DirectionExplanation {
     pub allowed_ports: Option<PortRanges>,
     /// Why the pod is not judged, when it is not (host-network pods).
     pub note: Option<String>,
-    /// Every policy that selects the pod for this direction, in the order they were given.
+    /// Some of what passes passes by the default allow: ClusterNetworkPolicies select the
+    /// pod, none of their rules decided and no NetworkPolicy isolates it.
+    #[serde(default)]
+    pub default_allow: bool,
+    /// Every policy that selects the pod for this direction, in evaluation order: Admin-tier
+    /// ClusterNetworkPolicies (by priority), NetworkPolicies (in the order they were given),
+    /// Baseline-tier ClusterNetworkPolicies.
     pub policies: Vec<PolicyExplanation>,
 }
 
-/// Kinds of policy that can decide. Admin and baseline tiers join here as further kinds.
+/// Kinds of policy that can decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PolicyKind {
     NetworkPolicy,
+    ClusterNetworkPolicy,
 }
 
-/// What a rule does when it matches. NetworkPolicy rules only allow; tier policies add deny
-/// and pass.
+/// What a rule does when it matches. NetworkPolicy rules only allow; ClusterNetworkPolicy
+/// rules accept, deny or pass (to the next tier).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleAction {
     Allow,
+    Accept,
+    Deny,
+    Pass,
 }
 
 /// One policy selecting the pod.
@@ -126,20 +136,31 @@ pub struct PolicyExplanation {
     /// `None` for cluster-scoped kinds.
     pub namespace: Option<String>,
     pub name: String,
-    /// Some rule of this policy matches the connection (and so decides it).
+    /// A ClusterNetworkPolicy's tier (`Admin`, `Baseline`) and priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// Some rule of this policy decides the connection (on some port, with every port asked).
     pub decides: bool,
     pub rules: Vec<RuleExplanation>,
 }
 
 impl PolicyExplanation {
-    /// `NetworkPolicy x/allow-web`.
+    /// `NetworkPolicy x/allow-web`, `ClusterNetworkPolicy deny-db (Admin tier, priority 10)`.
     pub fn title(&self) -> String {
         let kind = match self.kind {
             PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+        };
+        let tier = match (&self.tier, self.priority) {
+            (Some(t), Some(p)) => format!(" ({t} tier, priority {p})"),
+            (Some(t), None) => format!(" ({t} tier)"),
+            _ => String::new(),
         };
         match &self.namespace {
-            Some(ns) => format!("{kind} {ns}/{}", self.name),
-            None => format!("{kind} {}", self.name),
+            Some(ns) => format!("{kind} {ns}/{}{tier}", self.name),
+            None => format!("{kind} {}{tier}", self.name),
         }
     }
 }
@@ -161,6 +182,11 @@ pub struct RuleExplanation {
     pub port_match: Option<String>,
     /// With every port asked about: what this rule allows for this peer.
     pub allowed_ports: Option<PortRanges>,
-    /// The rule allows the connection (on some port, with every port asked).
+    /// The rule matches the connection (on some port, with every port asked): a
+    /// NetworkPolicy rule allows it; a ClusterNetworkPolicy rule applies its action, unless
+    /// an earlier rule or tier decided first (see `decides`).
     pub matches: bool,
+    /// The connection's verdict (on some port, with every port asked) comes from this rule.
+    #[serde(default)]
+    pub decides: bool,
 }

@@ -2,10 +2,12 @@
 //! and rule that isolates, allows or (with tiers) denies it, with the peer and port entry
 //! that matched.
 //!
-//! Answers come from the reference evaluator's own rule matching (`Evaluator::rule_match`)
-//! and its precedence (`DirectionVerdict::passes`, i.e. `common::decide`), so an explanation
-//! cannot disagree with the evaluator; `policy/tests/prop.rs` holds the two equal over random
-//! clusters and policies.
+//! Answers come from the reference evaluator: its rule matching (`Evaluator::rule_match`,
+//! `cnp::eval::rule_matches`), its tiers (`Evaluator::decide`: Admin-tier
+//! ClusterNetworkPolicies, then NetworkPolicies, then the Baseline tier) and its precedence
+//! (`DirectionVerdict::passes`, i.e. `common::decide`), so an explanation cannot disagree with
+//! the evaluator; `policy/tests/prop.rs` holds the two equal over random clusters,
+//! NetworkPolicies and ClusterNetworkPolicies.
 //!
 //! A connection needs egress at its source (when the source is a pod) and ingress at its
 //! destination (when that is a pod): each is one [`DirectionExplanation`]. A Service
@@ -17,11 +19,13 @@ mod answer;
 mod query;
 mod resolve;
 mod text;
+mod tiers;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+use crate::cnp::{NormCnp, PreparedCnp, Tier, normalize_cnp};
 use crate::compile::Prepared;
-use crate::eval::{DirectionVerdict, Evaluator, PeerHit, PortHit};
+use crate::eval::{Decision, Evaluator, Outcome, PeerHit, PortHit};
 use crate::model::{Cluster, Endpoint, PodInfo};
 use crate::port_space::{Piece, PortRanges, PortSpace};
 use crate::service::ServiceInfo;
@@ -74,6 +78,8 @@ pub enum ExplainError {
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     policies: Vec<NormPolicy>,
+    /// Valid ClusterNetworkPolicies (the Admin and Baseline tiers), in any order.
+    cluster_policies: Vec<NormCnp>,
     /// Said in every explanation (invalid policies left out, what-if changes).
     notes: Vec<String>,
 }
@@ -97,22 +103,38 @@ impl PolicySet {
                 )),
             }
         }
-        if !cluster.cluster_policies.is_empty() {
-            set.notes.push(format!(
-                "{} ClusterNetworkPolicies are not explained yet: this answer covers \
-                 NetworkPolicies only (palisadectl policy show has the tiers' compiled answer)",
-                cluster.cluster_policies.len()
-            ));
+        for p in &cluster.cluster_policies {
+            match normalize_cnp(p) {
+                Ok((n, _)) => set.cluster_policies.push(n),
+                Err(problems) => set.notes.push(format!(
+                    "{} is invalid and not enforced ({})",
+                    crate::cnp::cluster_policy_object_name(p),
+                    problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.field, p.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+            }
         }
         set
     }
 
-    /// Policies already prepared (e.g. what an agent enforces).
+    /// NetworkPolicies already prepared (e.g. what an agent enforces); no ClusterNetworkPolicy
+    /// until [`PolicySet::with_cluster_policies`].
     pub fn from_prepared(policies: &[&Prepared]) -> Self {
         PolicySet {
             policies: policies.iter().map(|p| p.norm().clone()).collect(),
+            cluster_policies: Vec::new(),
             notes: Vec::new(),
         }
+    }
+
+    /// The Admin and Baseline tiers: these ClusterNetworkPolicies, already prepared (what an
+    /// agent enforces), replace any the set held.
+    pub fn with_cluster_policies(mut self, policies: &[&PreparedCnp]) -> Self {
+        self.cluster_policies = policies.iter().map(|p| (*p.policy).clone()).collect();
+        self
     }
 
     /// As if `extra` were applied: each replaces the policy of the same namespace and name,
@@ -157,7 +179,7 @@ impl PolicySet {
     }
 
     /// The audited policies of this set as if they were enforced: what explains an `AUDIT`
-    /// flow (the drops they would decide).
+    /// flow (the drops they would decide). ClusterNetworkPolicies are never audited.
     pub fn audited(&self) -> PolicySet {
         PolicySet {
             policies: self
@@ -169,6 +191,7 @@ impl PolicySet {
                     ..p.clone()
                 })
                 .collect(),
+            cluster_policies: Vec::new(),
             notes: vec!["audited policies, as if enforced".to_string()],
         }
     }
@@ -197,9 +220,10 @@ pub struct Explainer<'a> {
 
 impl<'a> Explainer<'a> {
     pub fn new(cluster: &'a Cluster, policies: &PolicySet, services: &'a [ServiceInfo]) -> Self {
+        let mut tiers = policies.cluster_policies.clone();
+        tiers.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
         Explainer {
-            // NetworkPolicies only: the tiers are not explained yet (`PolicySet` says so).
-            ev: Evaluator::from_parts(cluster, policies.policies.clone()),
+            ev: Evaluator::from_tiers(cluster, policies.policies.clone(), tiers),
             services,
             notes: policies.notes.clone(),
         }
@@ -312,6 +336,9 @@ impl<'a> Explainer<'a> {
                             space.add_rule(rule);
                         }
                     }
+                    for cnp in self.ev.selecting(pod, dir) {
+                        tiers::add_ports(&mut space, cnp, dir);
+                    }
                 }
                 for pod in [s.pod, d.pod].into_iter().flatten() {
                     space.add_pod(pod);
@@ -363,7 +390,8 @@ impl<'a> Explainer<'a> {
     }
 
     /// One direction at `pod` with `peer`, for each piece: the explanation and which pieces
-    /// pass.
+    /// pass. Who decides each piece is the reference evaluator's `decide`; the policies are
+    /// listed in evaluation order (Admin tier, NetworkPolicies, Baseline tier).
     fn direction(
         &self,
         pod: &PodInfo,
@@ -373,11 +401,27 @@ impl<'a> Explainer<'a> {
         probe: &Probe,
     ) -> (DirectionExplanation, Vec<bool>) {
         let every = matches!(probe, Probe::Every);
-        let mut by_rule = vec![false; pieces.len()];
-        let mut isolated = false;
-        let mut policies = Vec::new();
+        let decisions: Vec<Decision> = pieces
+            .iter()
+            .map(|p| self.ev.decide(pod, dir, peer, p.proto, p.first))
+            .collect();
+        let outcomes: Vec<&Outcome> = decisions.iter().map(|d| &d.outcome).collect();
+        let pass: Vec<bool> = decisions.iter().map(|d| d.verdict().passes()).collect();
+        let isolated = decisions.iter().any(|d| d.isolated);
+        // A NetworkPolicy rule decides a piece only where no Admin rule decided first.
+        let np_decides: Vec<bool> = outcomes
+            .iter()
+            .map(|o| matches!(o, Outcome::NetworkPolicy(_)))
+            .collect();
+        let selecting = self.ev.selecting(pod, dir);
+        let tier = |t: Tier| {
+            selecting
+                .iter()
+                .filter(move |c| c.tier == t)
+                .map(|c| tiers::explain(&self.ev, c, pod, dir, peer, pieces, &outcomes, every))
+        };
+        let mut policies: Vec<PolicyExplanation> = tier(Tier::Admin).collect();
         for pol in self.isolating(pod, dir) {
-            isolated = true;
             let mut rules = Vec::new();
             for (i, rule) in pol.rules(dir).into_iter().flatten().enumerate() {
                 let hits: Vec<Vec<PeerHit>> = pieces
@@ -389,41 +433,33 @@ impl<'a> Explainer<'a> {
                     .collect();
                 let allows: Vec<bool> =
                     hits.iter().map(|h| h.iter().any(PeerHit::allows)).collect();
-                for (k, a) in allows.iter().enumerate() {
-                    by_rule[k] |= a;
-                }
+                let decides = allows.iter().zip(&np_decides).any(|(a, d)| *a && *d);
                 rules.push(rule_explanation(
-                    pol, rule, dir, i, peer, &hits, &allows, pieces, every,
+                    pol, rule, dir, i, peer, &hits, &allows, pieces, every, decides,
                 ));
             }
             policies.push(PolicyExplanation {
                 kind: PolicyKind::NetworkPolicy,
                 namespace: Some(pol.namespace.clone()),
                 name: pol.name.clone(),
-                decides: rules.iter().any(|r| r.matches),
+                tier: None,
+                priority: None,
+                decides: rules.iter().any(|r| r.decides),
                 rules,
             });
         }
-        let pass: Vec<bool> = by_rule
-            .iter()
-            .map(|a| {
-                DirectionVerdict {
-                    isolated,
-                    allowed_by_rule: *a,
-                    denied_by_rule: false,
-                }
-                .passes()
-            })
-            .collect();
+        policies.extend(tier(Tier::Baseline));
         let expl = DirectionExplanation {
             pod: pod.key().to_string(),
             direction: dir,
             isolated,
             allowed: pass.iter().any(|p| *p),
             allowed_ports: every.then(|| PortRanges::from_pieces(pieces, &pass)),
-            note: pod
-                .host_network
-                .then(|| "host-network pod: no NetworkPolicy applies to it".to_string()),
+            note: pod.host_network.then(|| {
+                "host-network pod: no NetworkPolicy or ClusterNetworkPolicy applies to it"
+                    .to_string()
+            }),
+            default_allow: outcomes.iter().any(|o| **o == Outcome::DefaultAllow),
             policies,
         };
         (expl, pass)
@@ -477,6 +513,7 @@ fn rule_explanation(
     allows: &[bool],
     pieces: &[Piece],
     every: bool,
+    decides: bool,
 ) -> RuleExplanation {
     // The hit to show: the first that allows something, else the first peer that matched.
     let shown = hits
@@ -524,6 +561,7 @@ fn rule_explanation(
         port_match,
         allowed_ports: every.then(|| PortRanges::from_pieces(pieces, allows)),
         matches: allows.iter().any(|a| *a),
+        decides,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Connection, DirectionExplanation, Explanation, RuleExplanation, Verdict};
+use super::{Connection, DirectionExplanation, Explanation, RuleAction, RuleExplanation, Verdict};
 
 /// The explanation as text for a terminal. Connections that differ only in their addresses
 /// (a pod's IPv4 and IPv6 address, say) are shown once.
@@ -106,7 +106,7 @@ fn direction(out: &mut String, d: &DirectionExplanation, peer: &str, every: bool
         let why = match &d.note {
             Some(n) => n.clone(),
             None => format!(
-                "no NetworkPolicy selects {} for {}",
+                "no NetworkPolicy or ClusterNetworkPolicy selects {} for {}",
                 d.pod,
                 d.direction.name()
             ),
@@ -115,21 +115,45 @@ fn direction(out: &mut String, d: &DirectionExplanation, peer: &str, every: bool
         return;
     }
     let titles: Vec<String> = d.policies.iter().map(|p| p.title()).collect();
-    let deciding: Vec<String> = d
-        .policies
-        .iter()
-        .flat_map(|p| {
-            p.rules
-                .iter()
-                .filter(|r| r.matches)
-                .map(move |r| format!("{} {}", p.title(), r.path))
-        })
-        .collect();
+    // The rules that decide, split by what they decide: NetworkPolicy rules and Accept rules
+    // let the connection through, Deny rules drop it.
+    let deciding = |deny: bool| -> Vec<String> {
+        d.policies
+            .iter()
+            .flat_map(|p| {
+                p.rules
+                    .iter()
+                    .filter(move |r| r.decides && (r.action == RuleAction::Deny) == deny)
+                    .map(move |r| match r.action {
+                        RuleAction::Allow => format!("{} {}", p.title(), r.path),
+                        a => format!("{} {} ({})", p.title(), r.path, action_name(a)),
+                    })
+            })
+            .collect()
+    };
+    let (allowing, denying) = (deciding(false), deciding(true));
+    let mut by = allowing.join(", ");
+    if d.default_allow {
+        if !by.is_empty() {
+            by.push_str(", and ");
+        }
+        by.push_str(
+            "the default allow (ClusterNetworkPolicies select the pod, none decides, \
+             no NetworkPolicy isolates it)",
+        );
+    }
+    let denied = if denying.is_empty() {
+        format!("no rule allows {peer}")
+    } else {
+        format!("denied by {}", denying.join(", "))
+    };
     let verdict = match (&d.allowed_ports, d.allowed) {
-        (Some(r), true) => format!("allows {r} by {}", deciding.join(", ")),
-        (Some(_), false) => format!("DENIES every port: no rule allows {peer}"),
-        (None, true) => format!("allowed by {}", deciding.join(", ")),
-        (None, false) => format!("DENIED: no rule allows {peer}"),
+        (Some(r), true) if denying.is_empty() => format!("allows {r} by {by}"),
+        (Some(r), true) => format!("allows {r} by {by}; the rest {denied}"),
+        (Some(_), false) => format!("DENIES every port: {denied}"),
+        (None, true) => format!("allowed by {by}"),
+        (None, false) if denying.is_empty() => format!("DENIED: {denied}"),
+        (None, false) => format!("DENIED by {}", denying.join(", ")),
     };
     let _ = writeln!(
         out,
@@ -153,7 +177,19 @@ fn direction(out: &mut String, d: &DirectionExplanation, peer: &str, every: bool
     }
 }
 
+fn action_name(a: RuleAction) -> &'static str {
+    match a {
+        RuleAction::Allow => "Allow",
+        RuleAction::Accept => "Accept",
+        RuleAction::Deny => "Deny",
+        RuleAction::Pass => "Pass",
+    }
+}
+
 fn rule(r: &RuleExplanation, peer_name: &str, every: bool) -> String {
+    if r.action != RuleAction::Allow {
+        return tier_rule(r, peer_name, every);
+    }
     match (&r.peer_match, r.matches) {
         (Some(peer), true) if every => format!(
             "{} allows {}: {peer}; ports: {}",
@@ -163,6 +199,11 @@ fn rule(r: &RuleExplanation, peer_name: &str, every: bool) -> String {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             r.ports
+        ),
+        (Some(peer), true) if !r.decides => format!(
+            "{} would allow: {peer}; port: {}; but an Admin-tier rule decided first",
+            r.path,
+            r.port_match.as_deref().unwrap_or("")
         ),
         (Some(peer), true) => format!(
             "{} ALLOWS: {peer}; port: {}",
@@ -175,6 +216,42 @@ fn rule(r: &RuleExplanation, peer_name: &str, every: bool) -> String {
         ),
         (None, _) => format!(
             "{} does not match: no peer names {peer_name} (peers: {})",
+            r.path, r.peers
+        ),
+    }
+}
+
+/// A ClusterNetworkPolicy rule: what it would do, whether it matches and whether it decided
+/// (a matching rule does not decide when an earlier rule or tier did).
+fn tier_rule(r: &RuleExplanation, peer_name: &str, every: bool) -> String {
+    let action = action_name(r.action);
+    let outcome = match (r.decides, r.action) {
+        (true, RuleAction::Deny) => "DENIES".to_string(),
+        (true, _) => "ACCEPTS".to_string(),
+        (false, RuleAction::Pass) => "PASSES to the next tier".into(),
+        (false, _) => format!("matches ({action}), but an earlier rule decided first"),
+    };
+    match (&r.peer_match, r.matches) {
+        (Some(peer), true) if every => format!(
+            "{} {outcome} on {}: {peer}; ports: {}",
+            r.path,
+            r.allowed_ports
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            r.ports
+        ),
+        (Some(peer), true) => format!(
+            "{} {outcome}: {peer}; port: {}",
+            r.path,
+            r.port_match.as_deref().unwrap_or("")
+        ),
+        (Some(peer), false) => format!(
+            "{} ({action}) does not match: {peer}, but its ports ({}) do not include this one",
+            r.path, r.ports
+        ),
+        (None, _) => format!(
+            "{} ({action}) does not match: no peer includes {peer_name} (peers: {})",
             r.path, r.peers
         ),
     }
