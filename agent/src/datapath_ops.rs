@@ -17,7 +17,7 @@ fn e(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DatapathEr
 }
 
 /// Deleting what is already gone is fine (idempotent cleanup).
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+pub fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(ref s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {

@@ -28,8 +28,9 @@
 //!
 //! # Test fixtures (feature `testing`)
 //! Not part of the API the agent links: `conformance` (the upstream netpol model and the case
-//! table every tier runs) and `synthetic_cluster` (large clusters for benchmarks). The policy
-//! crate's own tests, the privileged tests and xtask enable the feature.
+//! table every tier runs), `synthetic_cluster` (large clusters for benchmarks) and `random`
+//! (random clusters and policies as proptest strategies, for the property and differential
+//! tests). The policy crate's own tests, the privileged tests and xtask enable the feature.
 //!
 //! # Compiled form
 //! Peer prefixes may nest. Each entry carries the union of every rule (peer) that covers the
@@ -52,6 +53,8 @@ mod output;
 mod port_space;
 mod ports;
 mod prefix;
+#[cfg(feature = "testing")]
+pub mod random;
 mod rules;
 mod selector;
 mod service;

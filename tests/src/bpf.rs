@@ -222,6 +222,34 @@ impl Datapath {
         self.pins.path()
     }
 
+    /// The agent's own typed maps ([`palisade_agent::datapath::Maps`]), opened again from
+    /// this object's pins: the agent's one `MapOps` implementation
+    /// ([`palisade_agent::datapath_ops::Ops`]) then writes the maps these programs read, so a
+    /// test drives the agent's write path rather than a copy of it.
+    pub fn agent_maps(&self) -> Result<palisade_agent::datapath::Maps> {
+        fn open<T>(dir: &Path, name: &str) -> Result<T>
+        where
+            T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+        {
+            let data = MapData::from_pin(dir.join(name))
+                .with_context(|| format!("opening the pinned map {name}"))?;
+            let map = aya::maps::Map::from_map_data(data)
+                .with_context(|| format!("reading the type of {name}"))?;
+            T::try_from(map).with_context(|| format!("{name} has an unexpected type"))
+        }
+        let dir = self.pin_dir();
+        Ok(palisade_agent::datapath::Maps {
+            endpoints: open(dir, maps::ENDPOINTS)?,
+            policy: open(dir, maps::POLICY)?,
+            ports: open(dir, maps::PORTS)?,
+            hosts: open(dir, maps::HOST_ADDRS)?,
+            conntrack: open(dir, maps::CONNTRACK)?,
+            stats: open(dir, maps::STATS)?,
+            config: open(dir, maps::CONFIG)?,
+            services: open(dir, maps::SERVICES)?,
+        })
+    }
+
     /// Unloads the object and hands back its bpffs (with the pinned maps still in it).
     pub fn into_pins(self) -> BpffsMount {
         let Datapath { ebpf, pins } = self;

@@ -21,38 +21,26 @@
 //! Each scenario applies several successive policy sets through one `Applier` (so in-place
 //! updates and rewrites are both exercised against the kernel), probing new flows after each.
 //!
+//! The random clusters and policies come from `palisade_policy::random` (the generator of
+//! `policy/tests/prop.rs`), biased towards the local pod's namespace.
+//!
 //! Deterministic: `PALISADE_SPEC_DIFF_SEED` replays a run, `PALISADE_SPEC_DIFF_SCENARIOS`
 //! sets how many scenarios (default 30).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use aya::maps::{
-    HashMap as BpfHashMap, MapData, MapError,
-    lpm_trie::{Key, LpmTrie},
-};
-use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
-    NetworkPolicyPort, NetworkPolicySpec,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, LabelSelectorRequirement, ObjectMeta,
-};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use palisade_agent::applier::{AddrMap, Applier, Capacity, MapOps};
+use palisade_agent::applier::{Applier, Capacity};
+use palisade_agent::datapath::Maps;
+use palisade_agent::datapath_ops::{Ops, ignore_missing};
 use palisade_common::{
-    conntrack::{CtKey, CtValue},
-    endpoint::EndpointInfo,
-    maps,
+    conntrack::CtKey,
     packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
-    policy::{PolicyKey, PolicyValue, PortKey, PortValue},
-    stats::{Config, HostAddrKey},
     verdict::Reason,
 };
-use palisade_policy::cnp::ClusterNetworkPolicy;
+use palisade_policy::random::{self, EXTERNAL};
 use palisade_policy::{
-    Cluster, DirectionVerdict, Endpoint, Evaluator, NamedPort, NodeInfo, PodInfo, Prefix, Protocol,
-    RuleRegistry, compile, describe,
+    Cluster, DirectionVerdict, Endpoint, Evaluator, PodInfo, RuleRegistry, compile, describe,
 };
 use palisade_tests::bpf::{
     Datapath, Prog, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
@@ -68,460 +56,68 @@ const EP_ID: u32 = 7;
 const GRE: u8 = 47;
 
 use palisade_tests::rng::Rng;
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 
 // ---------------------------------------------------------------------------------------
-// Random clusters and policies (the vocabulary of policy/tests/prop.rs: small enough that
-// selectors, blocks, excepts and named ports collide often).
+// Random clusters and policies: `palisade_policy::random` (the generator of
+// policy/tests/prop.rs), drawn from a runner seeded by the scenario's seed.
 // ---------------------------------------------------------------------------------------
 
-const NS: [&str; 3] = ["n0", "n1", "n2"];
-const KEYS: [&str; 2] = ["app", "tier"];
-const VALUES: [&str; 2] = ["a", "b"];
-const CIDRS: [&str; 11] = [
-    "10.0.0.0/24",
-    "10.0.0.0/29",
-    "10.0.0.0/30",
-    "10.0.0.4/30",
-    "0.0.0.0/0",
-    "10.0.0.0/8",
-    "10.0.0.2/32",
-    "fd00::/64",
-    "fd00::/126",
-    "::/0",
-    "192.168.0.0/16",
-];
-const EXCEPTS: [&str; 12] = [
-    "10.0.0.1/32",
-    "10.0.0.2/31",
-    "10.0.0.0/28",
-    "10.0.0.4/30",
-    "10.0.0.0/30",
-    "10.0.0.0/24",
-    "10.0.0.0/16",
-    "fd00::1/128",
-    "fd00::/125",
-    "fd00::/64",
-    "192.168.0.0/24",
-    "10.0.0.100/32",
-];
-const EXTERNAL: [&str; 6] = [
-    "10.0.0.50",
-    "10.0.1.1",
-    "192.168.0.1",
-    "fd00::50",
-    "2001:db8::1",
-    "fd00::2:1",
-];
-const HOST_IP: &str = "10.0.0.100";
-/// Node addresses (ClusterNetworkPolicy `nodes` peers): the host-network pods' address, an
-/// external address, and one of nothing else.
-const NODE_ADDRS: [&str; 4] = ["10.0.0.100", "10.0.1.1", "fd00::50", "192.168.7.7"];
 /// Destination ports probed: policy ports, named-port targets (53, 80, 81) and misses.
 const PROBE_PORTS: [u16; 7] = [53, 80, 81, 82, 83, 443, 8080];
 
-fn labels(rng: &mut Rng) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::new();
-    for _ in 0..rng.upto(2) {
-        l.insert(rng.pick(&KEYS).to_string(), rng.pick(&VALUES).to_string());
-    }
-    l
-}
+/// Draws values from `palisade_policy::random`'s strategies, deterministically for a seed.
+struct Draw(TestRunner);
 
-fn selector(rng: &mut Rng) -> LabelSelector {
-    let match_labels = rng.chance(50).then(|| labels(rng));
-    let match_expressions = rng.chance(50).then(|| {
-        (0..rng.upto(2))
-            .map(|_| {
-                let op = rng.pick(&["In", "NotIn", "Exists", "DoesNotExist"]);
-                let values: Vec<String> = (0..1 + rng.upto(1))
-                    .map(|_| rng.pick(&VALUES).to_string())
-                    .collect();
-                LabelSelectorRequirement {
-                    key: rng.pick(&KEYS).into(),
-                    operator: op.into(),
-                    values: matches!(op, "In" | "NotIn").then_some(values),
-                }
-            })
-            .collect()
-    });
-    LabelSelector {
-        match_labels,
-        match_expressions,
-    }
-}
-
-fn peer(rng: &mut Rng) -> NetworkPolicyPeer {
-    if rng.chance(60) {
-        let ns = rng.chance(50).then(|| selector(rng));
-        let pod = rng.chance(50).then(|| selector(rng));
-        let (ns, pod) = match (ns, pod) {
-            (None, None) if rng.chance(50) => (None, Some(LabelSelector::default())),
-            (None, None) => (Some(LabelSelector::default()), None),
-            other => other,
-        };
-        return NetworkPolicyPeer {
-            namespace_selector: ns,
-            pod_selector: pod,
-            ip_block: None,
-        };
-    }
-    let cidr = rng.pick(&CIDRS);
-    let c = Prefix::parse(cidr).expect("vocabulary");
-    let mut except: Vec<String> = (0..rng.upto(3))
-        .map(|_| rng.pick(&EXCEPTS))
-        .filter(|e| {
-            let e = Prefix::parse(e).expect("vocabulary");
-            c.contains(&e) && e.len > c.len
-        })
-        .map(str::to_string)
-        .collect();
-    except.sort();
-    except.dedup();
-    NetworkPolicyPeer {
-        ip_block: Some(IPBlock {
-            cidr: cidr.into(),
-            except: (!except.is_empty()).then_some(except),
-        }),
-        ..Default::default()
-    }
-}
-
-fn port(rng: &mut Rng) -> NetworkPolicyPort {
-    let proto = rng.pick(&[None, Some("TCP"), Some("UDP"), Some("SCTP")]);
-    let n = rng.pick(&[53, 80, 81, 82]);
-    let (port, end_port) = match rng.below(6) {
-        0 => (None, None),
-        1 => (Some(IntOrString::String("http".into())), None),
-        2 => (Some(IntOrString::String("dns".into())), None),
-        3 => (
-            Some(IntOrString::Int(n)),
-            rng.chance(70).then(|| n + rng.below(3) as i32),
-        ),
-        _ => (Some(IntOrString::Int(n)), None),
-    };
-    NetworkPolicyPort {
-        protocol: proto.map(str::to_string),
-        port,
-        end_port,
-    }
-}
-
-type Rule = (
-    Option<Vec<NetworkPolicyPeer>>,
-    Option<Vec<NetworkPolicyPort>>,
-);
-
-fn rule(rng: &mut Rng) -> Rule {
-    let peers = rng
-        .chance(75)
-        .then(|| (0..rng.upto(3)).map(|_| peer(rng)).collect());
-    let ports = rng
-        .chance(75)
-        .then(|| (0..rng.upto(3)).map(|_| port(rng)).collect());
-    (peers, ports)
-}
-
-/// A policy in `home` (the local pod's namespace) more often than not, so the endpoint
-/// under test is isolated in most scenarios.
-fn policy(rng: &mut Rng, index: usize, home: &str) -> NetworkPolicy {
-    let ns = if rng.chance(60) {
-        home.to_string()
-    } else {
-        rng.pick(&NS).to_string()
-    };
-    let pod_selector = if rng.chance(30) {
-        LabelSelector::default()
-    } else {
-        selector(rng)
-    };
-    let policy_types = match rng.below(4) {
-        0 => None,
-        1 => Some(vec!["Ingress".into()]),
-        2 => Some(vec!["Egress".into()]),
-        _ => Some(vec!["Ingress".into(), "Egress".into()]),
-    };
-    let ingress = rng.chance(80).then(|| {
-        (0..rng.upto(2))
-            .map(|_| {
-                let (from, ports) = rule(rng);
-                NetworkPolicyIngressRule { from, ports }
-            })
-            .collect()
-    });
-    let egress = rng.chance(80).then(|| {
-        (0..rng.upto(2))
-            .map(|_| {
-                let (to, ports) = rule(rng);
-                NetworkPolicyEgressRule { to, ports }
-            })
-            .collect()
-    });
-    NetworkPolicy {
-        metadata: ObjectMeta {
-            namespace: Some(ns),
-            name: Some(format!("p{index}")),
-            ..Default::default()
-        },
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(pod_selector),
-            policy_types,
-            ingress,
-            egress,
-        }),
-    }
-}
-
-fn named_ports(rng: &mut Rng) -> Vec<NamedPort> {
-    let vocab = [
-        ("http", 80, Protocol::Tcp),
-        ("http", 81, Protocol::Tcp),
-        ("http", 80, Protocol::Udp),
-        ("dns", 53, Protocol::Udp),
-        ("dns", 53, Protocol::Tcp),
-    ];
-    let mut ports: Vec<NamedPort> = (0..rng.upto(2))
-        .map(|_| {
-            let (name, port, protocol) = rng.pick(&vocab);
-            NamedPort {
-                name: name.into(),
-                port,
-                protocol,
-            }
-        })
-        .collect();
-    ports.dedup_by(|a, b| a.name == b.name);
-    ports
-}
-
-/// Pod `i`; pod 0 is the local endpoint under test (both families, a pod interface).
-fn pod(rng: &mut Rng, i: usize) -> PodInfo {
-    let v4: IpAddr = format!("10.0.0.{}", i + 1).parse().expect("v4");
-    let v6: IpAddr = format!("fd00::{}", i + 1).parse().expect("v6");
-    let (ips, host_network) = if i == 0 {
-        (vec![v4, v6], false)
-    } else {
-        match rng.below(8) {
-            0 => (vec![], false),
-            1 => (vec![HOST_IP.parse().expect("v4")], true),
-            2 | 3 => (vec![v4], false),
-            4 => (vec![v6], false),
-            _ => (vec![v4, v6], false),
+impl Draw {
+    fn new(seed: u64) -> Draw {
+        let mut bytes = [0u8; 32];
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&seed.to_le_bytes());
         }
-    };
-    PodInfo {
-        namespace: rng.pick(&NS).to_string(),
-        name: format!("pod{i}"),
-        labels: labels(rng),
-        ips,
-        ports: named_ports(rng),
-        host_network,
+        Draw(TestRunner::new_with_rng(
+            ProptestConfig::default(),
+            TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+        ))
+    }
+
+    fn one<S: Strategy>(&mut self, s: S) -> S::Value {
+        s.new_tree(&mut self.0)
+            .expect("the generator never rejects")
+            .current()
     }
 }
 
-fn cluster_pods(rng: &mut Rng) -> (BTreeMap<String, BTreeMap<String, String>>, Vec<PodInfo>) {
-    let namespaces = NS
-        .iter()
-        .map(|n| {
-            let mut l = labels(rng);
-            l.insert("kubernetes.io/metadata.name".into(), n.to_string());
-            (n.to_string(), l)
-        })
-        .collect();
-    let pods = (0..2 + rng.upto(4)).map(|i| pod(rng, i)).collect();
+/// The namespaces and 2 to 5 pods; pod 0 is the local endpoint under test (both families,
+/// a pod interface).
+fn cluster_pods(draw: &mut Draw) -> (BTreeMap<String, BTreeMap<String, String>>, Vec<PodInfo>) {
+    let namespaces = draw.one(random::namespaces());
+    let mut pods = draw.one(random::pods(2..=5));
+    pods[0].ips = vec![
+        "10.0.0.1".parse().expect("v4"),
+        "fd00::1".parse().expect("v6"),
+    ];
+    pods[0].host_network = false;
     (namespaces, pods)
 }
 
-fn policies(rng: &mut Rng, home: &str) -> Vec<NetworkPolicy> {
-    (0..1 + rng.upto(3)).map(|i| policy(rng, i, home)).collect()
-}
-
-fn selector_json(rng: &mut Rng) -> serde_json::Value {
-    serde_json::to_value(selector(rng)).expect("selector serializes")
-}
-
-fn cnp_peer(rng: &mut Rng, egress: bool) -> serde_json::Value {
-    match rng.below(if egress { 4 } else { 2 }) {
-        0 => serde_json::json!({"namespaces": selector_json(rng)}),
-        1 => serde_json::json!({"pods": {"namespaceSelector": selector_json(rng),
-                                         "podSelector": selector_json(rng)}}),
-        2 => serde_json::json!({"nodes": selector_json(rng)}),
-        _ => {
-            serde_json::json!({"networks": (0..1 + rng.upto(1)).map(|_| rng.pick(&CIDRS)).collect::<Vec<_>>()})
-        }
-    }
-}
-
-fn cnp_protocol(rng: &mut Rng, named_ok: bool) -> serde_json::Value {
-    if named_ok && rng.chance(20) {
-        return serde_json::json!({"destinationNamedPort": rng.pick(&["http", "dns"])});
-    }
-    let proto = rng.pick(&["tcp", "udp", "sctp"]);
-    let n = rng.pick(&[53, 80, 81, 82]);
-    let port = match rng.below(4) {
-        0 => serde_json::json!({"range": {"start": n, "end": n + 1}}),
-        1 => serde_json::json!({"range": {"start": 1, "end": 65535}}),
-        _ => serde_json::json!({"number": n}),
-    };
-    serde_json::json!({proto: {"destinationPort": port}})
-}
-
-fn cnp_rules(rng: &mut Rng, egress: bool) -> Vec<serde_json::Value> {
-    (0..rng.upto(3))
-        .map(|_| {
-            let peers: Vec<serde_json::Value> = (0..1 + rng.upto(2))
-                .map(|_| cnp_peer(rng, egress))
-                .collect();
-            // Upstream forbids named ports next to networks or nodes peers.
-            let named_ok = !peers
-                .iter()
-                .any(|p| p.get("networks").is_some() || p.get("nodes").is_some());
-            let mut r = serde_json::json!({
-                "action": rng.pick(&["Accept", "Deny", "Pass"]),
-                (if egress { "to" } else { "from" }): peers,
-            });
-            if rng.chance(60) {
-                r["protocols"] = (0..1 + rng.upto(2))
-                    .map(|_| cnp_protocol(rng, named_ok))
-                    .collect();
-            }
-            r
-        })
-        .collect()
-}
-
-/// 0 to 2 ClusterNetworkPolicies, usually selecting the local pod's namespace.
-fn cluster_policies(rng: &mut Rng, home: &str) -> Vec<ClusterNetworkPolicy> {
-    (0..rng.upto(2))
-        .map(|i| {
-            let subject = if rng.chance(60) {
-                serde_json::json!({"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": home}}})
-            } else if rng.chance(50) {
-                serde_json::json!({"namespaces": selector_json(rng)})
-            } else {
-                serde_json::json!({"pods": {"namespaceSelector": selector_json(rng),
-                                            "podSelector": selector_json(rng)}})
-            };
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("cnp{i}")},
-                "spec": {
-                    "tier": rng.pick(&["Admin", "Baseline"]),
-                    "priority": rng.below(3),
-                    "subject": subject,
-                    "ingress": cnp_rules(rng, false),
-                    "egress": cnp_rules(rng, true),
-                }
-            }))
-            .expect("generated ClusterNetworkPolicy parses")
-        })
-        .collect()
-}
-
-fn nodes(rng: &mut Rng) -> Vec<NodeInfo> {
-    (0..2)
-        .map(|i| NodeInfo {
-            name: format!("node{i}"),
-            labels: labels(rng),
-            addrs: (0..1 + rng.upto(1))
-                .map(|_| rng.pick(&NODE_ADDRS).parse().expect("node address"))
-                .collect(),
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------
-// The agent's applier writing into the harness's maps.
+// The agent's applier writing into the harness's maps: through the agent's own `MapOps`
+// implementation (`datapath_ops::Ops`) over the agent's typed maps, opened again from the
+// harness's pins (`Datapath::agent_maps`), so this test drives the agent's write path.
 // ---------------------------------------------------------------------------------------
-
-struct HarnessMaps<'a>(&'a mut Datapath);
-
-impl HarnessMaps<'_> {
-    fn map(&mut self, name: &str) -> &mut aya::maps::Map {
-        self.0
-            .ebpf
-            .map_mut(name)
-            .unwrap_or_else(|| panic!("map {name} missing from the object"))
-    }
-}
-
-/// Deleting what is already gone is fine, as for the agent's own map operations.
-fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(ref s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
-            Ok(())
-        }
-        other => other,
-    }
-}
 
 /// Forgets every tracked flow, so the next frame is judged as a new flow whatever its tuple
 /// (protocols without ports have one tuple per address pair).
-fn clear_conntrack(dp: &mut Datapath) {
-    let mut m: BpfHashMap<&mut MapData, CtKey, CtValue> = BpfHashMap::try_from(
-        dp.ebpf
-            .map_mut(maps::CONNTRACK)
-            .expect("conntrack map in the object"),
-    )
-    .expect("conntrack map type");
+fn clear_conntrack(m: &mut Maps) {
     let keys: Vec<CtKey> = m
+        .conntrack
         .keys()
         .collect::<Result<_, _>>()
         .expect("reading conntrack keys");
     for k in keys {
-        ignore_missing(m.remove(&k)).expect("deleting a conntrack entry");
-    }
-}
-
-impl MapOps for HarnessMaps<'_> {
-    type Error = MapError;
-    fn put_policy(&mut self, p: u32, k: PolicyKey, v: PolicyValue) -> Result<(), MapError> {
-        let mut m: LpmTrie<&mut MapData, PolicyKey, PolicyValue> =
-            LpmTrie::try_from(self.map(maps::POLICY))?;
-        m.insert(&Key::new(p, k), v, 0)
-    }
-    fn del_policy(&mut self, p: u32, k: PolicyKey) -> Result<(), MapError> {
-        let mut m: LpmTrie<&mut MapData, PolicyKey, PolicyValue> =
-            LpmTrie::try_from(self.map(maps::POLICY))?;
-        ignore_missing(m.remove(&Key::new(p, k)))
-    }
-    fn put_port(&mut self, p: u32, k: PortKey, v: PortValue) -> Result<(), MapError> {
-        let mut m: LpmTrie<&mut MapData, PortKey, PortValue> =
-            LpmTrie::try_from(self.map(maps::PORTS))?;
-        m.insert(&Key::new(p, k), v, 0)
-    }
-    fn del_port(&mut self, p: u32, k: PortKey) -> Result<(), MapError> {
-        let mut m: LpmTrie<&mut MapData, PortKey, PortValue> =
-            LpmTrie::try_from(self.map(maps::PORTS))?;
-        ignore_missing(m.remove(&Key::new(p, k)))
-    }
-    fn put_endpoint(&mut self, i: u32, v: EndpointInfo) -> Result<(), MapError> {
-        let mut m: BpfHashMap<&mut MapData, u32, EndpointInfo> =
-            BpfHashMap::try_from(self.map(maps::ENDPOINTS))?;
-        m.insert(i, v, 0)
-    }
-    fn del_endpoint(&mut self, i: u32) -> Result<(), MapError> {
-        let mut m: BpfHashMap<&mut MapData, u32, EndpointInfo> =
-            BpfHashMap::try_from(self.map(maps::ENDPOINTS))?;
-        ignore_missing(m.remove(&i))
-    }
-    fn put_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), MapError> {
-        let mut m: BpfHashMap<&mut MapData, HostAddrKey, u32> =
-            BpfHashMap::try_from(self.map(map.name()))?;
-        m.insert(k, 1, 0)
-    }
-    fn del_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), MapError> {
-        let mut m: BpfHashMap<&mut MapData, HostAddrKey, u32> =
-            BpfHashMap::try_from(self.map(map.name()))?;
-        ignore_missing(m.remove(&k))
-    }
-    fn grace_period(&mut self) -> Result<(), MapError> {
-        palisade_agent::datapath_ops::rcu_grace_period();
-        Ok(())
-    }
-    fn put_config(&mut self, c: Config) -> Result<(), MapError> {
-        let mut m: aya::maps::Array<&mut MapData, Config> =
-            aya::maps::Array::try_from(self.map(maps::CONFIG))?;
-        m.set(0, c, 0)
+        ignore_missing(m.conntrack.remove(&k)).expect("deleting a conntrack entry");
     }
 }
 
@@ -828,8 +424,10 @@ fn privileged_kernel_verdicts_equal_spec_evaluator_on_random_network_policies() 
 
 fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
     let mut rng = Rng::new(seed);
-    let mut dp = Datapath::load().expect("loading the datapath");
-    let (namespaces, pods) = cluster_pods(&mut rng);
+    let mut draw = Draw::new(seed);
+    let dp = Datapath::load().expect("loading the datapath");
+    let mut maps = dp.agent_maps().expect("opening the agent's maps");
+    let (namespaces, pods) = cluster_pods(&mut draw);
     let local = pods[0].key();
     let home = pods[0].namespace.clone();
     let addrs = Addrs {
@@ -860,9 +458,11 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
         let cluster = Cluster {
             namespaces: namespaces.clone(),
             pods: pods.clone(),
-            policies: policies(&mut rng, &home),
-            cluster_policies: cluster_policies(&mut rng, &home),
-            nodes: nodes(&mut rng),
+            // A policy set in the local pod's namespace more often than not, so the endpoint
+            // under test is isolated in most phases.
+            policies: draw.one(random::policies(Some(home.clone()), 1..=3)),
+            cluster_policies: draw.one(random::cluster_policies(Some(home.clone()), 0..=2)),
+            nodes: draw.one(random::nodes()),
         };
         let compiled = compile(&cluster, std::slice::from_ref(&local), &mut reg);
         assert!(
@@ -882,9 +482,9 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
             &mut palisade_policy::PortContents::default(),
         );
         applier
-            .apply_endpoint(&mut HarnessMaps(&mut dp), &desired)
+            .apply_endpoint(&mut Ops(&mut maps), &desired)
             .expect("applying the desired endpoint to the kernel maps");
-        applier.commit(&mut HarnessMaps(&mut dp));
+        applier.commit(&mut Ops(&mut maps));
         let ctx = Context {
             seed,
             phase,
@@ -982,7 +582,7 @@ fn run_scenario(seed: u64, tally: &mut Tally, mismatches: &mut Vec<Mismatch>) {
                     s => s,
                 };
                 if !matches!(shape, Shape::LaterFragment(_)) {
-                    clear_conntrack(&mut dp);
+                    clear_conntrack(&mut maps);
                 }
                 let f = build(&probe, &addrs, sport, shape);
                 let got = dp.run(probe.prog, &f).expect("running the program");
