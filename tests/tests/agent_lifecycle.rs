@@ -10,33 +10,28 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use palisade_tests::lab::{Lab, LabConfig};
-use palisade_tests::require_privileges;
 
 #[path = "common/tcp_echo.rs"]
 mod tcp_echo;
 use tcp_echo::{Conn, Echo, can_connect};
+#[path = "common/agent_restart.rs"]
+mod agent_restart;
+use agent_restart::Crash;
 
 fn lab(test: &str) -> Result<Option<Lab>> {
     lab_with(test, &[])
 }
 
 fn lab_with(test: &str, agent_args: &[&str]) -> Result<Option<Lab>> {
-    if !require_privileges(test) {
-        return Ok(None);
-    }
-    let lab = Lab::start(LabConfig {
-        agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
-        ..LabConfig::default()
-    })?;
-    if !lab.enforcing() {
-        bail!(
-            "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
-            lab.mode()
-        );
-    }
-    Ok(Some(lab))
+    Ok(Lab::start_enforcing(
+        test,
+        LabConfig {
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+            ..LabConfig::default()
+        },
+    )?)
 }
 
 fn v4(lab: &Lab, pod: &str) -> Result<IpAddr> {
@@ -96,48 +91,15 @@ fn privileged_agent_killed_with_sigkill_keeps_enforcing_and_its_successor_adopts
         !can_connect(ns(&lab, "z/c")?, a),
         "z/c -> x/a:8080 must be denied"
     );
-    let agent = lab.agent_mut(0).context("no agent")?;
-    let before = agent.endpoints()?;
-
-    agent.kill_hard()?;
-    // Without any agent: the established connection lives on, new allowed connections open,
-    // denied ones stay denied.
-    ensure!(
-        established.roundtrip(),
-        "established connection broken by the agent's death"
-    );
-    ensure!(
-        can_connect(ns(&lab, "y/c")?, a),
-        "new allowed connection refused without the agent"
-    );
-    ensure!(
-        !can_connect(ns(&lab, "z/c")?, a),
-        "denied connection passed without the agent"
-    );
-
-    let agent = lab.agent_mut(0).context("no agent")?;
-    agent.respawn()?;
-    lab.wait_synced()?;
-    let after = lab.agent_mut(0).context("no agent")?.endpoints()?;
-    // Same endpoint ids and the same policy ids: the successor adopted the pinned state and
-    // rewrote nothing.
-    ensure!(
-        before == after,
-        "endpoints changed across the restart:\nbefore:\n{before}\nafter:\n{after}"
-    );
-    let log = std::fs::read_to_string(lab.agent_logs()[0])?;
-    ensure!(
-        log.contains("adopted pinned state: 9 endpoints"),
-        "no adoption in the agent log:\n{log}"
-    );
-    ensure!(
-        established.roundtrip(),
-        "established connection broken by the restart"
-    );
-    ensure!(
-        !can_connect(ns(&lab, "z/c")?, a),
-        "denied connection passed after the restart"
-    );
+    agent_restart::kill_and_adopt(
+        &mut lab,
+        Crash {
+            target: a,
+            established: &mut established,
+            allowed: "y/c",
+            denied: "z/c",
+        },
+    )?;
     Ok(())
 }
 

@@ -16,15 +16,13 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use aya::maps::{HashMap, LpmTrie, Map, MapData};
 use palisade_common::maps;
 use palisade_common::policy::{PolicyKey, PolicyValue};
 use palisade_common::service::SvcAddrKey;
 use palisade_tests::lab::{Family, Lab, LabConfig, Protocol};
-use palisade_tests::require_privileges;
 
 const MAP_SIZES: [&str; 4] = [
     "--map-size",
@@ -34,35 +32,13 @@ const MAP_SIZES: [&str; 4] = [
 ];
 
 fn lab(test: &str) -> Result<Option<Lab>> {
-    if !require_privileges(test) {
-        return Ok(None);
-    }
-    let lab = Lab::start(LabConfig {
-        agent_args: MAP_SIZES.iter().map(|s| s.to_string()).collect(),
-        ..LabConfig::default()
-    })?;
-    if !lab.enforcing() {
-        bail!(
-            "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
-            lab.mode()
-        );
-    }
-    Ok(Some(lab))
-}
-
-/// Polls `palisadectl status` until `cond` holds for it; each call must answer.
-fn wait_status(lab: &Lab, what: &str, cond: impl Fn(&str) -> bool) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = lab.agent_status()?.join("\n");
-        if cond(&status) {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}; status:\n{status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Ok(Lab::start_enforcing(
+        test,
+        LabConfig {
+            agent_args: MAP_SIZES.iter().map(|s| s.to_string()).collect(),
+            ..LabConfig::default()
+        },
+    )?)
 }
 
 fn pinned(bpffs: &Path, name: &str) -> Result<Map> {
@@ -142,7 +118,7 @@ fn privileged_capacity_a_service_too_big_for_the_map_is_rejected_alone_and_clean
         .collect();
     lab.apply_yaml("huge", &service("y", "huge", "10.96.0.11", &huge_ext))?;
     lab.wait_synced()?;
-    let status = wait_status(&lab, "the huge Service's problem", |s| {
+    let status = lab.wait_status("the huge Service's problem", |s| {
         s.contains("Service y/huge")
     })?;
     for needle in [
@@ -194,9 +170,7 @@ fn privileged_capacity_a_service_too_big_for_the_map_is_rejected_alone_and_clean
     // Deleting the Service clears its problem; nothing of it stays.
     lab.remove("huge")?;
     lab.wait_synced()?;
-    wait_status(&lab, "the problem to clear", |s| {
-        !s.contains("Service y/huge")
-    })?;
+    lab.wait_status("the problem to clear", |s| !s.contains("Service y/huge"))?;
     ensure!(
         service_map(&lab)? == want,
         "pal_svc_v1 holds {:?}",
@@ -243,7 +217,7 @@ fn privileged_capacity_a_policy_too_big_is_rejected_alone_fails_closed_and_is_cl
     );
     lab.apply_yaml("big", &big)?;
     lab.wait_synced()?;
-    let status = wait_status(&lab, "the big policy's problem", |s| {
+    let status = lab.wait_status("the big policy's problem", |s| {
         s.contains("NetworkPolicy z/big")
     })?;
     for needle in [
@@ -291,7 +265,7 @@ fn privileged_capacity_a_policy_too_big_is_rejected_alone_fails_closed_and_is_cl
     lab.remove("deny-x-a")?;
     lab.remove("pod-d")?;
     lab.wait_synced()?;
-    wait_status(&lab, "the problem to clear", |s| {
+    lab.wait_status("the problem to clear", |s| {
         !s.contains("NetworkPolicy z/big")
     })?;
     ensure!(

@@ -17,35 +17,29 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use palisade_tests::lab::kubeproxy::per_pod_services_yaml;
 use palisade_tests::lab::netns::in_netns;
 use palisade_tests::lab::{Family, Lab, LabConfig, Protocol};
 use palisade_tests::packet::Capture;
-use palisade_tests::require_privileges;
-use serde_json::Value;
 
 #[path = "common/tcp_echo.rs"]
 mod tcp_echo;
 use tcp_echo::{Conn, Echo, can_connect};
+#[path = "common/agent_restart.rs"]
+mod agent_restart;
+use agent_restart::Crash;
 
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
 
 fn lab(test: &str) -> Result<Option<Lab>> {
-    if !require_privileges(test) {
-        return Ok(None);
-    }
-    let lab = Lab::start(LabConfig {
-        verbose: true,
-        ..LabConfig::default()
-    })?;
-    if !lab.enforcing() {
-        bail!(
-            "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
-            lab.mode()
-        );
-    }
-    Ok(Some(lab))
+    Ok(Lab::start_enforcing(
+        test,
+        LabConfig {
+            verbose: true,
+            ..LabConfig::default()
+        },
+    )?)
 }
 
 fn addr(lab: &Lab, pod: &str, family: Family) -> Result<IpAddr> {
@@ -313,30 +307,6 @@ spec:
     to: [{pods: {namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}}]
 ";
 
-/// `palisadectl flows -o json ARGS` of node 0, polled until `want` holds for some flow.
-fn wait_flow(lab: &Lab, args: &[&str], what: &str, want: impl Fn(&Value) -> bool) -> Result<Value> {
-    let agent = lab.agent(0).context("no agent")?;
-    let start = Instant::now();
-    loop {
-        let flows = agent.flows(args)?;
-        if let Some(f) = flows.iter().find(|f| want(&f["flow"])) {
-            return Ok(f["flow"].clone());
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "no flow {what} in `palisadectl flows {}`:\n{}",
-                args.join(" "),
-                flows
-                    .iter()
-                    .map(Value::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Threat model: a pod (x/a) that an Admin Deny keeps from a pod (y/b) reaches it through a
 /// Service whose backend it is: the ClusterIP is not y/b's address, so a datapath judging
 /// before translation would let it pass. Egress is judged after kube-proxy's DNAT, on the
@@ -380,8 +350,7 @@ fn privileged_cnp_service_egress_is_judged_on_the_backend_after_translation() ->
         }
         // What the operator sees: the dropped flow names the Service and the backend.
         let svc_addr = SocketAddr::new(svc_b, 1080).to_string();
-        let f = wait_flow(
-            &lab,
+        let f = lab.wait_flow(
             &["--from-pod", "x/a", "--verdict", "DROPPED", "--last", "200"],
             "x/a -> svc-b dropped",
             |f| {
@@ -407,8 +376,7 @@ fn privileged_cnp_service_egress_is_judged_on_the_backend_after_translation() ->
             "the drop is the Admin Deny's (POLICY_DENY): {f}"
         );
         let svc_a_addr = SocketAddr::new(svc_a, 1080).to_string();
-        let f = wait_flow(
-            &lab,
+        let f = lab.wait_flow(
             &[
                 "--from-pod",
                 "x/a",
@@ -490,44 +458,17 @@ fn privileged_cnp_enforcement_survives_sigkill_and_the_successor_adopts_then_enf
         !can_connect(ns(&lab, "x/b")?, a),
         "x/b -> x/a:8080: neither tier admits it"
     );
-    let agent = lab.agent_mut(0).context("no agent")?;
-    let before = agent.endpoints()?;
-
-    agent.kill_hard()?;
-    ensure!(
-        established.roundtrip(),
-        "established connection broken by the agent's death"
-    );
-    ensure!(
-        can_connect(ns(&lab, "y/c")?, a),
-        "a new connection the Admin Accept admits was refused without the agent"
-    );
-    ensure!(
-        !can_connect(ns(&lab, "z/c")?, a),
-        "a connection the Admin Deny forbids passed without the agent"
-    );
-
-    let agent = lab.agent_mut(0).context("no agent")?;
-    agent.respawn()?;
-    lab.wait_synced()?;
-    let after = lab.agent_mut(0).context("no agent")?.endpoints()?;
-    ensure!(
-        before == after,
-        "endpoints changed across the restart:\nbefore:\n{before}\nafter:\n{after}"
-    );
-    let log = std::fs::read_to_string(lab.agent_logs()[0])?;
-    ensure!(
-        log.contains("adopted pinned state: 9 endpoints"),
-        "no adoption in the agent log:\n{log}"
-    );
-    ensure!(
-        established.roundtrip(),
-        "established connection broken by the restart"
-    );
-    ensure!(
-        !can_connect(ns(&lab, "z/c")?, a),
-        "the Admin Deny does not hold after the restart"
-    );
+    // Without an agent the Admin Accept keeps admitting y and the Admin Deny keeps denying
+    // z (which the NetworkPolicy allows); the successor adopts and the Deny still holds.
+    agent_restart::kill_and_adopt(
+        &mut lab,
+        Crash {
+            target: a,
+            established: &mut established,
+            allowed: "y/c",
+            denied: "z/c",
+        },
+    )?;
 
     // The update the successor must enforce: z accepted, y denied.
     apply(&mut lab, "x-a-8080", &restart_policies("z", "y"))?;

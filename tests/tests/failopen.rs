@@ -36,16 +36,9 @@ spec:
 const NOTICE: Duration = Duration::from_secs(10);
 
 fn lab(test: &str) -> Result<Option<Lab>> {
-    if !require_privileges(test) {
+    let Some(mut lab) = Lab::start_enforcing(test, LabConfig::default())? else {
         return Ok(None);
-    }
-    let mut lab = Lab::start(LabConfig::default())?;
-    if !lab.enforcing() {
-        bail!(
-            "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
-            lab.mode()
-        );
-    }
+    };
     lab.apply_yaml("a-from-y", POLICY)?;
     lab.wait_synced()?;
     Ok(Some(lab))

@@ -4,7 +4,7 @@
 //! text-format parser, and `palisadectl status`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "common/metrics.rs"]
 mod metrics;
@@ -63,29 +63,10 @@ fn connect(lab: &Lab, from: &str, to: &str, port: u16, proto: Protocol, family: 
     got[0].is_some()
 }
 
-/// `palisadectl flows -o json ARGS` of node 0, polled until `want` holds for some flow (the
-/// agent names events as they come; tests wait on conditions, not sleeps).
+/// [`Lab::wait_flow`]; these tests panic rather than return errors.
 fn wait_flow(lab: &Lab, args: &[&str], what: &str, want: impl Fn(&Value) -> bool) -> Value {
-    let agent = lab.agent(0).expect("agent");
-    let start = Instant::now();
-    loop {
-        let flows = agent.flows(args).expect("palisadectl flows");
-        if let Some(f) = flows.iter().find(|f| want(&f["flow"])) {
-            return f["flow"].clone();
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            panic!(
-                "no flow {what} in `palisadectl flows {}`:\n{}",
-                args.join(" "),
-                flows
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.wait_flow(args, what, want)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn names(list: &Value) -> Vec<String> {

@@ -10,24 +10,13 @@
 //! stays enforced; the hostile file is refused alone, named in status, and the agent keeps
 //! answering and applying other changes meanwhile.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use palisade_tests::lab::{Family, Lab, LabConfig, Protocol};
-use palisade_tests::require_privileges;
 
 fn lab(test: &str) -> Result<Option<Lab>> {
-    if !require_privileges(test) {
-        return Ok(None);
-    }
-    let lab = Lab::start(LabConfig::default())?;
-    if !lab.enforcing() {
-        bail!(
-            "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
-            lab.mode()
-        );
-    }
-    Ok(Some(lab))
+    Ok(Lab::start_enforcing(test, LabConfig::default())?)
 }
 
 /// Whether `from` reaches x/a on TCP 80, by real packets.
@@ -49,21 +38,6 @@ spec:
   - to: [{namespaceSelector: {matchLabels: {ns: z}}}]
 ";
 
-/// Polls `palisadectl status` until `cond` holds for it; each call must answer.
-fn wait_status(lab: &Lab, what: &str, cond: impl Fn(&str) -> bool) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = lab.agent_status()?.join("\n");
-        if cond(&status) {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}; status:\n{status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn privileged_unknown_field_and_hostile_files_are_refused_alone_and_the_last_good_policy_stays()
 -> Result<()> {
@@ -82,9 +56,7 @@ fn privileged_unknown_field_and_hostile_files_are_refused_alone_and_the_last_goo
     let typo = Y_EGRESS.replace("  - to:", "  - from:");
     lab.apply_yaml("y-egress", &typo)?;
     lab.wait_synced()?;
-    let status = wait_status(&lab, "the typo's problem", |s| {
-        s.contains("spec.egress[0].from")
-    })?;
+    let status = lab.wait_status("the typo's problem", |s| s.contains("spec.egress[0].from"))?;
     for needle in [
         "y-egress.yaml",
         "NetworkPolicy y/y-egress",
@@ -111,9 +83,7 @@ fn privileged_unknown_field_and_hostile_files_are_refused_alone_and_the_last_goo
     );
     std::fs::write(&hostile, nested).context("writing the hostile file")?;
     let t = Instant::now();
-    let status = wait_status(&lab, "the hostile file's problem", |s| {
-        s.contains("hostile.yaml")
-    })?;
+    let status = lab.wait_status("the hostile file's problem", |s| s.contains("hostile.yaml"))?;
     eprintln!(
         "hostile file reported after {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
@@ -139,7 +109,7 @@ fn privileged_unknown_field_and_hostile_files_are_refused_alone_and_the_last_goo
         "status after the fix:\n{status}"
     );
     std::fs::remove_file(&hostile)?;
-    wait_status(&lab, "the hostile file's problem to go", |s| {
+    lab.wait_status("the hostile file's problem to go", |s| {
         !s.contains("hostile.yaml")
     })?;
     Ok(())

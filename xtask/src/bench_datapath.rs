@@ -34,7 +34,8 @@ use anyhow::{Context, Result, bail};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
 use palisade_tests::lab::{AgentMode, Lab, LabConfig};
 
-use crate::bench_policy::PrivateBpffs;
+use palisade_tests::bpf::BpffsMount;
+use palisade_tests::netns::run as cmd_output;
 
 #[derive(clap::Args, Clone)]
 pub struct DatapathArgs {
@@ -427,22 +428,6 @@ fn word_after(text: &str, key: &str) -> Option<String> {
     None
 }
 
-fn cmd_output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn cmd_stdin(cmd: &mut Command, input: &str) -> Result<()> {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -688,13 +673,13 @@ impl Drop for Firewall {
 struct EmptyTc {
     ebpf: aya::Ebpf,
     links: Vec<aya::programs::tc::SchedClassifierLinkId>,
-    _bpffs: PrivateBpffs,
+    _bpffs: BpffsMount,
 }
 
 impl EmptyTc {
     fn load(object: &Path) -> Result<Self> {
         // The object's maps declare pinning: give them a private bpffs.
-        let bpffs = PrivateBpffs::mount()?;
+        let bpffs = BpffsMount::new()?;
         let mut ebpf = aya::EbpfLoader::new()
             .default_map_pin_directory(bpffs.path())
             .load_file(object)

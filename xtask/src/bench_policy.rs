@@ -92,39 +92,6 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// A private bpffs instance, unmounted on drop.
-pub struct PrivateBpffs {
-    pub dir: tempfile::TempDir,
-}
-
-impl PrivateBpffs {
-    pub fn mount() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("plt-bench-bpffs")
-            .tempdir()?;
-        nix::mount::mount(
-            Some("bpf"),
-            dir.path(),
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| format!("mount -t bpf bpf {}", dir.path().display()))?;
-        Ok(PrivateBpffs { dir })
-    }
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        if let Err(e) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH) {
-            eprintln!("umount {}: {e}", self.dir.path().display());
-        }
-    }
-}
-
 pub fn synthetic(args: &PolicyBenchArgs, bpf_object: Option<&PathBuf>) -> Result<()> {
     synthetic_run(args, 0, bpf_object)?;
     if args.cluster_policies > 0 {
@@ -215,7 +182,7 @@ fn synthetic_run(
         println!("(no eBPF object / not root: skipping the kernel map part)");
         return Ok(());
     };
-    let bpffs = PrivateBpffs::mount()?;
+    let bpffs = palisade_tests::bpf::BpffsMount::new()?;
     let mut dp = Datapath::open(object, bpffs.path())?;
     let before: u64 = dp.map_memory().iter().map(|(_, b)| b).sum();
     let mut applier = Applier::new(capacity(&dp.maps)?);

@@ -31,6 +31,7 @@
 
 mod agent;
 mod cni;
+mod conditions;
 pub mod dns;
 mod hostnet;
 mod hostport;
