@@ -104,7 +104,7 @@ struct Args {
     #[arg(long)]
     audit_mode: bool,
     /// `NAME=ENTRIES`: create map NAME with this many entries instead of its default
-    /// (repeatable; pal_ep_v1, pal_pol_v1, pal_port_v1, pal_svc_v1, pal_host_v1, pal_ct_v1,
+    /// (repeatable; pal_ep_v1, pal_pol_v1, pal_port_v1, pal_svc_v1, pal_host_v1, pal_ct_v1, pal_cta_v1,
     /// pal_frag_v1). A map pinned with another size is replaced by one of this size, its
     /// entries copied where they fit (docs/security.md, lost node state).
     #[arg(long = "map-size", value_parser = palisade_agent::map_sizes::parse)]

@@ -14,13 +14,14 @@ use std::collections::BTreeMap;
 use palisade_common::maps;
 
 /// Maps that `--map-size` may size.
-pub const SIZABLE: [&str; 7] = [
+pub const SIZABLE: [&str; 8] = [
     maps::ENDPOINTS,
     maps::POLICY,
     maps::PORTS,
     maps::SERVICES,
     maps::HOST_ADDRS,
     maps::CONNTRACK,
+    maps::ASSURED,
     maps::FRAGMENTS,
 ];
 

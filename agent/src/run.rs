@@ -53,7 +53,9 @@ pub async fn run(mut agent: Agent, cfg: RunConfig) -> Result<()> {
         tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
     }
     let (tx, mut rx) = mpsc::channel::<Job>(64);
-    let hub = crate::observe::start(agent.observe_parts()).await;
+    let parts = agent.observe_parts();
+    tokio::spawn(crate::datapath::ct_sweep::run(parts.maps_dir.clone()));
+    let hub = crate::observe::start(parts).await;
     tokio::spawn(server::serve(
         listener,
         tx,

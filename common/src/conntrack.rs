@@ -82,6 +82,19 @@ pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
 
+/// Idle timeout of an entry of protocol `proto` with `flags` (both tiers; the datapath and the
+/// agent's sweep of the assured tier apply the same one).
+#[inline(always)]
+pub fn idle_timeout_ns(proto: u8, flags: u32) -> u64 {
+    if flags & CT_CLOSING != 0 {
+        CT_TIMEOUT_CLOSING_NS
+    } else if proto == crate::packet::IPPROTO_TCP {
+        CT_TIMEOUT_TCP_NS
+    } else {
+        CT_TIMEOUT_OTHER_NS
+    }
+}
+
 /// Fragment tracking: the first fragment (offset 0, carries the L4 header) records its ports
 /// under the datagram identity; later fragments take the ports from here and are checked like
 /// the first one. A non-first fragment with no entry is dropped (`Reason::FRAGMENT_UNTRACKED`),

@@ -9,6 +9,7 @@
 //! declared once with a version suffix.
 #![no_std]
 
+pub mod assured;
 pub mod conntrack;
 pub mod decide;
 pub mod endpoint;

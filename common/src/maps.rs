@@ -8,6 +8,10 @@ pub const ENDPOINTS: &str = "pal_ep_v1";
 pub const POLICY: &str = "pal_pol_v1";
 pub const PORTS: &str = "pal_port_v1";
 pub const CONNTRACK: &str = "pal_ct_v1";
+/// The assured conntrack tier, its per-endpoint counts and its counters (`crate::assured`).
+pub const ASSURED: &str = "pal_cta_v1";
+pub const ASSURED_COUNT: &str = "pal_ctcnt_v1";
+pub const ASSURED_STATS: &str = "pal_ctst_v1";
 pub const HOST_ADDRS: &str = "pal_host_v1";
 pub const FRAGMENTS: &str = "pal_frag_v1";
 pub const STATS: &str = "pal_stat_v1";
@@ -35,6 +39,11 @@ pub const ENDPOINTS_MAX: u32 = 16_384;
 pub const POLICY_MAX: u32 = 1_048_576;
 pub const PORTS_MAX: u32 = 262_144;
 pub const CONNTRACK_MAX: u32 = 262_144;
+/// Assured flows per node (`BPF_F_NO_PREALLOC`: memory is used per entry, not reserved).
+pub const ASSURED_MAX: u32 = 262_144;
+/// Endpoints with a count (ep_ids are never reused: the agent's sweep removes the counts of
+/// endpoints that no longer exist).
+pub const ASSURED_COUNT_MAX: u32 = ENDPOINTS_MAX;
 pub const HOST_ADDRS_MAX: u32 = 256;
 pub const FRAGMENTS_MAX: u32 = 8_192;
 pub const SERVICES_MAX: u32 = 65_536;

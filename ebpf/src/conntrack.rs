@@ -4,20 +4,24 @@
 //! direction. A packet matches its own tuple in its own direction (established) or its
 //! reversed tuple admitted in the other direction (a reply). An ICMP error matches through the
 //! packet it embeds (related). Entries idle longer than their timeout count as absent.
+//!
+//! Two tiers hold the entries (`palisade_common::assured`): `pal_cta_v1` (assured flows, which
+//! have seen a reply; nothing evicts them) and `pal_ct_v1` (the LRU, every other flow). An
+//! entry is in exactly one of them; every lookup asks the assured tier first (the packets of
+//! established flows, most packets, find their entry with one lookup), then the LRU.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS,
     conntrack::{
-        CT_CLOSING, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, CtKey, CtValue,
-        FragKey, FragValue, icmp_error_addressed_to_sender,
+        CtKey, CtValue, FragKey, FragValue, icmp_error_addressed_to_sender, idle_timeout_ns,
     },
     decide::CtMatch,
-    packet::IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{CONNTRACK, FRAGMENTS},
+    assured,
+    maps::{ASSURED, CONNTRACK, FRAGMENTS},
     parse::{Packet, Tuple},
 };
 
@@ -70,18 +74,21 @@ pub fn reversed_key(ep_id: u32, dir: u8, t: &Tuple) -> CtKey {
 
 #[inline(always)]
 fn timeout(proto: u8, flags: u32) -> u64 {
-    if flags & CT_CLOSING != 0 {
-        CT_TIMEOUT_CLOSING_NS
-    } else if proto == IPPROTO_TCP {
-        CT_TIMEOUT_TCP_NS
-    } else {
-        CT_TIMEOUT_OTHER_NS
-    }
+    idle_timeout_ns(proto, flags)
 }
 
-/// A live (not expired) entry for `k`.
+/// A live (not expired) entry for `k`, assured tier first. An expired assured entry is
+/// deleted on the way (`assured::reap`); the LRU's expired entries are left to its eviction.
 #[inline(always)]
 fn live(k: &CtKey, now: u64) -> Option<*mut CtValue> {
+    if let Some(v) = ASSURED.get_ptr_mut(k) {
+        // SAFETY: map value pointer returned by the kernel, valid for this program run.
+        let (seen, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
+        if now.wrapping_sub(seen) <= timeout(k.proto, flags) {
+            return Some(v);
+        }
+        assured::reap(k);
+    }
     let v = CONNTRACK.get_ptr_mut(k)?;
     // SAFETY: map value pointer returned by the kernel, valid for this program run.
     let (seen, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };

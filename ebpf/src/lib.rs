@@ -2,12 +2,15 @@
 //!
 //! - [`maps`]: every map of the object, named from `palisade_common::maps`, pinned by name.
 //! - [`parse`]: L2/L3/L4 parsing into a [`parse::Packet`] (fields read as integers).
-//! - [`conntrack`]: flow and fragment tracking.
+//! - [`conntrack`]: flow and fragment tracking; [`assured`]: its tier that nothing evicts.
 //! - [`policy`]: the two LPM lookups that answer "which rule allows this".
 //! - [`stats`]: per-(direction, reason) counters.
 //! - [`events`]: flow events (one per decision) to the agent's ring buffer.
 #![no_std]
+// `asm!` on the BPF target (the atomic add of `assured::charge`).
+#![feature(asm_experimental_arch)]
 
+pub mod assured;
 pub mod conntrack;
 pub mod events;
 pub mod maps;

@@ -9,12 +9,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use palisade_common::{
+    assured::CTST_SLOTS,
     conntrack::{CtKey, CtValue, FragKey, FragValue},
     endpoint::EndpointInfo,
     events::{EVENT_LIMIT_MAX, EVSTAT_SLOTS, EventLimit, FLOW_RING_BYTES, SVC_FLOWS_MAX, SvcOrig},
     maps::{
-        CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX, HOST_ADDRS_MAX, POLICY_MAX, PORTS_MAX,
-        SERVICES_MAX,
+        ASSURED_COUNT_MAX, ASSURED_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX,
+        HOST_ADDRS_MAX, POLICY_MAX, PORTS_MAX, SERVICES_MAX,
     },
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
     stats::{Config, Counter, HostAddrKey, STATS_SLOTS},
@@ -37,6 +38,23 @@ pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::pinned(PORTS_MAX, 0);
 /// Tracked flows. Written by the programs; LRU so a full table evicts the idlest flow.
 #[map(name = "pal_ct_v1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
+
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are inserted (an idle node pays nothing
+/// for the maps below); the kernel's value for the flag.
+const NO_PREALLOC: u32 = 1;
+
+/// Assured flows (`palisade_common::assured`): moved here from `pal_ct_v1` at their first
+/// reply. A plain hash: nothing evicts from it.
+#[map(name = "pal_cta_v1")]
+pub static ASSURED: HashMap<CtKey, CtValue> = HashMap::pinned(ASSURED_MAX, NO_PREALLOC);
+
+/// ep_id -> assured entries charged to that endpoint.
+#[map(name = "pal_ctcnt_v1")]
+pub static ASSURED_COUNT: HashMap<u32, u64> = HashMap::pinned(ASSURED_COUNT_MAX, NO_PREALLOC);
+
+/// `CTST_*` counters of the assured tier.
+#[map(name = "pal_ctst_v1")]
+pub static ASSURED_STATS: PerCpuArray<u64> = PerCpuArray::pinned(CTST_SLOTS, 0);
 
 /// Ports of fragmented datagrams, recorded from their first fragment.
 #[map(name = "pal_frag_v1")]

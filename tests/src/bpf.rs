@@ -330,12 +330,23 @@ impl Datapath {
         Ok(())
     }
 
-    /// Every conntrack entry.
+    /// Every conntrack entry, of both tiers (`pal_ct_v1`, then the assured `pal_cta_v1`).
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>> {
         let m: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(self.map(maps::CONNTRACK)?)?;
+        let mut out = m
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading pal_ct_v1")?;
+        out.extend(self.assured()?);
+        Ok(out)
+    }
+
+    /// The entries of the assured conntrack tier (`pal_cta_v1`) only.
+    pub fn assured(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        let m: HashMap<&MapData, CtKey, CtValue> = HashMap::try_from(self.map(maps::ASSURED)?)?;
         m.iter()
             .collect::<Result<Vec<_>, _>>()
-            .context("reading pal_ct_v1")
+            .context("reading pal_cta_v1")
     }
 
     /// Every flow event the programs emitted since the last call (drains `pal_flow_v1`).

@@ -1,18 +1,25 @@
 //! Conntrack eviction across pods (issue 9 §1, last item), with real packets in the lab.
 //!
 //! Threat model: a hostile pod (or a busy one) opens flows as fast as it can. `pal_ct_v1` is
-//! one LRU table for every endpoint of the node, so it evicts other pods' idle established
-//! flows. Before, the next packet of such a flow in its reply direction, at an endpoint
-//! isolated in that direction, was dropped as `default_deny`: a server whose egress is
-//! isolated could no longer push data on a connection its ingress policy admitted. What must
-//! hold: eviction cannot cut an allowed established TCP flow (the lost reply passes as
-//! `ct_restored`, named in `palisadectl flows` with the rule that admits the flow, and the flow
-//! is tracked again), and nothing else opens: a SYN or a UDP datagram that policy does not
-//! admit stays dropped, also one that looks like a reply of an admitted flow.
+//! one LRU table for every endpoint of the node, so it evicts other pods' idle flows. Before,
+//! the next packet of such a flow in its reply direction, at an endpoint isolated in that
+//! direction, was dropped as `default_deny`: a server whose egress is isolated could no longer
+//! answer on a flow its ingress policy admitted (TCP was then restored, `ct_restored`; UDP and
+//! Service flows were not). What must hold:
+//! - a flow that has seen its reply lives in the assured tier (`pal_cta_v1`), which nothing
+//!   evicts: the flood cuts neither an established TCP connection nor a UDP flow, and both
+//!   survive a `kill -9` of the agent (the new agent adopts the tier);
+//! - a flow evicted before its promotion is still restored for TCP (`ct_restored`, tier 1);
+//! - an endpoint's budget bounds what it can hold there: past it, promotion is refused and
+//!   counted (the flow stays in the LRU tier), and another endpoint's assured flows are untouched;
+//! - nothing else opens: a SYN or a UDP datagram that policy does not admit stays dropped, also
+//!   one that looks like a reply of an admitted flow.
 //!
-//! Run against main's eBPF object from before the fix, the push never arrives (and no flow
-//! is `ct_restored`): the test fails at step 3.
+//! Run against main's eBPF object from before the assured tier, the UDP datagram after the
+//! flood never arrives: the flood test fails at step 4.
 
+#[path = "common/metrics.rs"]
+mod metrics;
 #[path = "common/tier1.rs"]
 mod tier1;
 
@@ -23,10 +30,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
-    conntrack::{CT_SEEN_REPLY, CtKey},
+    assured::{ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, CTST_SLOTS},
+    conntrack::{CT_SEEN_REPLY, CT_TIMEOUT_OTHER_NS, CtKey, CtValue},
     endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED},
     events::{EV_REPLY, VERDICT_FORWARDED},
-    maps::CONNTRACK_MAX,
+    maps,
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     service::SVC_MARK,
     stats::HostAddrKey,
@@ -132,9 +140,9 @@ fn connects(from_ns: &str, sport: u16, to: SocketAddr, wait: Duration) -> Result
     Ok(r)
 }
 
-/// More distinct flows than `pal_ct_v1` holds, from `from_ns`: two UDP datagrams to every
-/// port from 1024 up on each of `targets`, from one thread pinned to each CPU. Returns the
-/// flows sent and how long it took.
+/// More distinct flows than `pal_ct_v1` holds, from `from_ns`: two UDP datagrams to each of
+/// `ports` ports from 1024 up on each of `targets`, from one thread pinned to each CPU.
+/// Returns the flows sent and how long it took.
 ///
 /// Why two datagrams, and every CPU: the kernel's LRU (a "common" LRU with per-CPU lists)
 /// parks a new entry on its CPU's pending list until that CPU needs free entries, puts it on
@@ -142,7 +150,7 @@ fn connects(from_ns: &str, sport: u16, to: SocketAddr, wait: Duration) -> Result
 /// So a flood of one-packet flows, or from one CPU only, evicts itself and leaves an
 /// established flow tracked by another CPU alone; an attacker whose flows see a second packet
 /// (any real connection does) on every CPU evicts it.
-fn flood(from_ns: &str, targets: &[IpAddr]) -> Result<(u64, Duration)> {
+fn flood(from_ns: &str, targets: &[IpAddr], ports: u16) -> Result<(u64, Duration)> {
     let cpus: Vec<usize> = {
         let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
         (0..nix::sched::CpuSet::count())
@@ -163,7 +171,7 @@ fn flood(from_ns: &str, targets: &[IpAddr]) -> Result<(u64, Duration)> {
                         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
                         let s = UdpSocket::bind(("0.0.0.0", 0))?;
                         let mut flows = 0u64;
-                        for port in (1024..=u16::MAX).skip(i).step_by(n) {
+                        for port in (1024..1024u16.saturating_add(ports)).skip(i).step_by(n) {
                             for t in targets {
                                 let to = SocketAddr::new(*t, port);
                                 // A full socket buffer (ENOBUFS) loses a datagram, not the flood.
@@ -354,15 +362,156 @@ fn privileged_only_mid_stream_tcp_replying_to_an_admitted_flow_is_restored() {
     );
 }
 
+/// `pal_ctst_v1` slot `slot` summed over CPUs.
+fn assured_stat(dp: &palisade_tests::bpf::Datapath, slot: u32) -> u64 {
+    use aya::maps::PerCpuArray;
+    assert!(slot < CTST_SLOTS);
+    let m: PerCpuArray<&aya::maps::MapData, u64> =
+        PerCpuArray::try_from(dp.ebpf.map(maps::ASSURED_STATS).expect("pal_ctst_v1")).unwrap();
+    m.get(&slot, 0).unwrap().iter().sum()
+}
+
+/// The assured entries charged to `ep_id` (`pal_ctcnt_v1`).
+fn charged(dp: &palisade_tests::bpf::Datapath, ep_id: u32) -> Option<u64> {
+    use aya::maps::HashMap;
+    let m: HashMap<&aya::maps::MapData, u32, u64> =
+        HashMap::try_from(dp.ebpf.map(maps::ASSURED_COUNT).expect("pal_ctcnt_v1")).unwrap();
+    m.get(&ep_id, 0).ok()
+}
+
+fn set_charged(dp: &mut palisade_tests::bpf::Datapath, ep_id: u32, n: u64) {
+    use aya::maps::HashMap;
+    let mut m: HashMap<&mut aya::maps::MapData, u32, u64> =
+        HashMap::try_from(dp.ebpf.map_mut(maps::ASSURED_COUNT).expect("pal_ctcnt_v1")).unwrap();
+    m.insert(ep_id, n, 0).unwrap();
+}
+
+/// Tier 1: the assured tier entry by entry. The endpoint (ep_id 42) is ingress-isolated and
+/// admits PEER4 on UDP 53. A flow moves from `pal_ct_v1` to `pal_cta_v1` at its first reply
+/// (one entry, charged to the endpoint, counted `promoted`), and its packets find it there.
+/// At the budget (the count staged at `ASSURED_BUDGET`), the next flow's first reply still
+/// passes but the flow stays in the LRU tier (counted `refused`), and the assured flow is
+/// untouched. An expired assured entry met by a packet is deleted and uncharged (`reaped`):
+/// that packet is judged as new.
+#[test]
+fn privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_budget() {
+    let Some(mut dp) = setup(
+        "privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_budget",
+        EP_INGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
+    allow_port(&mut dp, PORTSET, IPPROTO_UDP, 53, 16, 5);
+    let udp_in = |sport| V4::new(PEER4, POD4, IPPROTO_UDP).frame(&frame::udp(sport, 53, 4));
+    let udp_out = |dport| V4::new(POD4, PEER4, IPPROTO_UDP).frame(&frame::udp(53, dport, 4));
+
+    // A query admitted by policy: tracked in the LRU tier. Its answer: a reply, and the flow
+    // moves.
+    expect(&dp, Prog::ToPod, &udp_in(1000), Reason::POLICY_ALLOW);
+    assert!(
+        dp.assured().unwrap().is_empty(),
+        "not assured before a reply"
+    );
+    expect(&dp, Prog::FromPod, &udp_out(1000), Reason::CT_REPLY);
+    let assured = dp.assured().unwrap();
+    assert_eq!(assured.len(), 1, "moved to the assured tier");
+    assert_eq!(dp.conntrack().unwrap().len(), 1, "moved, not copied");
+    let (k, v) = assured[0];
+    assert_eq!(
+        (k.ep_id, k.dir, k.sport_be),
+        (42, DIR_INGRESS, 1000u16.to_be_bytes())
+    );
+    assert_eq!((v.rule_ref, v.flags & CT_SEEN_REPLY), (5, CT_SEEN_REPLY));
+    assert_eq!(charged(&dp, 42), Some(1));
+    assert_eq!(assured_stat(&dp, CTST_PROMOTED), 1);
+    // Its packets find it in either direction.
+    expect(&dp, Prog::ToPod, &udp_in(1000), Reason::CT_ESTABLISHED);
+    expect(&dp, Prog::FromPod, &udp_out(1000), Reason::CT_REPLY);
+    assert_eq!(assured_stat(&dp, CTST_PROMOTED), 1, "promoted once");
+
+    // At the budget: the next flow's reply passes, the flow stays in the LRU tier.
+    set_charged(&mut dp, 42, u64::from(ASSURED_BUDGET));
+    expect(&dp, Prog::ToPod, &udp_in(2000), Reason::POLICY_ALLOW);
+    expect(&dp, Prog::FromPod, &udp_out(2000), Reason::CT_REPLY);
+    assert_eq!(assured_stat(&dp, CTST_REFUSED), 1);
+    assert_eq!(dp.assured().unwrap().len(), 1, "the first flow only");
+    assert_eq!(
+        dp.conntrack().unwrap().len(),
+        2,
+        "the refused flow stays tracked"
+    );
+    assert_eq!(charged(&dp, 42), Some(u64::from(ASSURED_BUDGET)));
+    // A refused flow is not asked again (one refusal per flow), and keeps passing.
+    expect(&dp, Prog::FromPod, &udp_out(2000), Reason::CT_REPLY);
+    assert_eq!(assured_stat(&dp, CTST_REFUSED), 1);
+    expect(&dp, Prog::ToPod, &udp_in(1000), Reason::CT_ESTABLISHED);
+
+    // Expiry: the assured entry, aged past the UDP timeout, is deleted by the packet that
+    // meets it and uncharged; that packet is new (policy admits it again: tracked anew).
+    set_charged(&mut dp, 42, 1);
+    {
+        use aya::maps::HashMap;
+        let mut m: HashMap<&mut aya::maps::MapData, CtKey, CtValue> =
+            HashMap::try_from(dp.ebpf.map_mut(maps::ASSURED).unwrap()).unwrap();
+        let aged = CtValue {
+            last_seen_ns: v.last_seen_ns - CT_TIMEOUT_OTHER_NS - 1,
+            ..v
+        };
+        m.insert(k, aged, 0).unwrap();
+    }
+    expect(&dp, Prog::ToPod, &udp_in(1000), Reason::POLICY_ALLOW);
+    assert_eq!(assured_stat(&dp, CTST_REAPED), 1);
+    assert!(
+        dp.assured().unwrap().is_empty(),
+        "the expired entry is gone"
+    );
+    assert_eq!(charged(&dp, 42), Some(0), "and uncharged");
+    assert_eq!(
+        dp.conntrack().unwrap().len(),
+        2,
+        "tracked anew in the LRU tier"
+    );
+}
+
 const SVC4: [u8; 4] = [10, 96, 0, 10];
 
+/// `pal_ct_v1`'s size in the lab below: small, so that the flood that evicts all of it is quick.
+const LAB_CT_ENTRIES: u32 = 8192;
+
+/// The assured entries pinned under `bpffs` (the agent's maps), of every endpoint.
+fn pinned_assured(bpffs: &std::path::Path) -> Result<Vec<(CtKey, CtValue)>> {
+    use aya::maps::{HashMap, Map, MapData};
+    let md = MapData::from_pin(bpffs.join("maps").join(maps::ASSURED))
+        .with_context(|| format!("opening the pinned {}", maps::ASSURED))?;
+    let m: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(Map::HashMap(md))?;
+    Ok(m.iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Whether `pinned` holds a flow of protocol `proto` whose (source, destination) ports are
+/// `ports` (network order in the key).
+fn holds(pinned: &[(CtKey, CtValue)], proto: u8, ports: (u16, u16)) -> bool {
+    pinned.iter().any(|(k, v)| {
+        k.proto == proto
+            && k.sport_be == ports.0.to_be_bytes()
+            && k.dport_be == ports.1.to_be_bytes()
+            && v.flags & CT_SEEN_REPLY != 0
+    })
+}
+
 #[test]
-fn privileged_an_evicting_flood_cannot_cut_an_allowed_established_tcp_flow() -> Result<()> {
-    let test = "privileged_an_evicting_flood_cannot_cut_an_allowed_established_tcp_flow";
+fn privileged_an_evicting_flood_cuts_no_flow_that_has_seen_its_reply() -> Result<()> {
+    let test = "privileged_an_evicting_flood_cuts_no_flow_that_has_seen_its_reply";
     if !require_privileges(test) {
         return Ok(());
     }
-    let mut lab = Lab::start(LabConfig::default())?;
+    let mut lab = Lab::start(LabConfig {
+        agent_args: vec![
+            "--map-size".into(),
+            format!("{}={LAB_CT_ENTRIES}", maps::CONNTRACK),
+        ],
+        ..LabConfig::default()
+    })?;
     ensure!(
         lab.enforcing(),
         "{test}: the lab is not enforcing ({}): build with `cargo xtask build`",
@@ -428,7 +577,9 @@ fn privileged_an_evicting_flood_cannot_cut_an_allowed_established_tcp_flow() -> 
         );
     }
 
-    // 2. y/b connects to x/a:8080 (admitted), one roundtrip, then the connection idles.
+    // 2. y/b connects to x/a:8080 (admitted), one roundtrip, then the connection idles; and
+    // y/b's UDP port 9092 exchanges one datagram each way with x/a:8080. Both flows have seen
+    // their reply: x/a's entries move to the assured tier.
     let listener = in_netns(&xa, || TcpListener::bind(("0.0.0.0", 8080)))??;
     let mut client = in_netns(&yb, move || {
         TcpStream::connect_timeout(&a, Duration::from_secs(2))
@@ -438,25 +589,46 @@ fn privileged_an_evicting_flood_cannot_cut_an_allowed_established_tcp_flow() -> 
     for s in [&client, &server] {
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
     }
+    let client_port = client.local_addr()?.port();
     client.write_all(b"hello")?;
     ensure!(receives(&mut server, b"hello"), "x/a got y/b's hello");
     server.write_all(b"hi")?;
     ensure!(receives(&mut client, b"hi"), "y/b got x/a's answer");
+    let b_dgram = in_netns(&yb, || UdpSocket::bind(("0.0.0.0", 9092)))??;
+    b_dgram.send_to(b"ping", a)?;
+    ensure!(
+        udp_arrives(&a_udp, Duration::from_secs(2)),
+        "x/a got y/b's ping"
+    );
+    let b9092 = SocketAddr::new(b_ip, 9092);
+    a_udp.send_to(b"pong", b9092)?;
+    ensure!(
+        udp_arrives(&b_dgram, Duration::from_secs(2)),
+        "y/b got x/a's pong"
+    );
+    let bpffs = lab.agent(0).context("agent")?.bpffs().to_path_buf();
+    let assured = pinned_assured(&bpffs)?;
+    ensure!(
+        holds(&assured, IPPROTO_TCP, (client_port, 8080))
+            && holds(&assured, IPPROTO_UDP, (9092, 8080)),
+        "both flows in {} after their first reply: {assured:?}",
+        maps::ASSURED
+    );
 
     // 3. z/c (no policy: every flow it opens is tracked, at its egress and at the
-    // destination's ingress) opens more flows than the table holds.
+    // destination's ingress) opens more flows than the table holds, several times over.
     let targets = FLOOD_TO
         .iter()
         .map(|p| v4(&lab, p))
         .collect::<Result<Vec<_>>>()?;
-    let (sent, took) = flood(&zc, &targets)?;
+    let (sent, took) = flood(&zc, &targets, 8000)?;
     eprintln!(
-        "flood: {sent} new UDP flows (two datagrams each) from z/c in {took:?} ({:.0} flows/s); pal_ct_v1 holds {CONNTRACK_MAX}",
+        "flood: {sent} new UDP flows (two datagrams each) from z/c in {took:?} ({:.0} flows/s); pal_ct_v1 holds {LAB_CT_ENTRIES}",
         sent as f64 / took.as_secs_f64()
     );
     ensure!(
-        sent > u64::from(CONNTRACK_MAX),
-        "the flood sent {sent} flows, not more than {CONNTRACK_MAX}"
+        sent > 4 * u64::from(LAB_CT_ENTRIES),
+        "the flood sent {sent} flows, not more than 4 x {LAB_CT_ENTRIES}"
     );
 
     // The agent has read the flood's events (the ring buffer has room for the push's):
@@ -485,57 +657,67 @@ fn privileged_an_evicting_flood_cannot_cut_an_allowed_established_tcp_flow() -> 
     }
     eprintln!("the agent read the flood's events after {:?}", t.elapsed());
 
-    // x/a pushes on the idle connection: its egress is isolated, its entry evicted.
+    // 4. x/a pushes on the idle connection and sends a datagram on the idle UDP flow: its
+    // egress is isolated and the LRU tier was evicted many times over; both arrive, as
+    // replies of the flows x/a's ingress admitted (found in the assured tier).
     server.write_all(b"push")?;
     ensure!(
         receives(&mut client, b"push"),
         "x/a's push on y/b's established connection did not arrive after the flood"
     );
-    let f = wait_flow(
-        &lab,
-        &[
-            "--from-pod",
-            "x/a",
-            "--to-pod",
-            "y/b",
-            "--reason",
-            "ct_restored",
-        ],
-    )
-    .with_context(|| {
-        format!(
-            "status: {}\nflows from x/a: {:?}",
-            lab.agent(0)
-                .and_then(|a| a.status().ok())
-                .unwrap_or_default(),
-            lab.agent(0)
-                .and_then(|a| a.flows(&["--from-pod", "x/a", "--last", "5"]).ok())
-        )
-    })?;
-    eprintln!("the push: {f}");
-    let flow = &f["flow"];
-    ensure!(flow["verdict"] == "FORWARDED", "{f}");
-    ensure!(flow["traffic_direction"] == "EGRESS", "{f}");
-    ensure!(flow["is_reply"] == true, "{f}");
+    a_udp.send_to(b"after", b9092)?;
     ensure!(
-        flow["ingress_allowed_by"][0]["name"] == "a-serves-y",
-        "the restored flow names the ingress rule that admits it: {f}"
+        udp_arrives(&b_dgram, Duration::from_secs(2)),
+        "x/a's datagram on the UDP flow y/b opened did not arrive after the flood"
     );
-    // And the connection works both ways again.
+    // What the operator sees: the promotions (x/a's two flows, and z/c's flood none: it saw no
+    // reply), none refused, and the tier's entries next to its capacity.
+    let scraped = metrics::scrape(&lab);
+    let promoted = metrics::value(&scraped, "palisade_conntrack_assured_promoted_total", &[]);
+    let refused = metrics::value(&scraped, "palisade_conntrack_assured_refused_total", &[]);
+    let entries = metrics::value(&scraped, "palisade_map_entries", &[("map", maps::ASSURED)]);
+    eprintln!("assured: promoted {promoted}, refused {refused}, entries {entries}");
+    ensure!(
+        promoted >= 2.0 && refused == 0.0 && entries >= 2.0,
+        "metrics: promoted {promoted}, refused {refused}, {} entries {entries}",
+        maps::ASSURED
+    );
     client.write_all(b"again")?;
     ensure!(receives(&mut server, b"again"), "roundtrip after the flood");
     server.write_all(b"ok")?;
     ensure!(receives(&mut client, b"ok"), "roundtrip after the flood");
 
-    // 4. The reason is counted like any other in status.
-    let st: Value = serde_json::from_str(&lab.agent(0).context("agent")?.status()?)?;
-    let restored: u64 = st["counters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["direction"] == "egress" && c["reason"] == "ct_restored")
-        .map(|c| c["packets"].as_u64().unwrap_or(0))
-        .sum();
-    ensure!(restored >= 1, "status counts egress ct_restored: {st}");
+    // 5. kill -9 of the agent, a new one adopts the pinned maps (the assured tier included):
+    // the flows still pass, what policy forbids is still dropped.
+    {
+        let agent = lab.agent_mut(0).context("agent")?;
+        agent.kill_hard()?;
+        agent.respawn()?;
+    }
+    lab.wait_synced()?;
+    ensure!(
+        holds(&pinned_assured(&bpffs)?, IPPROTO_UDP, (9092, 8080)),
+        "the UDP flow is still assured after the agent's restart"
+    );
+    a_udp.send_to(b"restarted", b9092)?;
+    ensure!(
+        udp_arrives(&b_dgram, Duration::from_secs(2)),
+        "x/a's datagram did not arrive after the agent's restart"
+    );
+    server.write_all(b"still")?;
+    ensure!(
+        receives(&mut client, b"still"),
+        "x/a's push did not arrive after the agent's restart"
+    );
+    send_udp(&zb, 0, a, b"from-zb")?;
+    ensure!(
+        !udp_arrives(&a_udp, short),
+        "a datagram from z/b to x/a:8080 passed x/a's ingress after the agent's restart"
+    );
+    a_udp.send_to(b"from-a", SocketAddr::new(b_ip, 9090))?;
+    ensure!(
+        !udp_arrives(&b_udp, short),
+        "a datagram from x/a:8080 to y/b:9090 passed x/a's isolated egress after the restart"
+    );
     Ok(())
 }

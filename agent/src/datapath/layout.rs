@@ -193,6 +193,8 @@ pub fn copy_entries(replaced: &mut [Replaced], new: &mut Maps) {
         let Some(old) = r.old.take() else { continue };
         let copied = match r.name.as_str() {
             maps::CONNTRACK => copy(old, &mut new.conntrack),
+            // The counts are not copied: the sweep (`ct_sweep`) recounts what was copied.
+            maps::ASSURED => copy(old, &mut new.assured),
             maps::ENDPOINTS => copy(old, &mut new.endpoints),
             _ => None,
         };

@@ -17,6 +17,7 @@
 //! and restores them).
 
 mod bpffs;
+pub mod ct_sweep;
 mod integrity;
 mod layout;
 mod links;
@@ -139,6 +140,8 @@ pub struct Maps {
     pub ports: LpmTrie<MapData, PortKey, PortValue>,
     pub hosts: HashMap<MapData, HostAddrKey, u32>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    /// The assured tier (`palisade_common::assured`): copied like `conntrack` when resized.
+    pub assured: HashMap<MapData, CtKey, CtValue>,
     pub stats: PerCpuArray<MapData, Counter>,
     pub config: aya::maps::Array<MapData, Config>,
     pub services: HashMap<MapData, SvcAddrKey, u32>,
@@ -288,6 +291,7 @@ impl Datapath {
             ports: take(&mut ebpf, maps::PORTS)?,
             hosts: take(&mut ebpf, maps::HOST_ADDRS)?,
             conntrack: take(&mut ebpf, maps::CONNTRACK)?,
+            assured: take(&mut ebpf, maps::ASSURED)?,
             stats: take(&mut ebpf, maps::STATS)?,
             config: take(&mut ebpf, maps::CONFIG)?,
             services: take(&mut ebpf, maps::SERVICES)?,
@@ -572,6 +576,9 @@ impl Datapath {
             maps::POLICY,
             maps::PORTS,
             maps::CONNTRACK,
+            maps::ASSURED,
+            maps::ASSURED_COUNT,
+            maps::ASSURED_STATS,
             maps::FRAGMENTS,
             maps::HOST_ADDRS,
             maps::STATS,

@@ -10,7 +10,7 @@
 //!   writes, source sync state, problems;
 //! - read from the pinned maps at each scrape (off the agent's loop, on a blocking thread):
 //!   packet verdict counters (`pal_stat_v1`), flow events emitted/lost/suppressed
-//!   (`pal_evstat_v1`), entries of the maps the programs write, and every map's capacity.
+//!   (`pal_evstat_v1`), the assured conntrack tier's promotions (`pal_ctst_v1`), entries of the maps the programs write, and every map's capacity.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ use aya::maps::{HashMap as BpfHash, Map, MapData, MapInfo, PerCpuArray};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
+use palisade_common::assured::{CTST_PROMOTED, CTST_REAPED, CTST_REFUSED};
 use palisade_common::conntrack::{CtKey, CtValue, FragKey, FragValue};
 use palisade_common::events::{
     EVSTAT_EMITTED, EVSTAT_LOST, EVSTAT_SUPPRESSED, EventLimit, SvcOrig,
@@ -72,6 +73,8 @@ struct Readings {
     verdicts: Vec<(u32, u64, u64)>,
     /// `EVSTAT_*` sums.
     events: [u64; 3],
+    /// `CTST_*` sums (the assured conntrack tier).
+    assured: [u64; 3],
     /// (map, entries, capacity).
     maps: Vec<(&'static str, Option<u64>, u64)>,
 }
@@ -139,6 +142,26 @@ impl Collector for DatapathCollector {
             ),
         ] {
             let c = ConstCounter::new(r.events[slot as usize]);
+            c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        for (slot, name, help) in [
+            (
+                CTST_PROMOTED,
+                "palisade_conntrack_assured_promoted",
+                "Flows moved into the assured conntrack tier at their first reply",
+            ),
+            (
+                CTST_REFUSED,
+                "palisade_conntrack_assured_refused",
+                "Promotions refused: the endpoint's budget or the assured tier was full (the flow stays evictable)",
+            ),
+            (
+                CTST_REAPED,
+                "palisade_conntrack_assured_reaped",
+                "Expired assured entries the datapath deleted when it met them",
+            ),
+        ] {
+            let c = ConstCounter::new(r.assured[slot as usize]);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
         Ok(())
@@ -434,9 +457,20 @@ fn read_datapath(dir: &Path) -> Readings {
             }
         }
     }
+    if let Some(md) = open(dir, maps::ASSURED_STATS)
+        && let Ok(m) = PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(md))
+    {
+        for slot in [CTST_PROMOTED, CTST_REFUSED, CTST_REAPED] {
+            if let Ok(v) = m.get(&slot, 0) {
+                r.assured[slot as usize] = v.iter().sum();
+            }
+        }
+    }
     type Count = fn(&Path, &str) -> Option<u64>;
-    let counted: [(&'static str, Count); 4] = [
+    let counted: [(&'static str, Count); 6] = [
         (maps::CONNTRACK, count_keys::<CtKey, CtValue>),
+        (maps::ASSURED, count_keys::<CtKey, CtValue>),
+        (maps::ASSURED_COUNT, count_keys::<u32, u64>),
         (maps::FRAGMENTS, count_keys::<FragKey, FragValue>),
         (maps::EVENT_LIMIT, count_keys::<CtKey, EventLimit>),
         (maps::SVC_FLOWS, count_keys::<CtKey, SvcOrig>),
@@ -448,11 +482,14 @@ fn read_datapath(dir: &Path) -> Readings {
         maps::HOST_ADDRS,
         maps::SERVICES,
         maps::CONNTRACK,
+        maps::ASSURED,
+        maps::ASSURED_COUNT,
         maps::FRAGMENTS,
         maps::EVENT_LIMIT,
         maps::SVC_FLOWS,
         maps::STATS,
         maps::EVENT_STATS,
+        maps::ASSURED_STATS,
         maps::CONFIG,
     ] {
         let Ok(info) = MapInfo::from_pin(dir.join(name)) else {
@@ -462,7 +499,14 @@ fn read_datapath(dir: &Path) -> Readings {
         let entries = match counted.iter().find(|(n, _)| *n == name) {
             Some((_, count)) => count(dir, name),
             // Arrays always hold every slot; the agent reports the maps it writes.
-            None if [maps::STATS, maps::EVENT_STATS, maps::CONFIG].contains(&name) => {
+            None if [
+                maps::STATS,
+                maps::EVENT_STATS,
+                maps::ASSURED_STATS,
+                maps::CONFIG,
+            ]
+            .contains(&name) =>
+            {
                 Some(capacity)
             }
             None => None,

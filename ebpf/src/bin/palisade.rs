@@ -32,7 +32,7 @@ use palisade_common::{
     verdict::{Reason, Verdict},
 };
 use palisade_ebpf::{
-    addr_eq,
+    addr_eq, assured,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
     events,
     maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch},
@@ -258,7 +258,8 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 /// 8. `decide` (palisade_common::decide) gives the verdict; then the state follows it: a
 ///    passing new flow is tracked (and a first fragment's ports recorded), a tracked flow is
 ///    refreshed (and re-stamped with the current policy), a flow the new policy forbids is
-///    marked `CT_REVOKED` (its later packets are cut the same way).
+///    marked `CT_REVOKED` (its later packets are cut the same way); a flow's first reply
+///    moves it into the assured tier, within its endpoint's budget (`assured::promote`).
 /// 9. Deny path only: a mid-stream TCP segment dropped by policy as new may be the reply of a
 ///    flow whose entry was evicted (`restore_lost_reply`).
 #[inline(always)]
@@ -423,6 +424,8 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
         0
     };
     if tracked {
+        // SAFETY: live map value (see above).
+        let flags_before = unsafe { (*value).flags };
         // SAFETY: live map value (see above); plain stores, a racing packet of the same flow
         // writes the same kind of values.
         unsafe {
@@ -439,6 +442,13 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
                 }
                 (*value).flags = flags;
             }
+        }
+        // The flow's first reply: both ends talk, the flow moves to the assured tier
+        // (last: `value` is not used after the move).
+        if ct == CT_REPLY && flags_before & CT_SEEN_REPLY == 0 {
+            // SAFETY: `value` is the live LRU entry of `key` (an assured one has
+            // `CT_SEEN_REPLY`, so it never gets here).
+            unsafe { assured::promote(key, value, flags_before) };
         }
     } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
         // ICMP errors and later fragments do not start flows. A restored flow (`key` is the

@@ -1,0 +1,100 @@
+//! The assured conntrack tier (`pal_cta_v1`, meaning in `palisade_common::assured`): the
+//! moves into it, the per-endpoint counts, the deletion of expired entries met on the way.
+//!
+//! The two helpers are BPF-to-BPF calls (`inline(never)`): each runs on a rare path (a flow's
+//! first reply, an expired entry), and a call keeps its map operations out of the many
+//! inlined copies of the lookup that the verifier walks.
+
+use palisade_common::{
+    assured::{ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, Promotion, promotion},
+    conntrack::{CtKey, CtValue},
+};
+
+use crate::maps::{ASSURED, ASSURED_COUNT, ASSURED_STATS, CONNTRACK};
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(c) = ASSURED_STATS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Adds `delta` (wrapping) to the count of `ep_id`, atomically (`BPF_ATOMIC | BPF_ADD`, the
+/// `lock xadd` of the BPF instruction set: `core::sync::atomic` has no read-modify-write on
+/// this target): programs on other CPUs promote and delete entries of the same endpoint.
+#[inline(always)]
+fn charge(ep_id: u32, delta: u64) {
+    if let Some(c) = ASSURED_COUNT.get_ptr_mut(ep_id) {
+        // SAFETY: map value pointer, 8-byte aligned, valid for this program run.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) += {d}",
+                p = in(reg) c,
+                d = in(reg) delta,
+            )
+        };
+    }
+}
+
+/// Deletes the expired assured entry `k` and, if this delete removed it (not a racing one),
+/// uncharges its endpoint. Returns 0 (a call needs a return value the verifier can use).
+#[inline(never)]
+pub fn reap(k: &CtKey) -> u32 {
+    if ASSURED.remove(k).is_ok() {
+        charge(k.ep_id, u64::MAX);
+        count(CTST_REAPED);
+    }
+    0
+}
+
+/// The first reply of the LRU flow `k` (`v` its entry, already updated for this packet):
+/// moves it into the assured tier within its endpoint's budget (`promotion`), else leaves
+/// it and counts the refusal.
+///
+/// # Safety
+/// `v` is the live `pal_ct_v1` value of `k` found by this program run's lookup.
+#[inline(never)]
+pub unsafe fn promote(k: &CtKey, v: *mut CtValue, flags_before: u32) -> u32 {
+    let charged = ASSURED_COUNT.get_ptr(k.ep_id).map_or(0, |c| {
+        // SAFETY: map value pointer valid for this program run; an aligned 8-byte load is
+        // single-copy atomic.
+        unsafe { core::ptr::read_volatile(c) }
+    });
+    match promotion(true, flags_before, charged, ASSURED_BUDGET) {
+        Promotion::Stay => return 0,
+        Promotion::Refuse => {
+            count(CTST_REFUSED);
+            return 0;
+        }
+        Promotion::Promote => {}
+    }
+    if ASSURED_COUNT.get_ptr(k.ep_id).is_none() {
+        // A racing first insert of the same count is fine (`BPF_NOEXIST`: one wins).
+        let _ = ASSURED_COUNT.insert(k.ep_id, 0u64, BPF_NOEXIST);
+    }
+    if ASSURED_COUNT.get_ptr(k.ep_id).is_none() {
+        // The counts map is full: no count, no promotion (fail closed).
+        count(CTST_REFUSED);
+        return 0;
+    }
+    // SAFETY: the live LRU entry found by the lookup; copied before it is deleted.
+    let moved = unsafe { *v };
+    match ASSURED.insert(k, moved, BPF_NOEXIST) {
+        Ok(()) => {
+            charge(k.ep_id, 1);
+            let _ = CONNTRACK.remove(k);
+            count(CTST_PROMOTED);
+        }
+        // Another CPU promoted the same flow first: the LRU copy is stale.
+        Err(e) if e == -EEXIST => {
+            let _ = CONNTRACK.remove(k);
+        }
+        // The tier is full (its `max_entries`, the per-node bound).
+        Err(_) => count(CTST_REFUSED),
+    }
+    0
+}
