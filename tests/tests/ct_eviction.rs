@@ -15,8 +15,9 @@
 //! - nothing else opens: a SYN or a UDP datagram that policy does not admit stays dropped, also
 //!   one that looks like a reply of an admitted flow.
 //!
-//! Run against main's eBPF object from before the assured tier, the UDP datagram after the
-//! flood never arrives: the flood test fails at step 4.
+//! Run with promotion disabled in the eBPF object (every flow stays in the LRU tier, as before
+//! the assured tier), the UDP datagram after the flood never arrives: the flood test fails at
+//! step 4 (checked once by hand, with step 2's check of the tier removed).
 
 #[path = "common/metrics.rs"]
 mod metrics;
