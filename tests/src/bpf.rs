@@ -244,6 +244,7 @@ impl Datapath {
             ports: open(dir, maps::PORTS)?,
             hosts: open(dir, maps::HOST_ADDRS)?,
             conntrack: open(dir, maps::CONNTRACK)?,
+            assured: open(dir, maps::ASSURED)?,
             stats: open(dir, maps::STATS)?,
             config: open(dir, maps::CONFIG)?,
             services: open(dir, maps::SERVICES)?,
