@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
     assured::{ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, CTST_SLOTS},
@@ -48,7 +48,6 @@ use palisade_tests::bpf::{
 use palisade_tests::lab::netns::in_netns;
 use palisade_tests::lab::{Lab, LabConfig};
 use palisade_tests::require_privileges;
-use serde_json::Value;
 use tier1::*;
 
 /// x/a: ingress from namespace y on 8080 (TCP and UDP), egress isolated with nothing allowed.
@@ -195,22 +194,6 @@ fn flood(from_ns: &str, targets: &[IpAddr], ports: u16) -> Result<(u64, Duration
             .sum::<Result<u64>>()
     })?;
     Ok((flows, start.elapsed()))
-}
-
-/// `palisadectl flows ARGS` until one matches (the agent reads events asynchronously), at
-/// most 15 s.
-fn wait_flow(lab: &Lab, args: &[&str]) -> Result<Value> {
-    let t = Instant::now();
-    loop {
-        let flows = lab.agent(0).context("agent")?.flows(args)?;
-        if let Some(f) = flows.into_iter().last() {
-            return Ok(f);
-        }
-        if t.elapsed() > Duration::from_secs(15) {
-            bail!("no flow for `palisadectl flows {}`", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Tier 1 (the real programs on crafted frames, `BPF_PROG_TEST_RUN`): the restore rule case
@@ -561,8 +544,8 @@ fn privileged_an_evicting_flood_cuts_no_flow_that_has_seen_its_reply() -> Result
         ("z/b", "TCP"),
         ("z/b", "UDP"),
     ] {
-        let f = wait_flow(
-            &lab,
+        // The last such flow (`--last 1`), as soon as there is one.
+        let f = lab.wait_flow(
             &[
                 "--from-pod",
                 from,
@@ -570,12 +553,13 @@ fn privileged_an_evicting_flood_cuts_no_flow_that_has_seen_its_reply() -> Result
                 proto,
                 "--verdict",
                 "DROPPED",
+                "--last",
+                "1",
             ],
+            "dropped",
+            |_| true,
         )?;
-        ensure!(
-            f["flow"]["reason"] == "default_deny",
-            "{proto} from {from}: {f}"
-        );
+        ensure!(f["reason"] == "default_deny", "{proto} from {from}: {f}");
     }
 
     // 2. y/b connects to x/a:8080 (admitted), one roundtrip, then the connection idles; and

@@ -54,6 +54,53 @@ fn ctl(lab: &Lab, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `palisadectl explain FROM TO 80/TCP` on node 0, polled until the answer names `name`: `wait`
+/// answers with the generation applied so far while the directory source may still be
+/// rescanning off the agent's loop (main 7de0d35), so the test waits on the condition itself
+/// (the answer is given after the loop compiled and wrote the maps, on the same loop).
+fn explain_naming(lab: &Lab, from: &str, to: &str, name: &str) -> (i32, String, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, out, err) = ctl(lab, &["explain", from, to, "80/TCP"]);
+        if out.contains(name) || std::time::Instant::now() > deadline {
+            return (code, out, err);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The agent's answer for FROM -> TO 80/TCP (JSON), after checking that the offline answer
+/// (`--manifests` on the directory the agent reads) is the same, exit status included.
+fn agent_answer_equal_to_offline(
+    lab: &Lab,
+    manifests: &str,
+    from: &str,
+    to: &str,
+) -> serde_json::Value {
+    let (agent_code, agent, _) = ctl(lab, &["explain", from, to, "80/TCP", "-o", "json"]);
+    let (code, offline, err) = ctl(
+        lab,
+        &[
+            "explain",
+            from,
+            to,
+            "80/TCP",
+            "-o",
+            "json",
+            "--manifests",
+            manifests,
+        ],
+    );
+    assert_eq!(code, agent_code, "{offline}{err}");
+    let agent: serde_json::Value = serde_json::from_str(&agent).expect("JSON answer");
+    let offline: serde_json::Value = serde_json::from_str(&offline).expect("JSON answer");
+    assert_eq!(
+        offline, agent,
+        "{from} -> {to}: offline and agent answers differ"
+    );
+    agent
+}
+
 #[test]
 fn privileged_explain_against_the_agent_is_what_packets_then_do() {
     if !require_privileges("privileged_explain_against_the_agent_is_what_packets_then_do") {
@@ -93,18 +140,7 @@ fn privileged_explain_against_the_agent_is_what_packets_then_do() {
     lab.apply_yaml("policies", &format!("{FROM_B_ON_80}\n---\n{BY_NAME_LABEL}"))
         .expect("apply");
     lab.wait_synced().expect("agent enforces the policies");
-    // `palisadectl wait` answers with the generation applied so far while the directory
-    // source may still be rescanning off the agent's loop (main 7de0d35): wait on the
-    // condition itself, the agent's answer naming the policy (it is given after the loop
-    // compiled and wrote the maps, on the same loop).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let (code, out, err) = loop {
-        let (code, out, err) = ctl(&lab, &["explain", "x/b", "x/a", "80/TCP"]);
-        if out.contains("x/allow-from-b") || std::time::Instant::now() > deadline {
-            break (code, out, err);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (code, out, err) = explain_naming(&lab, "x/b", "x/a", "x/allow-from-b");
     lab.wait_synced().expect("agent enforces the policies");
 
     // The agent's answers.
@@ -134,27 +170,7 @@ fn privileged_explain_against_the_agent_is_what_packets_then_do() {
 
     // Offline from the directory the agent reads: the same answer as the agent's.
     for (from, to) in [("x/b", "x/a"), ("x/c", "x/a")] {
-        let (agent_code, agent, _) = ctl(&lab, &["explain", from, to, "80/TCP", "-o", "json"]);
-        let (code, offline, err) = ctl(
-            &lab,
-            &[
-                "explain",
-                from,
-                to,
-                "80/TCP",
-                "-o",
-                "json",
-                "--manifests",
-                &manifests,
-            ],
-        );
-        assert_eq!(code, agent_code, "{offline}{err}");
-        let agent: serde_json::Value = serde_json::from_str(&agent).expect("JSON answer");
-        let offline: serde_json::Value = serde_json::from_str(&offline).expect("JSON answer");
-        assert_eq!(
-            offline, agent,
-            "{from} -> {to}: offline and agent answers differ"
-        );
+        agent_answer_equal_to_offline(&lab, &manifests, from, to);
     }
 
     // Real packets, both families: x/b reaches x/a on TCP 80, x/c does not.
@@ -261,15 +277,7 @@ fn privileged_explain_names_the_cluster_network_policy_tier_that_decides() {
     let manifests = manifests.to_str().expect("utf-8 path").to_string();
     lab.apply_yaml("tiers", TIERS).expect("apply");
     lab.wait_synced().expect("agent enforces the policies");
-    // As above: wait for the agent's answer to name the policies (compiled on its loop).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let (code, out, err) = loop {
-        let (code, out, err) = ctl(&lab, &["explain", "z/a", "x/a", "80/TCP"]);
-        if out.contains("no-z-to-x") || std::time::Instant::now() > deadline {
-            break (code, out, err);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (code, out, err) = explain_naming(&lab, "z/a", "x/a", "no-z-to-x");
     assert_eq!(code, 1, "denied exits 1\n{out}{err}");
     assert!(
         out.contains(
@@ -292,27 +300,7 @@ fn privileged_explain_names_the_cluster_network_policy_tier_that_decides() {
         "{out}"
     );
     for (from, to) in [("z/a", "x/a"), ("y/a", "x/a"), ("x/a", "y/b")] {
-        let (agent_code, agent, _) = ctl(&lab, &["explain", from, to, "80/TCP", "-o", "json"]);
-        let (code, offline, err) = ctl(
-            &lab,
-            &[
-                "explain",
-                from,
-                to,
-                "80/TCP",
-                "-o",
-                "json",
-                "--manifests",
-                &manifests,
-            ],
-        );
-        assert_eq!(code, agent_code, "{offline}{err}");
-        let agent: serde_json::Value = serde_json::from_str(&agent).expect("JSON answer");
-        let offline: serde_json::Value = serde_json::from_str(&offline).expect("JSON answer");
-        assert_eq!(
-            offline, agent,
-            "{from} -> {to}: offline and agent answers differ"
-        );
+        let agent = agent_answer_equal_to_offline(&lab, &manifests, from, to);
         if from == "z/a" {
             let p = &agent["connections"][0]["ingress"]["policies"][0];
             assert_eq!(p["kind"], "ClusterNetworkPolicy", "{agent}");

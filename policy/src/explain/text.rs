@@ -186,54 +186,43 @@ fn action_name(a: RuleAction) -> &'static str {
     }
 }
 
+/// One rule's line. A NetworkPolicy rule allows (`ALLOWS`, or `would allow ... but an
+/// Admin-tier rule decided first`); a ClusterNetworkPolicy rule says what it did (`DENIES`,
+/// `ACCEPTS`, `PASSES to the next tier`, or that it matched after another decided) and carries
+/// its action where it does not match.
 fn rule(r: &RuleExplanation, peer_name: &str, every: bool) -> String {
-    if r.action != RuleAction::Allow {
-        return tier_rule(r, peer_name, every);
-    }
-    match (&r.peer_match, r.matches) {
-        (Some(peer), true) if every => format!(
-            "{} allows {}: {peer}; ports: {}",
-            r.path,
-            r.allowed_ports
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            r.ports
-        ),
-        (Some(peer), true) if !r.decides => format!(
-            "{} would allow: {peer}; port: {}; but an Admin-tier rule decided first",
-            r.path,
-            r.port_match.as_deref().unwrap_or("")
-        ),
-        (Some(peer), true) => format!(
-            "{} ALLOWS: {peer}; port: {}",
-            r.path,
-            r.port_match.as_deref().unwrap_or("")
-        ),
-        (Some(peer), false) => format!(
-            "{} does not match: {peer}, but its ports ({}) do not include this one",
-            r.path, r.ports
-        ),
-        (None, _) => format!(
-            "{} does not match: no peer names {peer_name} (peers: {})",
-            r.path, r.peers
-        ),
-    }
-}
-
-/// A ClusterNetworkPolicy rule: what it would do, whether it matches and whether it decided
-/// (a matching rule does not decide when an earlier rule or tier did).
-fn tier_rule(r: &RuleExplanation, peer_name: &str, every: bool) -> String {
     let action = action_name(r.action);
-    let outcome = match (r.decides, r.action) {
-        (true, RuleAction::Deny) => "DENIES".to_string(),
-        (true, _) => "ACCEPTS".to_string(),
-        (false, RuleAction::Pass) => "PASSES to the next tier".into(),
-        (false, _) => format!("matches ({action}), but an earlier rule decided first"),
+    let np = r.action == RuleAction::Allow;
+    // (with every port asked, with one port asked, tag of a non-matching rule, verb for peers)
+    let (every_verb, one_verb, tag, names) = if np {
+        let one = if r.decides {
+            "ALLOWS".to_string()
+        } else {
+            "would allow".to_string()
+        };
+        ("allows".to_string(), one, String::new(), "names")
+    } else {
+        let outcome = match (r.decides, r.action) {
+            (true, RuleAction::Deny) => "DENIES".to_string(),
+            (true, _) => "ACCEPTS".to_string(),
+            (false, RuleAction::Pass) => "PASSES to the next tier".into(),
+            (false, _) => format!("matches ({action}), but an earlier rule decided first"),
+        };
+        (
+            format!("{outcome} on"),
+            outcome,
+            format!(" ({action})"),
+            "includes",
+        )
+    };
+    let overridden = if np && !r.decides {
+        "; but an Admin-tier rule decided first"
+    } else {
+        ""
     };
     match (&r.peer_match, r.matches) {
         (Some(peer), true) if every => format!(
-            "{} {outcome} on {}: {peer}; ports: {}",
+            "{} {every_verb} {}: {peer}; ports: {}",
             r.path,
             r.allowed_ports
                 .as_ref()
@@ -242,16 +231,16 @@ fn tier_rule(r: &RuleExplanation, peer_name: &str, every: bool) -> String {
             r.ports
         ),
         (Some(peer), true) => format!(
-            "{} {outcome}: {peer}; port: {}",
+            "{} {one_verb}: {peer}; port: {}{overridden}",
             r.path,
             r.port_match.as_deref().unwrap_or("")
         ),
         (Some(peer), false) => format!(
-            "{} ({action}) does not match: {peer}, but its ports ({}) do not include this one",
+            "{}{tag} does not match: {peer}, but its ports ({}) do not include this one",
             r.path, r.ports
         ),
         (None, _) => format!(
-            "{} ({action}) does not match: no peer includes {peer_name} (peers: {})",
+            "{}{tag} does not match: no peer {names} {peer_name} (peers: {})",
             r.path, r.peers
         ),
     }
