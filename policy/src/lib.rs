@@ -46,6 +46,7 @@ mod compile;
 pub mod conformance;
 mod eval;
 pub mod explain;
+pub mod fqdn;
 pub mod lint;
 pub mod manifest;
 mod model;

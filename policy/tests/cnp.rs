@@ -3,7 +3,7 @@
 
 use palisade_common::DIR_INGRESS;
 use palisade_common::policy::RULE_DENY;
-use palisade_policy::cnp::ClusterNetworkPolicy;
+use palisade_policy::cnp::{ClusterNetworkPolicy, prepare_cluster_policy};
 use palisade_policy::conformance::model_cluster;
 use palisade_policy::{
     Endpoint, Evaluator, Outcome, PodKey, RuleId, RuleRegistry, compile, compiled_allows, describe,
@@ -332,5 +332,57 @@ spec:
             .as_ref()
             .expect("ingress")
             .default_allow
+    );
+}
+
+/// A `domainNames` entry the CRD's pattern rejects makes the policy invalid, named by field
+/// and value; a valid one in a Deny or Pass rule is reported as supported only in Accept rules.
+#[test]
+fn domain_names_are_validated_as_the_crd_does_and_named_in_problems() {
+    let p = cnp("
+metadata: {name: names}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - action: Accept
+    to: [{domainNames: ['api.example.com', 'a.*.example.com', 'com']}]");
+    let problems = prepare_cluster_policy(&p).expect_err("invalid names");
+    let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.egress[0].to[0].domainNames[1]",
+            "spec.egress[0].to[0].domainNames[2]"
+        ],
+        "{problems:?}"
+    );
+    assert!(
+        problems[0].message.contains("\"a.*.example.com\""),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].message.contains("at least two labels"),
+        "{problems:?}"
+    );
+
+    let p = cnp("
+metadata: {name: names}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - action: Deny
+    to: [{domainNames: ['*.Example.com.']}]");
+    let notices = validate_cluster_policy(&p);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0]
+            .message
+            .contains("only supported in Accept rules")
+            && notices[0].message.contains("denies all traffic"),
+        "{notices:?}"
     );
 }

@@ -9,6 +9,7 @@ use super::types::{
     ClusterNetworkPolicy, ClusterNetworkPolicyEgressPeer, ClusterNetworkPolicyIngressPeer,
     ClusterNetworkPolicyProtocol, ClusterNetworkPolicyProtocolPort, NamespacedPod,
 };
+use crate::fqdn::{DomainPattern, MAX_DOMAIN_NAMES};
 use crate::model::Protocol;
 use crate::prefix::Prefix;
 use crate::selector::Selector;
@@ -492,10 +493,28 @@ impl Validator {
             }
             raw.peers.push(CnpPeer::Networks(cidrs));
         } else if let Some(names) = p.domain_names {
-            raw.unenforceable.push((
-                format!("{pf}.domainNames"),
-                format!("{names:?}: domainNames peers are not supported yet"),
-            ));
+            let nf = format!("{pf}.domainNames");
+            if names.is_empty() || names.len() > MAX_DOMAIN_NAMES {
+                self.problem(
+                    &nf,
+                    format!(
+                        "{} names; between 1 and {MAX_DOMAIN_NAMES} are allowed",
+                        names.len()
+                    ),
+                );
+            }
+            for (k, n) in names.iter().enumerate() {
+                if let Err(e) = DomainPattern::parse(n) {
+                    self.problem(format!("{nf}[{k}]"), format!("{n:?} {e}"));
+                }
+            }
+            let why = match raw.action {
+                Some(Action::Accept) | None => "domainNames peers are not supported yet",
+                Some(Action::Deny | Action::Pass) => {
+                    "domainNames peers are only supported in Accept rules"
+                }
+            };
+            raw.unenforceable.push((nf, format!("{names:?}: {why}")));
         } else {
             // Upstream: a peer with no field set comes from a CRD newer than the implementation
             // (a peer kind it does not know); fail closed.
