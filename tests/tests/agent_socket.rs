@@ -22,7 +22,9 @@ use palisade_node_api::endpoint::EndpointRecord;
 use palisade_node_api::socket::{Request, Response, call};
 use palisade_tests::lab::{Agent, AgentBins};
 use palisade_tests::netns::{Netns, Node, wait_for};
-use palisade_tests::unprivileged::{SOCKET_PROBE, python_as_nobody};
+use palisade_tests::unprivileged::{
+    SOCKET_HOLDER, SOCKET_PROBE, python_as_nobody, spawn_python_as_nobody,
+};
 use serde_json::json;
 
 #[path = "common/cni.rs"]
@@ -52,6 +54,56 @@ fn as_nobody(sock: &Path, line: &serde_json::Value) -> Result<Response> {
     )?;
     ensure!(out["connect"] == "ok", "nobody could not connect: {out}");
     Ok(serde_json::from_value(out["answer"].clone())?)
+}
+
+/// Step 2b of the test below: `nobody` holds every connection it may (see there).
+fn holders_hold_nothing_root_needs(
+    node: &Node,
+    sock: &Path,
+    cfg: &[u8],
+    bound: Duration,
+) -> Result<()> {
+    use std::io::BufRead;
+    let follow = json!({ "op": "flows", "query": { "follow": true } }).to_string();
+    let mut holder = spawn_python_as_nobody(
+        SOCKET_HOLDER,
+        &[sock.to_str().unwrap_or_default(), "80", &follow, "8"],
+    )?;
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().context("holder stdout")?).read_line(&mut line)?;
+    let held: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("holder said {line:?}"))?;
+    eprintln!("nobody's 80 follow streams: {held}");
+    let checked = (|| -> Result<()> {
+        ensure!(
+            held["held"] == 8,
+            "nobody holds more than the follower limit: {held}"
+        );
+        let answers = held["answers"].as_object().context("answers")?;
+        let limit = answers
+            .get("the agent already serves 8 flows --follow streams (its limit)")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        let busy = answers.get("busy").and_then(|v| v.as_u64()).unwrap_or(0);
+        ensure!(limit >= 1 && limit + busy == 72, "{held}");
+        // Root's status and a pod's whole CNI ADD (which asks the agent) while nobody holds.
+        ensure!(call(sock, &Request::Status, Duration::from_secs(10))?.ok);
+        let pod = Netns::new("c")?;
+        ok_json(&run_bounded(
+            &inv(node, "ADD", "sock3", Some(&pod.path)),
+            cfg,
+            bound,
+        )?)?;
+        ok_empty(&run_bounded(
+            &inv(node, "DEL", "sock3", Some(&pod.path)),
+            cfg,
+            bound,
+        )?)?;
+        Ok(())
+    })();
+    drop(holder.stdin.take());
+    holder.wait()?;
+    checked
 }
 
 #[test]
@@ -129,6 +181,12 @@ fn privileged_the_agent_socket_lets_only_root_change_endpoints_and_bounds_reques
         );
     }
     ensure!(listed(&agent)? == ["default/web"], "{}", agent.endpoints()?);
+
+    // 2b. Nobody opens 80 `flows --follow` streams (which last): 8 are followed (the limit),
+    //     the others are answered at once (refused: the follower limit, or busy past the 48
+    //     slots of users other than root); root's requests and a CNI ADD still go through.
+    //     (0.1 let them hold all 64 slots: every ADD of the node waited forever.)
+    holders_hold_nothing_root_needs(&node, &sock, &cfg, bound)?;
 
     // 3. Root's requests are checked too: an add must match the plugin's record and name the
     //    plugin's veth of that attachment; a del of a live veth keeps the pod enforced.

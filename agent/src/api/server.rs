@@ -13,8 +13,13 @@
 //!   plugin wrote under the state directory (0600 in a 0700 directory), and names the
 //!   plugin's host veth of that attachment ([`super::veth`]);
 //! - a request line may hold at most `MAX_REQUEST_BYTES` and must arrive within
-//!   [`REQUEST_TIMEOUT`]; at most [`MAX_CONNECTIONS`] are served at once; accept errors
-//!   (EMFILE, ENFILE) back off instead of spinning.
+//!   [`REQUEST_TIMEOUT`]; an answer line must be taken within it too (a client that stops
+//!   reading is dropped); accept errors (EMFILE, ENFILE) back off instead of spinning;
+//! - at most [`MAX_CONNECTIONS`] are served at once, of which [`RESERVED_FOR_ROOT`] only for
+//!   root (or the agent's uid): other users holding every slot they may take cannot hold up
+//!   the plugin's `add` and `del` (a pod would not start); one over is answered "busy" at once;
+//! - at most [`MAX_FOLLOWERS`] `flows --follow` streams (which last until the client goes) at
+//!   once, whoever asks; one over is refused with the reason.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use palisade_node_api::endpoint::{self, EndpointRecord};
 use palisade_node_api::socket::MAX_REQUEST_BYTES;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, UCred};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -38,8 +44,45 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// What is still read (and dropped) from a client after its answer, at most.
 const DRAIN_BYTES: u64 = 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(1);
-/// Connections served at once; the next ones wait in the listen backlog.
+/// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Of those, slots only root (or the agent's uid) may take, so that the plugin's requests are
+/// served however many connections other users hold.
+pub const RESERVED_FOR_ROOT: usize = 16;
+/// `flows --follow` streams at once (they hold their connection slot until the client goes).
+/// Fewer than [`RESERVED_FOR_ROOT`]: root's own followers leave root slots free.
+pub const MAX_FOLLOWERS: usize = 8;
+
+/// The connection slots (see the module's text).
+struct Slots {
+    /// Anyone's: `MAX_CONNECTIONS - RESERVED_FOR_ROOT`.
+    shared: Arc<Semaphore>,
+    /// Root's only.
+    reserved: Arc<Semaphore>,
+    followers: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn new() -> Self {
+        Slots {
+            shared: Arc::new(Semaphore::new(MAX_CONNECTIONS - RESERVED_FOR_ROOT)),
+            reserved: Arc::new(Semaphore::new(RESERVED_FOR_ROOT)),
+            followers: Arc::new(Semaphore::new(MAX_FOLLOWERS)),
+        }
+    }
+
+    /// A slot for a peer: a shared one if free; for root a reserved one, waited for if all are
+    /// taken (root's clients are the plugin and the operator); for others `None` (busy).
+    async fn take(&self, root: bool) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.shared.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if !root {
+            return None;
+        }
+        self.reserved.clone().acquire_owned().await.ok()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -109,7 +152,8 @@ pub fn bind(path: &Path, group: Option<nix::unistd::Gid>) -> Result<UnixListener
     UnixListener::from_std(listener).map_err(io("registering", path))
 }
 
-/// Whether a peer may change what is enforced (`add`, `del`): root, or the agent's own uid.
+/// Whether a peer may change what is enforced (`add`, `del`), and may take the slots reserved
+/// for root: root, or the agent's own uid.
 fn may_change(peer: Option<&UCred>) -> Result<(), String> {
     let me = nix::unistd::geteuid().as_raw();
     match peer {
@@ -195,13 +239,14 @@ async fn answer(
 }
 
 async fn serve_one(
-    stream: tokio::net::UnixStream,
+    stream: UnixStream,
+    peer: Option<UCred>,
     tx: mpsc::Sender<Job>,
     state_dir: Arc<Path>,
     hub: Arc<Hub>,
+    followers: Arc<Semaphore>,
 ) {
-    let peer = stream.peer_cred().ok();
-    let (rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     let resp = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut rd)).await {
         Err(_) => Response::err(format!(
@@ -209,11 +254,27 @@ async fn serve_one(
         )),
         Ok(Err(why)) => Response::err(why),
         // Streamed here, off the agent's loop, for as long as the client reads.
-        Ok(Ok(Request::Flows { query })) => {
+        Ok(Ok(Request::Flows { query })) if !query.follow => {
             return crate::observe::serve_flows(&hub, query, wr).await;
         }
+        Ok(Ok(Request::Flows { query })) => match followers.try_acquire_owned() {
+            Ok(_following) => return crate::observe::serve_flows(&hub, query, wr).await,
+            Err(_) => Response::err(format!(
+                "the agent already serves {MAX_FOLLOWERS} flows --follow streams (its limit): \
+                 stop one, or ask without --follow"
+            )),
+        },
         Ok(Ok(req)) => answer(req, peer, &tx, &state_dir).await,
     };
+    finish(rd, wr, &resp).await;
+}
+
+/// Sends `resp` as the connection's last line and closes it.
+async fn finish(
+    mut rd: BufReader<OwnedReadHalf>,
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    resp: &Response,
+) {
     let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
     out.push('\n');
     match tokio::time::timeout(REQUEST_TIMEOUT, wr.write_all(out.as_bytes())).await {
@@ -243,11 +304,25 @@ pub async fn serve(
     hub: Arc<Hub>,
 ) {
     let state_dir: Arc<Path> = state_dir.into();
+    let slots = Arc::new(Slots::new());
     let accept = || async { listener.accept().await.map(|(s, _)| s) };
-    accept_loop(accept, |stream, slot| {
-        let (tx, state_dir, hub) = (tx.clone(), state_dir.clone(), hub.clone());
+    accept_loop(accept, |stream| {
+        let (tx, state_dir, hub, slots) =
+            (tx.clone(), state_dir.clone(), hub.clone(), slots.clone());
         tokio::spawn(async move {
-            serve_one(stream, tx, state_dir, hub).await;
+            let peer = stream.peer_cred().ok();
+            let Some(slot) = slots.take(may_change(peer.as_ref()).is_ok()).await else {
+                let (rd, wr) = stream.into_split();
+                let busy = Response::err(format!(
+                    "busy: the agent serves at most {} connections of users other than root \
+                     at once; try again",
+                    MAX_CONNECTIONS - RESERVED_FOR_ROOT
+                ));
+                finish(BufReader::new(rd), wr, &busy).await;
+                return;
+            };
+            let followers = slots.followers.clone();
+            serve_one(stream, peer, tx, state_dir, hub, followers).await;
             drop(slot);
         });
     })
@@ -257,24 +332,22 @@ pub async fn serve(
 /// First and longest wait after a failed accept.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-/// Takes a connection slot, then a connection from `accept`, and hands both to `handle`. A
-/// failed accept (EMFILE, ENFILE, ENOBUFS: the pending connection stays in the backlog, so
-/// retrying at once would spin a core) waits before the next try, doubling up to a second.
+/// Takes connections from `accept` and hands each to `handle` (which takes its slot: a
+/// connection over the limit is answered "busy" and closed at once, so accepting does not
+/// wait for slots). A failed accept (EMFILE, ENFILE, ENOBUFS: the pending connection stays in
+/// the backlog, so retrying at once would spin a core) waits before the next try, doubling up
+/// to a second.
 async fn accept_loop<S, A, F>(mut accept: impl FnMut() -> A, mut handle: F)
 where
     A: std::future::Future<Output = std::io::Result<S>>,
-    F: FnMut(S, OwnedSemaphorePermit),
+    F: FnMut(S),
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match accept().await {
             Ok(stream) => {
                 backoff = ACCEPT_BACKOFF.0;
-                handle(stream, slot);
+                handle(stream);
             }
             Err(e) => {
                 tracing::warn!("accept on the agent socket: {e}; retrying in {backoff:?}");
@@ -307,7 +380,7 @@ mod tests {
                 }
             }
         };
-        let handle = |(), _slot| {
+        let handle = |()| {
             served.fetch_add(1, Ordering::Relaxed);
         };
         let failing = Duration::from_millis(1500);
@@ -335,5 +408,33 @@ mod tests {
         let looped = tokio::time::timeout(failing, accept_loop(accept, handle));
         assert!(looped.await.is_err());
         assert_eq!(served.load(Ordering::Relaxed), 1);
+    }
+
+    /// Threat: users other than root hold every connection they may open (e.g. `flows
+    /// --follow` streams, which last): root still gets a slot, at once while reserved ones are
+    /// free, and others are refused rather than queued.
+    #[tokio::test]
+    async fn others_cannot_take_the_slots_reserved_for_root() {
+        let slots = Slots::new();
+        let mut held = Vec::new();
+        while let Some(p) = slots.take(false).await {
+            held.push(p);
+        }
+        assert_eq!(held.len(), MAX_CONNECTIONS - RESERVED_FOR_ROOT);
+        for _ in 0..RESERVED_FOR_ROOT {
+            let root = tokio::time::timeout(Duration::from_secs(1), slots.take(true)).await;
+            held.push(root.expect("root waited").expect("root slot"));
+        }
+        assert!(slots.take(false).await.is_none(), "others still refused");
+        // All taken: root waits for one (it is not refused), and gets the first freed.
+        let waiting = slots.take(true);
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err()
+        );
+        held.pop();
+        assert!(waiting.await.is_some());
     }
 }

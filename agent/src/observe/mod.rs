@@ -207,10 +207,16 @@ where
 {
     use crate::api::Response;
     use tokio::io::AsyncWriteExt;
+    /// False when the client is gone, or took no line within the socket's request timeout (a
+    /// client that stops reading must not hold its connection slot forever).
     async fn send<W: tokio::io::AsyncWrite + Unpin>(wr: &mut W, r: &Response) -> bool {
         let mut line = serde_json::to_string(r).unwrap_or_else(|_| "{\"ok\":false}".into());
         line.push('\n');
-        wr.write_all(line.as_bytes()).await.is_ok()
+        let timeout = crate::api::server::REQUEST_TIMEOUT;
+        matches!(
+            tokio::time::timeout(timeout, wr.write_all(line.as_bytes())).await,
+            Ok(Ok(()))
+        )
     }
     if let Err(e) = q.validate() {
         send(&mut wr, &Response::err(e)).await;
