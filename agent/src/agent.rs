@@ -469,6 +469,14 @@ impl Agent {
                     history: self.observe.history_len(),
                 }
             },
+            conntrack: {
+                let [assured_promoted, assured_refused, assured_reaped] = self.dp.assured_counts();
+                crate::status::ConntrackCounts {
+                    assured_promoted,
+                    assured_refused,
+                    assured_reaped,
+                }
+            },
         }
     }
 

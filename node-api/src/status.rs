@@ -32,6 +32,22 @@ pub struct Status {
     /// Flow events of the datapath (docs/observability.md).
     #[serde(default)]
     pub flow_events: FlowEventCounts,
+    /// The assured conntrack tier (docs/security.md, "Conntrack eviction").
+    #[serde(default)]
+    pub conntrack: ConntrackCounts,
+}
+
+/// What the assured conntrack tier did since the maps were created: flows that saw their
+/// first reply move there, where no other pod's flood can evict them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackCounts {
+    pub assured_promoted: u64,
+    /// Promotions refused because the endpoint's budget (or the tier) was full: those flows
+    /// stay in the shared table, where a flood can evict them. Above zero, some pod holds many
+    /// long-lived flows; see `palisade_conntrack_assured_refused_total`.
+    pub assured_refused: u64,
+    /// Expired assured entries the datapath deleted when it met them.
+    pub assured_reaped: u64,
 }
 
 /// What became of the datapath's flow events.

@@ -667,6 +667,15 @@ fn privileged_an_evicting_flood_cuts_no_flow_that_has_seen_its_reply() -> Result
         "metrics: promoted {promoted}, refused {refused}, {} entries {entries}",
         maps::ASSURED
     );
+    // `palisadectl status` says the same (a refusal there is how an operator learns that some
+    // pod's flows stay evictable).
+    let status: serde_json::Value =
+        serde_json::from_str(&lab.agent(0).context("agent")?.status()?)?;
+    let ct = &status["conntrack"];
+    ensure!(
+        ct["assured_promoted"].as_u64() >= Some(2) && ct["assured_refused"] == 0,
+        "palisadectl status conntrack: {ct}"
+    );
     client.write_all(b"again")?;
     ensure!(receives(&mut server, b"again"), "roundtrip after the flood");
     server.write_all(b"ok")?;

@@ -547,8 +547,20 @@ impl Datapath {
 
     /// Flow event counters (`EVSTAT_*` slots, summed over CPUs).
     pub fn event_counts(&self) -> [u64; 3] {
-        let mut out = [0; 3];
-        let Ok(md) = MapData::from_pin(self.maps_dir.join(maps::EVENT_STATS)) else {
+        self.per_cpu_sums(maps::EVENT_STATS)
+    }
+
+    /// The assured conntrack tier's counters (`pal_ctst_v1`): promoted, refused (the endpoint's
+    /// budget or the tier was full), reaped (`CTST_*` order).
+    pub fn assured_counts(&self) -> [u64; 3] {
+        self.per_cpu_sums(maps::ASSURED_STATS)
+    }
+
+    /// Slots `0..N` of a pinned per-CPU u64 array, each summed over CPUs (zeros if the map
+    /// cannot be read: these are reports, never decisions).
+    fn per_cpu_sums<const N: usize>(&self, map: &str) -> [u64; N] {
+        let mut out = [0; N];
+        let Ok(md) = MapData::from_pin(self.maps_dir.join(map)) else {
             return out;
         };
         let Ok(m) = PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(md)) else {
