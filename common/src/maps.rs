@@ -29,6 +29,9 @@ pub const PROG_TO_POD: &str = "to_pod";
 pub const PROG_FROM_POD: &str = "from_pod";
 /// TC egress of the node's uplink: judges Service traffic translated to a remote backend.
 pub const PROG_TO_UPLINK: &str = "to_uplink";
+/// Returns `TC_ACT_OK` and nothing else: the fixed cost of a TC program, for the benchmarks.
+/// The agent never attaches it.
+pub const PROG_PASS: &str = "pass";
 
 /// Default capacities (`max_entries` in the eBPF object). `palisade-agent --map-size` may
 /// create maps of other sizes (a map pinned with another size is replaced, see the agent's

@@ -30,7 +30,7 @@ use palisade_common::{
     conntrack::{CtKey, CtValue},
     endpoint::EndpointInfo,
     events::{EVSTAT_SLOTS, EventLimit, FlowEvent},
-    maps::{self, PROG_FROM_POD, PROG_TO_POD, PROG_TO_UPLINK},
+    maps::{self, PROG_FROM_POD, PROG_PASS, PROG_TO_POD, PROG_TO_UPLINK},
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
     stats::{Config, Counter, HostAddrKey, stats_index},
     verdict::Reason,
@@ -205,7 +205,7 @@ impl Datapath {
                     object.display()
                 )
             })?;
-        for name in [PROG_TO_POD, PROG_FROM_POD, PROG_TO_UPLINK] {
+        for name in [PROG_TO_POD, PROG_FROM_POD, PROG_TO_UPLINK, PROG_PASS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -494,10 +494,20 @@ impl Datapath {
     /// Runs `frame` through `prog` `repeat` times in the kernel and returns the mean time
     /// of one run, as `BPF_PROG_TEST_RUN` measures it.
     pub fn time_per_run(&self, prog: Prog, frame: &[u8], repeat: u32) -> Result<Duration> {
+        self.time_named(prog.name(), frame, repeat)
+    }
+
+    /// [`Self::time_per_run`] of the object's empty `pass` program (returns `TC_ACT_OK`,
+    /// counts nothing): the fixed cost of a TC program, for `cargo xtask bench prog`.
+    pub fn pass_time_per_run(&self, frame: &[u8], repeat: u32) -> Result<Duration> {
+        self.time_named(PROG_PASS, frame, repeat)
+    }
+
+    fn time_named(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Duration> {
         let p: &SchedClassifier = self
             .ebpf
-            .program(prog.name())
-            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
             .try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
@@ -508,7 +518,7 @@ impl Datapath {
         };
         let res = p
             .test_run(opts)
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
         Ok(res.duration)
     }
 

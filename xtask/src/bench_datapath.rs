@@ -34,6 +34,7 @@ use anyhow::{Context, Result, bail};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
 use palisade_tests::lab::{AgentMode, Lab, LabConfig};
 
+use palisade_common::maps::PROG_PASS;
 use palisade_tests::bpf::BpffsMount;
 use palisade_tests::netns::run as cmd_output;
 
@@ -685,7 +686,7 @@ impl EmptyTc {
             .load_file(object)
             .with_context(|| format!("loading {}", object.display()))?;
         let prog: &mut SchedClassifier = ebpf
-            .program_mut("pass")
+            .program_mut(PROG_PASS)
             .context("the eBPF object has no `pass` program (rebuild: cargo xtask build-ebpf)")?
             .try_into()?;
         prog.load().context("loading `pass`")?;
@@ -699,7 +700,7 @@ impl EmptyTc {
     fn attach(&mut self, topo: &Topo) -> Result<()> {
         let prog: &mut SchedClassifier = self
             .ebpf
-            .program_mut("pass")
+            .program_mut(PROG_PASS)
             .context("no `pass`")?
             .try_into()?;
         let veths = topo.veths.clone();
@@ -727,7 +728,7 @@ impl EmptyTc {
     fn detach(&mut self) -> Result<()> {
         let prog: &mut SchedClassifier = self
             .ebpf
-            .program_mut("pass")
+            .program_mut(PROG_PASS)
             .context("no `pass`")?
             .try_into()?;
         for id in self.links.drain(..) {
@@ -1265,7 +1266,7 @@ impl Report {
 }
 
 /// `git rev-parse HEAD` of the checkout (the binaries may include uncommitted changes).
-fn git_head() -> String {
+pub(crate) fn git_head() -> String {
     cmd_output(
         Command::new("git")
             .args(["rev-parse", "HEAD"])
@@ -1276,7 +1277,7 @@ fn git_head() -> String {
 }
 
 /// The first three fields of /proc/loadavg.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()

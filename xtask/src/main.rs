@@ -6,6 +6,7 @@
 mod bench_cni;
 mod bench_datapath;
 mod bench_policy;
+mod bench_prog;
 mod build;
 mod lab;
 mod test;
@@ -52,6 +53,9 @@ enum Bench {
     /// Per-packet cost pod to pod (TCP RR, CRR, stream): no filtering, an empty TC program,
     /// Palisade and iptables/ipset at 0 to 10,000 rules, interleaved.
     Datapath(bench_datapath::DatapathArgs),
+    /// Per-packet cost of each datapath path (established per hook, new allowed flow,
+    /// denied) in BPF_PROG_TEST_RUN, next to the empty TC program's.
+    Prog(bench_prog::ProgArgs),
 }
 
 fn main() -> Result<()> {
@@ -62,6 +66,7 @@ fn main() -> Result<()> {
         Cmd::Bench(Bench::Cni(a)) => bench_cni::run(&a),
         Cmd::Bench(Bench::Policy(a)) => bench_policy::run(&a),
         Cmd::Bench(Bench::Datapath(a)) => bench_datapath::run(&a),
+        Cmd::Bench(Bench::Prog(a)) => bench_prog::run(&a),
         Cmd::Lab(a) => lab::run_lab(&a),
         Cmd::Demo(a) => lab::run_demo(&a),
     }

@@ -1,0 +1,372 @@
+//! `cargo xtask bench prog`: the datapath programs' own cost per packet, measured by the
+//! kernel (`BPF_PROG_TEST_RUN`), next to the object's empty `pass` program in the same run.
+//!
+//! The object is loaded the way the tier-1 tests load it (`palisade_tests::bpf::Datapath`:
+//! private bpffs, test-sized conntrack), with one endpoint isolated both ways and a policy
+//! allowing the peer on TCP port 80 in both directions (two LPM lookups per policy question,
+//! as in the lab). Cases, each the mean over `--repeat` runs of one frame inside the kernel,
+//! median of `--reps` repetitions:
+//! - established, per hook: a packet of a tracked flow in the direction it was admitted
+//!   (`to_pod` for an inbound flow, `from_pod` for an outbound one) and a reply of it on the
+//!   other hook. The flow is admitted (and its first reply moves it to the assured tier)
+//!   before timing, so every timed run is the steady state;
+//! - new allowed flow: a SYN that policy admits and that is then tracked. A repeated run would
+//!   be established from its second run on, so each frame (its own source port) runs once
+//!   (`repeat = 1`, `--new-flows` frames); the `pass` row measured the same way gives that
+//!   mode's fixed cost (the kernel's timer around one run);
+//! - denied: a SYN to a port policy does not allow (never tracked; a drop event, rate
+//!   limited per flow, unless events are off).
+//!
+//! Every case is run with flow events on (the default) and off (`CFG_NO_FLOW_EVENTS`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use palisade_common::{
+    DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_INGRESS_ISOLATED, EndpointInfo},
+    packet::IPPROTO_TCP,
+    policy::{PORT_KEY_FULL_BITS, PolicyKey, PolicyValue, PortKey, PortValue, policy_prefixlen},
+    stats::{CFG_NO_FLOW_EVENTS, Config},
+    verdict::Reason,
+};
+use palisade_tests::bpf::{
+    Datapath, Prog, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
+    frame::{TCP_ACK, TCP_SYN, V4},
+};
+
+#[derive(clap::Args, Clone)]
+pub struct ProgArgs {
+    /// Runs of one frame per measurement (the kernel's mean).
+    #[arg(long, default_value_t = 200_000)]
+    pub repeat: u32,
+    /// Repetitions of every case (the median is reported, with min and max).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// New flows per repetition of the new-flow case (each its own frame, run once). At most
+    /// 3072 over all repetitions and both event settings, so the test-sized LRU (4096) never
+    /// evicts during it.
+    #[arg(long, default_value_t = 300)]
+    pub new_flows: u16,
+}
+
+const POD: [u8; 4] = [10, 0, 0, 2];
+const PEER: [u8; 4] = [10, 0, 1, 5];
+const EP_ID: u32 = 42;
+const POLICY_ID: u32 = 100;
+const PORTSET: u32 = 7;
+const ALLOWED_PORT: u16 = 80;
+const DENIED_PORT: u16 = 81;
+
+/// One row of the report: nanoseconds per packet (median, min, max over the repetitions).
+struct Row {
+    case: &'static str,
+    events: bool,
+    ns: Vec<f64>,
+}
+
+pub fn run(args: &ProgArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench prog loads BPF programs: run as root");
+    }
+    if args.reps == 0 || args.repeat == 0 || args.new_flows == 0 {
+        bail!("--reps, --repeat and --new-flows must be at least 1");
+    }
+    if args.new_flows as usize * args.reps * 2 > 3 * 4096 / 4 {
+        bail!("--new-flows x --reps x 2 (events on and off) must stay under 3072");
+    }
+    let object = palisade_tests::bpf_object();
+    let mut dp = Datapath::load().with_context(|| format!("loading {}", object.display()))?;
+    seed(&mut dp)?;
+    let mut rows = Vec::new();
+    let mut next_sport: u16 = 20_000;
+    for events in [true, false] {
+        let flags = if events { 0 } else { CFG_NO_FLOW_EVENTS };
+        dp.set_config(Config { flags, _pad: 0 })?;
+        let cases = cases(&dp, events)?;
+        let mut pass = Row {
+            case: "empty program (pass)",
+            events,
+            ns: Vec::new(),
+        };
+        let mut measured: Vec<Row> = cases
+            .iter()
+            .map(|c| Row {
+                case: c.name,
+                events,
+                ns: Vec::new(),
+            })
+            .collect();
+        let mut new_flow = Row {
+            case: "new allowed flow (to_pod SYN, run once each)",
+            events,
+            ns: Vec::new(),
+        };
+        let mut pass_once = Row {
+            case: "empty program, run once each",
+            events,
+            ns: Vec::new(),
+        };
+        for _ in 0..args.reps {
+            // Interleaved: every case once per repetition, so noise hits them alike.
+            pass.ns
+                .push(ns(dp.pass_time_per_run(&cases[0].frame, args.repeat)?));
+            for (c, row) in cases.iter().zip(measured.iter_mut()) {
+                row.ns
+                    .push(ns(dp.time_per_run(c.prog, &c.frame, args.repeat)?));
+            }
+            let (flow, once) = new_flows(&dp, &mut next_sport, args.new_flows)?;
+            new_flow.ns.push(flow);
+            pass_once.ns.push(once);
+        }
+        rows.push(pass);
+        rows.extend(measured);
+        rows.push(new_flow);
+        rows.push(pass_once);
+    }
+    print!("{}", report(&dp, &rows, args)?);
+    Ok(())
+}
+
+/// The endpoint, isolated both ways, and its policy: the peer on TCP/80, both directions.
+fn seed(dp: &mut Datapath) -> Result<()> {
+    dp.set_endpoint(
+        TEST_RUN_IFINDEX,
+        EndpointInfo {
+            ep_id: EP_ID,
+            policy_id: POLICY_ID,
+            policy_gen: POLICY_ID,
+            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED | EP_HAS_V4,
+            ipv4_be: POD,
+            ipv6_be: [0; 16],
+            _pad: 0,
+        },
+    )?;
+    let mut peer = [0u8; 16];
+    peer[..4].copy_from_slice(&PEER);
+    for dir in [DIR_INGRESS, DIR_EGRESS] {
+        let key = PolicyKey {
+            policy_id_be: POLICY_ID.to_be_bytes(),
+            dir,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+            addr_be: peer,
+        };
+        let value = PolicyValue {
+            flags: 0,
+            rule_ref: 0,
+            portset_id: PORTSET,
+            _pad: 0,
+        };
+        dp.add_policy(policy_prefixlen(32), key, value)?;
+    }
+    let port = PortKey {
+        portset_id_be: PORTSET.to_be_bytes(),
+        proto: IPPROTO_TCP,
+        port_be: ALLOWED_PORT.to_be_bytes(),
+        _pad: 0,
+    };
+    dp.add_port(PORT_KEY_FULL_BITS, port, PortValue { rule_ref: 1 })
+}
+
+fn inbound(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    V4::new(PEER, POD, IPPROTO_TCP).frame(&palisade_tests::bpf::frame::tcp(sport, dport, flags))
+}
+
+fn outbound(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    V4::new(POD, PEER, IPPROTO_TCP).frame(&palisade_tests::bpf::frame::tcp(sport, dport, flags))
+}
+
+struct Case {
+    name: &'static str,
+    prog: Prog,
+    frame: Vec<u8>,
+}
+
+/// The repeated cases, their flows admitted (and promoted) first; each frame checked once for
+/// the reason it is meant to measure.
+fn cases(dp: &Datapath, events: bool) -> Result<Vec<Case>> {
+    // Ports per events pass: the flows of the first pass are not reused by the second.
+    let base = if events { 40_000 } else { 41_000 };
+    let (in_client, out_client) = (base, base + 1);
+    let setup = [
+        (
+            Prog::ToPod,
+            inbound(in_client, ALLOWED_PORT, TCP_SYN),
+            Reason::POLICY_ALLOW,
+        ),
+        (
+            Prog::FromPod,
+            outbound(ALLOWED_PORT, in_client, TCP_SYN | TCP_ACK),
+            Reason::CT_REPLY,
+        ),
+        (
+            Prog::FromPod,
+            outbound(out_client, ALLOWED_PORT, TCP_SYN),
+            Reason::POLICY_ALLOW,
+        ),
+        (
+            Prog::ToPod,
+            inbound(ALLOWED_PORT, out_client, TCP_SYN | TCP_ACK),
+            Reason::CT_REPLY,
+        ),
+    ];
+    for (prog, frame, reason) in &setup {
+        check(dp, *prog, frame, *reason)?;
+    }
+    let cases = vec![
+        Case {
+            name: "established, to_pod (inbound flow)",
+            prog: Prog::ToPod,
+            frame: inbound(in_client, ALLOWED_PORT, TCP_ACK),
+        },
+        Case {
+            name: "reply, from_pod (inbound flow)",
+            prog: Prog::FromPod,
+            frame: outbound(ALLOWED_PORT, in_client, TCP_ACK),
+        },
+        Case {
+            name: "established, from_pod (outbound flow)",
+            prog: Prog::FromPod,
+            frame: outbound(out_client, ALLOWED_PORT, TCP_ACK),
+        },
+        Case {
+            name: "reply, to_pod (outbound flow)",
+            prog: Prog::ToPod,
+            frame: inbound(ALLOWED_PORT, out_client, TCP_ACK),
+        },
+        Case {
+            name: "denied, to_pod (SYN, port not allowed)",
+            prog: Prog::ToPod,
+            frame: inbound(base + 2, DENIED_PORT, TCP_SYN),
+        },
+    ];
+    for c in &cases {
+        let reason = match c.name {
+            n if n.starts_with("established") => Reason::CT_ESTABLISHED,
+            n if n.starts_with("reply") => Reason::CT_REPLY,
+            _ => Reason::DEFAULT_DENY,
+        };
+        check(dp, c.prog, &c.frame, reason)?;
+    }
+    if dp.assured()?.len() < 2 {
+        bail!("the admitted flows did not move to the assured tier at their first reply");
+    }
+    Ok(cases)
+}
+
+fn check(dp: &Datapath, prog: Prog, frame: &[u8], reason: Reason) -> Result<()> {
+    let o = dp.run(prog, frame)?;
+    let action = if reason.is_drop() {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    };
+    if o.reason != reason || o.action != action {
+        bail!(
+            "{}: expected {} (action {action}), got {} (action {})",
+            prog.name(),
+            reason.name(),
+            o.reason.name(),
+            o.action
+        );
+    }
+    Ok(())
+}
+
+/// `n` new allowed flows (SYNs from fresh source ports), each run once: (mean ns of a new
+/// flow, mean ns of the `pass` program run once on the same frames).
+fn new_flows(dp: &Datapath, next_sport: &mut u16, n: u16) -> Result<(f64, f64)> {
+    let before = dp.conntrack()?.len();
+    let (mut flow, mut once) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..n {
+        let f = inbound(*next_sport, ALLOWED_PORT, TCP_SYN);
+        *next_sport = next_sport.wrapping_add(1);
+        once += dp.pass_time_per_run(&f, 1)?;
+        flow += dp.time_per_run(Prog::ToPod, &f, 1)?;
+    }
+    let tracked = dp.conntrack()?.len() - before;
+    if tracked != n as usize {
+        bail!("{n} new flows timed, {tracked} tracked (the LRU evicted, or a flow was denied)");
+    }
+    Ok((ns(flow) / n as f64, ns(once) / n as f64))
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn report(dp: &Datapath, rows: &[Row], args: &ProgArgs) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let commit = crate::bench_datapath::git_head();
+    writeln!(
+        out,
+        "bench prog: BPF_PROG_TEST_RUN, ns per packet, median (min-max) of {} reps; \
+         repeat {} (new flows: {} frames run once each); object {}; commit {commit}; load {}",
+        args.reps,
+        args.repeat,
+        args.new_flows,
+        palisade_tests::bpf_object().display(),
+        crate::bench_datapath::loadavg()
+    )?;
+    for events in [true, false] {
+        writeln!(
+            out,
+            "\nflow events {}:",
+            if events { "on (default)" } else { "off" }
+        )?;
+        let group: Vec<&Row> = rows.iter().filter(|r| r.events == events).collect();
+        let pass = group
+            .iter()
+            .find(|r| r.case.starts_with("empty program (pass)"))
+            .map(|r| stats(&r.ns).0)
+            .unwrap_or(0.0);
+        let pass_once = group
+            .iter()
+            .find(|r| r.case.starts_with("empty program, run once"))
+            .map(|r| stats(&r.ns).0)
+            .unwrap_or(0.0);
+        writeln!(
+            out,
+            "  {:<46} {:>8} {:>17} {:>12}",
+            "case", "ns", "(min-max)", "minus empty"
+        )?;
+        for r in group {
+            let (med, lo, hi) = stats(&r.ns);
+            let empty = if r.case.contains("run once") {
+                pass_once
+            } else {
+                pass
+            };
+            writeln!(
+                out,
+                "  {:<46} {med:>8.1} {:>17} {:>12.1}",
+                r.case,
+                format!("({lo:.1}-{hi:.1})"),
+                med - empty
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "\nprogram sizes (verified instructions, translated bytes):"
+    )?;
+    for prog in [Prog::ToPod, Prog::FromPod, Prog::ToUplink] {
+        let (verified, xlated) = dp.program_size(prog)?;
+        writeln!(
+            out,
+            "  {:<10} {:>9} {:>9}",
+            prog.name(),
+            verified.map_or("?".into(), |v| v.to_string()),
+            xlated.map_or("?".into(), |v| v.to_string())
+        )?;
+    }
+    Ok(out)
+}
