@@ -46,7 +46,9 @@ pub const CT_REVOKED: u32 = 1 << 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_ns()` of the last packet.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE: CLOCK_MONOTONIC at the last
+    /// tick) of a recent packet: a packet rewrites it only when it is `CT_REFRESH_NS` old
+    /// (`ct_needs_refresh`) or when it changes the flags.
     pub last_seen_ns: u64,
     /// The endpoint's `policy_gen` when the flow was admitted or last re-checked. When the
     /// endpoint's policy changes, the next packet of the flow is re-checked against the new
@@ -81,6 +83,32 @@ pub fn icmp_error_addressed_to_sender(outer_daddr: &[u8; 16], inner_saddr: &[u8;
 pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
+
+/// How old `CtValue::last_seen_ns` may be before a packet of the flow rewrites it. Packets of
+/// a busy flow then leave its entry (its cache line, shared by every CPU the flow's packets
+/// run on) untouched between refreshes; an entry can expire up to this much earlier than its
+/// idle timeout after its last packet (1 s of the shortest timeout, 10 s).
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Age of an entry last seen at `seen`, at `now` (both CLOCK_MONOTONIC nanoseconds). A `seen`
+/// ahead of `now` by less than `CT_REFRESH_NS` is age 0: the datapath stamps with the coarse
+/// clock, which lags the precise clock user space stamps with by up to a tick. Further ahead
+/// (not written by a clock): the age wraps to a huge value and the entry counts as expired.
+#[inline(always)]
+pub fn ct_age_ns(now: u64, seen: u64) -> u64 {
+    let age = now.wrapping_sub(seen);
+    if age > u64::MAX - CT_REFRESH_NS {
+        0
+    } else {
+        age
+    }
+}
+
+/// Whether a packet at `now` rewrites the timestamp `seen` of its entry.
+#[inline(always)]
+pub fn ct_needs_refresh(now: u64, seen: u64) -> bool {
+    ct_age_ns(now, seen) >= CT_REFRESH_NS
+}
 
 /// Idle timeout of an entry of protocol `proto` with `flags` (both tiers; the datapath and the
 /// agent's sweep of the assured tier apply the same one).
@@ -121,3 +149,28 @@ pub struct FragValue {
     pub dport_be: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_is_zero_for_a_stamp_slightly_ahead_and_huge_for_one_far_ahead() {
+        let now = 50 * CT_REFRESH_NS;
+        assert_eq!(ct_age_ns(now, now - 7), 7);
+        // The coarse clock of the datapath lags user space's precise one by up to a tick.
+        assert_eq!(ct_age_ns(now, now + 4_000_000), 0);
+        assert_eq!(ct_age_ns(now, now + CT_REFRESH_NS - 1), 0);
+        // Not a clock's value: expired under every timeout (fail closed).
+        assert!(ct_age_ns(now, now + 2 * CT_REFRESH_NS) > CT_TIMEOUT_TCP_NS);
+    }
+
+    #[test]
+    fn a_packet_rewrites_the_stamp_only_once_it_is_a_refresh_interval_old() {
+        let seen = 10 * CT_REFRESH_NS;
+        assert!(!ct_needs_refresh(seen, seen));
+        assert!(!ct_needs_refresh(seen + CT_REFRESH_NS - 1, seen));
+        assert!(ct_needs_refresh(seen + CT_REFRESH_NS, seen));
+        assert!(!ct_needs_refresh(seen - 1000, seen));
+    }
+}

@@ -9,12 +9,20 @@
 //! have seen a reply; nothing evicts them) and `pal_ct_v1` (the LRU, every other flow). An
 //! entry is in exactly one of them; every lookup asks the assured tier first (the packets of
 //! established flows, most packets, find their entry with one lookup), then the LRU.
+//!
+//! A packet asks first for the tuple it most likely belongs to (`reply_first`): its own, or
+//! the reversed one when it comes from the lower port (a server's reply). The order never
+//! changes the answer (a packet's own flow and the flow it replies to are never both live:
+//! a packet that would admit the one finds the other and is its reply; only the first packets
+//! of both, racing on two CPUs, can admit both, and either answer passes them), only how many
+//! lookups a reply costs.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS,
     conntrack::{
-        CtKey, CtValue, FragKey, FragValue, icmp_error_addressed_to_sender, idle_timeout_ns,
+        CtKey, CtValue, FragKey, FragValue, ct_age_ns, icmp_error_addressed_to_sender,
+        idle_timeout_ns,
     },
     decide::CtMatch,
 };
@@ -34,10 +42,13 @@ pub fn other_dir(dir: u8) -> u8 {
     }
 }
 
+/// The conntrack clock: CLOCK_MONOTONIC as of the last tick. Idle timeouts are seconds, so a
+/// tick's precision is plenty, and it is a memory read where `bpf_ktime_get_ns` reads the
+/// clock source.
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: plain helper call.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Key of `t` admitted in `dir` at endpoint `ep_id`.
@@ -84,7 +95,7 @@ fn live(k: &CtKey, now: u64) -> Option<*mut CtValue> {
     if let Some(v) = ASSURED.get_ptr_mut(k) {
         // SAFETY: map value pointer returned by the kernel, valid for this program run.
         let (seen, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
-        if now.wrapping_sub(seen) <= timeout(k.proto, flags) {
+        if ct_age_ns(now, seen) <= timeout(k.proto, flags) {
             return Some(v);
         }
         assured::reap(k);
@@ -92,7 +103,7 @@ fn live(k: &CtKey, now: u64) -> Option<*mut CtValue> {
     let v = CONNTRACK.get_ptr_mut(k)?;
     // SAFETY: map value pointer returned by the kernel, valid for this program run.
     let (seen, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
-    if now.wrapping_sub(seen) > timeout(k.proto, flags) {
+    if ct_age_ns(now, seen) > timeout(k.proto, flags) {
         return None;
     }
     Some(v)
@@ -115,7 +126,17 @@ pub fn ct_match(code: u8) -> CtMatch {
     }
 }
 
-/// Looks the packet up:
+/// Whether a packet is more likely a reply than a packet of a flow admitted in its own
+/// direction: it comes from the lower port (clients pick ephemeral ports, 32768 and up on
+/// Linux, above the ports servers listen on). An ICMP echo reply (source "port" 0, see
+/// `palisade_common::conntrack`) is one too.
+#[inline(always)]
+fn reply_first(t: &Tuple) -> bool {
+    u16::from_be_bytes(t.sport) < u16::from_be_bytes(t.dport)
+}
+
+/// Looks the packet up (1 and 2 in the `reply_first` order: only the number of lookups
+/// differs):
 /// 1. its own tuple admitted in its own direction: `CT_ESTABLISHED`;
 /// 2. its reversed tuple admitted in the other direction: `CT_REPLY`;
 /// 3. for an ICMP error addressed to the embedded packet's source
@@ -145,15 +166,26 @@ pub fn lookup(ep_id: u32, dir: u8, pkt: &Packet, now: u64, key: &mut CtKey) -> (
         *key = self::key(ep_id, dir, &pkt.t);
         return (CT_NEW, core::ptr::null_mut());
     }
-    *key = self::key(ep_id, dir, &pkt.t);
-    if let Some(v) = live(key, now) {
-        return (CT_ESTABLISHED, v);
+    if reply_first(&pkt.t) {
+        *key = reversed_key(ep_id, other, &pkt.t);
+        if let Some(v) = live(key, now) {
+            return (CT_REPLY, v);
+        }
+        *key = self::key(ep_id, dir, &pkt.t);
+        if let Some(v) = live(key, now) {
+            return (CT_ESTABLISHED, v);
+        }
+    } else {
+        *key = self::key(ep_id, dir, &pkt.t);
+        if let Some(v) = live(key, now) {
+            return (CT_ESTABLISHED, v);
+        }
+        *key = reversed_key(ep_id, other, &pkt.t);
+        if let Some(v) = live(key, now) {
+            return (CT_REPLY, v);
+        }
+        *key = self::key(ep_id, dir, &pkt.t);
     }
-    *key = reversed_key(ep_id, other, &pkt.t);
-    if let Some(v) = live(key, now) {
-        return (CT_REPLY, v);
-    }
-    *key = self::key(ep_id, dir, &pkt.t);
     (CT_NEW, core::ptr::null_mut())
 }
 

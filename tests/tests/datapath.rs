@@ -896,7 +896,7 @@ fn privileged_idle_flows_expire_by_protocol_and_closing_state() {
     ) else {
         return;
     };
-    use palisade_common::conntrack::{CT_CLOSING, CtValue};
+    use palisade_common::conntrack::{CT_CLOSING, CT_REFRESH_NS, CtValue};
     let now = palisade_tests::bpf::ktime_now_ns().expect("clock");
     let aged = |secs: u64, flags: u32| CtValue {
         last_seen_ns: now.saturating_sub(secs * 1_000_000_000),
@@ -921,13 +921,76 @@ fn privileged_idle_flows_expire_by_protocol_and_closing_state() {
     expect(&dp, Prog::ToPod, &tcp(2), Reason::DEFAULT_DENY);
     expect(&dp, Prog::ToPod, &udp(3), Reason::CT_ESTABLISHED);
     expect(&dp, Prog::ToPod, &udp(4), Reason::DEFAULT_DENY);
-    // A passing packet refreshes the entry.
+    // A passing packet refreshes the entry (staged 30 s old: older than `CT_REFRESH_NS`).
+    // The datapath stamps with the coarse clock, up to a tick behind `now`.
     let ct = dp.conntrack().expect("reading conntrack");
     let e = ct
         .iter()
         .find(|(k, _)| k.sport_be == 1u16.to_be_bytes())
         .expect("flow 1");
-    assert!(e.1.last_seen_ns >= now);
+    assert!(e.1.last_seen_ns > now - CT_REFRESH_NS);
+}
+
+/// A packet of a tracked flow rewrites the entry's timestamp only once it is `CT_REFRESH_NS`
+/// old (a busy flow leaves its entry's cache line alone), and its flags whenever they change
+/// (a FIN's closing state, with the timestamp, at once).
+#[test]
+fn privileged_tracked_packets_rewrite_their_entry_only_when_stale_or_changed() {
+    let Some(mut dp) = setup(
+        "privileged_tracked_packets_rewrite_their_entry_only_when_stale_or_changed",
+        EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    use palisade_common::conntrack::{CT_CLOSING, CT_REFRESH_NS, CtValue};
+    let now = palisade_tests::bpf::ktime_now_ns().expect("clock");
+    let staged = |age: u64| CtValue {
+        last_seen_ns: now - age,
+        policy_gen: POLICY_A,
+        flags: 0,
+        rule_ref: 0,
+        _pad: 0,
+    };
+    dp.set_conntrack(ct_entry(IPPROTO_TCP, 1, 80), staged(CT_REFRESH_NS / 2))
+        .expect("staging flow");
+    dp.set_conntrack(ct_entry(IPPROTO_TCP, 2, 80), staged(2 * CT_REFRESH_NS))
+        .expect("staging flow");
+    let seg = |sport, flags| V4::new(PEER4, POD4, IPPROTO_TCP).frame(&frame::tcp(sport, 80, flags));
+    expect(&dp, Prog::ToPod, &seg(1, TCP_ACK), Reason::CT_ESTABLISHED);
+    expect(&dp, Prog::ToPod, &seg(2, TCP_ACK), Reason::CT_ESTABLISHED);
+    let entry = |dp: &Datapath, sport: u16| {
+        dp.conntrack()
+            .expect("reading conntrack")
+            .into_iter()
+            .find(|(k, _)| k.sport_be == sport.to_be_bytes())
+            .expect("tracked flow")
+            .1
+    };
+    assert_eq!(
+        entry(&dp, 1).last_seen_ns,
+        now - CT_REFRESH_NS / 2,
+        "a fresh entry is not rewritten"
+    );
+    assert!(
+        entry(&dp, 2).last_seen_ns > now - CT_REFRESH_NS,
+        "a stale entry is refreshed"
+    );
+    expect(
+        &dp,
+        Prog::ToPod,
+        &seg(1, TCP_ACK | TCP_FIN),
+        Reason::CT_ESTABLISHED,
+    );
+    let e = entry(&dp, 1);
+    assert_ne!(
+        e.flags & CT_CLOSING,
+        0,
+        "the FIN's closing state is written"
+    );
+    assert!(
+        e.last_seen_ns > now - CT_REFRESH_NS / 2,
+        "with the timestamp"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
-use palisade_common::conntrack::{CtKey, CtValue, idle_timeout_ns};
+use palisade_common::conntrack::{CtKey, CtValue, ct_age_ns, idle_timeout_ns};
 use palisade_common::endpoint::EndpointInfo;
 use palisade_common::maps;
 
@@ -40,7 +40,7 @@ pub struct Swept {
 pub fn goes(k: &CtKey, v: &CtValue, now_ns: u64, live_eps: &BTreeSet<u32>) -> Option<&'static str> {
     if !live_eps.contains(&k.ep_id) {
         Some("orphaned")
-    } else if now_ns.wrapping_sub(v.last_seen_ns) > idle_timeout_ns(k.proto, v.flags) {
+    } else if ct_age_ns(now_ns, v.last_seen_ns) > idle_timeout_ns(k.proto, v.flags) {
         Some("expired")
     } else {
         None
@@ -72,7 +72,8 @@ pub fn recount(
 }
 
 fn now_ns() -> u64 {
-    // `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
+    // The datapath stamps entries with `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC as of the
+    // last tick (`ct_age_ns` takes the lag).
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

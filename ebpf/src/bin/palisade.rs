@@ -22,7 +22,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
-    conntrack::{CT_CLOSING, CT_REVOKED, CT_SEEN_REPLY, CT_SERVICE},
+    conntrack::{CT_CLOSING, CT_REVOKED, CT_SEEN_REPLY, CT_SERVICE, ct_needs_refresh},
     decide::{CtMatch, Facts, decide, restorable, restore, tcp_mid_stream},
     endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
     neighbor::is_link_local,
@@ -257,7 +257,8 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 ///    `CT_SERVICE` flow is never re-checked: its egress is judged on its translated packets.
 /// 8. `decide` (palisade_common::decide) gives the verdict; then the state follows it: a
 ///    passing new flow is tracked (and a first fragment's ports recorded), a tracked flow is
-///    refreshed (and re-stamped with the current policy), a flow the new policy forbids is
+///    refreshed (its timestamp once it is `CT_REFRESH_NS` old, its flags when they change;
+///    re-stamped with the current policy after a re-check), a flow the new policy forbids is
 ///    marked `CT_REVOKED` (its later packets are cut the same way); a flow's first reply
 ///    moves it into the assured tier, within its endpoint's budget (`assured::promote`).
 /// 9. Deny path only: a mid-stream TCP segment dropped by policy as new may be the reply of a
@@ -347,7 +348,11 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
         if service {
             if ct != CT_NEW {
                 // SAFETY: as above.
-                unsafe { (*value).last_seen_ns = now };
+                unsafe {
+                    if ct_needs_refresh(now, (*value).last_seen_ns) {
+                        (*value).last_seen_ns = now;
+                    }
+                }
             } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
                 conntrack::insert(key, now, ep.policy_gen, 0, CT_SERVICE)
                     .map_err(|_| Reason::INTERNAL_ERROR)?;
@@ -434,13 +439,20 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
                 (*value).rule_ref = v.rule_ref;
                 (*value).flags &= !CT_REVOKED;
             }
+            // Written only when something changes, the timestamp only once it is
+            // `CT_REFRESH_NS` old: the packets of a busy flow leave its entry's cache line
+            // alone.
             if ct != CT_RELATED {
-                (*value).last_seen_ns = now;
                 let mut flags = (*value).flags | closing;
                 if ct == CT_REPLY {
                     flags |= CT_SEEN_REPLY;
                 }
-                (*value).flags = flags;
+                if flags != (*value).flags {
+                    (*value).flags = flags;
+                    (*value).last_seen_ns = now;
+                } else if ct_needs_refresh(now, (*value).last_seen_ns) {
+                    (*value).last_seen_ns = now;
+                }
             }
         }
         // The flow's first reply: both ends talk, the flow moves to the assured tier
