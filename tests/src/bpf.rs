@@ -1,16 +1,22 @@
 //! Loading the datapath object, seeding its maps, running crafted frames through it
 //! (`BPF_PROG_TEST_RUN`) and attaching it to a veth.
 //!
-//! Tier 1 (no namespace): [`Datapath::load`] loads `target/bpf/palisade.bpf.o` with its maps
-//! pinned in a private bpffs instance ([`BpffsMount`], unmounted on drop), so parallel tests
-//! never share a map. [`Datapath::run`] runs `to_pod`/`from_pod` on a frame and returns the
+//! Tier 1 (no namespace): [`Datapath::load`] loads `target/bpf/palisade.bpf.o` through the
+//! agent's own loader (`palisade_agent::datapath::object`) with its maps pinned in a private
+//! bpffs instance ([`BpffsMount`], unmounted on drop), so parallel tests never share a map. [`Datapath::run`] runs `to_pod`/`from_pod` on a frame and returns the
 //! TC action and the reason the program counted. `BPF_PROG_TEST_RUN` without a context runs
 //! the program on an skb whose device is the caller's loopback (the kernel's
 //! `bpf_prog_test_run_skb` only looks a device up when `ctx_in.ifindex > 1`), so
 //! `skb->ifindex` is [`TEST_RUN_IFINDEX`]: seed the endpoint under that key.
 //!
 //! Tier 2: [`attach_pod_programs`] attaches both programs to a host-side veth inside a
-//! network namespace, the way the agent does.
+//! network namespace, with the same hooks as the agent. It is not the agent's attach
+//! (`palisade_agent::datapath::Datapath::attach`) because that one belongs to the agent's
+//! `Datapath`, which takes the typed maps out of the object (the harness reads and writes
+//! every map by name) and pins each link under its bpffs so that it outlives the process (a
+//! test's links must go with the test's object), and it names interfaces in the caller's
+//! namespace (the harness attaches from a thread inside the node's). The agent's attach is
+//! proven by the lab tests, which run the agent itself.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -18,13 +24,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{
         Array, HashMap, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
 };
+use palisade_agent::map_sizes::MapSizes;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS,
     conntrack::{CtKey, CtValue},
@@ -191,30 +198,34 @@ impl Datapath {
     }
 
     /// Loads the object pinning its maps in `pins` (maps already pinned there are reused, as
-    /// across agent restarts).
+    /// across agent restarts), through the agent's own loader
+    /// ([`palisade_agent::datapath::object::load`]: same pinning, same layout check of pinned
+    /// maps, sizes set the way `--map-size` sets them). Unlike the agent's
+    /// [`palisade_agent::datapath::Datapath::open`] it attaches nothing, starts no logger and
+    /// leaves the maps in the object: a tier-1 test runs the programs on crafted frames and
+    /// reads or writes any map by name.
     pub fn load_pinned(pins: BpffsMount) -> Result<Self> {
         let object = crate::bpf_object();
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pins.path())
-            .map_max_entries(maps::CONNTRACK, TEST_CT_ENTRIES)
-            .map_max_entries(maps::FRAGMENTS, TEST_FRAG_ENTRIES)
-            .load_file(&object)
-            .with_context(|| {
-                format!(
-                    "loading {} (built by `cargo xtask build-ebpf`)",
-                    object.display()
-                )
-            })?;
-        for name in [PROG_TO_POD, PROG_FROM_POD, PROG_TO_UPLINK, PROG_PASS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()
-                .with_context(|| format!("{name} is not a classifier"))?;
-            prog.load()
-                .with_context(|| format!("loading (verifying) {name}"))?;
-        }
-        Ok(Datapath { ebpf, pins })
+        let sizes = MapSizes::new([
+            (maps::CONNTRACK.to_string(), TEST_CT_ENTRIES),
+            (maps::FRAGMENTS.to_string(), TEST_FRAG_ENTRIES),
+        ]);
+        let loaded = palisade_agent::datapath::object::load(
+            &object,
+            pins.path(),
+            &sizes,
+            &[PROG_TO_POD, PROG_FROM_POD, PROG_TO_UPLINK, PROG_PASS],
+        )
+        .with_context(|| {
+            format!(
+                "loading {} (built by `cargo xtask build-ebpf`)",
+                object.display()
+            )
+        })?;
+        Ok(Datapath {
+            ebpf: loaded.ebpf,
+            pins,
+        })
     }
 
     /// The bpffs the maps are pinned in.

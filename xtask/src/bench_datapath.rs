@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+use palisade_agent::map_sizes::MapSizes;
 use palisade_tests::lab::{AgentMode, Lab, LabConfig};
 
 use palisade_common::maps::PROG_PASS;
@@ -679,19 +680,23 @@ struct EmptyTc {
 
 impl EmptyTc {
     fn load(object: &Path) -> Result<Self> {
-        // The object's maps declare pinning: give them a private bpffs.
+        // The object's maps declare pinning: give them a private bpffs. Loaded the agent's
+        // way (`palisade_agent::datapath::object`), but only `pass` is loaded and attached.
         let bpffs = BpffsMount::new()?;
-        let mut ebpf = aya::EbpfLoader::new()
-            .default_map_pin_directory(bpffs.path())
-            .load_file(object)
-            .with_context(|| format!("loading {}", object.display()))?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROG_PASS)
-            .context("the eBPF object has no `pass` program (rebuild: cargo xtask build-ebpf)")?
-            .try_into()?;
-        prog.load().context("loading `pass`")?;
+        let loaded = palisade_agent::datapath::object::load(
+            object,
+            bpffs.path(),
+            &MapSizes::default(),
+            &[PROG_PASS],
+        )
+        .with_context(|| {
+            format!(
+                "loading {} and its `pass` program (rebuild: cargo xtask build-ebpf)",
+                object.display()
+            )
+        })?;
         Ok(EmptyTc {
-            ebpf,
+            ebpf: loaded.ebpf,
             links: Vec::new(),
             _bpffs: bpffs,
         })

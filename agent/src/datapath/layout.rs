@@ -22,9 +22,11 @@ use std::path::{Path, PathBuf};
 
 use aya::Pod;
 use aya::maps::{HashMap, Map, MapData, MapInfo};
+use palisade_common::conntrack::{CtKey, CtValue};
+use palisade_common::endpoint::EndpointInfo;
 use palisade_common::maps;
 
-use super::{DatapathError, Maps};
+use super::DatapathError;
 use crate::map_sizes::MapSizes;
 use crate::status::Problem;
 
@@ -187,15 +189,19 @@ pub fn unpin_mismatched(
     Ok(out)
 }
 
-/// Copies the entries of the replaced maps that were kept open into the new ones (step 2).
-pub fn copy_entries(replaced: &mut [Replaced], new: &mut Maps) {
+/// Copies the entries of the replaced maps that were kept open into the new ones the loader
+/// created in their place (step 2).
+pub fn copy_entries(replaced: &mut [Replaced], new: &mut aya::Ebpf) {
     for r in replaced.iter_mut() {
         let Some(old) = r.old.take() else { continue };
+        let Some(new) = new.map_mut(&r.name) else {
+            continue;
+        };
         let copied = match r.name.as_str() {
-            maps::CONNTRACK => copy(old, &mut new.conntrack),
-            // The counts are not copied: the sweep (`ct_sweep`) recounts what was copied.
-            maps::ASSURED => copy(old, &mut new.assured),
-            maps::ENDPOINTS => copy(old, &mut new.endpoints),
+            // The counts are not copied: the sweep (`ct_sweep`) recounts what the assured tier
+            // holds.
+            maps::CONNTRACK | maps::ASSURED => copy::<CtKey, CtValue>(old, new),
+            maps::ENDPOINTS => copy::<u32, EndpointInfo>(old, new),
             _ => None,
         };
         r.copied = copied;
@@ -206,9 +212,10 @@ pub fn copy_entries(replaced: &mut [Replaced], new: &mut Maps) {
 }
 
 /// Copies every entry of `old` into `new`, as far as `new` has room: (copied, found).
-fn copy<K: Pod, V: Pod>(old: MapData, new: &mut HashMap<MapData, K, V>) -> Option<(usize, usize)> {
+fn copy<K: Pod, V: Pod>(old: MapData, new: &mut Map) -> Option<(usize, usize)> {
     let old = Map::from_map_data(old).ok()?;
     let old: HashMap<MapData, K, V> = HashMap::try_from(old).ok()?;
+    let mut new: HashMap<&mut MapData, K, V> = HashMap::try_from(new).ok()?;
     let (mut copied, mut found) = (0, 0);
     for entry in old.iter() {
         let Ok((k, v)) = entry else { continue };

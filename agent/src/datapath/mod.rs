@@ -11,8 +11,9 @@
 //!   agent process. A restarted agent swaps its freshly loaded program into the existing link
 //!   with `bpf_link_update` (atomic: the hook is never empty).
 //!
-//! Modules: `bpffs` (mounting one when none is there), `layout` (pinned maps checked against
-//! the object before they are adopted), `links` (links held open as well as pinned) and
+//! Modules: `bpffs` (mounting one when none is there), `object` (the loader the agent shares
+//! with the test harness and the bench), `layout` (pinned maps checked against the object
+//! before they are adopted), `links` (links held open as well as pinned) and
 //! `integrity` (the periodic check that notices lost pins, a lost bpffs or a detached link,
 //! and restores them).
 
@@ -21,6 +22,7 @@ pub mod ct_sweep;
 mod integrity;
 mod layout;
 mod links;
+pub mod object;
 
 pub use bpffs::BpffsError;
 pub use integrity::Check;
@@ -29,12 +31,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use aya::{Ebpf, EbpfLoader};
 
 use crate::map_sizes::MapSizes;
 use palisade_common::conntrack::{CtKey, CtValue};
@@ -179,7 +181,8 @@ const HOOKS: [(&str, TcAttachType); 2] = [
     (maps::PROG_TO_POD, TcAttachType::Egress),
 ];
 
-const PROGRAMS: [&str; 3] = [maps::PROG_FROM_POD, maps::PROG_TO_POD, maps::PROG_TO_UPLINK];
+/// The datapath's programs, each loaded by [`object::load`] at open.
+pub const PROGRAMS: [&str; 3] = [maps::PROG_FROM_POD, maps::PROG_TO_POD, maps::PROG_TO_UPLINK];
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
@@ -236,29 +239,11 @@ impl Datapath {
         let links_dir = bpffs.join("links");
         let uplink_links_dir = links_dir.join("uplink");
         create_dirs(&[&maps_dir, &links_dir, &uplink_links_dir])?;
-        let bytes = std::fs::read(object).map_err(|source| DatapathError::ReadObject {
-            path: object.to_path_buf(),
-            source,
-        })?;
-        let parsed =
-            aya_obj::Object::parse(&bytes).map_err(|source| DatapathError::ParseObject {
-                path: object.to_path_buf(),
-                source: Box::new(source),
-            })?;
-        // The sizes asked for are the layout expected: a map pinned with another size is
-        // replaced by one of that size, its entries copied (`layout`).
-        let expected = layout::expected(&parsed, sizes);
-        drop(parsed);
-        let mut replaced = layout::unpin_mismatched(&expected, &maps_dir)?;
-        let mut loader = EbpfLoader::new();
-        sizes.apply(&mut loader);
-        let mut ebpf = loader
-            .default_map_pin_directory(&maps_dir)
-            .load(&bytes)
-            .map_err(|source| DatapathError::Load {
-                path: object.to_path_buf(),
-                source: Box::new(source),
-            })?;
+        let object::Loaded {
+            mut ebpf,
+            pinned,
+            replaced,
+        } = object::load(object, &maps_dir, sizes, &PROGRAMS)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -268,24 +253,21 @@ impl Datapath {
         };
         let mut prog_ids = BTreeMap::new();
         for name in PROGRAMS {
-            let prog = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| DatapathError::LoadProgram { name, source })?;
-            if let Ok(info) = prog.info() {
+            if let Ok(info) = program(&mut ebpf, name)?.info() {
                 prog_ids.insert(name, info.id());
             }
         }
         let mut pinned_maps = Vec::new();
-        for name in expected.keys() {
-            let path = maps_dir.join(name);
+        for name in pinned {
+            let path = maps_dir.join(&name);
             let map =
                 aya::maps::MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
                     path: path.clone(),
                     source,
                 })?;
-            pinned_maps.push((name.clone(), map, links::inode_of(&path)));
+            pinned_maps.push((name, map, links::inode_of(&path)));
         }
-        let mut maps = Maps {
+        let maps = Maps {
             endpoints: take(&mut ebpf, maps::ENDPOINTS)?,
             policy: take(&mut ebpf, maps::POLICY)?,
             ports: take(&mut ebpf, maps::PORTS)?,
@@ -296,7 +278,6 @@ impl Datapath {
             config: take(&mut ebpf, maps::CONFIG)?,
             services: take(&mut ebpf, maps::SERVICES)?,
         };
-        layout::copy_entries(&mut replaced, &mut maps);
         at_start.extend(replaced.iter().map(layout::Replaced::problem));
         Ok(Datapath {
             ebpf,

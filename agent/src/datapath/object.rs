@@ -1,0 +1,75 @@
+//! Loading the eBPF object into the kernel: the one loader the agent ([`super::Datapath::open`]),
+//! the test harness (`palisade_tests::bpf::Datapath`) and `cargo xtask bench datapath` share,
+//! so what the tests and the bench run was loaded exactly as the agent loads it:
+//! 1. the object is read and parsed, and every map it pins by name is checked against the map
+//!    pinned under `maps_dir`, if any, with the capacities `sizes` sets (`layout`: a mismatched
+//!    pin is replaced);
+//! 2. the object is loaded with its maps pinned by name under `maps_dir` (reused when pinned
+//!    already) and sized by `sizes` (`--map-size`);
+//! 3. the entries of a replaced map whose kind is copied are copied into the new one;
+//! 4. the programs asked for are loaded (verified by the kernel), none attached.
+//!
+//! Attaching is the caller's: the agent attaches pinned TCX links (`links`); the tier-1 harness
+//! attaches nothing and runs the programs on crafted frames (`BPF_PROG_TEST_RUN`); the bench's
+//! empty-TC configuration attaches only the `pass` program.
+
+use std::path::Path;
+
+use aya::{Ebpf, EbpfLoader};
+
+use super::{DatapathError, Result, layout, program};
+use crate::map_sizes::MapSizes;
+
+/// The object loaded by [`load`].
+pub struct Loaded {
+    /// The object, its maps still in it (take the typed handles with `Ebpf::take_map`).
+    pub ebpf: Ebpf,
+    /// Names of the maps the object pins by name (each is pinned under `maps_dir`).
+    pub pinned: Vec<String>,
+    /// Pinned maps whose layout did not match the object's and that were replaced (their
+    /// entries already copied where that kind of map is copied): for the status.
+    pub replaced: Vec<layout::Replaced>,
+}
+
+/// Loads `object` with its maps pinned under `maps_dir` (which must exist, on a bpffs) and
+/// sized by `sizes`, and loads `programs` (see the module doc).
+pub fn load(
+    object: &Path,
+    maps_dir: &Path,
+    sizes: &MapSizes,
+    programs: &[&'static str],
+) -> Result<Loaded> {
+    let bytes = std::fs::read(object).map_err(|source| DatapathError::ReadObject {
+        path: object.to_path_buf(),
+        source,
+    })?;
+    let parsed = aya_obj::Object::parse(&bytes).map_err(|source| DatapathError::ParseObject {
+        path: object.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    // The sizes asked for are the layout expected: a map pinned with another size is
+    // replaced by one of that size, its entries copied (`layout`).
+    let expected = layout::expected(&parsed, sizes);
+    drop(parsed);
+    let mut replaced = layout::unpin_mismatched(&expected, maps_dir)?;
+    let mut loader = EbpfLoader::new();
+    sizes.apply(&mut loader);
+    let mut ebpf = loader
+        .default_map_pin_directory(maps_dir)
+        .load(&bytes)
+        .map_err(|source| DatapathError::Load {
+            path: object.to_path_buf(),
+            source: Box::new(source),
+        })?;
+    layout::copy_entries(&mut replaced, &mut ebpf);
+    for &name in programs {
+        program(&mut ebpf, name)?
+            .load()
+            .map_err(|source| DatapathError::LoadProgram { name, source })?;
+    }
+    Ok(Loaded {
+        ebpf,
+        pinned: expected.into_keys().collect(),
+        replaced,
+    })
+}
