@@ -2,9 +2,8 @@
 //! conformance assertion names. All are probed at once, one thread per (client, server,
 //! family), so a round costs the probe timeout once when anything is blocked.
 
-use std::net::IpAddr;
-
 use super::probe::{self, Target};
+use super::probing::in_parallel;
 use super::{Case, Family, Lab, LabError};
 
 /// One probe: from endpoint `from` to endpoint `to` (pod ids `ns/name` or outside hosts), on
@@ -46,71 +45,38 @@ impl Lab {
                 .ok_or_else(|| LabError::Config {
                     reason: format!("no endpoint {}", g.from),
                 })?;
-            let addr: IpAddr = self
-                .endpoint(&g.to)
-                .and_then(|(_, ips)| {
-                    ips.iter().copied().find(|a| match g.family {
-                        Family::V4 => a.is_ipv4(),
-                        Family::V6 => a.is_ipv6(),
-                    })
-                })
-                .ok_or_else(|| LabError::NoAddress {
-                    pod: g.to.clone(),
-                    family: g.family,
-                })?;
-            plan.push((
-                netns,
-                g.from.clone(),
-                Target {
-                    id: g.to.clone(),
-                    addr,
-                },
-                cases.clone(),
-            ));
+            let target = Target {
+                id: g.to.clone(),
+                addr: self.endpoint_addr(&g.to, g.family)?,
+            };
+            plan.push((netns, g.from.clone(), target, cases.clone()));
         }
         let timeout = self.config.probe_timeout;
         let seen = &self.sctp_seen;
-        let results: Vec<Result<Vec<(usize, bool)>, LabError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = plan
-                .iter()
-                .map(|(netns, from, target, cases)| {
-                    s.spawn(move || {
-                        let only: Vec<Case> = cases.iter().map(|(c, _)| *c).collect();
-                        let out = probe::probe_from(
-                            netns,
-                            from,
-                            std::slice::from_ref(target),
-                            &only,
-                            timeout,
-                            seen,
-                        )?;
-                        Ok(out
-                            .into_iter()
-                            .map(|o| {
-                                let i = cases
-                                    .iter()
-                                    .find(|(c, _)| *c == o.case)
-                                    .map_or(usize::MAX, |(_, i)| *i);
-                                (i, o.reachable)
-                            })
-                            .collect())
-                    })
-                })
-                .collect();
-            handles
+        let results = in_parallel(&plan, "probe", |(netns, from, target, cases)| {
+            let only: Vec<Case> = cases.iter().map(|(c, _)| *c).collect();
+            let out = probe::probe_from(
+                netns,
+                from,
+                std::slice::from_ref(target),
+                &only,
+                timeout,
+                seen,
+            )?;
+            Ok(out
                 .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(LabError::ThreadPanicked {
-                            what: "probe".into(),
-                        })
-                    })
+                .map(|o| {
+                    let i = cases
+                        .iter()
+                        .find(|(c, _)| *c == o.case)
+                        .map_or(usize::MAX, |(_, i)| *i);
+                    (i, o.reachable)
                 })
-                .collect()
-        });
+                .collect::<Vec<_>>())
+        })?;
         let mut answers = vec![false; pairs.len()];
         for r in results {
-            for (i, ok) in r? {
+            for (i, ok) in r {
                 if let Some(a) = answers.get_mut(i) {
                     *a = ok;
                 }

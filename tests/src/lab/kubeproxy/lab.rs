@@ -200,40 +200,10 @@ impl Lab {
                 .and_then(|s| s.ports.get(&c).copied())
                 .unwrap_or(c.port)
         };
-        let mut reach = Reachability::with_cases(&ids, cases, family, None);
-        let timeout = self.config.probe_timeout;
-        let seen = &self.sctp_seen;
-        let results: Vec<Result<(String, Vec<probe::Outcome>), LabError>> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = ids
-                    .iter()
-                    .map(|from| {
-                        let netns = self.pod_netns(from).unwrap_or_default();
-                        let (t, port_of) = (&probe_targets, &port_of);
-                        s.spawn(move || {
-                            probe::probe_from_mapped(netns, from, t, cases, timeout, seen, port_of)
-                                .map(|o| (from.clone(), o))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(LabError::ThreadPanicked {
-                                what: "service probe".into(),
-                            })
-                        })
-                    })
-                    .collect()
-            });
-        for r in results {
-            let (from, outcomes) = r?;
-            for o in outcomes {
-                reach.observe(o.case, &from, &o.to, o.reachable);
-            }
-        }
-        Ok(reach)
+        let (timeout, seen) = (self.config.probe_timeout, &self.sctp_seen);
+        self.probe_round(&ids, cases, family, "service probe", |netns, from| {
+            probe::probe_from_mapped(netns, from, &probe_targets, cases, timeout, seen, &port_of)
+        })
     }
 
     /// `count` new connections (TCP) or request/answer exchanges (UDP) at once from pod
