@@ -203,12 +203,7 @@ fn privileged_spoofed_sources_are_dropped_leaving_the_pod() {
         return;
     };
     // Even towards the node, which otherwise always passes.
-    dp.add_host(HostAddrKey {
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        addr_be: addr16(&NODE4),
-    })
-    .expect("seeding host");
+    seed_node_host(&mut dp);
     let forged = V4::new(OTHER4, NODE4, IPPROTO_TCP).frame(&frame::tcp(1, 10250, TCP_SYN));
     expect(&dp, Prog::FromPod, &forged, Reason::SPOOFED_SOURCE);
     let own = V4::new(POD4, NODE4, IPPROTO_TCP).frame(&frame::tcp(1, 10250, TCP_SYN));
@@ -666,12 +661,7 @@ fn privileged_icmp_error_about_a_tracked_flow_is_related() {
         return;
     };
     let query = V4::new(POD4, PEER4, IPPROTO_UDP).packet(&frame::udp(5353, 53, 8));
-    expect(
-        &dp,
-        Prog::FromPod,
-        &frame::eth(0x0800, &query),
-        Reason::NOT_ISOLATED,
-    );
+    expect_packet(&dp, Prog::FromPod, &query, Reason::NOT_ISOLATED);
     // Port unreachable from the peer, embedding the query.
     let unreach = V4::new(PEER4, POD4, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &query[..28]));
     expect(&dp, Prog::ToPod, &unreach, Reason::CT_RELATED);
@@ -687,12 +677,7 @@ fn privileged_icmp_error_about_a_tracked_flow_is_related() {
     expect(&dp, Prog::ToPod, &cut, Reason::DEFAULT_DENY);
     // ICMPv6 packet too big about a TCP flow.
     let syn6 = V6::new(POD6, PEER6, IPPROTO_TCP).packet(&frame::tcp(1000, 443, TCP_SYN));
-    expect(
-        &dp,
-        Prog::FromPod,
-        &frame::eth(0x86dd, &syn6),
-        Reason::NOT_ISOLATED,
-    );
+    expect_packet(&dp, Prog::FromPod, &syn6, Reason::NOT_ISOLATED);
     let ptb = V6::new(PEER6, POD6, IPPROTO_ICMPV6).frame(&frame::icmp(2, 0, &syn6[..48]));
     expect(&dp, Prog::ToPod, &ptb, Reason::CT_RELATED);
 }
@@ -769,12 +754,7 @@ fn privileged_node_addresses_pass_isolated_endpoints() {
     ) else {
         return;
     };
-    dp.add_host(HostAddrKey {
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        addr_be: addr16(&NODE4),
-    })
-    .expect("seeding host");
+    seed_node_host(&mut dp);
     expect(&dp, Prog::ToPod, &syn_in(NODE4, 8080), Reason::HOST);
     let out = V4::new(POD4, NODE4, IPPROTO_TCP).frame(&frame::tcp(8080, 3333, TCP_ACK));
     expect(&dp, Prog::FromPod, &out, Reason::HOST);
@@ -1003,12 +983,7 @@ fn privileged_icmp_errors_the_pod_sends_relate_to_its_inbound_flows() {
     };
     // The peer sends UDP to a closed port of the pod (admitted: ingress not isolated)...
     let probe = V4::new(PEER4, POD4, IPPROTO_UDP).packet(&frame::udp(7000, 9, 4));
-    expect(
-        &dp,
-        Prog::ToPod,
-        &frame::eth(0x0800, &probe),
-        Reason::NOT_ISOLATED,
-    );
+    expect_packet(&dp, Prog::ToPod, &probe, Reason::NOT_ISOLATED);
     // ...and the pod answers port unreachable: related, though egress is isolated.
     let unreach = V4::new(POD4, PEER4, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &probe[..28]));
     expect(&dp, Prog::FromPod, &unreach, Reason::CT_RELATED);

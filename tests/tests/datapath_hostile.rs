@@ -8,10 +8,8 @@ mod tier1;
 use tier1::*;
 
 use palisade_common::{
-    FAMILY_V4,
     endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED},
     packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP},
-    stats::HostAddrKey,
     verdict::Reason,
 };
 use palisade_tests::bpf::{
@@ -35,12 +33,7 @@ fn privileged_icmp_error_leaving_the_pod_relates_only_when_sent_to_the_flows_pee
         return;
     };
     let probe = V4::new(PEER4, POD4, IPPROTO_UDP).packet(&frame::udp(7000, 9, 4));
-    expect(
-        &dp,
-        Prog::ToPod,
-        &frame::eth(0x0800, &probe),
-        Reason::NOT_ISOLATED,
-    );
+    expect_packet(&dp, Prog::ToPod, &probe, Reason::NOT_ISOLATED);
     let mut body = probe[..28].to_vec();
     body.extend_from_slice(b"data for someone else");
     let tunnel = V4::new(POD4, OTHER4, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &body));
@@ -49,12 +42,7 @@ fn privileged_icmp_error_leaving_the_pod_relates_only_when_sent_to_the_flows_pee
     expect(&dp, Prog::FromPod, &real, Reason::CT_RELATED);
 
     let probe6 = V6::new(PEER6, POD6, IPPROTO_UDP).packet(&frame::udp(7000, 9, 4));
-    expect(
-        &dp,
-        Prog::ToPod,
-        &frame::eth(0x86dd, &probe6),
-        Reason::NOT_ISOLATED,
-    );
+    expect_packet(&dp, Prog::ToPod, &probe6, Reason::NOT_ISOLATED);
     let mut body6 = probe6[..48].to_vec();
     body6.extend_from_slice(b"data for someone else");
     let tunnel6 = V6::new(POD6, OTHER6, IPPROTO_ICMPV6).frame(&frame::icmp(1, 4, &body6));
@@ -65,12 +53,7 @@ fn privileged_icmp_error_leaving_the_pod_relates_only_when_sent_to_the_flows_pee
     let query = V4::new(POD4, PEER4, IPPROTO_UDP).packet(&frame::udp(5353, 53, 8));
     dp.set_endpoint(TEST_RUN_IFINDEX, endpoint(EP_INGRESS_ISOLATED, POLICY_A))
         .expect("switching isolation");
-    expect(
-        &dp,
-        Prog::FromPod,
-        &frame::eth(0x0800, &query),
-        Reason::NOT_ISOLATED,
-    );
+    expect_packet(&dp, Prog::FromPod, &query, Reason::NOT_ISOLATED);
     let answer = V4::new(PEER4, POD4, IPPROTO_UDP).packet(&frame::udp(53, 5353, 8));
     let about_reply = |to| V4::new(POD4, to, IPPROTO_ICMP).frame(&frame::icmp(3, 3, &answer[..28]));
     expect(&dp, Prog::FromPod, &about_reply(PEER4), Reason::CT_RELATED);
@@ -96,12 +79,7 @@ fn privileged_icmp_error_entering_the_pod_must_be_addressed_to_the_flows_source(
         return;
     };
     let query = V4::new(POD4, PEER4, IPPROTO_UDP).packet(&frame::udp(5353, 53, 8));
-    expect(
-        &dp,
-        Prog::FromPod,
-        &frame::eth(0x0800, &query),
-        Reason::NOT_ISOLATED,
-    );
+    expect_packet(&dp, Prog::FromPod, &query, Reason::NOT_ISOLATED);
     let from_router = V4::new(ROUTER4, POD4, IPPROTO_ICMP).frame(&frame::icmp(11, 0, &query[..28]));
     expect(&dp, Prog::ToPod, &from_router, Reason::CT_RELATED);
     let misaddressed =
@@ -128,12 +106,7 @@ fn privileged_router_messages_from_a_pod_are_dropped_and_neighbour_discovery_sta
     ) else {
         return;
     };
-    dp.add_host(HostAddrKey {
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        addr_be: addr16(&NODE4),
-    })
-    .expect("seeding host");
+    seed_node_host(&mut dp);
     let icmp6 = |src, dst, ty, body: &[u8]| {
         V6::new(src, dst, IPPROTO_ICMPV6).frame(&frame::icmp(ty, 0, body))
     };

@@ -14,52 +14,36 @@ use palisade_tests::lab::netns::in_netns;
 use palisade_tests::lab::{AgentMode, Lab, LabConfig, Protocol};
 use palisade_tests::require_privileges;
 
-/// One NodePort Service per backend pod, dual stack.
-const SERVICES: &str = "
-apiVersion: v1
+/// One NodePort Service per backend pod, dual stack: (name, namespace, pod, n) with cluster IPs
+/// `10.96.3.<n>` and `fd00:10:96::30<n>` and node port `3000<n>`.
+const SERVICES: [(&str, &str, &str, u8); 4] = [
+    ("np-xb", "x", "b", 1),
+    ("np-xc", "x", "c", 2),
+    ("np-ya", "y", "a", 3),
+    ("np-yb", "y", "b", 4),
+];
+
+fn services_yaml() -> String {
+    SERVICES
+        .iter()
+        .map(|(name, ns, pod, n)| {
+            format!(
+                "apiVersion: v1
 kind: Service
-metadata: {name: np-xb, namespace: x}
+metadata: {{name: {name}, namespace: {ns}}}
 spec:
   type: NodePort
-  selector: {pod: b}
+  selector: {{pod: {pod}}}
   ipFamilyPolicy: RequireDualStack
   ipFamilies: [IPv4, IPv6]
-  clusterIPs: [10.96.3.1, \"fd00:10:96::301\"]
-  ports: [{name: http, protocol: TCP, port: 80, targetPort: 80, nodePort: 30001}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: np-xc, namespace: x}
-spec:
-  type: NodePort
-  selector: {pod: c}
-  ipFamilyPolicy: RequireDualStack
-  ipFamilies: [IPv4, IPv6]
-  clusterIPs: [10.96.3.2, \"fd00:10:96::302\"]
-  ports: [{name: http, protocol: TCP, port: 80, targetPort: 80, nodePort: 30002}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: np-ya, namespace: y}
-spec:
-  type: NodePort
-  selector: {pod: a}
-  ipFamilyPolicy: RequireDualStack
-  ipFamilies: [IPv4, IPv6]
-  clusterIPs: [10.96.3.3, \"fd00:10:96::303\"]
-  ports: [{name: http, protocol: TCP, port: 80, targetPort: 80, nodePort: 30003}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: np-yb, namespace: y}
-spec:
-  type: NodePort
-  selector: {pod: b}
-  ipFamilyPolicy: RequireDualStack
-  ipFamilies: [IPv4, IPv6]
-  clusterIPs: [10.96.3.4, \"fd00:10:96::304\"]
-  ports: [{name: http, protocol: TCP, port: 80, targetPort: 80, nodePort: 30004}]
-";
+  clusterIPs: [10.96.3.{n}, \"fd00:10:96::30{n}\"]
+  ports: [{{name: http, protocol: TCP, port: 80, targetPort: 80, nodePort: 3000{n}}}]
+"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
 
 /// x/a may open TCP 80 to x/b and x/c only.
 const A_EGRESS: &str = "
@@ -127,7 +111,7 @@ fn privileged_nodeports_and_hostports_are_judged_after_translation() {
         ..LabConfig::default()
     })
     .expect("lab starts with the agents");
-    lab.apply_services("nodeports", SERVICES)
+    lab.apply_services("nodeports", &services_yaml())
         .expect("NodePort Services");
     lab.apply_yaml("a-egress", A_EGRESS).expect("policy");
     lab.wait_synced().expect("synced");

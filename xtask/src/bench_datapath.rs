@@ -95,14 +95,9 @@ enum Config {
 
 impl Config {
     fn label(self) -> String {
-        match self {
-            Config::Baseline => "baseline".into(),
-            Config::EmptyTc => "empty-tc".into(),
-            Config::Palisade(n) => format!("palisade/{n}"),
-            Config::PalisadeNoEvents(n) => format!("palisade-noevents/{n}"),
-            Config::IptStateless(n) => format!("ipt-stateless/{n}"),
-            Config::IptStateful(n) => format!("ipt-stateful/{n}"),
-            Config::Ipset(n) => format!("ipset/{n}"),
+        match self.rules() {
+            Some(n) => format!("{}/{n}", self.family()),
+            None => self.family().into(),
         }
     }
 
@@ -158,6 +153,14 @@ struct Metric {
 }
 
 impl Metric {
+    const fn new(name: &'static str, value: fn(&Sample) -> f64, higher_is_better: bool) -> Self {
+        Metric {
+            name,
+            value,
+            higher_is_better,
+        }
+    }
+
     fn ratio(&self, s: &Sample, base: &Sample) -> f64 {
         let (v, b) = ((self.value)(s), (self.value)(base));
         if self.higher_is_better { v / b } else { b / v }
@@ -165,26 +168,10 @@ impl Metric {
 }
 
 const METRICS: [Metric; 4] = [
-    Metric {
-        name: "TCP_RR",
-        value: |s| s.rr,
-        higher_is_better: true,
-    },
-    Metric {
-        name: "TCP_CRR",
-        value: |s| s.crr,
-        higher_is_better: true,
-    },
-    Metric {
-        name: "TCP_STREAM",
-        value: |s| s.stream_gbps,
-        higher_is_better: true,
-    },
-    Metric {
-        name: "PP_LAT",
-        value: |s| s.pp_p50_us,
-        higher_is_better: false,
-    },
+    Metric::new("TCP_RR", |s| s.rr, true),
+    Metric::new("TCP_CRR", |s| s.crr, true),
+    Metric::new("TCP_STREAM", |s| s.stream_gbps, true),
+    Metric::new("PP_LAT", |s| s.pp_p50_us, false),
 ];
 
 /// Everything the run needs about the lab.
@@ -556,12 +543,10 @@ fn policy_yaml(rules: usize, client: IpAddr) -> String {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n  ingress:\n",
     );
     for i in 0..rules {
-        let (hi, lo, port) = nonmatching(i);
+        let (cidr, port) = nonmatching(i);
         writeln!(
             y,
-            "  - from: [{{ipBlock: {{cidr: 198.{hi}.{}.{}/32}}}}]\n    ports: [{{port: {port}, protocol: UDP}}]",
-            lo >> 8,
-            lo & 0xff,
+            "  - from: [{{ipBlock: {{cidr: {cidr}}}}}]\n    ports: [{{port: {port}, protocol: UDP}}]",
         )
         .expect("writing to a String");
     }
@@ -569,11 +554,12 @@ fn policy_yaml(rules: usize, client: IpAddr) -> String {
     y
 }
 
-/// The i-th non-matching rule: 198.<hi>.<lo>/32, UDP port.
-fn nonmatching(i: usize) -> (u32, u32, u32) {
+/// The i-th non-matching rule: its source `198.<hi>.<lo>/32` (in 198.18.0.0/15) and UDP port,
+/// the same in the policy and in every firewall configuration.
+fn nonmatching(i: usize) -> (String, u32) {
+    let (hi, lo) = (18 + (i >> 16) as u32, (i & 0xffff) as u32);
     (
-        18 + (i >> 16) as u32,
-        (i & 0xffff) as u32,
+        format!("198.{hi}.{}.{}/32", lo >> 8, lo & 0xff),
         1000 + (i % 50_000) as u32,
     )
 }
@@ -605,14 +591,8 @@ impl Firewall {
                 (rules + 1).max(65536)
             );
             for i in 0..rules {
-                let (hi, lo, port) = nonmatching(i);
-                writeln!(
-                    s,
-                    "add {SET} 198.{hi}.{}.{}/32,udp:{port}",
-                    lo >> 8,
-                    lo & 0xff
-                )
-                .expect("writing to a String");
+                let (cidr, port) = nonmatching(i);
+                writeln!(s, "add {SET} {cidr},udp:{port}").expect("writing to a String");
             }
             cmd_stdin(self.ipt("ipset").arg("restore"), &s)?;
         }
@@ -630,12 +610,10 @@ impl Firewall {
             writeln!(t, "-A {CHAIN} -m set --match-set {SET} src,dst -j ACCEPT").expect("String");
         } else {
             for i in 0..rules {
-                let (hi, lo, port) = nonmatching(i);
+                let (cidr, port) = nonmatching(i);
                 writeln!(
                     t,
-                    "-A {CHAIN} -s 198.{hi}.{}.{}/32 -p udp -m udp --dport {port} -j ACCEPT",
-                    lo >> 8,
-                    lo & 0xff
+                    "-A {CHAIN} -s {cidr} -p udp -m udp --dport {port} -j ACCEPT"
                 )
                 .expect("String");
             }

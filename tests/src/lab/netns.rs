@@ -84,6 +84,24 @@ pub fn ip(args: &[&str]) -> Result<String, LabError> {
     run(Command::new("ip").args(args))
 }
 
+/// `ip -n <ns> addr add <cidr> dev <dev>`, with `nodad` for IPv6: the lab's addresses are
+/// usable at once, never tentative.
+pub fn add_addr(ns: &str, dev: &str, cidr: &str) -> Result<(), LabError> {
+    let mut args = vec!["-n", ns, "addr", "add", cidr, "dev", dev];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ip(&args).map(|_| ())
+}
+
+/// A veth `name` in namespace `ns` whose peer, `peer`, is moved to namespace `peer_ns`.
+pub fn add_veth(ns: &str, name: &str, peer_ns: &str, peer: &str) -> Result<(), LabError> {
+    ip(&[
+        "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_ns,
+    ])
+    .map(|_| ())
+}
+
 /// Creates the named namespace and brings its `lo` up.
 pub fn add(name: &str) -> Result<(), LabError> {
     ip(&["netns", "add", name])?;

@@ -156,23 +156,11 @@ impl Lab {
         for i in 0..self.nodes.len() {
             let ns = self.nodes[i].netns.clone();
             let port = format!("n{i}");
-            netns::ip(&[
-                "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
+            netns::add_veth(&ul, &port, &ns, "eth0")?;
             netns::ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
             let [v4, v6] = Self::node_addrs(i);
-            netns::ip(&["-n", &ns, "addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
-            netns::ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
+            netns::add_addr(&ns, "eth0", &format!("{v4}/24"))?;
+            netns::add_addr(&ns, "eth0", &format!("{v6}/64"))?;
             netns::ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
         if self.mode == Mode::Enforcing {

@@ -33,35 +33,13 @@ impl Lab {
             server: None,
         });
         let port = format!("h-{id}");
-        netns::ip(&[
-            "-n",
-            &ul,
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &netns_name,
-        ])?;
+        netns::add_veth(&ul, &port, &netns_name, "eth0")?;
         netns::ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
         netns::in_netns(&netns_name, || {
             netns::write_sysctl("net.ipv6.conf.eth0.accept_dad", "0")
         })??;
         for (addr, len) in [(ips[0], 24), (ips[1], 64)] {
-            netns::ip(&[
-                "-n",
-                &netns_name,
-                "addr",
-                "add",
-                &format!("{addr}/{len}"),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
+            netns::add_addr(&netns_name, "eth0", &format!("{addr}/{len}"))?;
         }
         netns::ip(&["-n", &netns_name, "link", "set", "eth0", "up"])?;
         allow_ping(&netns_name)?;
@@ -117,64 +95,17 @@ impl Lab {
             ips: ips.clone(),
             server: None,
         });
-        netns::ip(&[
-            "-n",
-            &node,
-            "link",
-            "add",
-            "ext0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &netns_name,
-        ])?;
+        netns::add_veth(&node, "ext0", &netns_name, "eth0")?;
         for (ns, dev) in [(node.as_str(), "ext0"), (netns_name.as_str(), "eth0")] {
             netns::in_netns(ns, || {
                 netns::write_sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0")
             })??;
         }
         let (v4, v6) = (ips[0].to_string(), ips[1].to_string());
-        netns::ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{OUTSIDE_GW_V4}/24"),
-            "dev",
-            "ext0",
-        ])?;
-        netns::ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{OUTSIDE_GW_V6}/64"),
-            "dev",
-            "ext0",
-            "nodad",
-        ])?;
-        netns::ip(&[
-            "-n",
-            &netns_name,
-            "addr",
-            "add",
-            &format!("{v4}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        netns::ip(&[
-            "-n",
-            &netns_name,
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
+        netns::add_addr(&node, "ext0", &format!("{OUTSIDE_GW_V4}/24"))?;
+        netns::add_addr(&node, "ext0", &format!("{OUTSIDE_GW_V6}/64"))?;
+        netns::add_addr(&netns_name, "eth0", &format!("{v4}/24"))?;
+        netns::add_addr(&netns_name, "eth0", &format!("{v6}/64"))?;
         netns::ip(&["-n", &node, "link", "set", "ext0", "up"])?;
         netns::ip(&["-n", &netns_name, "link", "set", "eth0", "up"])?;
         for cidr in &self.nodes[0].cni.pod_cidrs {

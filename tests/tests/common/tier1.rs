@@ -12,6 +12,7 @@ use palisade_common::{
         POL_ALL_PORTS, PORT_KEY_ANY_PORT_BITS, PolicyKey, PolicyValue, PortKey, PortValue,
         policy_prefixlen,
     },
+    stats::HostAddrKey,
     verdict::Reason,
 };
 use palisade_tests::bpf::{
@@ -87,6 +88,16 @@ pub fn allow_peer(
         .expect("writing a policy entry");
 }
 
+/// Seeds the node's address [`NODE4`] in `pal_host_v1`.
+pub fn seed_node_host(dp: &mut Datapath) {
+    dp.add_host(HostAddrKey {
+        family: FAMILY_V4,
+        _pad: [0; 3],
+        addr_be: addr16(&NODE4),
+    })
+    .expect("seeding host");
+}
+
 pub fn all_ports(rule_ref: u32) -> PolicyValue {
     PolicyValue {
         flags: POL_ALL_PORTS,
@@ -147,6 +158,14 @@ pub fn expect(dp: &Datapath, prog: Prog, f: &[u8], reason: Reason) {
         TC_ACT_OK
     };
     assert_eq!(o.action, action, "{prog:?} {}: TC action", reason.name());
+}
+
+/// [`expect`] for the IP packet `packet` in an Ethernet frame of its IP version: a test that
+/// embeds the packet in ICMP errors afterwards keeps the packet rather than the frame.
+#[track_caller]
+pub fn expect_packet(dp: &Datapath, prog: Prog, packet: &[u8], reason: Reason) {
+    let ethertype = if packet[0] >> 4 == 6 { 0x86dd } else { 0x0800 };
+    expect(dp, prog, &frame::eth(ethertype, packet), reason);
 }
 
 pub fn syn_in(src: [u8; 4], dport: u16) -> Vec<u8> {
