@@ -2,15 +2,14 @@
 //! plugin's "host": `ip netns exec <node> palisade` with the CNI_* environment and the network
 //! configuration on stdin.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::Deserialize;
 
 use super::LabError;
-use super::netns::netns_path;
+use super::netns::{netns_path, output_with_input};
 
 /// What the lab tells the plugin about one node.
 #[derive(Clone, Debug)]
@@ -78,28 +77,10 @@ impl NodeCni {
             .env(
                 "CNI_ARGS",
                 format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", k8s.0, k8s.1),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            );
         let what = format!("CNI {command} {}/{} on {}", k8s.0, k8s.1, self.node_netns);
-        let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
-            cmd: what.clone(),
-            source,
-        })?;
         let config = self.config(requested).to_string();
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(config.as_bytes())
-                .map_err(|source| LabError::Spawn {
-                    cmd: what.clone(),
-                    source,
-                })?;
-        }
-        let out = child.wait_with_output().map_err(|source| LabError::Spawn {
-            cmd: what.clone(),
-            source,
-        })?;
+        let out = output_with_input(&mut cmd, &what, &config)?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             return Err(LabError::Cni {
@@ -154,22 +135,9 @@ impl NodeCni {
 /// True when `plugin` answers CNI VERSION with a result that lists 1.1.0 (a plugin that exists
 /// but is still a skeleton does not).
 pub fn plugin_works(plugin: &Path) -> bool {
-    let Ok(mut child) = Command::new(plugin)
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    if let Some(mut stdin) = child.stdin.take()
-        && stdin.write_all(br#"{"cniVersion":"1.1.0"}"#).is_err()
-    {
-        return false;
-    }
-    match child.wait_with_output() {
-        Ok(out) => out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1.1.0"),
-        Err(_) => false,
-    }
+    let mut cmd = Command::new(plugin);
+    cmd.env("CNI_COMMAND", "VERSION");
+    output_with_input(&mut cmd, "CNI VERSION", r#"{"cniVersion":"1.1.0"}"#).is_ok_and(|out| {
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1.1.0")
+    })
 }

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -45,27 +45,7 @@ pub fn run(cmd: &mut Command) -> Result<String, LabError> {
 /// standard input, mapping a failure to [`LabError::Command`] (with the input).
 pub fn run_with_input(mut cmd: Command, input: &str) -> Result<(), LabError> {
     let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| LabError::Spawn {
-            cmd: what.clone(),
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|source| LabError::Spawn {
-                cmd: what.clone(),
-                source,
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
-        cmd: what.clone(),
-        source,
-    })?;
+    let out = output_with_input(&mut cmd, &what, input)?;
     if !out.status.success() {
         return Err(LabError::Command {
             cmd: what,
@@ -77,6 +57,25 @@ pub fn run_with_input(mut cmd: Command, input: &str) -> Result<(), LabError> {
         });
     }
     Ok(())
+}
+
+/// Runs `cmd` with `input` on its standard input (closed after it) and returns its output
+/// whatever its exit status; `what` names the command in a [`LabError::Spawn`].
+pub fn output_with_input(cmd: &mut Command, what: &str, input: &str) -> Result<Output, LabError> {
+    let spawn_error = |source| LabError::Spawn {
+        cmd: what.to_string(),
+        source,
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(spawn_error)?;
+    }
+    child.wait_with_output().map_err(spawn_error)
 }
 
 /// `ip <args>`.
