@@ -250,6 +250,27 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, DnsError> {
     })
 }
 
+/// Records for tests (here, in `learn.rs` and in the lab).
+#[cfg(any(test, feature = "testing"))]
+impl Record {
+    /// An A or AAAA record (by the address's family).
+    pub fn addr(name: &str, ttl: u32, ip: &str) -> Record {
+        Record {
+            name: name.into(),
+            ttl,
+            data: RecordData::Addr(ip.parse().expect("an IP address")),
+        }
+    }
+
+    pub fn cname(name: &str, ttl: u32, target: &str) -> Record {
+        Record {
+            name: name.into(),
+            ttl,
+            data: RecordData::Cname(target.into()),
+        }
+    }
+}
+
 /// Builds response messages for tests (here and in the lab): one question, the given answers,
 /// names written uncompressed except that an answer's owner equal to the question points to it.
 #[cfg(any(test, feature = "testing"))]
@@ -303,28 +324,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn a(name: &str, ttl: u32, ip: &str) -> Record {
-        Record {
-            name: name.into(),
-            ttl,
-            data: RecordData::Addr(ip.parse().expect("ip")),
-        }
-    }
-
-    fn cname(name: &str, ttl: u32, target: &str) -> Record {
-        Record {
-            name: name.into(),
-            ttl,
-            data: RecordData::Cname(target.into()),
-        }
-    }
-
     #[test]
     fn a_response_reads_back_as_built() {
         let answers = vec![
-            cname("api.example.com", 300, "edge.cdn.example.net"),
-            a("edge.cdn.example.net", 60, "192.0.2.7"),
-            a("edge.cdn.example.net", 60, "2001:db8::7"),
+            Record::cname("api.example.com", 300, "edge.cdn.example.net"),
+            Record::addr("edge.cdn.example.net", 60, "192.0.2.7"),
+            Record::addr("edge.cdn.example.net", 60, "2001:db8::7"),
         ];
         let msg = build_response(7, "API.Example.com.", TYPE_A, &answers);
         let r = parse_response(&msg).expect("parses");
@@ -341,7 +346,7 @@ mod tests {
             1,
             "a.example.com",
             TYPE_A,
-            &[a("a.example.com", 5, "192.0.2.1")],
+            &[Record::addr("a.example.com", 5, "192.0.2.1")],
         );
         // The answer's owner is a pointer to the question (octet 12): fine.
         assert_eq!(parse_response(&msg).expect("parses").answers.len(), 1);
@@ -360,7 +365,7 @@ mod tests {
             1,
             "a.example.com",
             TYPE_A,
-            &[a("a.example.com", 5, "192.0.2.1")],
+            &[Record::addr("a.example.com", 5, "192.0.2.1")],
         );
         let mut query = msg.clone();
         query[2] &= 0x7f;
@@ -389,8 +394,8 @@ mod tests {
         #[test]
         fn mutated_responses_never_panic(at in 0usize..200, byte in any::<u8>()) {
             let mut msg = build_response(9, "x.cdn.example.com", TYPE_AAAA, &[
-                cname("x.cdn.example.com", 30, "y.example.net"),
-                a("y.example.net", 30, "2001:db8::1"),
+                Record::cname("x.cdn.example.com", 30, "y.example.net"),
+                Record::addr("y.example.net", 30, "2001:db8::1"),
             ]);
             let at = at % msg.len();
             msg[at] = byte;

@@ -118,22 +118,6 @@ mod tests {
             .collect()
     }
 
-    fn a(name: &str, ttl: u32, ip: &str) -> Record {
-        Record {
-            name: name.into(),
-            ttl,
-            data: RecordData::Addr(ip.parse().expect("ip")),
-        }
-    }
-
-    fn cname(name: &str, ttl: u32, target: &str) -> Record {
-        Record {
-            name: name.into(),
-            ttl,
-            data: RecordData::Cname(target.into()),
-        }
-    }
-
     fn taught(q: &str, answers: &[Record], patterns: &[&str]) -> Vec<(String, u32)> {
         let msg = build_response(1, q, TYPE_A, answers);
         let resp = parse_response(&msg).expect("parses");
@@ -146,8 +130,8 @@ mod tests {
     #[test]
     fn an_allowed_name_teaches_its_addresses_for_their_ttl() {
         let ans = [
-            a("api.example.com", 300, "192.0.2.1"),
-            a("api.example.com", 30, "192.0.2.2"),
+            Record::addr("api.example.com", 300, "192.0.2.1"),
+            Record::addr("api.example.com", 30, "192.0.2.2"),
         ];
         assert_eq!(
             taught("api.example.com", &ans, &["api.example.com"]),
@@ -161,8 +145,8 @@ mod tests {
     fn a_cname_chain_teaches_from_its_first_allowed_name_with_the_smallest_ttl() {
         // Allowed name -> disallowed target: the target's addresses are taught.
         let ans = [
-            cname("api.example.com", 20, "edge.cdn.net"),
-            a("edge.cdn.net", 600, "192.0.2.9"),
+            Record::cname("api.example.com", 20, "edge.cdn.net"),
+            Record::addr("edge.cdn.net", 600, "192.0.2.9"),
         ];
         assert_eq!(
             taught("api.example.com", &ans, &["api.example.com"]),
@@ -170,8 +154,8 @@ mod tests {
         );
         // Disallowed name -> allowed target: the allowed name's addresses.
         let ans = [
-            cname("alias.other.org", 600, "x.cdn.example.com"),
-            a("x.cdn.example.com", 40, "192.0.2.10"),
+            Record::cname("alias.other.org", 600, "x.cdn.example.com"),
+            Record::addr("x.cdn.example.com", 40, "192.0.2.10"),
         ];
         assert_eq!(
             taught("alias.other.org", &ans, &["*.cdn.example.com"]),
@@ -184,12 +168,12 @@ mod tests {
     #[test]
     fn records_off_the_chain_teach_nothing() {
         let ans = [
-            a("api.example.com", 60, "192.0.2.1"),
+            Record::addr("api.example.com", 60, "192.0.2.1"),
             // An extra record for an allowed name nobody asked about.
-            a("other.example.com", 60, "198.51.100.66"),
+            Record::addr("other.example.com", 60, "198.51.100.66"),
             // A CNAME from a name not on the chain.
-            cname("x.example.com", 60, "y.example.com"),
-            a("y.example.com", 60, "198.51.100.67"),
+            Record::cname("x.example.com", 60, "y.example.com"),
+            Record::addr("y.example.com", 60, "198.51.100.67"),
         ];
         assert_eq!(
             taught(
@@ -204,8 +188,8 @@ mod tests {
     #[test]
     fn ttls_are_clamped_and_errors_or_truncation_teach_nothing() {
         let ans = [
-            a("api.example.com", 0, "192.0.2.1"),
-            a("api.example.com", u32::MAX, "192.0.2.2"),
+            Record::addr("api.example.com", 0, "192.0.2.1"),
+            Record::addr("api.example.com", u32::MAX, "192.0.2.2"),
         ];
         assert_eq!(
             taught("api.example.com", &ans, &["api.example.com"]),
@@ -226,20 +210,20 @@ mod tests {
     #[test]
     fn cname_loops_and_long_chains_end() {
         let mut ans = vec![
-            cname("a.example.com", 60, "b.example.com"),
-            cname("b.example.com", 60, "a.example.com"),
+            Record::cname("a.example.com", 60, "b.example.com"),
+            Record::cname("b.example.com", 60, "a.example.com"),
         ];
         assert!(taught("a.example.com", &ans, &["*.example.com"]).is_empty());
         // A chain longer than MAX_CHAIN stops: the address at its end is not taught.
         ans.clear();
         for i in 0..12 {
-            ans.push(cname(
+            ans.push(Record::cname(
                 &format!("n{i}.example.com"),
                 60,
                 &format!("n{}.example.com", i + 1),
             ));
         }
-        ans.push(a("n12.example.com", 60, "192.0.2.1"));
+        ans.push(Record::addr("n12.example.com", 60, "192.0.2.1"));
         assert!(taught("n0.example.com", &ans, &["n0.example.com"]).is_empty());
         // Within the bound it is.
         let short: Vec<Record> = ans[7..].to_vec();
