@@ -9,6 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade_common::DIR_AUDIT;
 
 use crate::cnp::{NormCnp, PreparedCnp, prepare_cluster_policy};
+use crate::fqdn::{EndpointNames, MAX_NAME_RULES};
 use crate::model::{Cluster, Labels, NamedPort, PodInfo, PodKey};
 use crate::ports::{PortSet, PortUnion};
 use crate::prefix::Prefix;
@@ -61,8 +62,12 @@ pub struct Compiled {
     /// One entry per local pod that has an interface (not host-network). Endpoints whose
     /// policies are identical share one `Arc`, so the agent may share one `policy_id`.
     pub endpoints: BTreeMap<PodKey, Arc<EndpointPolicy>>,
-    /// Skipped (invalid) policies and unknown local pods, in input order.
+    /// Skipped (invalid) policies and unknown local pods, in input order; name rules beyond
+    /// `fqdn::MAX_NAME_RULES` of an endpoint.
     pub problems: Vec<Problem>,
+    /// Endpoints with name rules (egress ClusterNetworkPolicy rules with `domainNames`
+    /// peers): what the datapath needs to allow by learnt address (`fqdn::names`).
+    pub names: BTreeMap<PodKey, Arc<EndpointNames>>,
 }
 
 /// A NetworkPolicy that passed validation, in the normalized form `compile_prepared` works
@@ -206,7 +211,9 @@ pub fn compile_tiers(
         by_ns.entry(p.namespace.as_str()).or_default().push(i);
     }
     type CacheKey = (Vec<usize>, Vec<usize>, Vec<NamedPort>);
-    let mut cache: HashMap<CacheKey, Arc<EndpointPolicy>> = HashMap::new();
+    type Cached = (Arc<EndpointPolicy>, Option<Arc<EndpointNames>>);
+    let mut cache: HashMap<CacheKey, Cached> = HashMap::new();
+    let mut variants: HashMap<EndpointPolicy, Arc<EndpointPolicy>> = HashMap::new();
     for key in local_pods {
         let Some(pod) = pod_by_key.get(&(key.namespace.as_str(), key.name.as_str())) else {
             out.problems.push(Problem::new(
@@ -229,11 +236,31 @@ pub fn compile_tiers(
         let selecting_cnps = c.cnps_selecting(pod);
         let mut ports = pod.ports.clone();
         ports.sort();
-        let ep = cache
+        let (ep, names) = cache
             .entry((selecting, selecting_cnps, ports))
-            .or_insert_with_key(|(sel, sel_cnp, _)| Arc::new(c.endpoint(sel, sel_cnp, pod)))
+            .or_insert_with_key(|(sel, sel_cnp, _)| {
+                let ep = Arc::new(c.endpoint(sel, sel_cnp, pod));
+                let names = c
+                    .endpoint_names(sel, sel_cnp, pod, &mut variants)
+                    .map(Arc::new);
+                (ep, names)
+            })
             .clone();
         out.endpoints.insert(key.clone(), ep);
+        if let Some(names) = names {
+            for id in &names.overflow {
+                out.problems.push(Problem::new(
+                    format!("ClusterNetworkPolicy {}", id.policy),
+                    format!("spec.egress[{}]", id.index),
+                    format!(
+                        "pod {key} is selected by more than {MAX_NAME_RULES} egress rules with \
+                         domainNames peers; this rule's names are never learnt for it (it \
+                         reaches none of them: fails closed)"
+                    ),
+                ));
+            }
+            out.names.insert(key.clone(), names);
+        }
     }
     out
 }
@@ -262,6 +289,9 @@ pub(crate) struct Compiler<'a> {
     pub(crate) cnp_host_lists: std::collections::HashSet<Arc<Vec<Prefix>>>,
     /// Selectable pod at each host prefix (named ports of egress destinations).
     pub(crate) pod_at: Option<HashMap<Prefix, usize>>,
+    /// While compiling the variant of egress rule (policy, rule) (`fqdn::names`): that
+    /// rule's `domainNames` peers match every address. `None`: they match none.
+    pub(crate) name_variant: Option<(usize, usize)>,
 }
 
 static NO_LABELS: Labels = Labels::new();
@@ -312,6 +342,7 @@ impl<'a> Compiler<'a> {
             cnp_peer_hosts: HashMap::new(),
             cnp_host_lists: Default::default(),
             pod_at: None,
+            name_variant: None,
         }
     }
 
@@ -382,54 +413,76 @@ impl<'a> Compiler<'a> {
         target: &PodInfo,
     ) -> EndpointPolicy {
         let mut ep = EndpointPolicy::default();
-        let (audited, enforced): (Vec<usize>, Vec<usize>) =
-            selecting.iter().partition(|pi| self.policies[**pi].audit);
+        let (audited, enforced) = self.split_audited(selecting);
         for dir in Direction::BOTH {
-            let audit_isolated = audited
-                .iter()
-                .any(|pi| self.policies[*pi].rules(dir).is_some());
-            match dir {
-                Direction::Ingress => ep.audit_ingress_isolated = audit_isolated,
-                Direction::Egress => ep.audit_egress_isolated = audit_isolated,
-            }
-            if audit_isolated {
-                self.direction(&audited, target, dir, DIR_AUDIT, &mut ep.entries);
-            }
-            let np_isolated = enforced
-                .iter()
-                .any(|pi| self.policies[*pi].rules(dir).is_some());
-            let tiered: Vec<usize> = selecting_cnps
-                .iter()
-                .copied()
-                .filter(|ci| !self.cnps[*ci].rules(dir).is_empty())
-                .collect();
-            // The datapath looks this direction up when any tier has something to say.
-            let isolated = np_isolated || !tiered.is_empty();
-            match dir {
-                Direction::Ingress => ep.ingress_isolated = isolated,
-                Direction::Egress => ep.egress_isolated = isolated,
-            }
-            if tiered.is_empty() || (np_isolated && !self.has_admin(&tiered)) {
-                // NetworkPolicies alone decide (a Baseline policy is never reached when a
-                // NetworkPolicy isolates the pod).
-                if np_isolated {
-                    self.direction(&enforced, target, dir, 0, &mut ep.entries);
-                }
-                continue;
-            }
-            let mut np = BTreeMap::new();
-            if np_isolated {
-                self.direction(&enforced, target, dir, 0, &mut np);
-            }
-            self.tiered_direction(
-                &tiered,
-                np_isolated.then_some(&np),
-                target,
-                dir,
-                &mut ep.entries,
-            );
+            self.endpoint_direction(&audited, &enforced, selecting_cnps, target, dir, &mut ep);
         }
         ep
+    }
+
+    /// `selecting` NetworkPolicies as (audited, enforced).
+    pub(crate) fn split_audited(&self, selecting: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        selecting.iter().partition(|pi| self.policies[**pi].audit)
+    }
+
+    /// Whether the enforced NetworkPolicies `enforced` isolate the endpoint in `dir`.
+    pub(crate) fn np_isolates(&self, enforced: &[usize], dir: Direction) -> bool {
+        enforced
+            .iter()
+            .any(|pi| self.policies[*pi].rules(dir).is_some())
+    }
+
+    /// One direction of [`Compiler::endpoint`] into `ep`.
+    pub(crate) fn endpoint_direction(
+        &mut self,
+        audited: &[usize],
+        enforced: &[usize],
+        selecting_cnps: &[usize],
+        target: &PodInfo,
+        dir: Direction,
+        ep: &mut EndpointPolicy,
+    ) {
+        let audit_isolated = audited
+            .iter()
+            .any(|pi| self.policies[*pi].rules(dir).is_some());
+        match dir {
+            Direction::Ingress => ep.audit_ingress_isolated = audit_isolated,
+            Direction::Egress => ep.audit_egress_isolated = audit_isolated,
+        }
+        if audit_isolated {
+            self.direction(audited, target, dir, DIR_AUDIT, &mut ep.entries);
+        }
+        let np_isolated = self.np_isolates(enforced, dir);
+        let tiered: Vec<usize> = selecting_cnps
+            .iter()
+            .copied()
+            .filter(|ci| !self.cnps[*ci].rules(dir).is_empty())
+            .collect();
+        // The datapath looks this direction up when any tier has something to say.
+        let isolated = np_isolated || !tiered.is_empty();
+        match dir {
+            Direction::Ingress => ep.ingress_isolated = isolated,
+            Direction::Egress => ep.egress_isolated = isolated,
+        }
+        if tiered.is_empty() || (np_isolated && !self.has_admin(&tiered)) {
+            // NetworkPolicies alone decide (a Baseline policy is never reached when a
+            // NetworkPolicy isolates the pod).
+            if np_isolated {
+                self.direction(enforced, target, dir, 0, &mut ep.entries);
+            }
+            return;
+        }
+        let mut np = BTreeMap::new();
+        if np_isolated {
+            self.direction(enforced, target, dir, 0, &mut np);
+        }
+        self.tiered_direction(
+            &tiered,
+            np_isolated.then_some(&np),
+            target,
+            dir,
+            &mut ep.entries,
+        );
     }
 
     /// The entries of one isolated direction.

@@ -13,6 +13,7 @@ use palisade_common::policy::RULE_DENY;
 use crate::cnp::eval::{rule_matches, subject_selects};
 use crate::cnp::{Action, NormCnp, Tier, normalize_cnp};
 use crate::compile::Prepared;
+use crate::fqdn::Learnt;
 use crate::model::{Cluster, Endpoint, Labels, PodInfo, PodKey};
 use crate::rules::RuleId;
 use crate::validate::{Direction, NormPolicy, NormRule, Peer, PortMatch, normalize};
@@ -41,6 +42,8 @@ pub struct Evaluator<'a> {
     by_key: HashMap<PodKey, &'a PodInfo>,
     /// Valid ClusterNetworkPolicies in evaluation order (tier, priority, name).
     pub(crate) cluster_policies: Vec<NormCnp>,
+    /// What pods learnt from DNS answers: the addresses `domainNames` peers match.
+    learnt: Learnt,
 }
 
 /// Outcome of one direction's check at one pod.
@@ -151,7 +154,16 @@ impl<'a> Evaluator<'a> {
             policies,
             by_key,
             cluster_policies,
+            learnt: Learnt::default(),
         }
+    }
+
+    /// The same evaluator, with pods having learnt `learnt` from the cluster DNS service's
+    /// answers: a `domainNames` peer matches an address for a pod that learnt it for a name
+    /// one of its entries matches (and nothing else).
+    pub fn with_learnt(mut self, learnt: Learnt) -> Self {
+        self.learnt = learnt;
+        self
     }
 
     /// An evaluator over policies already prepared (`cluster.policies` is not read): the ones
@@ -268,9 +280,15 @@ impl<'a> Evaluator<'a> {
         proto: u8,
         port: u16,
     ) -> Option<Outcome> {
+        let learnt = match dir {
+            Direction::Egress if !self.learnt.is_empty() => {
+                self.learnt.names(&pod.key(), peer.addr())
+            }
+            _ => &[],
+        };
         for cnp in selecting.iter().filter(|c| c.tier == tier) {
             for (index, rule) in cnp.rules(dir).iter().enumerate() {
-                if !rule_matches(self.cluster, rule, dir, pod, peer, proto, port) {
+                if !rule_matches(self.cluster, rule, dir, pod, peer, proto, port, learnt) {
                     continue;
                 }
                 let id = RuleId::cluster_network_policy(&cnp.name, dir, index);

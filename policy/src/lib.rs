@@ -23,6 +23,12 @@
 //! - [`describe`] renders an endpoint policy for humans.
 //! - [`explain`] answers "is FROM -> TO allowed, and why" (pods, addresses, Services via
 //!   [`ServiceInfo`]), from the reference evaluator's own rule matching.
+//! - [`fqdn`]: egress by domain name. `compile` gives every endpoint with name rules
+//!   (egress ClusterNetworkPolicy rules with `domainNames` peers) an [`fqdn::EndpointNames`]
+//!   in [`Compiled::names`]: its name rules, patterns with rule masks, and one variant of its
+//!   egress per name rule, which the datapath consults for addresses the pod learnt from DNS
+//!   ([`fqdn::names`] says why that is the API's answer). [`Evaluator::with_learnt`] gives the
+//!   reference evaluator the same learnt facts.
 //! - [`lint`] finds policies that do not say what their authors meant (stable codes,
 //!   severities, field paths, what the policy does and what was probably meant).
 //!

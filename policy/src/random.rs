@@ -258,7 +258,28 @@ fn selector_json() -> impl Strategy<Value = serde_json::Value> {
     selector().prop_map(|s| serde_json::to_value(s).expect("selector serializes"))
 }
 
-fn cnp_peer(egress: bool) -> impl Strategy<Value = serde_json::Value> {
+/// `domainNames` entries of generated egress peers: exact names, nested wildcards, and
+/// spellings that differ only in case and the trailing dot.
+pub const DOMAIN_PATTERNS: [&str; 6] = [
+    "api.example.com",
+    "*.example.com",
+    "*.cdn.example.com",
+    "example.org",
+    "a.cdn.example.com",
+    "API.Example.com.",
+];
+/// Names pods learn addresses for ([`learnt`]): matched by some patterns above, by none, in
+/// other spellings.
+pub const LEARNT_NAMES: [&str; 6] = [
+    "api.example.com",
+    "a.cdn.example.com",
+    "x.example.com.",
+    "EXAMPLE.org",
+    "example.com",
+    "other.net",
+];
+
+fn cnp_peer(egress: bool, names: bool) -> impl Strategy<Value = serde_json::Value> {
     let ns = selector_json().prop_map(|s| serde_json::json!({"namespaces": s}));
     let pods = (proptest::option::of(selector_json()), selector_json()).prop_map(|(n, p)| {
         let mut v = serde_json::json!({"pods": {"podSelector": p}});
@@ -270,7 +291,11 @@ fn cnp_peer(egress: bool) -> impl Strategy<Value = serde_json::Value> {
     let nodes = selector_json().prop_map(|s| serde_json::json!({"nodes": s}));
     let networks = proptest::collection::vec(prop::sample::select(&CIDRS[..]), 1..=2)
         .prop_map(|n| serde_json::json!({"networks": n}));
-    if egress {
+    let domain_names = proptest::collection::vec(prop::sample::select(&DOMAIN_PATTERNS[..]), 1..=2)
+        .prop_map(|n| serde_json::json!({"domainNames": n}));
+    if egress && names {
+        prop_oneof![3 => ns, 3 => pods, 2 => nodes, 2 => networks, 4 => domain_names].boxed()
+    } else if egress {
         prop_oneof![3 => ns, 3 => pods, 2 => nodes, 2 => networks].boxed()
     } else {
         prop_oneof![ns, pods].boxed()
@@ -297,17 +322,19 @@ fn cnp_protocol() -> impl Strategy<Value = serde_json::Value> {
         })
 }
 
-fn cnp_rule(egress: bool) -> impl Strategy<Value = serde_json::Value> {
+fn cnp_rule(egress: bool, names: bool) -> impl Strategy<Value = serde_json::Value> {
     (
         prop::sample::select(&["Accept", "Deny", "Pass"][..]),
-        proptest::collection::vec(cnp_peer(egress), 1..=3),
+        proptest::collection::vec(cnp_peer(egress, names), 1..=3),
         proptest::option::of(proptest::collection::vec(cnp_protocol(), 1..=3)),
     )
         .prop_map(move |(action, peers, protocols)| {
-            // Upstream forbids named ports in a rule with networks or nodes peers.
-            let addresses = peers
-                .iter()
-                .any(|p| p.get("networks").is_some() || p.get("nodes").is_some());
+            // Upstream forbids named ports in a rule with networks, nodes or domainNames peers.
+            let addresses = peers.iter().any(|p| {
+                p.get("networks").is_some()
+                    || p.get("nodes").is_some()
+                    || p.get("domainNames").is_some()
+            });
             let protocols = protocols.map(|ps| {
                 let kept: Vec<_> = ps
                     .into_iter()
@@ -327,6 +354,14 @@ fn cnp_rule(egress: bool) -> impl Strategy<Value = serde_json::Value> {
 /// An Admin or Baseline ClusterNetworkPolicy; with `home`, its subject is that namespace
 /// more often than not.
 pub fn cluster_policy(home: Option<String>) -> impl Strategy<Value = ClusterNetworkPolicy> {
+    cluster_policy_with(home, false)
+}
+
+/// [`cluster_policy`]; with `names`, egress peers may be `domainNames` ([`DOMAIN_PATTERNS`]).
+fn cluster_policy_with(
+    home: Option<String>,
+    names: bool,
+) -> impl Strategy<Value = ClusterNetworkPolicy> {
     let any_subject = prop_oneof![
         selector_json().prop_map(|s| serde_json::json!({"namespaces": s})),
         (selector_json(), selector_json()).prop_map(
@@ -345,8 +380,8 @@ pub fn cluster_policy(home: Option<String>) -> impl Strategy<Value = ClusterNetw
         any::<bool>(),
         0..3i32,
         subject,
-        proptest::collection::vec(cnp_rule(false), 0..=3),
-        proptest::collection::vec(cnp_rule(true), 0..=3),
+        proptest::collection::vec(cnp_rule(false, false), 0..=3),
+        proptest::collection::vec(cnp_rule(true, names), 0..=3),
     )
         .prop_map(|(admin, priority, subject, ingress, egress)| {
             serde_json::from_value(serde_json::json!({
@@ -368,7 +403,15 @@ pub fn cluster_policies(
     home: Option<String>,
     count: RangeInclusive<usize>,
 ) -> impl Strategy<Value = Vec<ClusterNetworkPolicy>> {
-    proptest::collection::vec(cluster_policy(home), count).prop_map(|mut ps| {
+    cluster_policies_with(home, count, false)
+}
+
+fn cluster_policies_with(
+    home: Option<String>,
+    count: RangeInclusive<usize>,
+    names: bool,
+) -> impl Strategy<Value = Vec<ClusterNetworkPolicy>> {
+    proptest::collection::vec(cluster_policy_with(home, names), count).prop_map(|mut ps| {
         for (i, p) in ps.iter_mut().enumerate() {
             p.metadata.name = Some(format!("cnp{i}"));
         }
@@ -461,11 +504,20 @@ pub fn namespaces() -> impl Strategy<Value = BTreeMap<String, Labels>> {
 /// A whole cluster: 1 to 6 pods, up to 4 NetworkPolicies and 3 ClusterNetworkPolicies
 /// anywhere, two nodes.
 pub fn cluster() -> impl Strategy<Value = Cluster> {
+    cluster_with(false)
+}
+
+/// [`cluster`] whose ClusterNetworkPolicies' egress rules may have `domainNames` peers.
+pub fn cluster_with_names() -> impl Strategy<Value = Cluster> {
+    cluster_with(true)
+}
+
+fn cluster_with(names: bool) -> impl Strategy<Value = Cluster> {
     (
         namespaces(),
         pods(1..=6),
         policies(None, 0..=4),
-        cluster_policies(None, 0..=3),
+        cluster_policies_with(None, 0..=3, names),
         nodes(),
     )
         .prop_map(
@@ -477,4 +529,25 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
                 nodes,
             },
         )
+}
+
+/// What pods of `cluster` learnt from DNS answers: each pod, for some of the addresses of
+/// [`EXTERNAL`] and of the cluster's pods, one or two of [`LEARNT_NAMES`].
+pub fn learnt(cluster: &Cluster) -> impl Strategy<Value = crate::fqdn::Learnt> + use<> {
+    let mut addrs: Vec<IpAddr> = EXTERNAL
+        .iter()
+        .map(|a| a.parse().expect("external address"))
+        .collect();
+    addrs.extend(cluster.pods.iter().flat_map(|p| p.ips.iter().copied()));
+    let keys: Vec<crate::PodKey> = cluster.pods.iter().map(PodInfo::key).collect();
+    let (na, np) = (addrs.len(), keys.len());
+    proptest::collection::vec((0..np, 0..na, 0..LEARNT_NAMES.len()), 0..=3 * na).prop_map(
+        move |facts| {
+            let mut l = crate::fqdn::Learnt::default();
+            for (p, a, n) in facts {
+                l.learn(keys[p].clone(), addrs[a], LEARNT_NAMES[n]);
+            }
+            l
+        },
+    )
 }

@@ -337,7 +337,7 @@ impl<'a> Compiler<'a> {
                 .filter(|n| s.matches(&n.labels))
                 .flat_map(|n| n.addrs.iter().map(|a| Prefix::host(*a)))
                 .collect(),
-            CnpPeer::Networks(_) | CnpPeer::Everything => Vec::new(),
+            CnpPeer::Networks(_) | CnpPeer::DomainNames(_) | CnpPeer::Everything => Vec::new(),
         };
         hosts.sort_unstable_by_key(sort_key);
         hosts.dedup();
@@ -419,6 +419,13 @@ impl<'a> Compiler<'a> {
                     match peer {
                         CnpPeer::Networks(cidrs) => tr.networks.extend(cidrs.iter().copied()),
                         CnpPeer::Everything => tr.networks.extend(every_address()),
+                        // No address, except in the variant compile of this very rule
+                        // (`fqdn::names`): there, every address.
+                        CnpPeer::DomainNames(_) => {
+                            if dir == Direction::Egress && self.name_variant == Some((ci, ri)) {
+                                tr.networks.extend(every_address());
+                            }
+                        }
                         _ => tr.hosts.push(self.cnp_hosts(ci, dir, ri, k)),
                     }
                 }

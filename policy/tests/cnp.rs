@@ -87,9 +87,10 @@ fn too_many_rules_and_a_missing_spec_are_invalid() {
     assert_eq!(problems("metadata: {name: empty}")[0].0, "spec");
 }
 
-/// Upstream: a peer an implementation cannot enforce makes an Accept rule match nothing there,
-/// and a Deny or Pass rule a Deny of all traffic. The policy is enforced; each such peer is a
-/// notice.
+/// A `domainNames` peer of an Accept rule matches no address in the compiled policy (only
+/// addresses a pod learnt for its names: tests/fqdn.rs), and says so; in a Pass (or Deny)
+/// rule, which the API does not allow, it fails closed: upstream makes such a rule a Deny of
+/// all traffic. The policy is enforced; each such peer is a notice.
 #[test]
 fn unsupported_peers_fail_closed_and_are_reported() {
     let p = cnp("
@@ -108,9 +109,13 @@ spec:
     assert_eq!(notices.len(), 2, "{notices:?}");
     assert_eq!(notices[0].field, "spec.egress[0].to[0].domainNames");
     assert!(
-        notices[0].message.contains("matches nothing"),
+        notices[0].message.starts_with("[\"*.example.com\"]: ")
+            && notices[0]
+                .message
+                .contains(palisade_policy::fqdn::NAME_PEER_NOTICE),
         "{notices:?}"
     );
+    assert!(!notices[0].message.contains("not supported"), "{notices:?}");
     assert!(
         notices[1].message.contains("denies all traffic"),
         "{notices:?}"

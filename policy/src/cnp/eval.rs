@@ -27,7 +27,10 @@ pub(crate) fn subject_selects(cluster: &Cluster, cnp: &NormCnp, pod: &PodInfo) -
 
 /// Whether `rule` of a policy selecting `pod` matches the connection with `peer` (the source
 /// at ingress, the destination at egress) on (`proto`, `port`). Port 0 stands for "unknown"
-/// (a later fragment): only a rule covering every port of the protocol names it.
+/// (a later fragment): only a rule covering every port of the protocol names it. `learnt`
+/// are the names the cluster DNS service answered `pod` with `peer`'s address for (what a
+/// `domainNames` peer matches; empty when the pod learnt nothing for that address).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rule_matches(
     cluster: &Cluster,
     rule: &CnpRule,
@@ -36,6 +39,7 @@ pub(crate) fn rule_matches(
     peer: &Endpoint,
     proto: u8,
     port: u16,
+    learnt: &[String],
 ) -> bool {
     let addr = peer.addr();
     // "Note that host-networked pods are not included in this type of peer": namespaces and
@@ -61,6 +65,11 @@ pub(crate) fn rule_matches(
             .any(|n| s.matches(&n.labels) && n.addrs.contains(&addr)),
         // "Cluster-internal traffic will be checked against the rule as well."
         CnpPeer::Networks(cidrs) => cidrs.iter().any(|c| c.contains_addr(addr)),
+        // "the addresses the cluster's DNS service returned to that pod for a matching name"
+        // (issue 14): never an address by itself.
+        CnpPeer::DomainNames(patterns) => learnt
+            .iter()
+            .any(|name| patterns.iter().any(|p| p.matches(name))),
         CnpPeer::Everything => true,
     });
     if !peer_ok {

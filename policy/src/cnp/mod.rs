@@ -3,7 +3,8 @@
 //!
 //! - [`types`]: the resource, serde-compatible with upstream (and a kube-rs resource).
 //! - [`validate_cluster_policy`] / [`prepare_cluster_policy`]: validation as the CRD does it;
-//!   peers that cannot be enforced fail closed and are reported as notices.
+//!   peers that cannot be enforced fail closed and are reported as notices (so are
+//!   `domainNames` peers, which only learnt addresses match: `fqdn::names`).
 //! - Evaluation (the reference evaluator, `eval.rs`) and compilation (`tiers.rs`) read the
 //!   prepared form.
 
@@ -44,7 +45,8 @@ impl PreparedCnp {
         self.policy.priority
     }
 
-    /// Peers enforced fail-closed (a domainNames peer, a peer of an unknown kind).
+    /// Peers enforced fail-closed (a domainNames peer of a Deny or Pass rule, a peer of an
+    /// unknown kind), and each domainNames peer of an Accept rule (what it matches).
     pub fn notices(&self) -> &[Problem] {
         &self.notices
     }

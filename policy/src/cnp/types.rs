@@ -119,7 +119,8 @@ pub struct ClusterNetworkPolicyEgressPeer {
     /// CIDRs (up to 25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networks: Option<Vec<String>>,
-    /// Not supported yet: such a peer fails closed (see `docs/policy.md`).
+    /// Names (Accept rules only): matched by the addresses the cluster DNS service answers
+    /// the pod for them (see `docs/fqdn.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_names: Option<Vec<String>>,
 }

@@ -136,6 +136,10 @@ pub(crate) enum CnpPeer {
     Nodes(Selector),
     /// Addresses in these CIDRs, pod addresses included (egress only).
     Networks(Vec<Prefix>),
+    /// Names (Accept rules only, egress): matches no address in the compiled policy; an
+    /// address matches only for a pod that learnt it from the cluster DNS service's answer
+    /// for a matching name (`fqdn::names`, docs/fqdn.md).
+    DomainNames(Vec<DomainPattern>),
     /// Every address: what a Deny or Pass rule with a peer Palisade cannot enforce becomes
     /// (fail closed).
     Everything,
@@ -503,18 +507,29 @@ impl Validator {
                     ),
                 );
             }
+            let mut patterns = Vec::new();
             for (k, n) in names.iter().enumerate() {
-                if let Err(e) = DomainPattern::parse(n) {
-                    self.problem(format!("{nf}[{k}]"), format!("{n:?} {e}"));
+                match DomainPattern::parse(n) {
+                    Ok(p) => patterns.push(p),
+                    Err(e) => self.problem(format!("{nf}[{k}]"), format!("{n:?} {e}")),
                 }
             }
-            let why = match raw.action {
-                Some(Action::Accept) | None => "domainNames peers are not supported yet",
-                Some(Action::Deny | Action::Pass) => {
-                    "domainNames peers are only supported in Accept rules"
+            match raw.action {
+                Some(Action::Accept) => {
+                    self.notices.push(Problem::new(
+                        &self.obj,
+                        nf,
+                        format!("{names:?}: {}", crate::fqdn::NAME_PEER_NOTICE),
+                    ));
+                    raw.peers.push(CnpPeer::DomainNames(patterns));
                 }
-            };
-            raw.unenforceable.push((nf, format!("{names:?}: {why}")));
+                // No action: the rule is invalid anyway.
+                None => {}
+                Some(Action::Deny | Action::Pass) => raw.unenforceable.push((
+                    nf,
+                    format!("{names:?}: domainNames peers are only supported in Accept rules"),
+                )),
+            }
         } else {
             // Upstream: a peer with no field set comes from a CRD newer than the implementation
             // (a peer kind it does not know); fail closed.

@@ -48,7 +48,7 @@ pub(super) fn explain(
         .map(|(index, rule)| {
             let id = RuleId::cluster_network_policy(&cnp.name, dir, index);
             let hit = |p: &Piece, r: &CnpRule| {
-                rule_matches(ev.cluster, r, dir, pod, peer, p.proto, p.first)
+                rule_matches(ev.cluster, r, dir, pod, peer, p.proto, p.first, &[])
             };
             let matched: Vec<bool> = pieces.iter().map(|p| hit(p, rule)).collect();
             let decided: Vec<bool> = outcomes
@@ -156,6 +156,14 @@ fn peer_words(p: &CnpPeer) -> String {
         CnpPeer::Networks(cidrs) => format!(
             "addresses in {}",
             cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CnpPeer::DomainNames(patterns) => format!(
+            "addresses the pod learnt from DNS for {}",
+            patterns
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()

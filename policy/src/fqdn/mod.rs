@@ -1,16 +1,28 @@
 //! Egress by domain name (ClusterNetworkPolicy `domainNames` peers): the meaning, pure.
 //!
-//! The datapath is not wired yet: a `domainNames` peer still fails closed (see
-//! `cnp/validate.rs`) and docs/fqdn.md says what is planned. What lives here is the meaning
-//! the datapath and the reference evaluator will share, testable without a kernel:
 //! - [`DomainPattern`]: one `domainNames` entry, validated as the CRD does and matched as the
 //!   API defines (case-insensitive, with or without the trailing dot, `*.` = one or more
 //!   whole labels);
 //! - [`dns`]: a bounded reader of DNS response messages (the wire format, RFC 1035 §4);
-//! - [`learn`]: which addresses a response teaches a pod with given patterns, and for how long.
+//! - [`learn`]: which addresses a response teaches a pod with given patterns, and for how long;
+//! - [`names`]: what the compile gives the datapath per endpoint (name rules, patterns with
+//!   rule masks, one variant compile per name rule) and why that decides as the API says;
+//!   [`Learnt`] is the reference evaluator's view of what pods learnt.
+//!
+//! In the compiled policy a `domainNames` peer matches no address: a pod reaches a name only
+//! through the addresses it learnt (docs/fqdn.md).
 
 pub mod dns;
 pub mod learn;
+pub mod names;
 mod pattern;
 
+pub use names::{EndpointNames, Learnt, MAX_NAME_RULES, NameRule};
 pub use pattern::{DomainPattern, MAX_DOMAIN_NAMES, MAX_NAME_LEN};
+
+/// What `palisadectl status` says about each `domainNames` peer of an Accept rule (after the
+/// entries). One place, so it changes with the datapath: learning is not wired into the
+/// datapath yet, so today such a peer matches nothing.
+pub const NAME_PEER_NOTICE: &str = "matched only by the addresses the cluster DNS service \
+    answers the pod for these names, never by address alone (docs/fqdn.md); the datapath does \
+    not learn answers yet, so for now this peer matches nothing";
