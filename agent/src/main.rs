@@ -103,10 +103,16 @@ struct Args {
     /// `policy.palisade.io/audit: "true"`.
     #[arg(long)]
     audit_mode: bool,
-    /// `NAME=ENTRIES`: create map NAME with this many entries instead of its default
-    /// (repeatable; pal_ep_v1, pal_pol_v1, pal_port_v1, pal_svc_v1, pal_host_v1, pal_ct_v1, pal_cta_v1,
-    /// pal_frag_v1). A map pinned with another size is replaced by one of this size, its
-    /// entries copied where they fit (docs/security.md, lost node state).
+    /// The most pods this node runs (kubelet's `--max-pods`): sizes the flow-state maps
+    /// (conntrack, assured tier, fragments, event limits; docs/datapath.md "Map sizes").
+    #[arg(long, default_value_t = palisade_agent::map_sizes::DEFAULT_MAX_PODS,
+          value_parser = palisade_agent::map_sizes::parse_max_pods)]
+    max_pods: u32,
+    /// `NAME=ENTRIES`: create map NAME with this many entries instead of its default or the
+    /// size `--max-pods` gives it (repeatable; pal_ep_v1, pal_pol_v1, pal_port_v1, pal_svc_v1,
+    /// pal_host_v1, pal_ct_v1, pal_cta_v1, pal_frag_v1, pal_evrl_v1, pal_svcfl_v1). A map
+    /// pinned with another size is replaced by one of this size, its entries copied where
+    /// they fit (docs/security.md, lost node state).
     #[arg(long = "map-size", value_parser = palisade_agent::map_sizes::parse)]
     map_sizes: Vec<(String, u32)>,
 }
@@ -200,7 +206,7 @@ fn main() -> Result<()> {
             metrics_addr: args.metrics.then_some(args.metrics_address),
         },
         audit_mode: args.audit_mode,
-        map_sizes: palisade_agent::map_sizes::MapSizes::new(args.map_sizes),
+        map_sizes: palisade_agent::map_sizes::MapSizes::for_node(args.max_pods, args.map_sizes),
     };
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()

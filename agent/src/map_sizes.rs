@@ -8,13 +8,18 @@
 //! with another size (by an agent run with other `--map-size` flags) is replaced by one of
 //! the size asked for, its entries copied where that map kind is copied. The agent reads the
 //! real sizes of the loaded maps and checks every write against those (`applier::Capacity`).
+//!
+//! Without `--map-size`, the flow-state tables are sized from `--max-pods` by
+//! [`for_max_pods`] (docs/datapath.md, "Map sizes"): the LRU tables are preallocated (the
+//! kernel requires it), so their capacity is memory an idle node pays for, and a fixed size
+//! is either too much for a small node or too little for a large one.
 
 use std::collections::BTreeMap;
 
 use palisade_common::maps;
 
 /// Maps that `--map-size` may size.
-pub const SIZABLE: [&str; 8] = [
+pub const SIZABLE: [&str; 10] = [
     maps::ENDPOINTS,
     maps::POLICY,
     maps::PORTS,
@@ -23,7 +28,58 @@ pub const SIZABLE: [&str; 8] = [
     maps::CONNTRACK,
     maps::ASSURED,
     maps::FRAGMENTS,
+    maps::EVENT_LIMIT,
+    maps::SVC_FLOWS,
 ];
+
+/// Kubelet's default `--max-pods`: the agent's default, for which [`for_max_pods`] gives the
+/// eBPF object's own capacities (`palisade_common::maps`).
+pub const DEFAULT_MAX_PODS: u32 = 110;
+
+/// Largest `--max-pods`: the endpoint map holds `ENDPOINTS_MAX` endpoints.
+pub const MAX_PODS_LIMIT: u32 = maps::ENDPOINTS_MAX;
+
+/// Entries per pod of each table sized by [`for_max_pods`], and the least size of each:
+/// (map, per pod, minimum). Why these numbers: docs/datapath.md, "Map sizes".
+pub const PER_POD: [(&str, u32, u32); 5] = [
+    // New and unreplied flows, and flows refused promotion: LRU, evicts the idlest.
+    (maps::CONNTRACK, 128, 1_024),
+    // Established flows; at least one endpoint's whole budget (`ASSURED_BUDGET`).
+    (maps::ASSURED, 512, palisade_common::assured::ASSURED_BUDGET),
+    // Datagrams being reassembled (first fragment seen, last one not yet).
+    (maps::FRAGMENTS, 8, 256),
+    // Drop-event rate limits and Service flows awaiting their event: LRU, events only.
+    (maps::EVENT_LIMIT, 32, 1_024),
+    (maps::SVC_FLOWS, 32, 1_024),
+];
+
+/// `max_entries` of the flow-state tables for a node that runs at most `max_pods` pods:
+/// per pod x `max_pods`, rounded up to a power of two (a hash map's bucket count is one
+/// anyway), at least the minimum, at most [`MAX`].
+pub fn for_max_pods(max_pods: u32) -> Vec<(String, u32)> {
+    PER_POD
+        .iter()
+        .map(|&(name, per_pod, min)| {
+            let n = (u64::from(max_pods) * u64::from(per_pod))
+                .next_power_of_two()
+                .clamp(u64::from(min), u64::from(MAX));
+            (name.to_string(), n as u32)
+        })
+        .collect()
+}
+
+/// One `--max-pods` argument.
+pub fn parse_max_pods(arg: &str) -> Result<u32, String> {
+    let n: u32 = arg
+        .parse()
+        .map_err(|_| format!("--max-pods: {arg:?} is not a number of pods"))?;
+    if n == 0 || n > MAX_PODS_LIMIT {
+        return Err(format!(
+            "--max-pods: {n} is outside 1..={MAX_PODS_LIMIT} (the endpoint map's capacity)"
+        ));
+    }
+    Ok(n)
+}
 
 /// Largest size accepted (16 Mi entries): a typo must not make the kernel try to allocate
 /// gigabytes.
@@ -58,6 +114,11 @@ impl MapSizes {
         MapSizes(sizes.into_iter().collect())
     }
 
+    /// The agent's sizes: [`for_max_pods`], then every `--map-size` (which wins).
+    pub fn for_node(max_pods: u32, overrides: impl IntoIterator<Item = (String, u32)>) -> Self {
+        Self::new(for_max_pods(max_pods).into_iter().chain(overrides))
+    }
+
     /// The size set for `name`, if any (a pinned map's expected layout follows it).
     pub fn get(&self, name: &str) -> Option<u32> {
         self.0.get(name).copied()
@@ -88,5 +149,61 @@ mod tests {
         let s = MapSizes::new([("pal_svc_v1".into(), 64), ("pal_svc_v1".into(), 32)]);
         assert_eq!(s.get("pal_svc_v1"), Some(32));
         assert_eq!(s.get(maps::POLICY), None);
+    }
+
+    #[test]
+    fn the_default_max_pods_gives_the_objects_own_capacities() {
+        let expected = [
+            (maps::CONNTRACK, maps::CONNTRACK_MAX),
+            (maps::ASSURED, maps::ASSURED_MAX),
+            (maps::FRAGMENTS, maps::FRAGMENTS_MAX),
+            (maps::EVENT_LIMIT, palisade_common::events::EVENT_LIMIT_MAX),
+            (maps::SVC_FLOWS, palisade_common::events::SVC_FLOWS_MAX),
+        ];
+        let got = for_max_pods(DEFAULT_MAX_PODS);
+        assert_eq!(got.len(), expected.len());
+        for (name, n) in expected {
+            assert!(got.contains(&(name.to_string(), n)), "{name}: {got:?}");
+            assert!(SIZABLE.contains(&name));
+        }
+    }
+
+    #[test]
+    fn sizes_scale_with_max_pods_rounded_up_and_bounded() {
+        let get = |pods, name| {
+            for_max_pods(pods)
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v)
+        };
+        // 20 pods: 2560 -> 4096 conntrack; the assured tier keeps one endpoint's budget.
+        assert_eq!(get(20, maps::CONNTRACK), Some(4_096));
+        assert_eq!(get(20, maps::ASSURED), Some(16_384));
+        assert_eq!(
+            get(1, maps::ASSURED),
+            Some(palisade_common::assured::ASSURED_BUDGET)
+        );
+        assert_eq!(get(1, maps::FRAGMENTS), Some(256));
+        // 250 pods: 32 000 -> 32 768.
+        assert_eq!(get(250, maps::CONNTRACK), Some(32_768));
+        assert_eq!(get(250, maps::EVENT_LIMIT), Some(8_192));
+        // The largest node stays within what --map-size accepts.
+        for (name, n) in for_max_pods(MAX_PODS_LIMIT) {
+            assert!(n <= MAX, "{name}: {n}");
+        }
+        assert_eq!(get(MAX_PODS_LIMIT, maps::ASSURED), Some(1 << 23));
+    }
+
+    #[test]
+    fn map_size_overrides_the_formula_and_bad_max_pods_are_named() {
+        let s = MapSizes::for_node(110, [(maps::CONNTRACK.to_string(), 8_192)]);
+        assert_eq!(s.get(maps::CONNTRACK), Some(8_192));
+        assert_eq!(s.get(maps::ASSURED), Some(maps::ASSURED_MAX));
+        assert_eq!(s.get(maps::POLICY), None);
+        assert_eq!(parse_max_pods("250"), Ok(250));
+        let e = parse_max_pods("0").unwrap_err();
+        assert!(e.contains("--max-pods") && e.contains("outside"), "{e}");
+        assert!(parse_max_pods("16385").unwrap_err().contains("16384"));
+        assert!(parse_max_pods("many").unwrap_err().contains("\"many\""));
     }
 }

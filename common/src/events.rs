@@ -126,5 +126,8 @@ pub const EVSTAT_SLOTS: u32 = 4;
 
 /// Ring buffer size (bytes; a power of two multiple of the page size): ~10,000 events.
 pub const FLOW_RING_BYTES: u32 = 1 << 20;
-pub const EVENT_LIMIT_MAX: u32 = 16_384;
-pub const SVC_FLOWS_MAX: u32 = 16_384;
+/// Flows with a drop-event rate limit, and client flows to a Service address awaiting the
+/// event of their judgement (both LRU, preallocated): 32 per pod at 110 pods (the agent sizes
+/// them from `--max-pods`, see `crate::maps`).
+pub const EVENT_LIMIT_MAX: u32 = 4_096;
+pub const SVC_FLOWS_MAX: u32 = 4_096;

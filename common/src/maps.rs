@@ -33,20 +33,34 @@ pub const PROG_TO_UPLINK: &str = "to_uplink";
 /// The agent never attaches it.
 pub const PROG_PASS: &str = "pass";
 
-/// Default capacities (`max_entries` in the eBPF object). `palisade-agent --map-size` may
-/// create maps of other sizes (a map pinned with another size is replaced, see the agent's
-/// `datapath::layout`), so the agent's applier checks every change against the loaded maps'
-/// real `max_entries` (`applier::Capacity`) before writing, and reports what does not fit
-/// instead of writing part of it.
+/// Default capacities (`max_entries` in the eBPF object). The agent sizes the flow-state
+/// tables (`pal_ct_v1`, `pal_cta_v1`, `pal_frag_v1`, `pal_evrl_v1`, `pal_svcfl_v1`) from its
+/// `--max-pods` (the agent's `map_sizes::for_max_pods`, docs/datapath.md "Map sizes"); the
+/// defaults below are that formula at Kubernetes' default of 110 pods (a unit test there
+/// keeps them equal). `palisade-agent --map-size` may create maps of other sizes (a map
+/// pinned with another size is replaced, see the agent's `datapath::layout`), so the agent's
+/// applier checks every change against the loaded maps' real `max_entries`
+/// (`applier::Capacity`) before writing, and reports what does not fit instead of writing
+/// part of it.
+///
+/// Memory: an LRU hash is always preallocated (the kernel refuses `BPF_F_NO_PREALLOC` for
+/// it), so its `max_entries` is paid for on an idle node (~136 B per conntrack entry). Every
+/// other hash is `BPF_F_NO_PREALLOC` (its entries are allocated as written) and costs 16 B
+/// per bucket (`max_entries` rounded up to a power of two) while empty; LPM tries allocate
+/// per entry.
 pub const ENDPOINTS_MAX: u32 = 16_384;
 pub const POLICY_MAX: u32 = 1_048_576;
 pub const PORTS_MAX: u32 = 262_144;
-pub const CONNTRACK_MAX: u32 = 262_144;
-/// Assured flows per node (`BPF_F_NO_PREALLOC`: memory is used per entry, not reserved).
-pub const ASSURED_MAX: u32 = 262_144;
+/// New and unreplied flows (LRU, preallocated): 128 per pod at 110 pods; established flows
+/// move to `pal_cta_v1` at their first reply.
+pub const CONNTRACK_MAX: u32 = 16_384;
+/// Assured flows per node (`BPF_F_NO_PREALLOC`: memory is used per entry, not reserved):
+/// 512 per pod at 110 pods.
+pub const ASSURED_MAX: u32 = 65_536;
 /// Endpoints with a count (ep_ids are never reused: the agent's sweep removes the counts of
 /// endpoints that no longer exist).
 pub const ASSURED_COUNT_MAX: u32 = ENDPOINTS_MAX;
 pub const HOST_ADDRS_MAX: u32 = 256;
-pub const FRAGMENTS_MAX: u32 = 8_192;
+/// Datagrams being reassembled (LRU, preallocated): 8 per pod at 110 pods.
+pub const FRAGMENTS_MAX: u32 = 1_024;
 pub const SERVICES_MAX: u32 = 65_536;

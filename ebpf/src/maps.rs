@@ -23,9 +23,17 @@ use palisade_common::{
 
 use crate::parse::Packet;
 
+/// `BPF_F_NO_PREALLOC`: entries are allocated as they are inserted (an idle node pays only
+/// the bucket array, 16 B per entry of capacity, for the maps that have it); the kernel's
+/// value for the flag. Lookups cost the same; only an insert allocates, and the programs
+/// insert into none of these but `pal_cta_v1` / `pal_ctcnt_v1` (once per promoted flow).
+/// LRU maps cannot have it (the kernel requires them preallocated): their size is the
+/// memory they take (`palisade_common::maps`).
+const NO_PREALLOC: u32 = 1;
+
 /// Host-side veth ifindex -> endpoint. Written by the agent.
 #[map(name = "pal_ep_v1")]
-pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, 0);
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, NO_PREALLOC);
 
 /// (policy_id, dir, family, peer prefix) -> what is allowed with that peer. Written by the agent.
 #[map(name = "pal_pol_v1")]
@@ -38,10 +46,6 @@ pub static PORTS: LpmTrie<PortKey, PortValue> = LpmTrie::pinned(PORTS_MAX, 0);
 /// Tracked flows. Written by the programs; LRU so a full table evicts the idlest flow.
 #[map(name = "pal_ct_v1")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX, 0);
-
-/// `BPF_F_NO_PREALLOC`: entries are allocated as they are inserted (an idle node pays nothing
-/// for the maps below); the kernel's value for the flag.
-const NO_PREALLOC: u32 = 1;
 
 /// Assured flows (`palisade_common::assured`): moved here from `pal_ct_v1` at their first
 /// reply. A plain hash: nothing evicts from it.
@@ -62,12 +66,12 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGME
 
 /// Addresses of this node. Written by the agent.
 #[map(name = "pal_host_v1")]
-pub static HOST_ADDRS: HashMap<HostAddrKey, u32> = HashMap::pinned(HOST_ADDRS_MAX, 0);
+pub static HOST_ADDRS: HashMap<HostAddrKey, u32> = HashMap::pinned(HOST_ADDRS_MAX, NO_PREALLOC);
 
 /// Service addresses (ClusterIPs, external IPs, load balancer IPs): egress to them is judged
 /// after translation (`palisade_common::service`). Written by the agent.
 #[map(name = "pal_svc_v1")]
-pub static SERVICES: HashMap<HostAddrKey, u32> = HashMap::pinned(SERVICES_MAX, 0);
+pub static SERVICES: HashMap<HostAddrKey, u32> = HashMap::pinned(SERVICES_MAX, NO_PREALLOC);
 
 /// Packets and bytes per `stats_index(dir, reason)`.
 #[map(name = "pal_stat_v1")]

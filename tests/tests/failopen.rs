@@ -512,6 +512,95 @@ fn privileged_pinned_maps_with_foreign_layouts_are_replaced_and_reported() -> Re
     restart_adopts(&mut lab)
 }
 
+/// Threat model: lost node state, the ordinary kind: an upgrade. The agent before issue 12's
+/// sizing left a preallocated endpoint map (flags 0) and a 262 144-entry conntrack table
+/// pinned. Now the endpoint map is `BPF_F_NO_PREALLOC` and conntrack is sized from
+/// `--max-pods`: both are replaced and their entries copied (the endpoints keep their ids,
+/// so the new agent adopts the 9 endpoints instead of renumbering them; a tracked flow
+/// survives), the node enforces throughout the restart and the status names both.
+#[test]
+fn privileged_maps_of_the_previous_sizing_are_replaced_with_their_entries() -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use palisade_common::conntrack::{CtKey, CtValue};
+    use palisade_common::endpoint::EndpointInfo;
+    use palisade_common::maps;
+    let test = "privileged_maps_of_the_previous_sizing_are_replaced_with_their_entries";
+    let Some(mut lab) = lab(test)? else {
+        return Ok(());
+    };
+    let dir = bpffs_of(&mut lab)?.join("maps");
+    lab.agent_mut(0).context("no agent")?.kill_hard()?;
+    // Replaces the pin `name` by a preallocated map (flags 0) of the old layout.
+    let old_pin = |name: &str, ty: u32, k: usize, v: usize, max: u32| -> Result<MapData> {
+        let path = dir.join(name);
+        std::fs::remove_file(&path)?;
+        palisade_tests::bpf::create_pinned_map(&path, ty, k as u32, v as u32, max, 0)?;
+        Ok(MapData::from_pin(&path)?)
+    };
+    // The endpoints as the killed agent wrote them, moved into a preallocated map (type 1).
+    let eps: Vec<(u32, EndpointInfo)> = {
+        let md = MapData::from_pin(dir.join(maps::ENDPOINTS))?;
+        let m: HashMap<MapData, u32, EndpointInfo> = HashMap::try_from(Map::HashMap(md))?;
+        m.iter().collect::<Result<_, _>>()?
+    };
+    ensure!(eps.len() == 9, "{} endpoints pinned, expected 9", eps.len());
+    let ep_size = std::mem::size_of::<EndpointInfo>();
+    let md = old_pin(maps::ENDPOINTS, 1, 4, ep_size, maps::ENDPOINTS_MAX)?;
+    let mut old: HashMap<MapData, u32, EndpointInfo> = HashMap::try_from(Map::HashMap(md))?;
+    for (k, v) in &eps {
+        old.insert(k, v, 0)?;
+    }
+    // One tracked UDP flow of x/a's endpoint in an LRU table (type 9) of the old default size.
+    let flow = CtKey {
+        ep_id: eps[0].1.ep_id,
+        proto: palisade_common::packet::IPPROTO_UDP,
+        family: palisade_common::FAMILY_V4,
+        saddr_be: [10, 99, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        daddr_be: [10, 99, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        sport_be: 4242u16.to_be_bytes(),
+        dport_be: 4243u16.to_be_bytes(),
+        ..CtKey::default()
+    };
+    let seen = CtValue {
+        last_seen_ns: palisade_tests::bpf::ktime_now_ns()?,
+        ..CtValue::default()
+    };
+    let (k, v) = (size_of::<CtKey>(), size_of::<CtValue>());
+    let md = old_pin(maps::CONNTRACK, 9, k, v, 262_144)?;
+    let mut old: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(Map::LruHashMap(md))?;
+    old.insert(flow, seen, 0)?;
+    drop(old);
+
+    // Respawns the agent; checks that it adopted the 9 endpoints (not renumbered them: their
+    // ids came through the copy) and that the policy holds.
+    restart_adopts(&mut lab)?;
+    let (healthy, status) = health(&mut lab)?;
+    ensure!(healthy, "unhealthy after the upgrade:\n{status}");
+    for needle in [
+        format!("{}\"", dir.join(maps::ENDPOINTS).display()),
+        "flags 0x0, the eBPF object defines hash".to_string(),
+        "its 9 entries copied".to_string(),
+        format!("{}\"", dir.join(maps::CONNTRACK).display()),
+        "max_entries 262144".to_string(),
+        format!("max_entries {}", maps::CONNTRACK_MAX),
+        "its 1 entries copied".to_string(),
+    ] {
+        ensure!(
+            status.contains(&needle),
+            "status does not say {needle:?}:\n{status}"
+        );
+    }
+    let md = MapData::from_pin(dir.join(maps::CONNTRACK))?;
+    let ct: HashMap<MapData, CtKey, CtValue> = HashMap::try_from(Map::LruHashMap(md))?;
+    ensure!(
+        ct.get(&flow, 0).is_ok(),
+        "the tracked flow was not carried over"
+    );
+    let info = aya::maps::MapInfo::from_pin(dir.join(maps::ENDPOINTS))?;
+    ensure!(info.map_flags() & 1 != 0, "pal_ep_v1 is still preallocated");
+    Ok(())
+}
+
 /// An agent process run by `ip netns exec` (a fresh /sys, as a user would run it by hand),
 /// killed on drop.
 struct NetnsAgent {

@@ -536,19 +536,44 @@ fn start_agent(lab: &mut Lab, topo: &Topo) -> Result<()> {
     }
 }
 
+/// Rules per NetworkPolicy of the Palisade configurations: a larger policy is not a valid
+/// object (the API server refuses objects over 3 MiB; the agent's manifest limits follow it,
+/// `policy::manifest::limits`): 100,000 rules are ten policies selecting x/a, which
+/// NetworkPolicy unions into the same allowed set (up to 10,000 rules it is one policy, as
+/// in every earlier run).
+const RULES_PER_POLICY: usize = 10_000;
+
 /// x/a isolated for ingress: `rules` rules (one /32 from 198.18.0.0/15 and one UDP port each)
-/// that never match, plus one allowing the client's address on every port.
+/// that never match, plus one allowing the client's address on every port, in policies of at
+/// most [`RULES_PER_POLICY`] rules (`bench`, `bench-1`, ...; YAML documents of one manifest).
 fn policy_yaml(rules: usize, client: IpAddr) -> String {
-    let mut y = String::from(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n  ingress:\n",
-    );
-    for i in 0..rules {
-        let (cidr, port) = nonmatching(i);
+    let mut y = String::new();
+    let mut i = 0;
+    for part in 0.. {
+        let name = if part == 0 {
+            "bench".to_string()
+        } else {
+            format!("bench-{part}")
+        };
         writeln!(
             y,
-            "  - from: [{{ipBlock: {{cidr: {cidr}}}}}]\n    ports: [{{port: {port}, protocol: UDP}}]",
+            "{}apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Ingress]\n  ingress:",
+            if part == 0 { "" } else { "---\n" }
         )
         .expect("writing to a String");
+        let end = (i + RULES_PER_POLICY).min(rules);
+        for i in i..end {
+            let (cidr, port) = nonmatching(i);
+            writeln!(
+                y,
+                "  - from: [{{ipBlock: {{cidr: {cidr}}}}}]\n    ports: [{{port: {port}, protocol: UDP}}]",
+            )
+            .expect("writing to a String");
+        }
+        i = end;
+        if i >= rules {
+            break;
+        }
     }
     writeln!(y, "  - from: [{{ipBlock: {{cidr: {client}/32}}}}]").expect("writing to a String");
     y

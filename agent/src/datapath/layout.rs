@@ -9,7 +9,7 @@
 //! 1. every map the object pins by name is looked up under `maps/`; one whose type, key size,
 //!    value size, `max_entries` or flags differ from the object's (or a pin that is not a map)
 //!    is unpinned, and the loader creates a fresh one in its place;
-//! 2. when only `max_entries` differs, the old map is kept open and, after loading, its
+//! 2. when only `max_entries` (or `BPF_F_NO_PREALLOC`) differs, the old map is kept open and, after loading, its
 //!    entries are copied into the new one (conntrack: established flows survive; endpoints:
 //!    endpoint ids and addresses survive, so the applier adopts instead of re-numbering);
 //!    the policy tries, the Service and node addresses are rewritten by the agent anyway,
@@ -29,6 +29,9 @@ use palisade_common::maps;
 use super::DatapathError;
 use crate::map_sizes::MapSizes;
 use crate::status::Problem;
+
+/// `BPF_F_NO_PREALLOC`: how the kernel allocates entries, not what they hold.
+const NO_PREALLOC: u32 = 1;
 
 /// What the kernel reports about a map, as far as its layout goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,12 +54,14 @@ impl Layout {
         }
     }
 
-    /// Same map except, at most, its capacity: entries can be copied over.
+    /// Same map except, at most, its capacity and whether it is preallocated: entries can be
+    /// copied over (a map of an agent from before a hash became `BPF_F_NO_PREALLOC` keeps
+    /// its entries: the endpoints keep their ids).
     fn copyable_from(&self, other: &Layout) -> bool {
         self.map_type == other.map_type
             && self.key_size == other.key_size
             && self.value_size == other.value_size
-            && self.flags == other.flags
+            && (self.flags | NO_PREALLOC) == (other.flags | NO_PREALLOC)
     }
 }
 
@@ -249,6 +254,20 @@ mod tests {
             ..ct(1024)
         };
         assert!(!ct(262_144).copyable_from(&other_value));
+        // An endpoint map from before `BPF_F_NO_PREALLOC` is copied; another flag is not.
+        let prealloc = Layout {
+            map_type: 1,
+            ..ct(16_384)
+        };
+        let no_prealloc = Layout {
+            flags: 1,
+            ..prealloc
+        };
+        assert!(no_prealloc.copyable_from(&prealloc));
+        assert!(!no_prealloc.copyable_from(&Layout {
+            flags: 1 << 3,
+            ..prealloc
+        }));
         let r = Replaced {
             name: maps::CONNTRACK.into(),
             path: PathBuf::from("/b/maps/pal_ct_v1"),

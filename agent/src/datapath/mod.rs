@@ -560,10 +560,8 @@ impl Datapath {
         &self.maps_dir
     }
 
-    /// Kernel memory of each pinned map, as the kernel accounts it (`memlock` in the map fd's
-    /// fdinfo; since Linux 6.4 this is the map's actual usage, e.g. the trie's nodes).
+    /// Kernel memory of each pinned map, as the kernel accounts it ([`map_memory_bytes`]).
     pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
-        use std::os::fd::{AsFd, AsRawFd};
         let names = [
             maps::ENDPOINTS,
             maps::POLICY,
@@ -586,17 +584,7 @@ impl Datapath {
             let Ok(info) = aya::maps::MapInfo::from_pin(self.maps_dir.join(name)) else {
                 continue;
             };
-            let Ok(fd) = info.fd() else { continue };
-            let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
-            let bytes = std::fs::read_to_string(&fdinfo)
-                .ok()
-                .and_then(|t| {
-                    t.lines()
-                        .find_map(|l| l.strip_prefix("memlock:").map(|v| v.trim().parse().ok()))
-                        .flatten()
-                })
-                .unwrap_or(0);
-            out.push((name, bytes));
+            out.push((name, map_memory_bytes(&info).unwrap_or(0)));
         }
         out
     }
@@ -611,6 +599,20 @@ impl Datapath {
                 source,
             })
     }
+}
+
+/// Kernel memory of a map as the kernel accounts it: `memlock` in its fd's fdinfo (since
+/// Linux 6.4 the map's actual usage: a preallocated hash's elements, a hash's bucket array,
+/// a trie's nodes). aya's `MapInfo` does not expose it.
+pub fn map_memory_bytes(info: &aya::maps::MapInfo) -> Option<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = info.fd().ok()?;
+    let fdinfo =
+        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd())).ok()?;
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Name of an interface in the agent's network namespace.

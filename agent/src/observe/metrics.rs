@@ -75,8 +75,8 @@ struct Readings {
     events: [u64; 3],
     /// `CTST_*` sums (the assured conntrack tier).
     assured: [u64; 3],
-    /// (map, entries, capacity).
-    maps: Vec<(&'static str, Option<u64>, u64)>,
+    /// (map, entries, capacity, kernel memory in bytes).
+    maps: Vec<(&'static str, Option<u64>, u64, Option<u64>)>,
 }
 
 #[derive(Debug, Default)]
@@ -177,6 +177,7 @@ pub struct Metrics {
     endpoints: Family<StateLabels, Gauge>,
     map_entries: Family<MapLabels, Gauge>,
     map_capacity: Family<MapLabels, Gauge>,
+    map_memory: Family<MapLabels, Gauge>,
     source_synced: Gauge,
     source_generation: Gauge,
     applied_generation: Gauge,
@@ -209,6 +210,7 @@ impl Metrics {
             endpoints: Family::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
+            map_memory: Family::default(),
             source_synced: Gauge::default(),
             source_generation: Gauge::default(),
             applied_generation: Gauge::default(),
@@ -226,6 +228,7 @@ impl Metrics {
             endpoints,
             map_entries,
             map_capacity,
+            map_memory,
             source_synced,
             source_generation,
             applied_generation,
@@ -267,6 +270,13 @@ impl Metrics {
             "palisade_map_capacity",
             "Capacity (max entries) of each datapath map",
             map_capacity.clone(),
+        );
+        r.register_with_unit(
+            "palisade_map_memory",
+            "Kernel memory of each pinned datapath map (fdinfo memlock: preallocated LRU \
+             tables at full size, other hashes their buckets and entries)",
+            prometheus_client::registry::Unit::Bytes,
+            map_memory.clone(),
         );
         r.register(
             "palisade_source_synced",
@@ -380,11 +390,16 @@ impl Metrics {
     }
 
     fn set_readings(&self, r: Readings) {
-        for (map, entries, capacity) in &r.maps {
+        for (map, entries, capacity, memory) in &r.maps {
             if let Some(n) = entries {
                 self.map_entries
                     .get_or_create(&MapLabels { map })
                     .set(*n as i64);
+            }
+            if let Some(b) = memory {
+                self.map_memory
+                    .get_or_create(&MapLabels { map })
+                    .set(*b as i64);
             }
             self.map_capacity
                 .get_or_create(&MapLabels { map })
@@ -511,7 +526,8 @@ fn read_datapath(dir: &Path) -> Readings {
             }
             None => None,
         };
-        r.maps.push((name, entries, capacity));
+        let memory = crate::datapath::map_memory_bytes(&info);
+        r.maps.push((name, entries, capacity, memory));
     }
     r
 }
