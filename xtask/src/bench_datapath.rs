@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
 use palisade_agent::map_sizes::MapSizes;
-use palisade_tests::lab::{AgentMode, Lab, LabConfig};
+use palisade_tests::lab::{AgentMode, Lab, LabConfig, Manifests};
 
 use palisade_common::maps::PROG_PASS;
 use palisade_tests::bpf::BpffsMount;
@@ -226,6 +226,8 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
 
     let mut lab = Lab::start(LabConfig {
         agent: AgentMode::Required,
+        // 100,000 rules: ~1 MB of YAML per 10,000 parsed, compiled and written (seconds).
+        sync_timeout: Duration::from_secs(180),
         ..LabConfig::default()
     })
     .context("starting the lab")?;
@@ -255,6 +257,8 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
     )?;
     let mut empty = EmptyTc::load(&bpf_object)?;
     let mut agent_up = true;
+    // Policies of the last Palisade configuration (`policy_yaml`'s parts).
+    let mut policies_applied = 0;
     let mut firewall = Firewall::new(&topo.node);
     // Sweep leftovers of an interrupted earlier run in this lab (none normally).
     firewall.clean()?;
@@ -283,7 +287,19 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
                 Config::Baseline => {}
                 Config::EmptyTc => empty.attach(&topo)?,
                 Config::Palisade(n) | Config::PalisadeNoEvents(n) => {
-                    lab.apply_yaml("bench", &policy_yaml(n, topo.client_ip))?;
+                    // All parts in one apply (one sync: the agent compiles them once).
+                    let parts = policy_yaml(n, topo.client_ip);
+                    let dir = lab.dir().join("bench-policies");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    std::fs::create_dir_all(&dir)?;
+                    for (part, y) in parts.iter().enumerate() {
+                        std::fs::write(dir.join(format!("{}.yaml", policy_name(part))), y)?;
+                    }
+                    lab.apply(Manifests::Dir(dir))?;
+                    for part in parts.len()..policies_applied {
+                        lab.remove(&policy_name(part))?;
+                    }
+                    policies_applied = parts.len();
                     lab.wait_synced()?;
                     set_flow_events(&topo, !matches!(config, Config::PalisadeNoEvents(_)))?;
                 }
@@ -537,30 +553,32 @@ fn start_agent(lab: &mut Lab, topo: &Topo) -> Result<()> {
 }
 
 /// Rules per NetworkPolicy of the Palisade configurations: a larger policy is not a valid
-/// object (the API server refuses objects over 3 MiB; the agent's manifest limits follow it,
-/// `policy::manifest::limits`): 100,000 rules are ten policies selecting x/a, which
-/// NetworkPolicy unions into the same allowed set (up to 10,000 rules it is one policy, as
-/// in every earlier run).
+/// object (the API server refuses objects over 3 MiB; the agent's and the lab's manifest
+/// limits follow it, `policy::manifest::limits`): 100,000 rules are ten policies selecting
+/// x/a, each its own manifest, which NetworkPolicy unions into the same allowed set (up to
+/// 10,000 rules it is one policy, as in every earlier run).
 const RULES_PER_POLICY: usize = 10_000;
 
+/// Manifest name of the `part`-th policy.
+fn policy_name(part: usize) -> String {
+    if part == 0 {
+        "bench".to_string()
+    } else {
+        format!("bench-{part}")
+    }
+}
+
 /// x/a isolated for ingress: `rules` rules (one /32 from 198.18.0.0/15 and one UDP port each)
-/// that never match, plus one allowing the client's address on every port, in policies of at
-/// most [`RULES_PER_POLICY`] rules (`bench`, `bench-1`, ...; YAML documents of one manifest).
-fn policy_yaml(rules: usize, client: IpAddr) -> String {
-    let mut y = String::new();
+/// that never match, plus one allowing the client's address on every port, as policies of
+/// at most [`RULES_PER_POLICY`] rules (named by [`policy_name`]).
+fn policy_yaml(rules: usize, client: IpAddr) -> Vec<String> {
+    let mut out = Vec::new();
     let mut i = 0;
-    for part in 0.. {
-        let name = if part == 0 {
-            "bench".to_string()
-        } else {
-            format!("bench-{part}")
-        };
-        writeln!(
-            y,
-            "{}apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Ingress]\n  ingress:",
-            if part == 0 { "" } else { "---\n" }
-        )
-        .expect("writing to a String");
+    loop {
+        let mut y = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Ingress]\n  ingress:\n",
+            policy_name(out.len())
+        );
         let end = (i + RULES_PER_POLICY).min(rules);
         for i in i..end {
             let (cidr, port) = nonmatching(i);
@@ -572,11 +590,13 @@ fn policy_yaml(rules: usize, client: IpAddr) -> String {
         }
         i = end;
         if i >= rules {
-            break;
+            writeln!(y, "  - from: [{{ipBlock: {{cidr: {client}/32}}}}]")
+                .expect("writing to a String");
+            out.push(y);
+            return out;
         }
+        out.push(y);
     }
-    writeln!(y, "  - from: [{{ipBlock: {{cidr: {client}/32}}}}]").expect("writing to a String");
-    y
 }
 
 /// The i-th non-matching rule: its source `198.<hi>.<lo>/32` (in 198.18.0.0/15) and UDP port,
