@@ -23,6 +23,10 @@ pub const EP_HAS_V6: u32 = 1 << 3;
 /// direction: new flows they would drop are reported (`VERDICT_AUDIT`), never dropped.
 pub const EP_AUDIT_INGRESS_ISOLATED: u32 = 1 << 4;
 pub const EP_AUDIT_EGRESS_ISOLATED: u32 = 1 << 5;
+/// The endpoint has egress rules with `domainNames` peers (`crate::fqdn`): the datapath reads
+/// the cluster DNS answers it gets and consults what it learnt for egress the policy does not
+/// allow. Endpoints without it pay nothing for names.
+pub const EP_NAME_RULES: u32 = 1 << 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

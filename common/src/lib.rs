@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod decide;
 pub mod endpoint;
 pub mod events;
+pub mod fqdn;
 pub mod maps;
 pub mod neighbor;
 pub mod packet;

@@ -23,6 +23,13 @@ pub const FLOW_EVENTS: &str = "pal_flow_v1";
 pub const EVENT_STATS: &str = "pal_evstat_v1";
 pub const EVENT_LIMIT: &str = "pal_evrl_v1";
 pub const SVC_FLOWS: &str = "pal_svcfl_v1";
+/// Egress by domain name (`fqdn`): endpoints with name rules, their patterns, the learnt
+/// addresses, the cluster DNS service's addresses, counters.
+pub const FQDN_ENDPOINTS: &str = "pal_fqep_v1";
+pub const FQDN_NAMES: &str = "pal_fqname_v1";
+pub const FQDN_LEARNT: &str = "pal_fqaddr_v1";
+pub const DNS_SERVERS: &str = "pal_dnssrv_v1";
+pub const FQDN_STATS: &str = "pal_fqst_v1";
 
 /// Program names (ELF section function names) in the eBPF object.
 pub const PROG_TO_POD: &str = "to_pod";
@@ -32,6 +39,16 @@ pub const PROG_TO_UPLINK: &str = "to_uplink";
 /// Returns `TC_ACT_OK` and nothing else: the fixed cost of a TC program, for the benchmarks.
 /// The agent never attaches it.
 pub const PROG_PASS: &str = "pass";
+/// Reads a DNS answer `to_pod` passed to a pod with name rules (`fqdn`): reached by a tail
+/// call from `to_pod` through `TAILS` (verified apart: the reader's loops would not fit in
+/// `to_pod`'s verification). The loader puts it in `TAILS` at `TAIL_DNS_LEARN`.
+pub const PROG_DNS_LEARN: &str = "dns_learn";
+/// Program array of the tail calls. Pinned, so the entry outlives the agent that set it
+/// (a killed agent's programs go on learning); its version changes with `Scratch`, which the
+/// tail-called program reads.
+pub const TAILS: &str = "pal_tail_v1";
+pub const TAIL_DNS_LEARN: u32 = 0;
+pub const TAILS_MAX: u32 = 4;
 
 /// Default capacities (`max_entries` in the eBPF object). The agent sizes the flow-state
 /// tables (`pal_ct_v1`, `pal_cta_v1`, `pal_frag_v1`, `pal_evrl_v1`, `pal_svcfl_v1`) from its
@@ -64,3 +81,11 @@ pub const HOST_ADDRS_MAX: u32 = 256;
 /// Datagrams being reassembled (LRU, preallocated): 8 per pod at 110 pods.
 pub const FRAGMENTS_MAX: u32 = 1_024;
 pub const SERVICES_MAX: u32 = 65_536;
+/// Endpoints with name rules (`BPF_F_NO_PREALLOC`, as the two below; a hash still allocates
+/// its buckets, 16 bytes per entry rounded to a power of two, so the sizes stay modest).
+pub const FQDN_ENDPOINTS_MAX: u32 = 4_096;
+/// Patterns of all pattern sets (LPM trie: allocated per entry).
+pub const FQDN_NAMES_MAX: u32 = 65_536;
+/// Learnt (endpoint, address) entries per node: the node limit (docs/fqdn.md).
+pub const FQDN_LEARNT_MAX: u32 = 16_384;
+pub const DNS_SERVERS_MAX: u32 = 16;

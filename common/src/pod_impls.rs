@@ -1,6 +1,6 @@
 //! `aya::Pod` impls: the user side reads and writes these types in maps. All are `#[repr(C)]`
 //! with explicit padding and no invalid bit patterns.
-use crate::{conntrack::*, endpoint::*, events::*, policy::*, stats::*};
+use crate::{conntrack::*, endpoint::*, events::*, fqdn::*, policy::*, stats::*};
 
 unsafe impl aya::Pod for EndpointInfo {}
 unsafe impl aya::Pod for PolicyKey {}
@@ -17,3 +17,7 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for FlowEvent {}
 unsafe impl aya::Pod for EventLimit {}
 unsafe impl aya::Pod for SvcOrig {}
+unsafe impl aya::Pod for NameKey {}
+unsafe impl aya::Pod for FqdnEndpoint {}
+unsafe impl aya::Pod for LearntKey {}
+unsafe impl aya::Pod for LearntValue {}

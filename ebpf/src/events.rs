@@ -161,7 +161,14 @@ pub fn report(
 /// Step 4 of `report`, a dropped packet: rate-limited per flow. The verdict keeps its rule (a
 /// ClusterNetworkPolicy Deny rule for `POLICY_DENY`).
 #[inline(always)]
-fn dropped(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool, v: &Verdict, s: &mut Scratch) {
+fn dropped(
+    ctx: &TcContext,
+    dir: u8,
+    ep_ifindex: u32,
+    deferred: bool,
+    v: &Verdict,
+    s: &mut Scratch,
+) {
     let r = v.reason;
     let mut flags = if deferred { EV_DEFERRED } else { 0 };
     let no_ep = r == Reason::NO_ENDPOINT;

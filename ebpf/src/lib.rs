@@ -6,6 +6,7 @@
 //! - [`policy`]: the two LPM lookups that answer "which rule allows this".
 //! - [`stats`]: per-(direction, reason) counters.
 //! - [`events`]: flow events (one per decision) to the agent's ring buffer.
+//! - [`fqdn`]: egress by domain name (DNS answers read, learnt addresses checked).
 #![no_std]
 // `asm!` on the BPF target (the atomic add of `assured::charge`).
 #![feature(asm_experimental_arch)]
@@ -13,6 +14,7 @@
 pub mod assured;
 pub mod conntrack;
 pub mod events;
+pub mod fqdn;
 pub mod maps;
 pub mod parse;
 pub mod policy;

@@ -6,16 +6,20 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key,
+    },
 };
 use palisade_common::{
     assured::CTST_SLOTS,
     conntrack::{CtKey, CtValue, FragKey, FragValue},
     endpoint::EndpointInfo,
     events::{EVENT_LIMIT_MAX, EVSTAT_SLOTS, EventLimit, FLOW_RING_BYTES, SVC_FLOWS_MAX, SvcOrig},
+    fqdn::{FQST_SLOTS, FqdnEndpoint, LearntKey, LearntValue, NameKey},
     maps::{
-        ASSURED_COUNT_MAX, ASSURED_MAX, CONNTRACK_MAX, ENDPOINTS_MAX, FRAGMENTS_MAX,
-        HOST_ADDRS_MAX, POLICY_MAX, PORTS_MAX, SERVICES_MAX,
+        ASSURED_COUNT_MAX, ASSURED_MAX, CONNTRACK_MAX, DNS_SERVERS_MAX, ENDPOINTS_MAX,
+        FQDN_ENDPOINTS_MAX, FQDN_LEARNT_MAX, FQDN_NAMES_MAX, FRAGMENTS_MAX, HOST_ADDRS_MAX,
+        POLICY_MAX, PORTS_MAX, SERVICES_MAX, TAILS_MAX,
     },
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
     stats::{Config, Counter, HostAddrKey, STATS_SLOTS},
@@ -98,6 +102,34 @@ pub static EVENT_LIMIT: LruHashMap<CtKey, EventLimit> = LruHashMap::pinned(EVENT
 #[map(name = "pal_svcfl_v1")]
 pub static SVC_FLOWS: LruHashMap<CtKey, SvcOrig> = LruHashMap::pinned(SVC_FLOWS_MAX, 0);
 
+/// Endpoints with name rules (`palisade_common::fqdn`). Written by the agent.
+#[map(name = "pal_fqep_v1")]
+pub static FQDN_ENDPOINTS: HashMap<u32, FqdnEndpoint> =
+    HashMap::pinned(FQDN_ENDPOINTS_MAX, NO_PREALLOC);
+
+/// (pattern set, encoded name) -> rule mask. Written by the agent.
+#[map(name = "pal_fqname_v1")]
+pub static FQDN_NAMES: LpmTrie<NameKey, u32> = LpmTrie::pinned(FQDN_NAMES_MAX, 0);
+
+/// (endpoint, address) -> until when, through which name rules. Written by the programs
+/// (`crate::fqdn`); expired entries deleted by the agent.
+#[map(name = "pal_fqaddr_v1")]
+pub static FQDN_LEARNT: HashMap<LearntKey, LearntValue> =
+    HashMap::pinned(FQDN_LEARNT_MAX, NO_PREALLOC);
+
+/// The cluster DNS service's addresses. Written by the agent.
+#[map(name = "pal_dnssrv_v1")]
+pub static DNS_SERVERS: HashMap<HostAddrKey, u32> = HashMap::pinned(DNS_SERVERS_MAX, 0);
+
+/// Tail calls (`palisade_common::maps::TAILS`): `TAIL_DNS_LEARN` -> `dns_learn`. Set by the
+/// loader.
+#[map(name = "pal_tail_v1")]
+pub static TAILS: ProgramArray = ProgramArray::pinned(TAILS_MAX, 0);
+
+/// `FQST_*` counters.
+#[map(name = "pal_fqst_v1")]
+pub static FQDN_STATS: PerCpuArray<u64> = PerCpuArray::pinned(FQST_SLOTS, 0);
+
 /// Per-CPU scratch space for the packet being evaluated. Not part of the ABI and not pinned.
 /// It keeps the large structures off the 512-byte BPF stack, and the verifier does not track
 /// map memory contents per path, which keeps verification short.
@@ -110,3 +142,19 @@ pub struct Scratch {
 
 #[map(name = "pal_scratch")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space of the DNS answer reader (`crate::fqdn`). Not part of the ABI and not
+/// pinned.
+#[repr(C)]
+pub struct FqScratch {
+    /// Offsets of the question's labels.
+    pub labels: [u16; crate::fqdn::MAX_LABELS],
+    /// The question, as a `pal_fqname_v1` lookup key.
+    pub key: Key<NameKey>,
+    /// Room for a label copied at the end of `key` as far as the verifier can tell (it knows
+    /// the position and the label's length apart, not their sum).
+    pub slack: [u8; 64],
+}
+
+#[map(name = "pal_fqscr")]
+pub static FQ_SCRATCH: PerCpuArray<FqScratch> = PerCpuArray::with_max_entries(1, 0);

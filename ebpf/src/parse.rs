@@ -78,6 +78,12 @@ pub struct Packet {
     /// The conntrack lookup's result (`conntrack::CT_*`), set by the evaluation (for flow
     /// events: which packets start a flow).
     pub ct: u8,
+    /// Offset of the L4 header and its length (TCP: the data offset; UDP: 8), for the
+    /// readers of payloads (`crate::fqdn`). 0 when not parsed (fragments, ICMP).
+    pub l4_off: u16,
+    pub l4_hlen: u8,
+    /// To a multiple of 8 bytes (`zero_words`).
+    pub _pad: [u8; 5],
 }
 
 impl Packet {
@@ -92,6 +98,9 @@ impl Packet {
         icmp_type: 0,
         icmp_code: 0,
         ct: 0,
+        l4_off: 0,
+        l4_hlen: 0,
+        _pad: [0; 5],
     };
 }
 
@@ -286,10 +295,14 @@ fn l4(
         pkt.t.sport = [h[0], h[1]];
         pkt.t.dport = [h[2], h[3]];
         pkt.tcp_flags = h[13];
+        pkt.l4_off = off as u16;
+        pkt.l4_hlen = (h[12] >> 4) * 4;
     } else if proto == IPPROTO_UDP {
         let h: [u8; 8] = load(ctx, off)?;
         pkt.t.sport = [h[0], h[1]];
         pkt.t.dport = [h[2], h[3]];
+        pkt.l4_off = off as u16;
+        pkt.l4_hlen = 8;
     } else if proto == IPPROTO_SCTP {
         let h: [u8; 12] = load(ctx, off)?;
         pkt.t.sport = [h[0], h[1]];

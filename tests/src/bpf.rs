@@ -37,7 +37,7 @@ use palisade_common::{
     conntrack::{CtKey, CtValue},
     endpoint::EndpointInfo,
     events::{EVSTAT_SLOTS, EventLimit, FlowEvent},
-    maps::{self, PROG_FROM_POD, PROG_PASS, PROG_TO_POD, PROG_TO_UPLINK},
+    maps::{self, PROG_DNS_LEARN, PROG_FROM_POD, PROG_PASS, PROG_TO_POD, PROG_TO_UPLINK},
     policy::{PolicyKey, PolicyValue, PortKey, PortValue},
     stats::{Config, Counter, HostAddrKey, stats_index},
     verdict::Reason,
@@ -214,7 +214,13 @@ impl Datapath {
             &object,
             pins.path(),
             &sizes,
-            &[PROG_TO_POD, PROG_FROM_POD, PROG_TO_UPLINK, PROG_PASS],
+            &[
+                PROG_TO_POD,
+                PROG_FROM_POD,
+                PROG_TO_UPLINK,
+                PROG_PASS,
+                PROG_DNS_LEARN,
+            ],
         )
         .with_context(|| {
             format!(
@@ -269,13 +275,13 @@ impl Datapath {
         pins
     }
 
-    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+    pub(crate) fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)
             .ok_or_else(|| anyhow!("map {name} missing from the object"))
     }
 
-    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("map {name} missing from the object"))

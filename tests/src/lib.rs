@@ -8,6 +8,7 @@
 //!   sweep of leftovers by name prefix runs at test start.
 
 pub mod bpf;
+pub mod bpf_fqdn;
 pub mod rng;
 
 pub mod lab;

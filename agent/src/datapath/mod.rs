@@ -102,6 +102,8 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("putting program {name} in the tail-call array: {message}")]
+    Tail { name: &'static str, message: String },
     #[error("attaching {program} to interface {ifname} (ifindex {ifindex})")]
     Attach {
         program: &'static str,
@@ -182,7 +184,12 @@ const HOOKS: [(&str, TcAttachType); 2] = [
 ];
 
 /// The datapath's programs, each loaded by [`object::load`] at open.
-pub const PROGRAMS: [&str; 3] = [maps::PROG_FROM_POD, maps::PROG_TO_POD, maps::PROG_TO_UPLINK];
+pub const PROGRAMS: [&str; 4] = [
+    maps::PROG_FROM_POD,
+    maps::PROG_TO_POD,
+    maps::PROG_TO_UPLINK,
+    maps::PROG_DNS_LEARN,
+];
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
@@ -578,6 +585,12 @@ impl Datapath {
             maps::EVENT_STATS,
             maps::EVENT_LIMIT,
             maps::SVC_FLOWS,
+            maps::FQDN_ENDPOINTS,
+            maps::FQDN_NAMES,
+            maps::FQDN_LEARNT,
+            maps::DNS_SERVERS,
+            maps::FQDN_STATS,
+            maps::TAILS,
         ];
         let mut out = Vec::new();
         for name in names {

@@ -7,7 +7,9 @@
 //! 2. the object is loaded with its maps pinned by name under `maps_dir` (reused when pinned
 //!    already) and sized by `sizes` (`--map-size`);
 //! 3. the entries of a replaced map whose kind is copied are copied into the new one;
-//! 4. the programs asked for are loaded (verified by the kernel), none attached.
+//! 4. the programs asked for are loaded (verified by the kernel), none attached;
+//! 5. the tail-called programs among them are put in the pinned program array
+//!    (`maps::TAILS`), where the attached programs find them.
 //!
 //! Attaching is the caller's: the agent attaches pinned TCX links (`links`); the tier-1 harness
 //! attaches nothing and runs the programs on crafted frames (`BPF_PROG_TEST_RUN`); the bench's
@@ -15,7 +17,11 @@
 
 use std::path::Path;
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, ProgramArray},
+};
+use palisade_common::maps;
 
 use super::{DatapathError, Result, layout, program};
 use crate::map_sizes::MapSizes;
@@ -67,9 +73,41 @@ pub fn load(
             .load()
             .map_err(|source| DatapathError::LoadProgram { name, source })?;
     }
+    if programs.contains(&maps::PROG_DNS_LEARN) {
+        set_tail(&mut ebpf, maps::TAIL_DNS_LEARN, maps::PROG_DNS_LEARN)?;
+    }
     Ok(Loaded {
         ebpf,
         pinned: expected.into_keys().collect(),
         replaced,
+    })
+}
+
+/// Puts the loaded program `name` at `index` of the pinned program array (replacing what a
+/// previous agent put there: its programs, still attached until this agent's replace them,
+/// then tail-call this one, which reads the same scratch layout: the array's version says so).
+fn set_tail(ebpf: &mut Ebpf, index: u32, name: &'static str) -> Result<()> {
+    let fd = program(ebpf, name)?
+        .fd()
+        .map_err(|source| DatapathError::LoadProgram { name, source })?
+        .try_clone()
+        .map_err(|e| DatapathError::Tail {
+            name,
+            message: e.to_string(),
+        })?;
+    let map = ebpf
+        .map_mut(maps::TAILS)
+        .ok_or_else(|| DatapathError::Tail {
+            name,
+            message: format!("the object has no map {}", maps::TAILS),
+        })?;
+    let mut tails: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(|e| DatapathError::Tail {
+            name,
+            message: e.to_string(),
+        })?;
+    tails.set(index, &fd, 0).map_err(|e| DatapathError::Tail {
+        name,
+        message: e.to_string(),
     })
 }

@@ -26,6 +26,7 @@ use palisade_common::conntrack::{CtKey, CtValue, FragKey, FragValue};
 use palisade_common::events::{
     EVSTAT_EMITTED, EVSTAT_LOST, EVSTAT_SUPPRESSED, EventLimit, SvcOrig,
 };
+use palisade_common::fqdn::{LearntKey, LearntValue};
 use palisade_common::maps;
 use palisade_common::stats::{Counter as StatCounter, STATS_SLOTS};
 use palisade_common::verdict::{REASON_SLOTS, Reason};
@@ -482,13 +483,14 @@ fn read_datapath(dir: &Path) -> Readings {
         }
     }
     type Count = fn(&Path, &str) -> Option<u64>;
-    let counted: [(&'static str, Count); 6] = [
+    let counted: [(&'static str, Count); 7] = [
         (maps::CONNTRACK, count_keys::<CtKey, CtValue>),
         (maps::ASSURED, count_keys::<CtKey, CtValue>),
         (maps::ASSURED_COUNT, count_keys::<u32, u64>),
         (maps::FRAGMENTS, count_keys::<FragKey, FragValue>),
         (maps::EVENT_LIMIT, count_keys::<CtKey, EventLimit>),
         (maps::SVC_FLOWS, count_keys::<CtKey, SvcOrig>),
+        (maps::FQDN_LEARNT, count_keys::<LearntKey, LearntValue>),
     ];
     for name in [
         maps::ENDPOINTS,
@@ -502,9 +504,14 @@ fn read_datapath(dir: &Path) -> Readings {
         maps::FRAGMENTS,
         maps::EVENT_LIMIT,
         maps::SVC_FLOWS,
+        maps::FQDN_ENDPOINTS,
+        maps::FQDN_NAMES,
+        maps::FQDN_LEARNT,
+        maps::DNS_SERVERS,
         maps::STATS,
         maps::EVENT_STATS,
         maps::ASSURED_STATS,
+        maps::FQDN_STATS,
         maps::CONFIG,
     ] {
         let Ok(info) = MapInfo::from_pin(dir.join(name)) else {
@@ -518,6 +525,7 @@ fn read_datapath(dir: &Path) -> Readings {
                 maps::STATS,
                 maps::EVENT_STATS,
                 maps::ASSURED_STATS,
+                maps::FQDN_STATS,
                 maps::CONFIG,
             ]
             .contains(&name) =>

@@ -24,9 +24,13 @@ use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
     conntrack::{CT_CLOSING, CT_REVOKED, CT_SEEN_REPLY, CT_SERVICE, ct_needs_refresh},
     decide::{CtMatch, Facts, decide, restorable, restore, tcp_mid_stream},
-    endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
+    endpoint::{
+        EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EP_NAME_RULES, EndpointInfo,
+    },
+    maps::TAIL_DNS_LEARN,
     neighbor::is_link_local,
     packet::IPPROTO_TCP,
+    policy::rule_allows,
     service::SVC_MARK,
     stats::{CFG_DEBUG_LOG, HostAddrKey},
     verdict::{Reason, Verdict},
@@ -34,20 +38,36 @@ use palisade_common::{
 use palisade_ebpf::{
     addr_eq, assured,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
-    events,
-    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch},
+    events, fqdn,
+    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch, TAILS},
     parse::{FRAG_FIRST, FRAG_LATER, Packet, TCP_FIN, TCP_RST, Tuple, parse},
     policy, stats,
 };
 
 /// Packets going into the pod. A packet `from_pod` sent to a Service address and the kernel
-/// translated to this pod is first judged as the sender's egress (`deferred_egress`).
+/// translated to this pod is first judged as the sender's egress (`deferred_egress`). A
+/// passing DNS answer to a pod with name rules is read before it is delivered (`fqdn::learn`).
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     if deferred_egress(&ctx) == TC_ACT_SHOT {
         return TC_ACT_SHOT;
     }
-    handle(ctx.skb.skb, DIR_INGRESS, ifindex(&ctx), false)
+    let act = handle(ctx.skb.skb, DIR_INGRESS, ifindex(&ctx), false);
+    if act == TC_ACT_OK && fqdn::may_teach() {
+        // SAFETY: a tail call with this program's own context. Returns only when it fails (no
+        // program at the index): the answer then teaches nothing, counted.
+        unsafe { TAILS.tail_call(&ctx, TAIL_DNS_LEARN) };
+        fqdn::tail_call_failed();
+    }
+    act
+}
+
+/// A DNS answer that `to_pod` passed (`fqdn::may_teach`), reached by tail call: reads it and
+/// learns what it teaches, then passes it (`to_pod`'s verdict).
+#[classifier]
+pub fn dns_learn(ctx: TcContext) -> i32 {
+    fqdn::learn(&ctx);
+    TC_ACT_OK
 }
 
 /// Packets leaving the pod.
@@ -383,15 +403,25 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
         } else {
             &key.daddr_be
         };
+        let port = policy::policy_port(key.proto, key.dport_be);
         allow_rule = policy::allow_rule(
             ep.policy_id,
             cdir,
             key.family,
             peer,
             key.proto,
-            policy::policy_port(key.proto, key.dport_be),
+            port,
             ports_known || tracked,
         );
+        // 7b. Egress the policy does not allow, of an endpoint with name rules: addresses it
+        // learnt from its DNS answers (`fqdn::allow_rule`; a re-check of a flow admitted
+        // before gets the grace period).
+        if cdir == DIR_EGRESS && ep.flags & EP_NAME_RULES != 0 && !rule_allows(allow_rule) {
+            let r = fqdn::allow_rule(key, ports_known || tracked, tracked);
+            if rule_allows(r) {
+                allow_rule = r;
+            }
+        }
     }
 
     // 8.

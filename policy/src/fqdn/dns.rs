@@ -275,6 +275,23 @@ impl Record {
 /// names written uncompressed except that an answer's owner equal to the question points to it.
 #[cfg(any(test, feature = "testing"))]
 pub fn build_response(id: u16, question: &str, qtype: u16, answers: &[Record]) -> Vec<u8> {
+    build(id, question, qtype, answers, false)
+}
+
+/// As [`build_response`], but compressed as servers write answers: every owner name that
+/// appeared before (the question, or a CNAME's target) is a pointer to its first occurrence.
+#[cfg(any(test, feature = "testing"))]
+pub fn build_compressed_response(
+    id: u16,
+    question: &str,
+    qtype: u16,
+    answers: &[Record],
+) -> Vec<u8> {
+    build(id, question, qtype, answers, true)
+}
+
+#[cfg(any(test, feature = "testing"))]
+fn build(id: u16, question: &str, qtype: u16, answers: &[Record], compress: bool) -> Vec<u8> {
     fn put_name(out: &mut Vec<u8>, name: &str) {
         for label in name
             .trim_end_matches('.')
@@ -286,27 +303,42 @@ pub fn build_response(id: u16, question: &str, qtype: u16, answers: &[Record]) -
         }
         out.push(0);
     }
+    fn norm(name: &str) -> String {
+        name.trim_end_matches('.').to_ascii_lowercase()
+    }
     let mut out = Vec::new();
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&0x8180u16.to_be_bytes()); // response, RD, RA, NOERROR
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
+    // Names written so far and where (for pointers).
+    let mut seen: Vec<(String, u16)> = vec![(norm(question), 12)];
     put_name(&mut out, question);
     out.extend_from_slice(&qtype.to_be_bytes());
     out.extend_from_slice(&CLASS_IN.to_be_bytes());
     for a in answers {
-        if a.name.eq_ignore_ascii_case(question.trim_end_matches('.')) {
-            out.extend_from_slice(&[0xc0, 12]);
-        } else {
-            put_name(&mut out, &a.name);
+        let at = seen
+            .iter()
+            .find(|(n, _)| *n == norm(&a.name))
+            .map(|&(_, at)| at)
+            .filter(|&at| compress || at == 12);
+        match at {
+            Some(at) => out.extend_from_slice(&(0xc000 | at).to_be_bytes()),
+            None => put_name(&mut out, &a.name),
         }
         let (rtype, rdata) = match &a.data {
             RecordData::Addr(IpAddr::V4(v4)) => (TYPE_A, v4.octets().to_vec()),
             RecordData::Addr(IpAddr::V6(v6)) => (TYPE_AAAA, v6.octets().to_vec()),
             RecordData::Cname(t) => {
                 let mut d = Vec::new();
-                put_name(&mut d, t);
+                match seen.iter().find(|(n, _)| compress && *n == norm(t)) {
+                    Some(&(_, at)) => d.extend_from_slice(&(0xc000 | at).to_be_bytes()),
+                    None => {
+                        seen.push((norm(t), (out.len() + 10) as u16));
+                        put_name(&mut d, t);
+                    }
+                }
                 (TYPE_CNAME, d)
             }
         };
@@ -323,6 +355,18 @@ pub fn build_response(id: u16, question: &str, qtype: u16, answers: &[Record]) -
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_compressed_response_reads_back_as_the_uncompressed_one() {
+        let answers = vec![
+            Record::cname("api.example.com", 300, "edge.cdn.example.net"),
+            Record::addr("edge.cdn.example.net", 60, "192.0.2.7"),
+        ];
+        let plain = build_response(9, "api.example.com", TYPE_A, &answers);
+        let packed = build_compressed_response(9, "api.example.com", TYPE_A, &answers);
+        assert!(packed.len() < plain.len());
+        assert_eq!(parse_response(&packed), parse_response(&plain));
+    }
 
     #[test]
     fn a_response_reads_back_as_built() {

@@ -21,14 +21,8 @@ use std::net::IpAddr;
 use super::DomainPattern;
 use super::dns::{RecordData, Response};
 
-/// A learnt address is kept at least this long, however small the TTL (a TTL of 0 would
-/// otherwise refuse the connection the lookup was made for).
-pub const MIN_TTL_SECS: u32 = 5;
-/// And at most this long, however large the TTL.
-pub const MAX_TTL_SECS: u32 = 86_400;
-/// After expiry, connections opened before keep working for this long (their conntrack entries
-/// do); new connections are refused.
-pub const GRACE_SECS: u32 = 60;
+/// The TTL bounds and the grace period, shared with the datapath (which applies them).
+pub use palisade_common::fqdn::{GRACE_SECS, MAX_TTL_SECS, MIN_TTL_SECS};
 /// CNAME links followed from the question.
 pub const MAX_CHAIN: usize = 8;
 
@@ -65,7 +59,7 @@ pub fn learn(resp: &Response, patterns: &[DomainPattern]) -> Vec<Learnt> {
                     let Some((name, pattern)) = matched.clone() else {
                         continue;
                     };
-                    let ttl = ttl.clamp(MIN_TTL_SECS, MAX_TTL_SECS);
+                    let ttl = palisade_common::fqdn::clamp_ttl(ttl);
                     let e = out.entry(*addr).or_insert(Learnt {
                         addr: *addr,
                         ttl,
