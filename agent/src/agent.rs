@@ -39,6 +39,11 @@ pub struct AgentConfig {
     pub audit_mode: bool,
     /// `--map-size`: sizes of the maps the agent creates.
     pub map_sizes: crate::map_sizes::MapSizes,
+    /// `--dns-service`: the cluster DNS Service ("namespace/name") whose answers teach pods
+    /// the addresses of their allowed domain names.
+    pub dns_service: String,
+    /// `--fqdn-max-per-pod`: learnt addresses per pod.
+    pub fqdn_max_per_pod: u32,
 }
 
 pub struct Agent {
@@ -94,7 +99,8 @@ impl Agent {
             Config { flags, _pad: 0 },
             cfg.state_dir.clone(),
             cfg.node.clone(),
-        );
+        )
+        .with_names(cfg.dns_service.clone(), cfg.fqdn_max_per_pod);
         rec.adopt(read_all(&cfg.state_dir)?, dp.pinned_ifindexes())?;
         let network = NetworkTask::spawn(cfg.network.clone(), cfg.node.clone());
         let uplinks = Uplinks::new(cfg.uplinks.clone());
@@ -192,6 +198,9 @@ impl Agent {
                 (palisade_common::maps::PORTS, u.ports),
                 (palisade_common::maps::HOST_ADDRS, u.host_addrs),
                 (palisade_common::maps::SERVICES, u.services),
+                (palisade_common::maps::DNS_SERVERS, u.dns_servers),
+                (palisade_common::maps::FQDN_ENDPOINTS, u.fqdn_endpoints),
+                (palisade_common::maps::FQDN_NAMES, u.fqdn_names),
             ],
             synced: self.rec.last_error().is_none(),
             source_generation: self.rec.source().generation(),

@@ -4,8 +4,8 @@
 //! Invalid NetworkPolicies and ClusterNetworkPolicies: an update that fails validation does
 //! not replace the last valid version of that policy (nothing lost); a policy that was never
 //! valid is not enforced. Both are reported as problems naming the object and field. A valid
-//! ClusterNetworkPolicy whose peers fail closed (domainNames, a peer kind this version does
-//! not know) is enforced, and each such peer is reported.
+//! ClusterNetworkPolicy whose peers fail closed (a peer kind this version does not know,
+//! domainNames outside an Accept rule) is enforced, and each such peer is reported.
 //!
 //! Oversized NetworkPolicies (issue 9 §3): a policy that compiles to more than
 //! [`policy_limit`] `pal_pol_v1` entries for one endpoint is rejected alone, with a problem
@@ -31,6 +31,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade_policy as policy;
 use palisade_policy::cnp::ClusterNetworkPolicy;
 use palisade_policy::{DesiredEndpoint, Entries, PortContent, PortContents};
+
+use palisade_common::endpoint::{EP_HAS_V4, EP_HAS_V6};
 
 use crate::endpoints::EndpointRecord;
 use crate::source::Snapshot;
@@ -203,6 +205,9 @@ pub struct Compiled {
     entries: HashMap<usize, Arc<Entries>>,
     /// "namespace/name" -> local endpoint key.
     pods: BTreeMap<String, String>,
+    /// Local endpoint key -> its endpoint with name rules applied (`with_names`: variant
+    /// entries and pattern set), for the endpoints that have name rules.
+    named: HashMap<String, DesiredEndpoint>,
     /// What this compile replaced (old policy objects and their prepared forms, old entries).
     /// Freeing a large policy takes milliseconds; held here, it is freed when this `Compiled`
     /// is replaced, i.e. after the next apply has written its maps, off the path from a
@@ -389,12 +394,25 @@ impl Compiler {
         let entries = self.convert_all(out.endpoints.values(), &mut retired);
         let mut endpoints = BTreeMap::new();
         let mut pods = BTreeMap::new();
+        let mut named = HashMap::new();
         for (key, r) in locals {
-            let ep = r
-                .pod()
-                .and_then(|(n, p)| out.endpoints.get(&policy::PodKey::new(n, p)).cloned());
+            let pod = r.pod().map(|(n, p)| policy::PodKey::new(n, p));
+            let ep = pod.as_ref().and_then(|k| out.endpoints.get(k).cloned());
             if let Some((n, p)) = r.pod() {
                 pods.insert(format!("{n}/{p}"), key.clone());
+            }
+            if let (Some(ep), Some(names)) = (&ep, pod.as_ref().and_then(|k| out.names.get(k)))
+                && !names.name_rules.is_empty()
+            {
+                let base = entries
+                    .get(&(Arc::as_ptr(ep) as usize))
+                    .cloned()
+                    .unwrap_or_default();
+                // ifindex, ep_id and addresses are filled in by `desired`.
+                let d = DesiredEndpoint::isolated(0, 0, &[])
+                    .with_policy(ep, base)
+                    .with_names(names, &mut self.port_contents);
+                named.insert(key.clone(), d);
             }
             endpoints.insert(key.clone(), ep);
         }
@@ -404,6 +422,7 @@ impl Compiler {
             endpoints,
             entries,
             pods,
+            named,
             _retired: retired,
         }
     }
@@ -519,6 +538,15 @@ impl Compiled {
         let Some(ep) = self.endpoints.get(key).and_then(|e| e.as_ref()) else {
             return d;
         };
+        if let Some(n) = self.named.get(key) {
+            let (flags, entries, names) = (n.flags, n.entries.clone(), n.names.clone());
+            return DesiredEndpoint {
+                flags: flags | (d.flags & (EP_HAS_V4 | EP_HAS_V6)),
+                entries,
+                names,
+                ..d
+            };
+        }
         let entries = match self.entries.get(&(Arc::as_ptr(ep) as usize)) {
             Some(e) => e.clone(),
             None => Arc::new(policy::endpoint_entries(ep, &mut PortContents::default())),

@@ -3,6 +3,7 @@
 
 use aya::maps::MapError;
 use palisade_common::endpoint::EndpointInfo;
+use palisade_common::fqdn::{FqdnEndpoint, NameKey};
 use palisade_common::maps;
 use palisade_common::policy::{PolicyKey, PolicyValue, PortKey, PortValue};
 use palisade_common::stats::{Config, HostAddrKey};
@@ -57,25 +58,56 @@ impl MapOps for Ops<'_> {
         ignore_missing(self.0.endpoints.remove(&i)).map_err(e(maps::ENDPOINTS, "remove"))
     }
     fn put_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), DatapathError> {
-        let m = match map {
-            AddrMap::Services => &mut self.0.services,
-            AddrMap::HostAddrs => &mut self.0.hosts,
-        };
-        m.insert(k, 1, 0).map_err(e(map.name(), "insert"))
+        self.set(map)
+            .insert(k, 1, 0)
+            .map_err(e(map.name(), "insert"))
     }
     fn del_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), DatapathError> {
-        let m = match map {
-            AddrMap::Services => &mut self.0.services,
-            AddrMap::HostAddrs => &mut self.0.hosts,
-        };
-        ignore_missing(m.remove(&k)).map_err(e(map.name(), "remove"))
+        ignore_missing(self.set(map).remove(&k)).map_err(e(map.name(), "remove"))
     }
     fn put_config(&mut self, c: Config) -> Result<(), DatapathError> {
         self.0.config.set(0, c, 0).map_err(e(maps::CONFIG, "set"))
     }
+    fn put_fqdn_endpoint(&mut self, ep_id: u32, v: FqdnEndpoint) -> Result<(), DatapathError> {
+        self.0
+            .fqdn_endpoints
+            .insert(ep_id, v, 0)
+            .map_err(e(maps::FQDN_ENDPOINTS, "insert"))
+    }
+    fn del_fqdn_endpoint(&mut self, ep_id: u32) -> Result<(), DatapathError> {
+        ignore_missing(self.0.fqdn_endpoints.remove(&ep_id))
+            .map_err(e(maps::FQDN_ENDPOINTS, "remove"))
+    }
+    fn put_name(&mut self, p: u32, k: NameKey, mask: u32) -> Result<(), DatapathError> {
+        self.0
+            .fqdn_names
+            .insert(&aya::maps::lpm_trie::Key::new(p, k), mask, 0)
+            .map_err(e(maps::FQDN_NAMES, "insert"))
+    }
+    fn del_name(&mut self, p: u32, k: NameKey) -> Result<(), DatapathError> {
+        ignore_missing(
+            self.0
+                .fqdn_names
+                .remove(&aya::maps::lpm_trie::Key::new(p, k)),
+        )
+        .map_err(e(maps::FQDN_NAMES, "remove"))
+    }
     fn grace_period(&mut self) -> Result<(), DatapathError> {
         rcu_grace_period();
         Ok(())
+    }
+}
+
+impl Ops<'_> {
+    fn set(
+        &mut self,
+        map: AddrMap,
+    ) -> &mut aya::maps::HashMap<aya::maps::MapData, HostAddrKey, u32> {
+        match map {
+            AddrMap::Services => &mut self.0.services,
+            AddrMap::HostAddrs => &mut self.0.hosts,
+            AddrMap::DnsServers => &mut self.0.dns_servers,
+        }
     }
 }
 
@@ -107,6 +139,8 @@ pub fn capacity(m: &Maps) -> Result<Capacity, DatapathError> {
         ports: max(m.ports.map(), maps::PORTS)?,
         services: max(m.services.map(), maps::SERVICES)?,
         host_addrs: max(m.hosts.map(), maps::HOST_ADDRS)?,
+        dns_servers: max(m.dns_servers.map(), maps::DNS_SERVERS)?,
+        fqdn_names: max(m.fqdn_names.map(), maps::FQDN_NAMES)?,
     })
 }
 
@@ -130,6 +164,18 @@ pub fn read_pinned(dp: &Datapath) -> Result<PinnedState, DatapathError> {
     for k in m.hosts.keys() {
         st.host_addrs
             .push(k.map_err(e(maps::HOST_ADDRS, "iterate"))?);
+    }
+    for k in m.dns_servers.keys() {
+        st.dns_servers
+            .push(k.map_err(e(maps::DNS_SERVERS, "iterate"))?);
+    }
+    for r in m.fqdn_endpoints.iter() {
+        st.fqdn_endpoints
+            .push(r.map_err(e(maps::FQDN_ENDPOINTS, "iterate"))?);
+    }
+    for r in m.fqdn_names.iter() {
+        let (k, v) = r.map_err(e(maps::FQDN_NAMES, "iterate"))?;
+        st.fqdn_names.push((k.prefix_len(), k.data(), v));
     }
     st.config = Some(m.config.get(&0, 0).map_err(e(maps::CONFIG, "get"))?);
     Ok(st)

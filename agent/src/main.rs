@@ -115,6 +115,24 @@ struct Args {
     /// they fit (docs/security.md, lost node state).
     #[arg(long = "map-size", value_parser = palisade_agent::map_sizes::parse)]
     map_sizes: Vec<(String, u32)>,
+    /// The cluster DNS Service (NAMESPACE/NAME): only its answers (from its ClusterIPs) teach
+    /// pods the addresses of their ClusterNetworkPolicy `domainNames` (docs/fqdn.md).
+    #[arg(long, default_value = palisade_agent::reconcile::DEFAULT_DNS_SERVICE,
+          value_parser = parse_service_name)]
+    dns_service: String,
+    /// Most addresses one pod may learn from DNS answers (docs/fqdn.md "Limits"); at the limit
+    /// a new name's addresses are refused, what was learnt stays.
+    #[arg(long, default_value_t = palisade_common::fqdn::DEFAULT_MAX_LEARNT_PER_POD,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    fqdn_max_per_pod: u32,
+}
+
+/// `--dns-service`: NAMESPACE/NAME, both non-empty.
+fn parse_service_name(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => Ok(s.into()),
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
 }
 
 /// Where the image installs the eBPF object.
@@ -207,6 +225,8 @@ fn main() -> Result<()> {
         },
         audit_mode: args.audit_mode,
         map_sizes: palisade_agent::map_sizes::MapSizes::for_node(args.max_pods, args.map_sizes),
+        dns_service: args.dns_service,
+        fqdn_max_per_pod: args.fqdn_max_per_pod,
     };
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -76,7 +76,15 @@ pub struct Reconciler {
     bad_records: BadRecords,
     /// Records recovered by this agent (listed in the status).
     recovered: Vec<Problem>,
+    /// Egress by domain name: the cluster DNS Service ("namespace/name") and the per-pod
+    /// limit of learnt addresses (`with_names`).
+    dns_service: String,
+    fqdn_max_learnt: u32,
 }
+
+/// `palisade-agent --dns-service`'s default: the cluster DNS Service as kubeadm, kind and
+/// CoreDNS's manifests name it.
+pub const DEFAULT_DNS_SERVICE: &str = "kube-system/kube-dns";
 
 impl Reconciler {
     /// Adopts `applier`'s view of the pinned maps; `adopt` then takes the endpoint records.
@@ -113,7 +121,17 @@ impl Reconciler {
             orphans: BTreeMap::new(),
             bad_records: BTreeMap::new(),
             recovered: Vec::new(),
+            dns_service: DEFAULT_DNS_SERVICE.into(),
+            fqdn_max_learnt: palisade_common::fqdn::DEFAULT_MAX_LEARNT_PER_POD,
         }
+    }
+
+    /// The cluster DNS Service whose answers teach names (`--dns-service`) and the per-pod
+    /// limit of learnt addresses (`--fqdn-max-per-pod`).
+    pub fn with_names(mut self, dns_service: String, max_learnt: u32) -> Self {
+        self.dns_service = dns_service;
+        self.fqdn_max_learnt = max_learnt;
+        self
     }
 
     /// Takes the endpoint records found at start, and finds the orphans among `linked` (the
@@ -492,10 +510,19 @@ impl Reconciler {
             let d = DesiredEndpoint::isolated(o.ifindex, o.ep_id, &o.addrs);
             endpoints.insert(o.ifindex, d);
         }
+        let names_in_use = endpoints.values().any(|d| d.names.is_some());
+        let (dns_servers, problems) =
+            crate::services::dns_server_addrs(&self.snapshot, &self.dns_service, names_in_use);
+        for p in &problems {
+            tracing::warn!(object = %p.object, field = %p.field, "{}", p.message);
+        }
+        self.service_problems.extend(problems);
         self.desired = DesiredState {
             config: self.config,
             host_addrs: hosts,
             services,
+            dns_servers,
+            fqdn_max_learnt: Some(self.fqdn_max_learnt),
             endpoints,
         };
         compiled

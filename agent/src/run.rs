@@ -55,6 +55,7 @@ pub async fn run(mut agent: Agent, cfg: RunConfig) -> Result<()> {
     let (tx, mut rx) = mpsc::channel::<Job>(64);
     let parts = agent.observe_parts();
     tokio::spawn(crate::datapath::ct_sweep::run(parts.maps_dir.clone()));
+    tokio::spawn(crate::datapath::fqdn_sweep::run(parts.maps_dir.clone()));
     let hub = crate::observe::start(parts).await;
     tokio::spawn(server::serve(
         listener,

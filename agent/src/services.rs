@@ -157,6 +157,73 @@ pub fn service_addrs(snap: &Snapshot, capacity: u32) -> (BTreeSet<SvcAddrKey>, V
     (out, problems)
 }
 
+/// The desired content of `pal_dnssrv_v1`: the ClusterIPs of the cluster DNS Service
+/// `service` ("namespace/name", `palisade-agent --dns-service`), whose answers teach pods the
+/// addresses of their allowed names (after kube-proxy's reverse translation an answer comes
+/// from the ClusterIP the pod asked). `names_in_use`: some local pod has name rules, so a
+/// missing Service is a problem worth reporting (its pods learn nothing: every name fails
+/// closed).
+pub fn dns_server_addrs(
+    snap: &Snapshot,
+    service: &str,
+    names_in_use: bool,
+) -> (BTreeSet<SvcAddrKey>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let object = format!("Service {service}");
+    let key = service
+        .split_once('/')
+        .map(|(ns, n)| (ns.to_string(), n.to_string()));
+    let Some(svc) = key.and_then(|k| snap.services.get(&k)) else {
+        if names_in_use {
+            problems.push(Problem {
+                object,
+                field: "metadata.name".into(),
+                message: format!(
+                    "the cluster DNS Service (--dns-service {service}) is not in the source: no \
+                     answer teaches pods the addresses of their domainNames rules (every name \
+                     is refused)"
+                ),
+            });
+        }
+        return (BTreeSet::new(), problems);
+    };
+    let mut out = BTreeSet::new();
+    let spec = svc.spec.as_ref();
+    let ips = spec
+        .and_then(|s| s.cluster_ip.iter().next())
+        .into_iter()
+        .chain(
+            spec.and_then(|s| s.cluster_ips.as_ref())
+                .into_iter()
+                .flatten(),
+        );
+    for ip in ips {
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        match ip.parse::<IpAddr>() {
+            Ok(a) => {
+                out.insert(addr_key(a));
+            }
+            Err(_) => problems.push(Problem {
+                object: object.clone(),
+                field: "spec.clusterIPs".into(),
+                message: format!("{ip:?} is not an IP address; not a DNS server address"),
+            }),
+        }
+    }
+    let max = palisade_common::maps::DNS_SERVERS_MAX as usize;
+    if out.len() > max {
+        problems.push(Problem {
+            object,
+            field: "spec.clusterIPs".into(),
+            message: format!("{} addresses, more than the {max} kept", out.len()),
+        });
+        out = out.into_iter().take(max).collect();
+    }
+    (out, problems)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -166,6 +233,36 @@ mod tests {
 
     fn svc(yaml: &str) -> Arc<Service> {
         Arc::new(serde_saphyr::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn the_dns_service_gives_its_cluster_ips_and_a_missing_one_is_named() {
+        let mut snap = Snapshot::default();
+        let (addrs, problems) = dns_server_addrs(&snap, "kube-system/kube-dns", true);
+        assert!(addrs.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].object == "Service kube-system/kube-dns"
+                && problems[0].message.contains("every name is refused"),
+            "{problems:?}"
+        );
+        assert!(
+            dns_server_addrs(&snap, "kube-system/kube-dns", false)
+                .1
+                .is_empty()
+        );
+        snap.services.insert(
+            ("kube-system".into(), "kube-dns".into()),
+            svc("metadata: {name: kube-dns, namespace: kube-system}\nspec:\n  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, 'fd00:10:96::a', bogus]\n  externalIPs: [192.0.2.7]\n"),
+        );
+        let (addrs, problems) = dns_server_addrs(&snap, "kube-system/kube-dns", true);
+        let want: BTreeSet<SvcAddrKey> = ["10.96.0.10", "fd00:10:96::a"]
+            .iter()
+            .map(|a| addr_key(a.parse().unwrap()))
+            .collect();
+        assert_eq!(addrs, want);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.clusterIPs");
     }
 
     #[test]

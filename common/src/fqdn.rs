@@ -3,9 +3,10 @@
 //! `docs/fqdn.md`; what an answer teaches: the `policy` crate's `fqdn::learn`.
 //!
 //! - `pal_fqep_v1` (hash, ep_id -> `FqdnEndpoint`): the endpoints that have name rules, with
-//!   their pattern set and one policy per name rule (the endpoint's egress compiled as if that
-//!   rule's `domainNames` peers matched every address). Endpoints without name rules have no
-//!   entry and pay nothing.
+//!   their pattern set, rule count and limit. Each name rule i has a variant policy (the
+//!   endpoint's egress compiled as if that rule's `domainNames` peers matched every address)
+//!   in `pal_pol_v1` under the endpoint's own `policy_id`, direction `DIR_NAME_VARIANT + i`.
+//!   Endpoints without name rules have no entry and pay nothing.
 //! - `pal_fqname_v1` (LPM trie, `NameKey` -> rule mask): the patterns of each pattern set,
 //!   names encoded by `encode_name` (reversed labels) so that one longest-prefix lookup
 //!   answers both exact names and `*.` wildcards, compared byte for byte (never by hash).
@@ -14,6 +15,9 @@
 //!   `kill -9` or upgrade loses nothing, and learning goes on without the agent.
 //! - `pal_dnssrv_v1` (hash, `HostAddrKey` -> u32): the cluster DNS service's addresses. Only an
 //!   answer from one of them, to a query the pod itself sent (a conntrack reply), is read.
+//! - `pal_fqcnt_v1` (hash, ep_id -> u64): learnt entries per endpoint, for the per-pod limit
+//!   (`FqdnEndpoint::max_learnt`). Incremented by the programs when they add an entry; the
+//!   agent's sweep, which deletes expired entries, writes the recount.
 //! - `pal_fqst_v1` (per-CPU array of u64): the `FQST_*` counters.
 
 use crate::FAMILY_V4;
@@ -38,7 +42,7 @@ pub const NAME_END: u8 = 0;
 
 /// Key of `pal_fqname_v1` (the LPM `prefixlen` word is added by the map type).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NameKey {
     /// The endpoint's pattern set (`FqdnEndpoint.name_set`), big-endian so that it is the
     /// key's leading bits.
@@ -121,14 +125,16 @@ pub struct FqdnEndpoint {
     /// Pattern set in `pal_fqname_v1` (endpoints with the same patterns and rule order share
     /// one).
     pub name_set: u32,
-    /// Name rules in use (`variant_policy_ids[..rules]`).
+    /// Name rules in use: rule i's variant policy is the endpoint's `pal_pol_v1` entries with
+    /// direction `DIR_NAME_VARIANT + i`. A new flow to an address learnt through rules S is
+    /// allowed iff some i in S allows it in variant i.
     pub rules: u32,
-    /// Per name rule i: the policy_id of the endpoint's egress compiled as if rule i's
-    /// `domainNames` peers matched every address. A new flow to an address learnt through
-    /// rules S is allowed iff some i in S allows it in policy `variant_policy_ids[i]`.
-    pub variant_policy_ids: [u32; MAX_NAME_RULES],
+    /// The per-pod limit: no new (endpoint, address) entry is learnt while the endpoint has
+    /// this many (`FQST_POD_FULL`; the new name fails closed, what was learnt stays).
+    pub max_learnt: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FqdnEndpoint>() == 40);
+const _: () = assert!(core::mem::size_of::<FqdnEndpoint>() == 16);
 
 /// Key of `pal_fqaddr_v1`.
 #[repr(C)]
@@ -205,6 +211,10 @@ pub const FQST_UNREAD: u32 = 3;
 pub const FQST_FULL: u32 = 4;
 /// Answers from a server that is not the cluster DNS service (nothing learnt).
 pub const FQST_OTHER_SERVER: u32 = 5;
+/// Addresses not learnt because the pod has `FqdnEndpoint::max_learnt` entries.
+pub const FQST_POD_FULL: u32 = 6;
+/// Default per-pod limit (`palisade-agent --fqdn-max-per-pod`).
+pub const DEFAULT_MAX_LEARNT_PER_POD: u32 = 1_024;
 pub const FQST_SLOTS: u32 = 8;
 
 #[cfg(test)]

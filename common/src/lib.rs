@@ -38,6 +38,11 @@ pub const DIR_EGRESS: u8 = 1;
 /// Added to a direction in `pal_pol_v1` keys: the entries of the endpoint's *audited*
 /// policies (they decide nothing; see `decide::audit`).
 pub const DIR_AUDIT: u8 = 2;
+/// `pal_pol_v1` keys of an endpoint's name rule i (egress by domain name) have direction
+/// `DIR_NAME_VARIANT + i` (i < `fqdn::MAX_NAME_RULES`): its egress compiled as if rule i's
+/// `domainNames` peers matched every address, under the endpoint's own `policy_id`, so the
+/// variants switch with the rest of its policy in one `pal_ep_v1` update.
+pub const DIR_NAME_VARIANT: u8 = 4;
 
 /// Compares two 16-byte addresses (IPv4 in the first 4 bytes, the rest zero) as two words:
 /// `==` on arrays compiles to a `memcmp` call, which the BPF target does not have.

@@ -30,6 +30,33 @@ pub const FQDN_NAMES: &str = "pal_fqname_v1";
 pub const FQDN_LEARNT: &str = "pal_fqaddr_v1";
 pub const DNS_SERVERS: &str = "pal_dnssrv_v1";
 pub const FQDN_STATS: &str = "pal_fqst_v1";
+pub const FQDN_COUNTS: &str = "pal_fqcnt_v1";
+
+/// Every pinned data map (the program array `TAILS` apart), in one list for what reports on
+/// them: `/metrics` (entries, capacity, memory), the memory figures, their tests.
+pub const PINNED_DATA: [&str; 21] = [
+    ENDPOINTS,
+    POLICY,
+    PORTS,
+    HOST_ADDRS,
+    SERVICES,
+    CONNTRACK,
+    ASSURED,
+    ASSURED_COUNT,
+    FRAGMENTS,
+    EVENT_LIMIT,
+    SVC_FLOWS,
+    FQDN_ENDPOINTS,
+    FQDN_NAMES,
+    FQDN_LEARNT,
+    FQDN_COUNTS,
+    DNS_SERVERS,
+    STATS,
+    EVENT_STATS,
+    ASSURED_STATS,
+    FQDN_STATS,
+    CONFIG,
+];
 
 /// Program names (ELF section function names) in the eBPF object.
 pub const PROG_TO_POD: &str = "to_pod";

@@ -23,21 +23,31 @@ fn count(slot: u32) {
     }
 }
 
-/// Adds `delta` (wrapping) to the count of `ep_id`, atomically (`BPF_ATOMIC | BPF_ADD`, the
-/// `lock xadd` of the BPF instruction set: `core::sync::atomic` has no read-modify-write on
-/// this target): programs on other CPUs promote and delete entries of the same endpoint.
+/// Adds `delta` (wrapping) to the count of `ep_id`, atomically: programs on other CPUs
+/// promote and delete entries of the same endpoint.
 #[inline(always)]
 fn charge(ep_id: u32, delta: u64) {
     if let Some(c) = ASSURED_COUNT.get_ptr_mut(ep_id) {
         // SAFETY: map value pointer, 8-byte aligned, valid for this program run.
-        unsafe {
-            core::arch::asm!(
-                "lock *(u64 *)({p} + 0) += {d}",
-                p = in(reg) c,
-                d = in(reg) delta,
-            )
-        };
+        unsafe { atomic_add(c, delta) };
     }
+}
+
+/// `*c += delta` (wrapping), atomically (`BPF_ATOMIC | BPF_ADD`, the `lock xadd` of the BPF
+/// instruction set: `core::sync::atomic` has no read-modify-write on this target).
+///
+/// # Safety
+/// `c` points to a live, 8-byte aligned map value.
+#[inline(always)]
+pub unsafe fn atomic_add(c: *mut u64, delta: u64) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {d}",
+            p = in(reg) c,
+            d = in(reg) delta,
+        )
+    };
 }
 
 /// Deletes the expired assured entry `k` and, if this delete removed it (not a racing one),

@@ -16,13 +16,13 @@
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_skb_load_bytes, programs::TcContext};
 use palisade_common::{
-    DIR_EGRESS, FAMILY_V4, FAMILY_V6,
+    DIR_NAME_VARIANT, FAMILY_V4, FAMILY_V6,
     conntrack::CtKey,
     endpoint::{EP_NAME_RULES, EndpointInfo},
     fqdn::{
-        FQST_ANSWERS, FQST_FULL, FQST_LEARNT, FQST_NOT_ALLOWED, FQST_OTHER_SERVER, FQST_UNREAD,
-        GRACE_NS, LABEL_TAG, LearntKey, LearntValue, MAX_NAME_RULES, NAME_BYTES, NAME_END,
-        clamp_ttl, exact_prefixlen,
+        FQST_ANSWERS, FQST_FULL, FQST_LEARNT, FQST_NOT_ALLOWED, FQST_OTHER_SERVER, FQST_POD_FULL,
+        FQST_UNREAD, FqdnEndpoint, GRACE_NS, LABEL_TAG, LearntKey, LearntValue, MAX_NAME_RULES,
+        NAME_BYTES, NAME_END, clamp_ttl, exact_prefixlen,
     },
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     policy::{RULE_REF_NONE, rule_allows},
@@ -30,10 +30,11 @@ use palisade_common::{
 };
 
 use crate::{
+    assured,
     conntrack::{self, CT_REPLY},
     maps::{
-        DNS_SERVERS, FQ_SCRATCH, FQDN_ENDPOINTS, FQDN_LEARNT, FQDN_NAMES, FQDN_STATS, FqScratch,
-        SCRATCH,
+        DNS_SERVERS, FQ_SCRATCH, FQDN_COUNTS, FQDN_ENDPOINTS, FQDN_LEARNT, FQDN_NAMES, FQDN_STATS,
+        FqScratch, SCRATCH,
     },
     parse::{FRAG_NONE, Packet},
     policy,
@@ -49,6 +50,7 @@ const TYPE_CNAME: u16 = 5;
 const TYPE_AAAA: u16 = 28;
 const CLASS_IN: u16 = 1;
 const DNS_PORT: [u8; 2] = 53u16.to_be_bytes();
+const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 fn count(slot: u32) {
@@ -155,6 +157,8 @@ struct Walk {
     ttl: u32,
     ep_id: u32,
     rules: u32,
+    /// The endpoint's per-pod limit (`FqdnEndpoint::max_learnt`).
+    max_learnt: u32,
     now: u64,
 }
 
@@ -168,7 +172,9 @@ fn remember(w: &Walk, family: u8, addr: [u8; 16]) {
         rules: w.rules,
         _pad: 0,
     };
+    let mut added = true;
     if let Some(old) = FQDN_LEARNT.get_ptr(&k) {
+        added = false;
         // SAFETY: live map value; read once, a racing writer writes the same kind of values.
         let (oe, or) = unsafe { ((*old).expires_ns, (*old).rules) };
         if oe > w.now {
@@ -178,10 +184,32 @@ fn remember(w: &Walk, family: u8, addr: [u8; 16]) {
             }
         }
     }
-    if FQDN_LEARNT.insert(&k, &v, 0).is_ok() {
-        count(FQST_LEARNT);
-    } else {
+    // The per-pod limit, for entries this adds (refreshing one is always allowed).
+    let cnt = FQDN_COUNTS.get_ptr_mut(&w.ep_id);
+    if added
+        && let Some(c) = cnt
+        // SAFETY: live map value, read once (a racing add makes the limit off by one at most
+        // per CPU).
+        && unsafe { *c } >= w.max_learnt as u64
+    {
+        count(FQST_POD_FULL);
+        return;
+    }
+    if FQDN_LEARNT.insert(&k, &v, 0).is_err() {
         count(FQST_FULL);
+        return;
+    }
+    count(FQST_LEARNT);
+    if added {
+        // The endpoint's first entry (or the sweep removed its count): create it (a racing
+        // first entry on another CPU may win: `BPF_NOEXIST`, both add below).
+        if cnt.is_none() {
+            let _ = FQDN_COUNTS.insert(&w.ep_id, &0, BPF_NOEXIST);
+        }
+        if let Some(c) = FQDN_COUNTS.get_ptr_mut(&w.ep_id) {
+            // SAFETY: a live, 8-byte aligned map value.
+            unsafe { assured::atomic_add(c, 1) };
+        }
     }
 }
 
@@ -303,8 +331,8 @@ pub fn learn(ctx: &TcContext) {
     let Some(fe) = FQDN_ENDPOINTS.get_ptr(ep.ep_id) else {
         return;
     };
-    // SAFETY: live map value, fields copied out.
-    let (name_set, nrules) = unsafe { ((*fe).name_set, (*fe).rules) };
+    // SAFETY: live map value, copied out.
+    let fe = unsafe { *fe };
     let Some(s) = FQ_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -313,7 +341,7 @@ pub fn learn(ctx: &TcContext) {
     let s = unsafe { &mut *s };
     count(FQST_ANSWERS);
     let payload = pkt.l4_off as usize + pkt.l4_hlen as usize;
-    let r = read(ctx, pkt.t.proto, payload, ep.ep_id, name_set, nrules, s);
+    let r = read(ctx, pkt.t.proto, payload, ep.ep_id, &fe, s);
     if r.is_none() {
         count(FQST_UNREAD);
     }
@@ -402,10 +430,10 @@ fn read(
     proto: u8,
     payload: usize,
     ep_id: u32,
-    name_set: u32,
-    nrules: u32,
+    fe: &FqdnEndpoint,
     s: &mut FqScratch,
 ) -> Option<()> {
+    let (name_set, nrules) = (fe.name_set, fe.rules);
     let total = ctx.len() as usize;
     let mut start = payload;
     if proto == IPPROTO_TCP {
@@ -482,6 +510,7 @@ fn read(
         ttl: u32::MAX,
         ep_id,
         rules,
+        max_learnt: fe.max_learnt,
         now: conntrack::now(),
     };
     let mut a = 0;
@@ -499,15 +528,15 @@ fn read(
     Some(())
 }
 
-/// The rule admitting the egress flow `key` (of an endpoint with `EP_NAME_RULES`) that its
-/// policy does not allow, through the addresses the endpoint learnt: `RULE_REF_NONE` when the
-/// destination is not learnt, or learnt but expired (`grace`: a re-check of a flow admitted
-/// before, which keeps working `GRACE_NS` past expiry), else the first name rule i the
-/// address was learnt through whose variant policy allows the flow
-/// (`palisade_common::fqdn::FqdnEndpoint`). Not inlined: up to `MAX_NAME_RULES` pairs of LPM
-/// lookups, on the deny path only (and a BPF call takes at most 5 arguments).
+/// The rule admitting the egress flow `key` (of an endpoint with `EP_NAME_RULES` and policy
+/// `policy_id`) that its policy does not allow, through the addresses the endpoint learnt:
+/// `RULE_REF_NONE` when the destination is not learnt, or learnt but expired (`grace`: a
+/// re-check of a flow admitted before, which keeps working `GRACE_NS` past expiry), else the
+/// first name rule i the address was learnt through whose variant (direction
+/// `DIR_NAME_VARIANT + i` of `policy_id`) allows the flow. Not inlined: up to
+/// `MAX_NAME_RULES` pairs of LPM lookups, on the deny path only.
 #[inline(never)]
-pub fn allow_rule(key: &CtKey, ports_known: bool, grace: bool) -> u32 {
+pub fn allow_rule(key: &CtKey, policy_id: u32, ports_known: bool, grace: bool) -> u32 {
     let Some(fe) = FQDN_ENDPOINTS.get_ptr(key.ep_id) else {
         return RULE_REF_NONE;
     };
@@ -516,20 +545,18 @@ pub fn allow_rule(key: &CtKey, ports_known: bool, grace: bool) -> u32 {
         return RULE_REF_NONE;
     };
     // SAFETY: live map values, fields read once.
-    let (expires, learnt) = unsafe { ((*lv).expires_ns, (*lv).rules) };
+    let (expires, learnt, nrules) = unsafe { ((*lv).expires_ns, (*lv).rules, (*fe).rules) };
     let until = if grace { expires + GRACE_NS } else { expires };
     if conntrack::now() >= until {
         return RULE_REF_NONE;
     }
     let mut i = 0;
     while i < MAX_NAME_RULES {
-        // SAFETY: as above; `i` < MAX_NAME_RULES.
-        let (nrules, pid) = unsafe { ((*fe).rules, (*fe).variant_policy_ids[i]) };
         if i as u32 >= nrules {
             break;
         }
         if learnt & (1 << i) != 0 {
-            let r = variant_rule(pid, key, ports_known);
+            let r = variant_rule(policy_id, DIR_NAME_VARIANT + i as u8, key, ports_known);
             if rule_allows(r) {
                 return r;
             }
@@ -539,13 +566,14 @@ pub fn allow_rule(key: &CtKey, ports_known: bool, grace: bool) -> u32 {
     RULE_REF_NONE
 }
 
-/// The egress lookups of flow `key` in the variant policy `policy_id`. A call of its own: its
-/// keys live in its own (small) stack frame, once, not once per name rule in `allow_rule`'s.
+/// The egress lookups of flow `key` in the variant `dir` of `policy_id`. A call of its own:
+/// its keys live in its own (small) stack frame, once, not once per name rule in
+/// `allow_rule`'s.
 #[inline(never)]
-fn variant_rule(policy_id: u32, key: &CtKey, ports_known: bool) -> u32 {
+fn variant_rule(policy_id: u32, dir: u8, key: &CtKey, ports_known: bool) -> u32 {
     policy::allow_rule(
         policy_id,
-        DIR_EGRESS,
+        dir,
         key.family,
         &key.daddr_be,
         key.proto,

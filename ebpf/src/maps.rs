@@ -126,6 +126,11 @@ pub static DNS_SERVERS: HashMap<HostAddrKey, u32> = HashMap::pinned(DNS_SERVERS_
 #[map(name = "pal_tail_v1")]
 pub static TAILS: ProgramArray = ProgramArray::pinned(TAILS_MAX, 0);
 
+/// Learnt entries per endpoint (the per-pod limit): incremented here when an entry is added,
+/// recounted by the agent's sweep.
+#[map(name = "pal_fqcnt_v1")]
+pub static FQDN_COUNTS: HashMap<u32, u64> = HashMap::pinned(FQDN_ENDPOINTS_MAX, NO_PREALLOC);
+
 /// `FQST_*` counters.
 #[map(name = "pal_fqst_v1")]
 pub static FQDN_STATS: PerCpuArray<u64> = PerCpuArray::pinned(FQST_SLOTS, 0);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use palisade_common::endpoint::{
     EP_AUDIT_EGRESS_ISOLATED, EP_AUDIT_INGRESS_ISOLATED, EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6,
-    EP_INGRESS_ISOLATED,
+    EP_INGRESS_ISOLATED, EP_NAME_RULES,
 };
 use palisade_common::policy::{PolicyKey, PortKey, RULE_DENY, policy_prefixlen};
 use palisade_common::{FAMILY_V4, FAMILY_V6};
@@ -16,6 +16,8 @@ use palisade_common::{FAMILY_V4, FAMILY_V6};
 use palisade_common::decide::{CtMatch, Facts, decide};
 
 use crate::compile::{Compiled, EndpointPolicy, PeerAllow, PeerPrefix};
+use crate::fqdn::EndpointNames;
+use crate::fqdn::maps::{DesiredNames, name_patterns, variant_entries};
 use crate::model::{Endpoint, proto_name};
 use crate::ports::PortSet;
 use crate::prefix::{mask, max_len};
@@ -53,8 +55,11 @@ pub struct DesiredEndpoint {
     pub ipv4_be: [u8; 4],
     pub ipv6_be: [u8; 16],
     /// Shared between endpoints with the same policy and from one compile to the next while
-    /// the policy does not change.
+    /// the policy does not change. For an endpoint with name rules, its variant policies too
+    /// (`with_names`).
     pub entries: Arc<Entries>,
+    /// Egress by domain name: set with `EP_NAME_RULES` (`with_names`).
+    pub names: Option<DesiredNames>,
 }
 
 impl DesiredEndpoint {
@@ -67,6 +72,7 @@ impl DesiredEndpoint {
             ipv4_be: [0; 4],
             ipv6_be: [0; 16],
             entries: Arc::default(),
+            names: None,
         };
         for a in addrs {
             match a {
@@ -98,6 +104,21 @@ impl DesiredEndpoint {
             }
         }
         self.entries = entries;
+        self
+    }
+
+    /// The endpoint with `names`' rules (after `with_policy`; nothing changes when it has
+    /// none): `EP_NAME_RULES`, its pattern set, and its variant policies added to its entries.
+    pub fn with_names(mut self, names: &EndpointNames, contents: &mut PortContents) -> Self {
+        if names.name_rules.is_empty() {
+            return self;
+        }
+        self.flags |= EP_NAME_RULES;
+        Arc::make_mut(&mut self.entries).extend(variant_entries(names, contents));
+        self.names = Some(DesiredNames {
+            rules: names.name_rules.len() as u32,
+            patterns: Arc::new(name_patterns(names)),
+        });
         self
     }
 }

@@ -154,14 +154,7 @@ spec:
     let (xa, xb) = (PodKey::new("x", "a"), PodKey::new("x", "b"));
     let mut reg = RuleRegistry::new();
     let compiled = compile(&c, &[xa.clone(), xb.clone()], &mut reg);
-    let notices: Vec<_> = compiled.problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(
-        notices,
-        [
-            "spec.egress[0].to[0].domainNames",
-            "spec.egress[1].to[0].domainNames"
-        ]
-    );
+    assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
     assert!(!compiled.names.contains_key(&xb), "x/b has no name rule");
     let names = &compiled.names[&xa];
     let ids: Vec<_> = names.name_rules.iter().map(|r| r.id.index).collect();

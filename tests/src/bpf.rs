@@ -265,6 +265,9 @@ impl Datapath {
             stats: open(dir, maps::STATS)?,
             config: open(dir, maps::CONFIG)?,
             services: open(dir, maps::SERVICES)?,
+            fqdn_endpoints: open(dir, maps::FQDN_ENDPOINTS)?,
+            fqdn_names: open(dir, maps::FQDN_NAMES)?,
+            dns_servers: open(dir, maps::DNS_SERVERS)?,
         })
     }
 

@@ -42,6 +42,16 @@ impl Datapath {
             .context("writing pal_fqname_v1")
     }
 
+    /// The endpoint's learnt-entry count (`pal_fqcnt_v1`).
+    pub fn fqdn_count(&self, ep_id: u32) -> Result<Option<u64>> {
+        let m: HashMap<&MapData, u32, u64> = HashMap::try_from(self.map(maps::FQDN_COUNTS)?)?;
+        match m.get(&ep_id, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading pal_fqcnt_v1"),
+        }
+    }
+
     pub fn add_dns_server(&mut self, key: HostAddrKey) -> Result<()> {
         let mut m: HashMap<&mut MapData, HostAddrKey, u32> =
             HashMap::try_from(self.map_mut(maps::DNS_SERVERS)?)?;

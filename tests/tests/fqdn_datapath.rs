@@ -9,11 +9,11 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use palisade_common::{
-    DIR_EGRESS, FAMILY_V4,
+    DIR_EGRESS, DIR_NAME_VARIANT, FAMILY_V4,
     endpoint::{EP_EGRESS_ISOLATED, EP_NAME_RULES},
     fqdn::{
-        FQST_ANSWERS, FQST_LEARNT, FQST_NOT_ALLOWED, FQST_OTHER_SERVER, FQST_UNREAD, FqdnEndpoint,
-        GRACE_SECS, LearntKey, LearntValue, MAX_NAME_RULES,
+        DEFAULT_MAX_LEARNT_PER_POD, FQST_ANSWERS, FQST_LEARNT, FQST_NOT_ALLOWED, FQST_OTHER_SERVER,
+        FQST_POD_FULL, FQST_UNREAD, FqdnEndpoint, GRACE_SECS, LearntKey, LearntValue,
     },
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     stats::HostAddrKey,
@@ -39,10 +39,11 @@ use tier1::*;
 const DNS4: [u8; 4] = [10, 96, 0, 10];
 const EP_ID: u32 = 42;
 const NAME_SET: u32 = 5;
-/// Variant policies: name rule 0 (`api.example.com`, `*.cdn.example.com`: every port) and
-/// name rule 1 (`*.example.com`: TCP port 80 only).
-const VARIANT_0: u32 = 200;
-const VARIANT_1: u32 = 201;
+/// Variant policies (directions of the endpoint's `POLICY_A`): name rule 0
+/// (`api.example.com`, `*.cdn.example.com`: every port) and name rule 1 (`*.example.com`:
+/// TCP port 80 only).
+const VARIANT_0: u8 = DIR_NAME_VARIANT;
+const VARIANT_1: u8 = DIR_NAME_VARIANT + 1;
 const RULE_0: u32 = 9;
 const RULE_1: u32 = 10;
 const PORTSET_80: u32 = 8;
@@ -51,36 +52,33 @@ const PORTSET_80: u32 = 8;
 /// `PEER4` port 53, a resolver it may ask directly); the names are seeded as the agent writes
 /// them (rule masks: a longest match carries every rule matching the name).
 fn setup_names(test: &str) -> Option<Datapath> {
+    setup_names_limited(test, DEFAULT_MAX_LEARNT_PER_POD)
+}
+
+/// As `setup_names`, with the per-pod limit `max_learnt`.
+fn setup_names_limited(test: &str, max_learnt: u32) -> Option<Datapath> {
     let mut dp = setup(test, EP_EGRESS_ISOLATED | EP_NAME_RULES)?;
     allow_peer(&mut dp, POLICY_A, DIR_EGRESS, &DNS4, 32, all_ports(1));
     allow_peer(&mut dp, POLICY_A, DIR_EGRESS, &PEER4, 32, all_ports(2));
     for (addr, bits) in [(&[0u8; 4][..], 0), (&[0u8; 16][..], 0)] {
+        allow_peer(&mut dp, POLICY_A, VARIANT_0, addr, bits, all_ports(RULE_0));
         allow_peer(
             &mut dp,
-            VARIANT_0,
-            DIR_EGRESS,
-            addr,
-            bits,
-            all_ports(RULE_0),
-        );
-        allow_peer(
-            &mut dp,
+            POLICY_A,
             VARIANT_1,
-            DIR_EGRESS,
             addr,
             bits,
             portset(PORTSET_80),
         );
     }
     allow_port(&mut dp, PORTSET_80, IPPROTO_TCP, 80, 16, RULE_1);
-    let mut variant_policy_ids = [0; MAX_NAME_RULES];
-    variant_policy_ids[..2].copy_from_slice(&[VARIANT_0, VARIANT_1]);
     dp.set_fqdn_endpoint(
         EP_ID,
         FqdnEndpoint {
             name_set: NAME_SET,
             rules: 2,
-            variant_policy_ids,
+            max_learnt,
+            _pad: 0,
         },
     )
     .expect("seeding pal_fqep_v1");
@@ -270,6 +268,51 @@ fn privileged_dns_answers_teach_the_asking_pod_the_addresses_of_its_allowed_name
     assert_eq!(stat(&dp, FQST_UNREAD), 0);
 }
 
+/// The per-pod limit: at `max_learnt` entries a new address is not learnt (counted, its
+/// connection refused: fails closed for the new name only); what was learnt keeps working and
+/// can be refreshed.
+#[test]
+fn privileged_a_pod_at_its_limit_learns_no_new_address_and_keeps_what_it_learnt() {
+    let Some(dp) = setup_names_limited(
+        "privileged_a_pod_at_its_limit_learns_no_new_address_and_keeps_what_it_learnt",
+        2,
+    ) else {
+        return;
+    };
+    resolve(
+        &dp,
+        40000,
+        "api.example.com",
+        TYPE_A,
+        &[
+            Record::addr("api.example.com", 60, "203.0.113.5"),
+            Record::addr("api.example.com", 60, "203.0.113.6"),
+        ],
+    );
+    assert_eq!(stat(&dp, FQST_LEARNT), 2);
+    resolve(
+        &dp,
+        40001,
+        "a.cdn.example.com",
+        TYPE_A,
+        &[Record::addr("a.cdn.example.com", 60, "198.51.100.9")],
+    );
+    assert_eq!(stat(&dp, FQST_POD_FULL), 1);
+    connect4(&dp, [198, 51, 100, 9], 50000, 443, Reason::DEFAULT_DENY);
+    connect4(&dp, [203, 0, 113, 5], 50001, 443, Reason::POLICY_ALLOW);
+    // A refresh of a learnt address is not a new entry.
+    resolve(
+        &dp,
+        40002,
+        "api.example.com",
+        TYPE_A,
+        &[Record::addr("api.example.com", 600, "203.0.113.6")],
+    );
+    assert_eq!((stat(&dp, FQST_LEARNT), stat(&dp, FQST_POD_FULL)), (3, 1));
+    assert_eq!(learnt_addrs(&dp).len(), 2);
+    assert_eq!(dp.fqdn_count(EP_ID).expect("reading pal_fqcnt_v1"), Some(2));
+}
+
 #[test]
 fn privileged_answers_from_other_resolvers_or_unasked_teach_nothing() {
     let Some(dp) = setup_names("privileged_answers_from_other_resolvers_or_unasked_teach_nothing")
@@ -339,6 +382,7 @@ fn privileged_tcp_answers_teach_and_expiry_refuses_new_flows_after_the_grace_kee
     )
     .expect("switching policy");
     allow_peer(&mut dp, POLICY_B, DIR_EGRESS, &DNS4, 32, all_ports(1));
+    allow_peer(&mut dp, POLICY_B, VARIANT_0, &[0; 4], 0, all_ports(RULE_0));
     let ack = V4::new(POD4, [192, 0, 2, 44], IPPROTO_TCP).frame(&frame::tcp(50000, 443, TCP_ACK));
     expect(&dp, Prog::FromPod, &ack, Reason::CT_ESTABLISHED);
     // ... and past the grace it is cut at the next re-check.

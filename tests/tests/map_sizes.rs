@@ -25,23 +25,7 @@ use palisade_tests::lab::{Lab, LabConfig};
 const BUDGET: u64 = 8 << 20;
 
 /// Every map the agent pins (the ones `/metrics` must cover).
-const PINNED: [&str; 15] = [
-    maps::ENDPOINTS,
-    maps::POLICY,
-    maps::PORTS,
-    maps::CONNTRACK,
-    maps::ASSURED,
-    maps::ASSURED_COUNT,
-    maps::ASSURED_STATS,
-    maps::FRAGMENTS,
-    maps::HOST_ADDRS,
-    maps::STATS,
-    maps::CONFIG,
-    maps::SERVICES,
-    maps::EVENT_STATS,
-    maps::EVENT_LIMIT,
-    maps::SVC_FLOWS,
-];
+const PINNED: [&str; maps::PINNED_DATA.len()] = maps::PINNED_DATA;
 
 /// Hashes that must be `BPF_F_NO_PREALLOC` (the LRU ones cannot be).
 const NOT_PREALLOCATED: [&str; 5] = [
@@ -104,7 +88,7 @@ fn privileged_an_idle_nodes_maps_take_at_most_8_mib_sized_by_max_pods() -> Resul
         let bytes = metrics::value(&scraped, "palisade_map_memory_bytes", &labels);
         // An empty LPM trie takes 0 B (its nodes are allocated per entry); every other map has
         // at least its buckets or slots.
-        let trie = [maps::POLICY, maps::PORTS].contains(&name);
+        let trie = [maps::POLICY, maps::PORTS, maps::FQDN_NAMES].contains(&name);
         ensure!(
             trie || bytes > 0.0,
             "{name}: palisade_map_memory_bytes is {bytes}"

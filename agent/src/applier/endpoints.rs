@@ -58,7 +58,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EndpointInfo};
+use palisade_common::endpoint::{
+    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_NAME_RULES, EndpointInfo,
+};
 use palisade_common::maps;
 use palisade_common::policy::{POL_ALL_PORTS, PolicyKey, PolicyValue, PortKey, PortValue};
 
@@ -224,6 +226,14 @@ impl EndpointMaps {
 
     pub fn info(&self, ifindex: u32) -> Option<&EndpointInfo> {
         self.applied.get(&ifindex).map(|a| &a.info)
+    }
+
+    /// ep_ids of the endpoints whose entry has `EP_NAME_RULES`.
+    pub fn named_ep_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.applied
+            .values()
+            .filter(|a| a.info.flags & EP_NAME_RULES != 0)
+            .map(|a| a.info.ep_id)
     }
 
     pub fn ifindexes(&self) -> Vec<u32> {

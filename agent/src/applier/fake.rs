@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use palisade_common::endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EndpointInfo};
+use palisade_common::fqdn::{FqdnEndpoint, NameKey};
 use palisade_common::policy::{
     POL_ALL_PORTS, PORT_KEY_ANY_PORT_BITS, PORT_KEY_ANY_PROTO_BITS, PolicyKey, PolicyValue,
     PortKey, PortValue, policy_prefixlen,
@@ -22,6 +23,9 @@ pub struct FakeMaps {
     pub endpoints: BTreeMap<u32, EndpointInfo>,
     pub services: BTreeSet<HostAddrKey>,
     pub hosts: BTreeSet<HostAddrKey>,
+    pub dns_servers: BTreeSet<HostAddrKey>,
+    pub fqdn_endpoints: BTreeMap<u32, FqdnEndpoint>,
+    pub fqdn_names: BTreeMap<(u32, NameKey), u32>,
     pub config: Option<Config>,
     pub capacity: Capacity,
     /// Successful writes.
@@ -60,6 +64,9 @@ impl FakeMaps {
             endpoints: BTreeMap::new(),
             services: BTreeSet::new(),
             hosts: BTreeSet::new(),
+            dns_servers: BTreeSet::new(),
+            fqdn_endpoints: BTreeMap::new(),
+            fqdn_names: BTreeMap::new(),
             config: None,
             capacity,
             writes: 0,
@@ -79,6 +86,9 @@ impl FakeMaps {
             endpoints: self.endpoints.clone(),
             services: self.services.clone(),
             hosts: self.hosts.clone(),
+            dns_servers: self.dns_servers.clone(),
+            fqdn_endpoints: self.fqdn_endpoints.clone(),
+            fqdn_names: self.fqdn_names.clone(),
             config: self.config,
             ..FakeMaps::with_capacity(self.capacity)
         }
@@ -166,6 +176,7 @@ impl MapOps for FakeMaps {
         let (set, cap) = match map {
             AddrMap::Services => (&mut self.services, self.capacity.services),
             AddrMap::HostAddrs => (&mut self.hosts, self.capacity.host_addrs),
+            AddrMap::DnsServers => (&mut self.dns_servers, self.capacity.dns_servers),
         };
         if !set.contains(&k) && set.len() >= cap as usize {
             return Err(FakeError::NoSpace(map.name()));
@@ -179,6 +190,7 @@ impl MapOps for FakeMaps {
         match map {
             AddrMap::Services => self.services.remove(&k),
             AddrMap::HostAddrs => self.hosts.remove(&k),
+            AddrMap::DnsServers => self.dns_servers.remove(&k),
         };
         self.record();
         Ok(())
@@ -186,6 +198,32 @@ impl MapOps for FakeMaps {
     fn put_config(&mut self, c: Config) -> Result<(), FakeError> {
         self.attempt()?;
         self.config = Some(c);
+        self.record();
+        Ok(())
+    }
+    fn put_fqdn_endpoint(&mut self, ep_id: u32, v: FqdnEndpoint) -> Result<(), FakeError> {
+        self.attempt()?;
+        self.fqdn_endpoints.insert(ep_id, v);
+        self.record();
+        Ok(())
+    }
+    fn del_fqdn_endpoint(&mut self, ep_id: u32) -> Result<(), FakeError> {
+        self.attempt()?;
+        self.fqdn_endpoints.remove(&ep_id);
+        self.record();
+        Ok(())
+    }
+    fn put_name(&mut self, p: u32, k: NameKey, mask: u32) -> Result<(), FakeError> {
+        self.attempt()?;
+        let cap = self.capacity.fqdn_names;
+        FakeMaps::room(&self.fqdn_names, &(p, k), cap, maps::FQDN_NAMES)?;
+        self.fqdn_names.insert((p, k), mask);
+        self.record();
+        Ok(())
+    }
+    fn del_name(&mut self, p: u32, k: NameKey) -> Result<(), FakeError> {
+        self.attempt()?;
+        self.fqdn_names.remove(&(p, k));
         self.record();
         Ok(())
     }
@@ -305,6 +343,13 @@ impl FakeMaps {
             ports: self.ports.iter().map(|((p, k), v)| (*p, *k, *v)).collect(),
             services: self.services.iter().copied().collect(),
             host_addrs: self.hosts.iter().copied().collect(),
+            dns_servers: self.dns_servers.iter().copied().collect(),
+            fqdn_endpoints: self.fqdn_endpoints.iter().map(|(k, v)| (*k, *v)).collect(),
+            fqdn_names: self
+                .fqdn_names
+                .iter()
+                .map(|((p, k), m)| (*p, *k, *m))
+                .collect(),
             config: self.config,
         }
     }

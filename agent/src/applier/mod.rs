@@ -1,5 +1,6 @@
 //! The agent's one write path: every map the agent writes (`pal_ep_v1`, `pal_pol_v1`,
-//! `pal_port_v1`, `pal_svc_v1`, `pal_host_v1`, `pal_cfg_v1`) is written here, as one diff
+//! `pal_port_v1`, `pal_svc_v1`, `pal_host_v1`, `pal_cfg_v1`, and for egress by domain name
+//! `pal_fqep_v1`, `pal_fqname_v1`, `pal_dnssrv_v1`) is written here, as one diff
 //! between what the applier knows the maps hold and the desired state of the node.
 //!
 //! What holds, whatever fails (proven in `tests.rs` with the fault-injecting [`fake::FakeMaps`],
@@ -25,6 +26,7 @@
 mod endpoints;
 #[cfg(test)]
 pub mod fake;
+mod names;
 mod sets;
 #[cfg(test)]
 mod tests;
@@ -32,6 +34,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use palisade_common::endpoint::EndpointInfo;
+use palisade_common::fqdn::{DEFAULT_MAX_LEARNT_PER_POD, FqdnEndpoint, NameKey};
 use palisade_common::maps;
 use palisade_common::policy::{PolicyKey, PolicyValue, PortKey, PortValue};
 use palisade_common::service::SvcAddrKey;
@@ -39,13 +42,15 @@ use palisade_common::stats::{Config, HostAddrKey};
 
 pub use palisade_policy::{Allow, DesiredEndpoint, Entries, PortContent};
 
-/// The two address-set maps (hash maps from [`HostAddrKey`] to 1).
+/// The address-set maps (hash maps from [`HostAddrKey`] to 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AddrMap {
     /// `pal_svc_v1`: every Service address (egress judged after translation).
     Services,
     /// `pal_host_v1`: this node's addresses (traffic with the node always passes).
     HostAddrs,
+    /// `pal_dnssrv_v1`: the cluster DNS Service's addresses (only their answers teach).
+    DnsServers,
 }
 
 impl AddrMap {
@@ -53,6 +58,7 @@ impl AddrMap {
         match self {
             AddrMap::Services => maps::SERVICES,
             AddrMap::HostAddrs => maps::HOST_ADDRS,
+            AddrMap::DnsServers => maps::DNS_SERVERS,
         }
     }
 }
@@ -80,6 +86,11 @@ pub trait MapOps {
     fn put_addr(&mut self, map: AddrMap, key: HostAddrKey) -> Result<(), Self::Error>;
     fn del_addr(&mut self, map: AddrMap, key: HostAddrKey) -> Result<(), Self::Error>;
     fn put_config(&mut self, config: Config) -> Result<(), Self::Error>;
+    fn put_fqdn_endpoint(&mut self, ep_id: u32, value: FqdnEndpoint) -> Result<(), Self::Error>;
+    fn del_fqdn_endpoint(&mut self, ep_id: u32) -> Result<(), Self::Error>;
+    /// A `pal_fqname_v1` entry (LPM `prefixlen`, key, rule mask).
+    fn put_name(&mut self, prefixlen: u32, key: NameKey, mask: u32) -> Result<(), Self::Error>;
+    fn del_name(&mut self, prefixlen: u32, key: NameKey) -> Result<(), Self::Error>;
     /// Returns once every datapath program run that started before the call has finished
     /// (nothing read before the call is still being used).
     fn grace_period(&mut self) -> Result<(), Self::Error>;
@@ -94,6 +105,8 @@ pub struct Capacity {
     pub ports: u32,
     pub services: u32,
     pub host_addrs: u32,
+    pub dns_servers: u32,
+    pub fqdn_names: u32,
 }
 
 impl Default for Capacity {
@@ -104,6 +117,8 @@ impl Default for Capacity {
             ports: maps::PORTS_MAX,
             services: maps::SERVICES_MAX,
             host_addrs: maps::HOST_ADDRS_MAX,
+            dns_servers: maps::DNS_SERVERS_MAX,
+            fqdn_names: maps::FQDN_NAMES_MAX,
         }
     }
 }
@@ -117,6 +132,10 @@ pub struct Usage {
     pub ports: usize,
     pub services: usize,
     pub host_addrs: usize,
+    pub dns_servers: usize,
+    /// Endpoints with name rules (`pal_fqep_v1`).
+    pub fqdn_endpoints: usize,
+    pub fqdn_names: usize,
 }
 
 /// A change that does not fit, found before anything of it was written.
@@ -159,6 +178,11 @@ pub struct DesiredState {
     pub config: Config,
     pub host_addrs: BTreeSet<HostAddrKey>,
     pub services: BTreeSet<SvcAddrKey>,
+    /// The cluster DNS Service's addresses (`pal_dnssrv_v1`).
+    pub dns_servers: BTreeSet<HostAddrKey>,
+    /// Learnt addresses per pod (`FqdnEndpoint::max_learnt`); `None`:
+    /// `DEFAULT_MAX_LEARNT_PER_POD`.
+    pub fqdn_max_learnt: Option<u32>,
     /// By host-side ifindex.
     pub endpoints: BTreeMap<u32, DesiredEndpoint>,
 }
@@ -201,6 +225,9 @@ pub struct PinnedState {
     pub ports: Vec<(u32, PortKey, PortValue)>,
     pub services: Vec<SvcAddrKey>,
     pub host_addrs: Vec<HostAddrKey>,
+    pub dns_servers: Vec<HostAddrKey>,
+    pub fqdn_endpoints: Vec<(u32, FqdnEndpoint)>,
+    pub fqdn_names: Vec<(u32, NameKey, u32)>,
     pub config: Option<Config>,
 }
 
@@ -210,6 +237,8 @@ pub struct Applier {
     endpoints: endpoints::EndpointMaps,
     services: sets::AddrSet,
     hosts: sets::AddrSet,
+    dns_servers: sets::AddrSet,
+    names: names::NameMaps,
     /// `None` until written (or adopted).
     config: Option<Config>,
 }
@@ -232,6 +261,8 @@ impl Applier {
             ),
             services: sets::AddrSet::adopt(AddrMap::Services, pinned.services),
             hosts: sets::AddrSet::adopt(AddrMap::HostAddrs, pinned.host_addrs),
+            dns_servers: sets::AddrSet::adopt(AddrMap::DnsServers, pinned.dns_servers),
+            names: names::NameMaps::adopt(pinned.fqdn_endpoints, pinned.fqdn_names),
             config: pinned.config,
         }
     }
@@ -242,12 +273,16 @@ impl Applier {
 
     pub fn usage(&self) -> Usage {
         let (endpoints, policy, ports) = self.endpoints.usage();
+        let (fqdn_endpoints, fqdn_names) = self.names.usage();
         Usage {
             endpoints,
             policy,
             ports,
             services: self.services.len(),
             host_addrs: self.hosts.len(),
+            dns_servers: self.dns_servers.len(),
+            fqdn_endpoints,
+            fqdn_names,
         }
     }
 
@@ -288,12 +323,26 @@ impl Applier {
         for (set, want, capacity) in [
             (&mut self.hosts, &want.host_addrs, self.capacity.host_addrs),
             (&mut self.services, &want.services, self.capacity.services),
+            (
+                &mut self.dns_servers,
+                &want.dns_servers,
+                self.capacity.dns_servers,
+            ),
         ] {
             match set.apply(m, want, capacity) {
                 Ok(w) => out.written |= w,
                 Err(e) => out.maps.push((set.map().name(), e)),
             }
         }
+        // Name sets and `pal_fqep_v1` entries before the endpoints that will point at them.
+        let max_learnt = want.fqdn_max_learnt.unwrap_or(DEFAULT_MAX_LEARNT_PER_POD);
+        let (w, mut name_errors) = self.names.prepare(
+            m,
+            want.endpoints.values(),
+            max_learnt,
+            self.capacity.fqdn_names,
+        );
+        out.written |= w;
         for ifindex in self.endpoints.ifindexes() {
             if want.endpoints.contains_key(&ifindex) {
                 continue;
@@ -318,6 +367,32 @@ impl Applier {
         }
         // What the endpoints above stopped referencing, once no packet can still read it.
         out.written |= self.endpoints.commit(m);
+        // `pal_fqep_v1` entries of endpoints neither wanting name rules nor still flagged
+        // (an endpoint whose update failed keeps what its entry points at), then unused sets.
+        let mut named: BTreeSet<u32> = want
+            .endpoints
+            .values()
+            .filter(|d| d.names.is_some())
+            .map(|d| d.ep_id)
+            .collect();
+        named.extend(self.endpoints.named_ep_ids());
+        let (w, errors) = self.names.finish(m, &named);
+        out.written |= w;
+        out.maps
+            .extend(errors.into_iter().map(|e| (maps::FQDN_ENDPOINTS, e)));
+        if !name_errors.is_empty() {
+            // What did not fit may fit now that removed endpoints freed their sets.
+            let (w, errors) = self.names.prepare(
+                m,
+                want.endpoints.values(),
+                max_learnt,
+                self.capacity.fqdn_names,
+            );
+            out.written |= w;
+            name_errors = errors;
+        }
+        out.maps
+            .extend(name_errors.into_iter().map(|e| (maps::FQDN_NAMES, e)));
         out.leftovers = self.endpoints.leftovers();
         out
     }

@@ -66,6 +66,7 @@ fn ep(ifindex: u32, entries: Vec<((u32, PolicyKey), Allow)>) -> DesiredEndpoint 
         ipv4_be: [10, 0, 0, ifindex as u8],
         ipv6_be: [0; 16],
         entries: Arc::new(entries.into_iter().collect()),
+        names: None,
     }
 }
 
@@ -525,6 +526,9 @@ fn assert_view_exact(a: &Applier, m: &FakeMaps) {
         ports: m.ports.len(),
         services: m.services.len(),
         host_addrs: m.hosts.len(),
+        dns_servers: m.dns_servers.len(),
+        fqdn_endpoints: m.fqdn_endpoints.len(),
+        fqdn_names: m.fqdn_names.len(),
     };
     assert_eq!(u, real, "the applier's count of entries equals the maps'");
     assert_eq!(

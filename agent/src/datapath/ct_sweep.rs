@@ -71,7 +71,7 @@ pub fn recount(
     out
 }
 
-fn now_ns() -> u64 {
+pub(super) fn now_ns() -> u64 {
     // The datapath stamps entries with `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC as of the
     // last tick (`ct_age_ns` takes the lag).
     let mut ts = libc::timespec {
@@ -83,12 +83,15 @@ fn now_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Option<HashMap<MapData, K, V>> {
+pub(super) fn open<K: aya::Pod, V: aya::Pod>(
+    dir: &Path,
+    name: &str,
+) -> Option<HashMap<MapData, K, V>> {
     let md = MapData::from_pin(dir.join(name)).ok()?;
     HashMap::try_from(Map::HashMap(md)).ok()
 }
 
-fn counts(m: &HashMap<MapData, u32, u64>) -> BTreeMap<u32, u64> {
+pub(super) fn counts(m: &HashMap<MapData, u32, u64>) -> BTreeMap<u32, u64> {
     m.iter().filter_map(Result::ok).collect()
 }
 

@@ -19,6 +19,7 @@
 
 mod bpffs;
 pub mod ct_sweep;
+pub mod fqdn_sweep;
 mod integrity;
 mod layout;
 mod links;
@@ -41,6 +42,7 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use crate::map_sizes::MapSizes;
 use palisade_common::conntrack::{CtKey, CtValue};
 use palisade_common::endpoint::EndpointInfo;
+use palisade_common::fqdn::{FqdnEndpoint, NameKey};
 use palisade_common::maps;
 use palisade_common::policy::{PolicyKey, PolicyValue, PortKey, PortValue};
 use palisade_common::service::SvcAddrKey;
@@ -149,6 +151,10 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, Counter>,
     pub config: aya::maps::Array<MapData, Config>,
     pub services: HashMap<MapData, SvcAddrKey, u32>,
+    /// Egress by domain name (`palisade_common::fqdn`): what the applier writes.
+    pub fqdn_endpoints: HashMap<MapData, u32, FqdnEndpoint>,
+    pub fqdn_names: LpmTrie<MapData, NameKey, u32>,
+    pub dns_servers: HashMap<MapData, HostAddrKey, u32>,
 }
 
 pub struct Datapath {
@@ -284,6 +290,9 @@ impl Datapath {
             stats: take(&mut ebpf, maps::STATS)?,
             config: take(&mut ebpf, maps::CONFIG)?,
             services: take(&mut ebpf, maps::SERVICES)?,
+            fqdn_endpoints: take(&mut ebpf, maps::FQDN_ENDPOINTS)?,
+            fqdn_names: take(&mut ebpf, maps::FQDN_NAMES)?,
+            dns_servers: take(&mut ebpf, maps::DNS_SERVERS)?,
         };
         at_start.extend(replaced.iter().map(layout::Replaced::problem));
         Ok(Datapath {
@@ -569,29 +578,7 @@ impl Datapath {
 
     /// Kernel memory of each pinned map, as the kernel accounts it ([`map_memory_bytes`]).
     pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
-        let names = [
-            maps::ENDPOINTS,
-            maps::POLICY,
-            maps::PORTS,
-            maps::CONNTRACK,
-            maps::ASSURED,
-            maps::ASSURED_COUNT,
-            maps::ASSURED_STATS,
-            maps::FRAGMENTS,
-            maps::HOST_ADDRS,
-            maps::STATS,
-            maps::CONFIG,
-            maps::SERVICES,
-            maps::EVENT_STATS,
-            maps::EVENT_LIMIT,
-            maps::SVC_FLOWS,
-            maps::FQDN_ENDPOINTS,
-            maps::FQDN_NAMES,
-            maps::FQDN_LEARNT,
-            maps::DNS_SERVERS,
-            maps::FQDN_STATS,
-            maps::TAILS,
-        ];
+        let names = maps::PINNED_DATA.into_iter().chain([maps::TAILS]);
         let mut out = Vec::new();
         for name in names {
             let Ok(info) = aya::maps::MapInfo::from_pin(self.maps_dir.join(name)) else {

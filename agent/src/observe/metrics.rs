@@ -26,7 +26,10 @@ use palisade_common::conntrack::{CtKey, CtValue, FragKey, FragValue};
 use palisade_common::events::{
     EVSTAT_EMITTED, EVSTAT_LOST, EVSTAT_SUPPRESSED, EventLimit, SvcOrig,
 };
-use palisade_common::fqdn::{LearntKey, LearntValue};
+use palisade_common::fqdn::{
+    FQST_ANSWERS, FQST_FULL, FQST_LEARNT, FQST_NOT_ALLOWED, FQST_OTHER_SERVER, FQST_POD_FULL,
+    FQST_SLOTS, FQST_UNREAD, LearntKey, LearntValue,
+};
 use palisade_common::maps;
 use palisade_common::stats::{Counter as StatCounter, STATS_SLOTS};
 use palisade_common::verdict::{REASON_SLOTS, Reason};
@@ -34,7 +37,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -76,6 +79,8 @@ struct Readings {
     events: [u64; 3],
     /// `CTST_*` sums (the assured conntrack tier).
     assured: [u64; 3],
+    /// `FQST_*` sums (egress by domain name).
+    fqdn: [u64; FQST_SLOTS as usize],
     /// (map, entries, capacity, kernel memory in bytes).
     maps: Vec<(&'static str, Option<u64>, u64, Option<u64>)>,
 }
@@ -165,8 +170,65 @@ impl Collector for DatapathCollector {
             let c = ConstCounter::new(r.assured[slot as usize]);
             c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
-        Ok(())
+        encode_fqdn(&r, &mut enc)
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
+/// Egress by domain name: what the datapath read and learnt from DNS answers, and why it
+/// learnt nothing from the others (docs/fqdn.md "Seeing it").
+fn encode_fqdn(r: &Readings, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    for (slot, name, help) in [
+        (
+            FQST_ANSWERS,
+            "palisade_fqdn_answers",
+            "DNS answers from the cluster DNS service read for pods with domainNames rules",
+        ),
+        (
+            FQST_LEARNT,
+            "palisade_fqdn_learnt",
+            "(pod, address) entries learnt or refreshed from DNS answers",
+        ),
+    ] {
+        let c = ConstCounter::new(r.fqdn[slot as usize]);
+        c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "palisade_fqdn_refused",
+        "DNS answers or addresses that taught nothing, by reason (not_allowed: the question \
+         matches none of the pod's names; unread: malformed, truncated or an error; \
+         other_server: not from the cluster DNS service; node_full / pod_full: the node's or \
+         the pod's table of learnt addresses is full)",
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (slot, reason) in [
+        (FQST_NOT_ALLOWED, "not_allowed"),
+        (FQST_UNREAD, "unread"),
+        (FQST_OTHER_SERVER, "other_server"),
+        (FQST_FULL, "node_full"),
+        (FQST_POD_FULL, "pod_full"),
+    ] {
+        ConstCounter::new(r.fqdn[slot as usize])
+            .encode(m.encode_family(&RefusedLabels { reason })?)?;
+    }
+    let entries = r
+        .maps
+        .iter()
+        .find(|(name, ..)| *name == maps::FQDN_LEARNT)
+        .and_then(|(_, entries, ..)| *entries)
+        .unwrap_or(0);
+    let g = ConstGauge::new(entries as i64);
+    g.encode(enc.encode_descriptor(
+        "palisade_fqdn_learnt_entries",
+        "(pod, address) entries learnt from DNS answers now in the node's table",
+        None,
+        g.metric_type(),
+    )?)
 }
 
 pub struct Metrics {
@@ -482,8 +544,17 @@ fn read_datapath(dir: &Path) -> Readings {
             }
         }
     }
+    if let Some(md) = open(dir, maps::FQDN_STATS)
+        && let Ok(m) = PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(md))
+    {
+        for slot in 0..FQST_SLOTS {
+            if let Ok(v) = m.get(&slot, 0) {
+                r.fqdn[slot as usize] = v.iter().sum();
+            }
+        }
+    }
     type Count = fn(&Path, &str) -> Option<u64>;
-    let counted: [(&'static str, Count); 7] = [
+    let counted: [(&'static str, Count); 8] = [
         (maps::CONNTRACK, count_keys::<CtKey, CtValue>),
         (maps::ASSURED, count_keys::<CtKey, CtValue>),
         (maps::ASSURED_COUNT, count_keys::<u32, u64>),
@@ -491,29 +562,9 @@ fn read_datapath(dir: &Path) -> Readings {
         (maps::EVENT_LIMIT, count_keys::<CtKey, EventLimit>),
         (maps::SVC_FLOWS, count_keys::<CtKey, SvcOrig>),
         (maps::FQDN_LEARNT, count_keys::<LearntKey, LearntValue>),
+        (maps::FQDN_COUNTS, count_keys::<u32, u64>),
     ];
-    for name in [
-        maps::ENDPOINTS,
-        maps::POLICY,
-        maps::PORTS,
-        maps::HOST_ADDRS,
-        maps::SERVICES,
-        maps::CONNTRACK,
-        maps::ASSURED,
-        maps::ASSURED_COUNT,
-        maps::FRAGMENTS,
-        maps::EVENT_LIMIT,
-        maps::SVC_FLOWS,
-        maps::FQDN_ENDPOINTS,
-        maps::FQDN_NAMES,
-        maps::FQDN_LEARNT,
-        maps::DNS_SERVERS,
-        maps::STATS,
-        maps::EVENT_STATS,
-        maps::ASSURED_STATS,
-        maps::FQDN_STATS,
-        maps::CONFIG,
-    ] {
+    for name in maps::PINNED_DATA {
         let Ok(info) = MapInfo::from_pin(dir.join(name)) else {
             continue;
         };

@@ -417,7 +417,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
         // learnt from its DNS answers (`fqdn::allow_rule`; a re-check of a flow admitted
         // before gets the grace period).
         if cdir == DIR_EGRESS && ep.flags & EP_NAME_RULES != 0 && !rule_allows(allow_rule) {
-            let r = fqdn::allow_rule(key, ports_known || tracked, tracked);
+            let r = fqdn::allow_rule(key, ep.policy_id, ports_known || tracked, tracked);
             if rule_allows(r) {
                 allow_rule = r;
             }

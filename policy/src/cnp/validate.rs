@@ -515,14 +515,8 @@ impl Validator {
                 }
             }
             match raw.action {
-                Some(Action::Accept) => {
-                    self.notices.push(Problem::new(
-                        &self.obj,
-                        nf,
-                        format!("{names:?}: {}", crate::fqdn::NAME_PEER_NOTICE),
-                    ));
-                    raw.peers.push(CnpPeer::DomainNames(patterns));
-                }
+                // Matched by the addresses the pod learns for these names (docs/fqdn.md).
+                Some(Action::Accept) => raw.peers.push(CnpPeer::DomainNames(patterns)),
                 // No action: the rule is invalid anyway.
                 None => {}
                 Some(Action::Deny | Action::Pass) => raw.unenforceable.push((

@@ -7,22 +7,18 @@
 //! - [`learn`]: which addresses a response teaches a pod with given patterns, and for how long;
 //! - [`names`]: what the compile gives the datapath per endpoint (name rules, patterns with
 //!   rule masks, one variant compile per name rule) and why that decides as the API says;
-//!   [`Learnt`] is the reference evaluator's view of what pods learnt.
+//!   [`Learnt`] is the reference evaluator's view of what pods learnt;
+//! - [`maps`]: those as the agent's applier writes them.
 //!
 //! In the compiled policy a `domainNames` peer matches no address: a pod reaches a name only
 //! through the addresses it learnt (docs/fqdn.md).
 
 pub mod dns;
 pub mod learn;
+pub mod maps;
 pub mod names;
 mod pattern;
 
+pub use maps::{DesiredNames, NamePatterns};
 pub use names::{EndpointNames, Learnt, MAX_NAME_RULES, NameRule};
 pub use pattern::{DomainPattern, MAX_DOMAIN_NAMES, MAX_NAME_LEN};
-
-/// What `palisadectl status` says about each `domainNames` peer of an Accept rule (after the
-/// entries). One place, so it changes with the datapath: learning is not wired into the
-/// datapath yet, so today such a peer matches nothing.
-pub const NAME_PEER_NOTICE: &str = "matched only by the addresses the cluster DNS service \
-    answers the pod for these names, never by address alone (docs/fqdn.md); the datapath does \
-    not learn answers yet, so for now this peer matches nothing";

@@ -1,0 +1,136 @@
+//! The sweep of learnt addresses (`pal_fqaddr_v1`, `palisade_common::fqdn`).
+//!
+//! The datapath writes an entry when a DNS answer teaches it and never deletes one: an
+//! expired entry already refuses new flows (and, past its grace, re-checked ones), so
+//! deleting it only frees room. This sweep, every [`INTERVAL`] on a blocking thread off the
+//! agent's loop and on its own handles to the pinned maps, deletes the entries past expiry
+//! and grace, and those of endpoints that no longer have name rules (no `pal_fqep_v1` entry:
+//! the pod is gone or its rules are), then recounts `pal_fqcnt_v1` (the per-pod limit) as the
+//! conntrack sweep recounts its budget: a count is rewritten only when it did not change
+//! while the sweep walked (`ct_sweep::recount`). If the agent is down, expired entries only
+//! hold room: new names fail closed at a full table, learnt ones keep working.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{HashMap, MapData};
+use palisade_common::fqdn::{FqdnEndpoint, GRACE_NS, LearntKey, LearntValue};
+use palisade_common::maps;
+
+use super::ct_sweep::{counts, now_ns, open, recount};
+
+/// How often the sweep runs (the shortest TTL is 5 s, the grace 60 s: an entry outlives its
+/// grace by at most this).
+pub const INTERVAL: Duration = Duration::from_secs(5);
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Learnt entries found.
+    pub entries: usize,
+    /// Deleted: past expiry and grace.
+    pub expired: usize,
+    /// Deleted: their endpoint has no name rules any more.
+    pub orphaned: usize,
+    /// Per-pod counts rewritten or removed.
+    pub recounted: usize,
+}
+
+/// Why entry `v` of endpoint `ep_id` goes, if it does.
+pub fn goes(
+    ep_id: u32,
+    v: &LearntValue,
+    now_ns: u64,
+    named: &BTreeSet<u32>,
+) -> Option<&'static str> {
+    if !named.contains(&ep_id) {
+        Some("orphaned")
+    } else if now_ns >= v.expires_ns.saturating_add(GRACE_NS) {
+        Some("expired")
+    } else {
+        None
+    }
+}
+
+/// One sweep of the maps pinned under `dir`. `None`: a map could not be opened.
+pub fn sweep(dir: &Path) -> Option<Swept> {
+    let endpoints: HashMap<MapData, u32, FqdnEndpoint> = open(dir, maps::FQDN_ENDPOINTS)?;
+    let mut learnt: HashMap<MapData, LearntKey, LearntValue> = open(dir, maps::FQDN_LEARNT)?;
+    let mut count: HashMap<MapData, u32, u64> = open(dir, maps::FQDN_COUNTS)?;
+    let named: BTreeSet<u32> = endpoints.keys().filter_map(Result::ok).collect();
+    let before = counts(&count);
+    let now = now_ns();
+    let mut out = Swept::default();
+    let mut held: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut gone = Vec::new();
+    for (k, v) in learnt.iter().filter_map(Result::ok) {
+        out.entries += 1;
+        match goes(k.ep_id, &v, now, &named) {
+            Some(why) => gone.push((k, why == "orphaned")),
+            None => *held.entry(k.ep_id).or_default() += 1,
+        }
+    }
+    for (k, orphaned) in gone {
+        if learnt.remove(&k).is_ok() {
+            if orphaned {
+                out.orphaned += 1;
+            } else {
+                out.expired += 1;
+            }
+        }
+    }
+    let after = counts(&count);
+    for (ep, n) in recount(&before, &after, &held, &named) {
+        let done = match n {
+            Some(n) => count.insert(ep, n, 0).is_ok(),
+            None => count.remove(&ep).is_ok(),
+        };
+        out.recounted += usize::from(done);
+    }
+    Some(out)
+}
+
+/// Sweeps every [`INTERVAL`] until the agent stops.
+pub async fn run(dir: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || sweep(&d)).await {
+            Ok(Some(s)) if s.expired + s.orphaned + s.recounted > 0 => {
+                tracing::info!(
+                    entries = s.entries,
+                    expired = s.expired,
+                    orphaned = s.orphaned,
+                    recounted = s.recounted,
+                    "swept {}",
+                    maps::FQDN_LEARNT
+                );
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::debug!("{}: maps not pinned (yet)", maps::FQDN_LEARNT),
+            Err(e) => tracing::warn!("sweeping {}: {e}", maps::FQDN_LEARNT),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_go_past_expiry_and_grace_or_with_their_endpoints_rules() {
+        let named: BTreeSet<u32> = [1].into();
+        let v = LearntValue {
+            expires_ns: 100,
+            rules: 1,
+            _pad: 0,
+        };
+        assert_eq!(goes(1, &v, 50, &named), None);
+        assert_eq!(goes(1, &v, 100 + GRACE_NS - 1, &named), None, "in grace");
+        assert_eq!(goes(1, &v, 100 + GRACE_NS, &named), Some("expired"));
+        assert_eq!(goes(2, &v, 50, &named), Some("orphaned"));
+    }
+}
