@@ -39,6 +39,10 @@ pub const EV_DEFERRED: u8 = 1 << 2;
 /// The packet's L3/L4 headers were not (fully) parsed (`NO_ENDPOINT`, `UNKNOWN_L3`,
 /// `BAD_HEADER`, ...): the tuple may be partly or wholly zero.
 pub const EV_PARTIAL: u8 = 1 << 3;
+/// A DNS answer to a pod with `domainNames` rules that taught nothing because it does not
+/// come from the cluster DNS service (`pal_dnssrv_v1`): the pod asked another resolver. A
+/// forwarded `CT_REPLY` event (egress by domain name, docs/fqdn.md).
+pub const EV_DNS_OTHER_SERVER: u8 = 1 << 4;
 
 /// One decision. Addresses and ports in network byte order (IPv4 in the first 4 bytes).
 #[repr(C)]

@@ -30,9 +30,9 @@ use palisade_common::{
         EP_AUDIT_EGRESS_ISOLATED, EP_AUDIT_INGRESS_ISOLATED, EP_EGRESS_ISOLATED, EndpointInfo,
     },
     events::{
-        EV_DEFERRED, EV_PARTIAL, EV_REPLY, EV_SERVICE, EVENT_DROP_INTERVAL_NS, EVSTAT_EMITTED,
-        EVSTAT_LOST, EVSTAT_SUPPRESSED, EventLimit, FlowEvent, SvcOrig, VERDICT_AUDIT,
-        VERDICT_DROPPED, VERDICT_FORWARDED,
+        EV_DEFERRED, EV_DNS_OTHER_SERVER, EV_PARTIAL, EV_REPLY, EV_SERVICE, EVENT_DROP_INTERVAL_NS,
+        EVSTAT_EMITTED, EVSTAT_LOST, EVSTAT_SUPPRESSED, EventLimit, FlowEvent, SvcOrig,
+        VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
     },
     stats::CFG_NO_FLOW_EVENTS,
     verdict::{Reason, Verdict},
@@ -40,7 +40,7 @@ use palisade_common::{
 
 use crate::{
     conntrack::{self, CT_NEW},
-    maps::{EVENT_LIMIT, EVENT_STATS, FLOW_EVENTS, SCRATCH, SVC_FLOWS, Scratch},
+    maps::{CONFIG, EVENT_LIMIT, EVENT_STATS, FLOW_EVENTS, SCRATCH, SVC_FLOWS, Scratch},
     parse::{FRAG_LATER, Packet},
     policy,
 };
@@ -298,6 +298,32 @@ fn count(slot: u32) {
         // SAFETY: per-CPU map value.
         unsafe { *c += 1 };
     }
+}
+
+/// The event of a DNS answer `dns_learn` did not read because it does not come from the
+/// cluster DNS service (`EV_DNS_OTHER_SERVER`; the answer itself was delivered, `CT_REPLY`).
+/// `s` is `to_pod`'s evaluation of it.
+#[inline(always)]
+pub fn dns_other_server(ctx: &TcContext, s: &Scratch) {
+    if CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & CFG_NO_FLOW_EVENTS != 0)
+    {
+        return;
+    }
+    // SAFETY: the context pointer the kernel passed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    emit(
+        ctx,
+        &s.ep,
+        &s.pkt,
+        DIR_INGRESS,
+        ifindex,
+        EV_REPLY | EV_DNS_OTHER_SERVER,
+        VERDICT_FORWARDED,
+        Verdict::pass(Reason::CT_REPLY, 0),
+        0,
+    );
 }
 
 /// Writes one event (or counts it lost).

@@ -32,6 +32,7 @@ use palisade_common::{
 use crate::{
     assured,
     conntrack::{self, CT_REPLY},
+    events,
     maps::{
         DNS_SERVERS, FQ_SCRATCH, FQDN_COUNTS, FQDN_ENDPOINTS, FQDN_LEARNT, FQDN_NAMES, FQDN_STATS,
         FqScratch, SCRATCH,
@@ -326,6 +327,7 @@ pub fn learn(ctx: &TcContext) {
     // SAFETY: presence check only.
     if unsafe { DNS_SERVERS.get(hk) }.is_none() {
         count(FQST_OTHER_SERVER);
+        events::dns_other_server(ctx, sc);
         return;
     }
     let Some(fe) = FQDN_ENDPOINTS.get_ptr(ep.ep_id) else {

@@ -61,6 +61,10 @@ pub struct Flow {
     /// Drops of this flow not reported before this one (the datapath's per-flow rate limit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub suppressed: u32,
+    /// Egress by domain name: why this DNS answer to a pod with `domainNames` rules taught it
+    /// nothing (`other_server`: it does not come from the cluster DNS service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_not_learnt: Option<String>,
     #[serde(rename = "Summary")]
     pub summary: String,
 }

@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use palisade_common::events::{
-    EV_REPLY, EV_SERVICE, FlowEvent, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+    EV_DNS_OTHER_SERVER, EV_REPLY, EV_SERVICE, FlowEvent, VERDICT_AUDIT, VERDICT_DROPPED,
+    VERDICT_FORWARDED,
 };
 use palisade_common::verdict::Reason;
 use palisade_common::{DIR_INGRESS, FAMILY_V4, FAMILY_V6};
@@ -301,6 +302,9 @@ impl Names {
                 address: socket(a, port),
             });
         }
+        if e.flags & EV_DNS_OTHER_SERVER != 0 {
+            flow.dns_not_learnt = Some("other_server".into());
+        }
         self.name_policies(e, reason, local_pod, &mut flow, explain);
         flow.summary = summary(&flow, e);
         FlowRecord {
@@ -527,6 +531,11 @@ fn summary(flow: &Flow, e: &FlowEvent) -> String {
             "{what} ({} more drops of this flow not shown)",
             e.suppressed
         )
+    } else if e.flags & EV_DNS_OTHER_SERVER != 0 {
+        format!(
+            "{what} (DNS answer not from the cluster DNS service: its names' addresses are not \
+             learnt)"
+        )
     } else {
         what
     }
@@ -564,6 +573,7 @@ mod tests {
     use super::*;
     use crate::compile::Compiler;
     use palisade_common::DIR_EGRESS;
+    use palisade_common::events::EV_REPLY;
     use palisade_common::events::{EV_PARTIAL, EV_SERVICE};
     use palisade_node_api::endpoint::EndpointRecord;
     use palisade_policy::{Direction, RuleId};
@@ -755,6 +765,27 @@ mod tests {
             ("x", "web", "10.96.0.7:8080")
         );
         assert_eq!(f.destination.pod(), "x/c");
+    }
+
+    /// A DNS answer from another resolver says it taught nothing (egress by domain name).
+    #[test]
+    fn an_answer_from_another_resolver_says_it_taught_nothing() {
+        let (names, _) = names();
+        let mut e = event(
+            VERDICT_FORWARDED,
+            Reason::CT_REPLY,
+            [8, 8, 8, 8],
+            [10, 244, 0, 1],
+            5353,
+        );
+        e.flags = EV_REPLY | EV_DNS_OTHER_SERVER;
+        let f = &names.resolve(&[e], 0)[0].flow;
+        assert_eq!(f.dns_not_learnt.as_deref(), Some("other_server"));
+        assert!(
+            f.summary.contains("not from the cluster DNS service"),
+            "{}",
+            f.summary
+        );
     }
 
     #[test]
