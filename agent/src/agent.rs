@@ -419,6 +419,7 @@ impl Agent {
         problems.extend(self.dp.at_start().iter().cloned());
         problems.extend(self.dp.faults().iter().cloned());
         problems.extend(self.dp.restorations().cloned());
+        problems.extend(self.fqdn_limits());
         if let Some(e) = self
             .observe
             .metrics
@@ -434,6 +435,46 @@ impl Agent {
             });
         }
         problems
+    }
+
+    /// Egress by domain name at its limits (docs/fqdn.md "Limits"): the pods holding as many
+    /// learnt addresses as they may, and the node's table when full. Both fail closed for
+    /// new names only.
+    fn fqdn_limits(&self) -> Vec<Problem> {
+        let Some(fill) = crate::datapath::fqdn_sweep::fill(self.dp.maps_dir()) else {
+            return Vec::new();
+        };
+        let max = u64::from(self.cfg.fqdn_max_per_pod);
+        let mut out: Vec<Problem> = self
+            .rec
+            .locals()
+            .values()
+            .filter(|l| fill.per_endpoint.get(&l.ep_id).is_some_and(|n| *n >= max))
+            .map(|l| Problem {
+                object: match l.record.pod() {
+                    Some((ns, name)) => format!("Pod {ns}/{name}"),
+                    None => format!("endpoint {}", l.record.key()),
+                },
+                field: "egress domainNames".into(),
+                message: format!(
+                    "holds {max} addresses learnt from DNS answers, its limit \
+                     (--fqdn-max-per-pod): addresses of new names are refused until entries \
+                     expire; names already learnt keep working"
+                ),
+            })
+            .collect();
+        if fill.entries >= fill.capacity {
+            out.push(Problem {
+                object: format!("node {}", self.cfg.node),
+                field: palisade_common::maps::FQDN_LEARNT.into(),
+                message: format!(
+                    "full ({} learnt addresses): addresses of new names are refused for every \
+                     pod until entries expire; names already learnt keep working",
+                    fill.capacity
+                ),
+            });
+        }
+        out
     }
 
     pub fn status(&self) -> Status {

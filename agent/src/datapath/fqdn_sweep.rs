@@ -91,6 +91,31 @@ pub fn sweep(dir: &Path) -> Option<Swept> {
     Some(out)
 }
 
+/// How full the learnt table is, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    /// Entries in `pal_fqaddr_v1` and its `max_entries`.
+    pub entries: u64,
+    pub capacity: u64,
+    /// `pal_fqcnt_v1`: learnt entries per ep_id.
+    pub per_endpoint: BTreeMap<u32, u64>,
+}
+
+/// Reads how full the learnt table is. `None`: a map could not be opened.
+pub fn fill(dir: &Path) -> Option<Fill> {
+    let capacity = aya::maps::MapInfo::from_pin(dir.join(maps::FQDN_LEARNT))
+        .ok()?
+        .max_entries()
+        .into();
+    let learnt: HashMap<MapData, LearntKey, LearntValue> = open(dir, maps::FQDN_LEARNT)?;
+    let count: HashMap<MapData, u32, u64> = open(dir, maps::FQDN_COUNTS)?;
+    Some(Fill {
+        entries: learnt.keys().filter(Result::is_ok).count() as u64,
+        capacity,
+        per_endpoint: counts(&count),
+    })
+}
+
 /// Sweeps every [`INTERVAL`] until the agent stops.
 pub async fn run(dir: std::path::PathBuf) {
     let mut tick = tokio::time::interval(INTERVAL);
