@@ -1,6 +1,7 @@
 //! kube-dns in the lab: a pod `kube-system/kube-dns` (label `k8s-app=kube-dns`, in namespace
 //! `kube-system`, labelled `kubernetes.io/metadata.name=kube-system` as every namespace) that
-//! runs Debian's dnsmasq with static records and no upstream, behind the Service
+//! runs Debian's dnsmasq with static records ([`Zone`]: A, AAAA, CNAMEs, TTLs) and no
+//! upstream, behind the Service
 //! `kube-system/kube-dns` (ClusterIPs [`KUBE_DNS_V4`], [`KUBE_DNS_V6`]; ports `dns` 53/UDP and
 //! `dns-tcp` 53/TCP) programmed by the lab's kube-proxy ([`Lab::apply_services`]).
 //!
@@ -95,6 +96,62 @@ spec:
     )
 }
 
+/// What kube-dns serves: address records, CNAMEs (dnsmasq answers a CNAME only for a local
+/// target) and their TTLs. Build with [`Zone::record`], [`Zone::cname`], [`Zone::local_ttl`].
+#[derive(Clone, Debug, Default)]
+pub struct Zone {
+    /// (name, address, TTL): A or AAAA by the address; no TTL = the local TTL.
+    pub records: Vec<(String, IpAddr, Option<u32>)>,
+    /// (alias, target, TTL).
+    pub cnames: Vec<(String, String, Option<u32>)>,
+    /// TTL of records without their own (`--local-ttl`; dnsmasq's default is 0).
+    pub local_ttl: Option<u32>,
+}
+
+impl Zone {
+    /// An address record (A or AAAA by the address) with the local TTL.
+    pub fn record(mut self, name: &str, ip: IpAddr) -> Self {
+        self.records.push((name.to_string(), ip, None));
+        self
+    }
+
+    /// An address record with its own TTL (seconds).
+    pub fn record_ttl(mut self, name: &str, ip: IpAddr, ttl: u32) -> Self {
+        self.records.push((name.to_string(), ip, Some(ttl)));
+        self
+    }
+
+    /// `alias` is a CNAME of `target` (a name of this zone).
+    pub fn cname(mut self, alias: &str, target: &str) -> Self {
+        self.cnames
+            .push((alias.to_string(), target.to_string(), None));
+        self
+    }
+
+    /// The TTL of every record without its own.
+    pub fn local_ttl(mut self, ttl: u32) -> Self {
+        self.local_ttl = Some(ttl);
+        self
+    }
+
+    /// dnsmasq's arguments for this zone.
+    fn dnsmasq_args(&self) -> Vec<String> {
+        let ttl = |t: &Option<u32>| t.map(|t| format!(",{t}")).unwrap_or_default();
+        let mut args: Vec<String> = self
+            .records
+            .iter()
+            .map(|(name, ip, t)| format!("--host-record={name},{ip}{}", ttl(t)))
+            .collect();
+        args.extend(
+            self.cnames
+                .iter()
+                .map(|(alias, target, t)| format!("--cname={alias},{target}{}", ttl(t))),
+        );
+        args.extend(self.local_ttl.map(|t| format!("--local-ttl={t}")));
+        args
+    }
+}
+
 impl Lab {
     /// Adds kube-dns (see the module doc) on node `node` (`n0`, ...) serving `records` (name,
     /// address; A or AAAA by the address), and waits (bounded) until dnsmasq answers inside
@@ -104,6 +161,14 @@ impl Lab {
         node: &str,
         records: &[(&str, IpAddr)],
     ) -> Result<KubeDns, LabError> {
+        let zone = records
+            .iter()
+            .fold(Zone::default(), |z, (name, ip)| z.record(name, *ip));
+        self.start_kube_dns_zone(node, &zone)
+    }
+
+    /// [`Lab::start_kube_dns`] serving a whole [`Zone`] (CNAMEs, TTLs).
+    pub fn start_kube_dns_zone(&mut self, node: &str, zone: &Zone) -> Result<KubeDns, LabError> {
         self.apply_services("kube-dns", &kube_dns_yaml(node))?;
         let netns = self
             .pod_netns(KUBE_DNS_POD)
@@ -124,10 +189,8 @@ impl Lab {
                 "--port=53",
                 "--log-queries",
             ])
-            .arg(format!("--log-facility={}", log.display()));
-        for (name, ip) in records {
-            cmd.arg(format!("--host-record={name},{ip}"));
-        }
+            .arg(format!("--log-facility={}", log.display()))
+            .args(zone.dnsmasq_args());
         // If the test process dies without dropping the guard, dnsmasq dies with it (the
         // signal comes when the spawning thread exits, which outlives the guard in a test).
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
@@ -139,7 +202,12 @@ impl Lab {
                 Ok(())
             });
         }
-        let what = format!("{cmd:?}");
+        // The command line can hold thousands of records: errors give their numbers.
+        let what = format!(
+            "ip netns exec {netns} dnsmasq ({} records, {} CNAMEs)",
+            zone.records.len(),
+            zone.cnames.len()
+        );
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -151,9 +219,15 @@ impl Lab {
             })?;
         let mut dns = KubeDns { child, log };
         // Ready when it answers a lookup of the first record from inside its own pod.
-        let (probe_name, probe_type) = records
+        let (probe_name, probe_type) = zone
+            .records
             .first()
-            .map(|(n, ip)| (*n, if ip.is_ipv4() { QType::A } else { QType::Aaaa }))
+            .map(|(n, ip, _)| {
+                (
+                    n.as_str(),
+                    if ip.is_ipv4() { QType::A } else { QType::Aaaa },
+                )
+            })
             .unwrap_or(("kube-dns.lab.test", QType::A));
         let start = Instant::now();
         let limit = Duration::from_secs(10);
@@ -233,21 +307,35 @@ pub fn lookup_in(
     transport: Transport,
     timeout: Duration,
 ) -> Result<Option<Vec<IpAddr>>, LabError> {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
-    let id = (std::process::id() as u16)
-        .rotate_left(8)
-        .wrapping_add(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let query = build_query(id, name, qtype);
-    in_netns(netns, || match transport {
-        Transport::Udp => exchange_udp(server, &query, timeout),
-        Transport::Tcp => exchange_tcp(server, &query, timeout),
+    in_netns(netns, || {
+        lookup_here(server, name, qtype, transport, timeout)
     })?
-    .map(|reply| reply.and_then(|r| parse_answer(id, &r)))
     .map_err(|source| LabError::Io {
         op: "DNS lookup from",
         path: netns_path(netns),
         source,
     })
+}
+
+/// [`lookup_in`] from the calling thread's network namespace (for loops run inside one
+/// [`in_netns`], without a thread per lookup).
+pub fn lookup_here(
+    server: SocketAddr,
+    name: &str,
+    qtype: QType,
+    transport: Transport,
+    timeout: Duration,
+) -> std::io::Result<Option<Vec<IpAddr>>> {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let id = (std::process::id() as u16)
+        .rotate_left(8)
+        .wrapping_add(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let query = build_query(id, name, qtype);
+    let reply = match transport {
+        Transport::Udp => exchange_udp(server, &query, timeout),
+        Transport::Tcp => exchange_tcp(server, &query, timeout),
+    }?;
+    Ok(reply.and_then(|r| parse_answer(id, &r)))
 }
 
 /// A standard query (recursion desired) for one `name` of `qtype`, class IN.
@@ -436,6 +524,24 @@ mod tests {
         );
         assert_eq!(parse_answer(8, &r), None);
         assert_eq!(parse_answer(7, &r[..r.len() - 1]), None);
+    }
+
+    #[test]
+    fn zone_gives_records_cnames_and_ttls_to_dnsmasq() {
+        let zone = Zone::default()
+            .record("a.test", "10.96.0.1".parse().expect("ip"))
+            .record_ttl("b.test", "fd00::1".parse().expect("ip"), 7)
+            .cname("c.test", "a.test")
+            .local_ttl(30);
+        assert_eq!(
+            zone.dnsmasq_args(),
+            [
+                "--host-record=a.test,10.96.0.1",
+                "--host-record=b.test,fd00::1,7",
+                "--cname=c.test,a.test",
+                "--local-ttl=30",
+            ]
+        );
     }
 
     #[test]

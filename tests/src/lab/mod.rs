@@ -33,7 +33,8 @@
 //! Modules: `config` (what a lab starts with), `error`, `nodes` (underlay, Node objects,
 //! routes), `pods` (the model's pods made real), `outside` (hosts outside the cluster),
 //! `probing` and `pairs` (probe rounds), `conditions` (waiting on what the agents report),
-//! `agent` and `cni` (the processes a node runs), `hostnet`, `hostport`, `dns`, `kubeproxy`.
+//! `agent` and `cni` (the processes a node runs), `hostnet`, `hostport`, `dns`, `kubeproxy`,
+//! `outside_prefix` (address prefixes served by an outside host).
 
 mod agent;
 mod cni;
@@ -48,6 +49,7 @@ pub mod model;
 pub mod netns;
 mod nodes;
 mod outside;
+mod outside_prefix;
 mod pairs;
 mod pods;
 mod probe;
