@@ -5,10 +5,9 @@
 //! inside the pods and TCP connections to the answered addresses right after.
 //!
 //! Policy: namespace x denies all egress (NetworkPolicy); a ClusterNetworkPolicy (Admin tier,
-//! which decides before NetworkPolicy) accepts DNS from x to the kube-dns pods; x/a may reach
-//! `api.example.com` and `*.cdn.example.com`, x/b `www.example.org` (Accept rules with
-//! `domainNames` peers); x/c only the DNS rule. y has no policy. (x/c and y/a give the
-//! lookup latency without name rules.)
+//! which decides before NetworkPolicy) accepts DNS from x to the kube-dns pods; x/a and x/c
+//! may reach `api.example.com` and `*.cdn.example.com`, x/b `www.example.org` (Accept rules
+//! with `domainNames` peers). y has no policy (the lookup latency without name rules).
 //!
 //! Threat model: a pod whose egress is limited to names tries to reach other addresses: by
 //! address without a lookup, through names its rules do not allow (`example.com`,
@@ -18,13 +17,14 @@
 //! moment: lookups and first connections must not fail, nor anything open that must not.
 //! Tests wait on conditions (agent synced, a connection refused), never on fixed sleeps.
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use palisade_tests::lab::dns::{KUBE_DNS_POD, KubeDns, QType, Transport, Zone, lookup_here};
-use palisade_tests::lab::netns::in_netns;
+use palisade_tests::lab::dns::{KUBE_DNS_POD, KubeDns, QType, Transport, Zone};
+use palisade_tests::lab::lookups::{dropped_since, drops, listen_drops, lookups_and_connects};
 use palisade_tests::lab::{Lab, LabConfig};
 
 #[path = "common/metrics.rs"]
@@ -66,7 +66,7 @@ metadata: {name: x-a-names}
 spec:
   tier: Admin
   priority: 20
-  subject: {pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}}
+  subject: {pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, c]}]}}}
   egress:
   - {name: names, action: Accept, to: [{domainNames: [api.example.com, '*.cdn.example.com']}]}
 ---
@@ -361,85 +361,14 @@ fn numbered(label: &str, base: [u8; 2], n: usize) -> Vec<(String, IpAddr)> {
         .collect()
 }
 
-/// What a run of lookups, each followed at once by a connection, saw.
-#[derive(Debug, Default)]
-struct Run {
-    done: usize,
-    failed_lookups: Vec<String>,
-    refused: Vec<String>,
-    lookup_time: Vec<Duration>,
-    took: Duration,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut t = self.lookup_time.clone();
-        write!(
-            f,
-            "{} lookups in {:?} (lookup median {:?}, p99 {:?}), failed lookups {:?}, refused {:?}",
-            self.done,
-            self.took,
-            percentile(&mut t, 50),
-            percentile(&mut t, 99),
-            self.failed_lookups,
-            self.refused
-        )
-    }
-}
-
-/// From inside `netns`: for each (name, address) a UDP lookup through the v4 ClusterIP, then
-/// (`connect`) a TCP connection to the answered address. Stops early when `stop` is set;
-/// `progress` counts.
-fn lookups_and_connects(
-    netns: &str,
-    names: &[(String, IpAddr)],
-    connect: bool,
+/// Waits (bounded) until `progress` reaches `n` or the `worker` ended.
+fn wait_progress<T>(
     progress: &AtomicUsize,
-    stop: &AtomicBool,
-) -> Result<Run> {
-    let server = Lab::kube_dns_addr(false);
-    Ok(in_netns(netns, || -> std::io::Result<Run> {
-        let mut run = Run::default();
-        let start = Instant::now();
-        for (name, want) in names {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let t = Instant::now();
-            let got = lookup_here(server, name, QType::A, Transport::Udp, LOOKUP_TIMEOUT)?;
-            run.lookup_time.push(t.elapsed());
-            if got.as_deref() != Some(&[*want][..]) {
-                run.failed_lookups.push(format!("{name}: {got:?}"));
-            } else if connect
-                && TcpStream::connect_timeout(&SocketAddr::new(*want, PORT), CONNECT_TIMEOUT)
-                    .is_err()
-            {
-                run.refused.push(format!("{name} ({want})"));
-            }
-            run.done += 1;
-            progress.fetch_add(1, Ordering::Relaxed);
-            // A refusal costs the connect timeout: a broken datapath fails fast, not in minutes.
-            if run.refused.len() >= 10 {
-                break;
-            }
-        }
-        run.took = start.elapsed();
-        Ok(run)
-    })??)
-}
-
-fn percentile(times: &mut [Duration], p: usize) -> Duration {
-    times.sort();
-    times
-        .get((times.len() * p / 100).min(times.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or_default()
-}
-
-/// Waits (bounded) until `progress` reaches `n` or the run ended.
-fn wait_progress(progress: &AtomicUsize, n: usize, ended: &AtomicBool) -> Result<()> {
+    n: usize,
+    worker: &std::thread::ScopedJoinHandle<'_, T>,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while progress.load(Ordering::Relaxed) < n && !ended.load(Ordering::Relaxed) {
+    while progress.load(Ordering::Relaxed) < n && !worker.is_finished() {
         ensure!(
             Instant::now() < deadline,
             "the burst did not reach {n} lookups in 30 s"
@@ -458,7 +387,9 @@ fn wait_progress(progress: &AtomicUsize, n: usize, ended: &AtomicBool) -> Result
 #[test]
 fn privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect() -> Result<()> {
     let test = "privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect";
-    let burst = numbered("b", [198, 19], 1000);
+    // x/a learns the burst's names, x/c the 1,000: each stays under the per-pod limit
+    // (`--fqdn-max-per-pod`, 1,024 by default).
+    let burst = numbered("b", [198, 19], 800);
     let thousand = numbered("n", [198, 18], 1000);
     let zone = burst
         .iter()
@@ -471,16 +402,19 @@ fn privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect() -> Resu
     let unresolved = ip("198.19.250.1");
 
     // Latency of a lookup through the ClusterIP (no connection): from a pod with name rules
-    // (x/a: the answer is read and learnt before delivery), from one under the same policy
-    // without name rules (x/c) and from one without policy (y/a).
+    // (x/a: the answer is read and learnt before delivery) and from one without (y/a).
     let names: Vec<(String, IpAddr)> = vec![("api.example.com".into(), ip("198.18.0.1")); 300];
     for (pod, what) in [
-        ("y/a", "no policy"),
-        ("x/c", "DNS rule, no name rules"),
+        ("y/a", "no name rules"),
         ("x/a", "name rules: answer learnt"),
     ] {
-        let no = (AtomicUsize::new(0), AtomicBool::new(false));
-        let run = lookups_and_connects(ns(&lab, pod)?, &names, false, &no.0, &no.1)?;
+        let run = lookups_and_connects(
+            ns(&lab, pod)?,
+            names.iter(),
+            false,
+            PORT,
+            &AtomicUsize::new(0),
+        )?;
         eprintln!("figure: UDP lookup latency through the ClusterIP from {pod} ({what}): {run}");
         c.check(
             run.failed_lookups.is_empty(),
@@ -511,50 +445,62 @@ fn privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect() -> Resu
     lab.agent_mut(0).context("agent")?.respawn()?;
     lab.wait_synced()?;
 
-    // f2. kill -9 during a burst of lookups (each followed by a connection), then respawn.
-    let (progress, stop, ended) = (
+    // f2. kill -9 during a burst of lookups, each followed by a connection: the first 400
+    // names round and round until the agent is dead, then 400 new names (learnt while it is
+    // dead), then all round and round through its respawn. The datapath drops nothing but
+    // the probe of an unresolved address made while the agent is dead.
+    let (first, fresh) = burst.split_at(400);
+    let (progress, killed, stop) = (
         AtomicUsize::new(0),
         AtomicBool::new(false),
         AtomicBool::new(false),
     );
+    let names = first
+        .iter()
+        .cycle()
+        .take_while(|_| !killed.load(Ordering::Relaxed))
+        .chain(fresh)
+        .chain(
+            burst
+                .iter()
+                .cycle()
+                .take_while(|_| !stop.load(Ordering::Relaxed)),
+        );
     let netns = ns(&lab, "x/a")?.to_string();
+    let (drops_before, listen_before) = (drops(&lab)?, listen_drops(&lab, "ext")?);
     let (run, killed_at, respawned_at) = std::thread::scope(|s| -> Result<_> {
-        let worker = s.spawn(|| {
-            let r = lookups_and_connects(&netns, &burst, true, &progress, &stop);
-            ended.store(true, Ordering::Relaxed);
-            r
-        });
+        let worker = s.spawn(|| lookups_and_connects(&netns, names, true, PORT, &progress));
         let during = (|| -> Result<_> {
-            wait_progress(&progress, 100, &ended)?;
-            let agent = lab.agent_mut(0).context("agent")?;
-            agent.kill_hard()?;
+            wait_progress(&progress, 100, &worker)?;
+            lab.agent_mut(0).context("agent")?.kill_hard()?;
+            killed.store(true, Ordering::Relaxed);
             let killed_at = progress.load(Ordering::Relaxed);
             ensure!(
                 !connects(&lab, "x/a", unresolved)?,
                 "agent dead mid-burst: an unresolved address opened"
             );
-            wait_progress(&progress, killed_at + 100, &ended)?;
             lab.agent_mut(0).context("agent")?.respawn()?;
             lab.wait_synced()?;
-            Ok((killed_at, progress.load(Ordering::Relaxed)))
+            let respawned_at = progress.load(Ordering::Relaxed);
+            wait_progress(&progress, respawned_at + 100, &worker)?;
+            Ok((killed_at, respawned_at))
         })();
-        stop.store(during.is_err(), Ordering::Relaxed);
+        killed.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         let run = worker
             .join()
             .map_err(|_| anyhow::anyhow!("burst thread panicked"))??;
         let (k, r) = during?;
         Ok((run, k, r))
     })?;
+    let denied = dropped_since(&drops_before, &drops(&lab)?);
+    let listen = listen_drops(&lab, "ext")? - listen_before;
     eprintln!(
-        "figure: burst of {} lookups+connects in {:?}; agent killed after {killed_at}, respawned (synced) after {respawned_at}",
-        run.done, run.took
+        "figure: burst of {run}; agent killed after {killed_at} (then 400 new names), respawned (synced) after {respawned_at}; packets dropped meanwhile: {denied:?}; SYNs dropped by ext's full accept queue: {listen}"
     );
     c.check(
-        killed_at < run.done,
-        format!(
-            "the kill came during the burst ({killed_at} of {})",
-            run.done
-        ),
+        respawned_at > killed_at + fresh.len(),
+        format!("the new names were learnt while the agent was dead ({killed_at}, {respawned_at})"),
     );
     c.check(
         run.failed_lookups.is_empty(),
@@ -565,36 +511,48 @@ fn privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect() -> Resu
         format!("no refused connection in the burst: {:?}", run.refused),
     );
     c.check(
+        denied == BTreeMap::from([("egress/default_deny".to_string(), 1)]),
+        format!("the datapath dropped only the unresolved probe's SYN in the burst: {denied:?}"),
+    );
+    c.check(
+        run.slow.len() as u64 <= listen,
+        format!("every slow connection is a SYN ext's accept queue dropped ({listen})"),
+    );
+    c.check(
         !connects(&lab, "x/a", unresolved)?,
         "after the respawn an unresolved address stays refused",
     );
 
-    // g. 1,000 lookups, each followed at once by a connection, on the respawned agent's node:
-    // zero refused, and the agent counts what the datapath learnt.
-    let before = counters(&lab);
+    // g. 1,000 lookups, each followed at once by a connection, from x/c on the respawned
+    // agent's node: zero refused, and the agent counts what the datapath learnt.
+    let (before, drops_before, listen) = (counters(&lab), drops(&lab)?, listen_drops(&lab, "ext")?);
     let run = lookups_and_connects(
-        &netns,
-        &thousand,
+        ns(&lab, "x/c")?,
+        thousand.iter(),
         true,
+        PORT,
         &AtomicUsize::new(0),
-        &AtomicBool::new(false),
     )?;
-    let after = counters(&lab);
+    let (after, denied) = (counters(&lab), dropped_since(&drops_before, &drops(&lab)?));
+    let listen = listen_drops(&lab, "ext")? - listen;
     eprintln!(
-        "figure: {} lookups each followed at once by a connect: {:?} in all ({:?} per pair), {} refused, {} failed lookups",
-        run.done,
-        run.took,
-        run.took / run.done.max(1) as u32,
-        run.refused.len(),
-        run.failed_lookups.len()
+        "figure: 1,000 lookups each followed at once by a connect: {run}; {:?} per pair; packets dropped: {denied:?}",
+        run.took / run.done.max(1) as u32
     );
     c.check(
         run.done == 1000 && run.failed_lookups.is_empty(),
         format!("1,000 lookups answered: {:?}", run.failed_lookups),
     );
     c.check(
-        run.refused.is_empty(),
-        format!("zero refused of 1,000 first connections: {:?}", run.refused),
+        run.refused.is_empty() && denied.is_empty(),
+        format!(
+            "zero refused of 1,000 first connections: {:?}, dropped {denied:?}",
+            run.refused
+        ),
+    );
+    c.check(
+        run.slow.len() as u64 <= listen,
+        format!("every slow connection is a SYN ext's accept queue dropped ({listen})"),
     );
     c.check(
         after.learnt - before.learnt >= 1000.0,

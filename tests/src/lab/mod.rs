@@ -34,7 +34,8 @@
 //! routes), `pods` (the model's pods made real), `outside` (hosts outside the cluster),
 //! `probing` and `pairs` (probe rounds), `conditions` (waiting on what the agents report),
 //! `agent` and `cni` (the processes a node runs), `hostnet`, `hostport`, `dns`, `kubeproxy`,
-//! `outside_prefix` (address prefixes served by an outside host).
+//! `outside_prefix` (address prefixes served by an outside host), `lookups` (lookups and
+//! connections in bulk).
 
 mod agent;
 mod cni;
@@ -45,6 +46,7 @@ mod error;
 mod hostnet;
 mod hostport;
 pub mod kubeproxy;
+pub mod lookups;
 pub mod model;
 pub mod netns;
 mod nodes;
