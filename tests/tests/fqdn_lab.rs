@@ -88,11 +88,17 @@ fn ip(s: &str) -> IpAddr {
 /// The lab: one node with the conformance addresses (outside host `ext`), `ext` serving the
 /// test prefixes, kube-dns serving `zone`, the policies above applied and synced.
 fn lab(test: &str, zone: &Zone) -> Result<Option<(Lab, KubeDns)>> {
+    lab_with(test, zone, &[])
+}
+
+/// [`lab`] with extra agent arguments.
+fn lab_with(test: &str, zone: &Zone, agent_args: &[&str]) -> Result<Option<(Lab, KubeDns)>> {
     let Some(mut lab) = Lab::start_enforcing(
         test,
         LabConfig {
             verbose: true,
             conformance_addresses: true,
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
             ..LabConfig::default()
         },
     )?
@@ -563,5 +569,88 @@ fn privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect() -> Resu
         "and 1,000 more answers read",
     );
     c.check(after.entries >= 1000.0, "learnt_entries holds them");
+    c.finish(&lab)
+}
+
+/// The per-pod limit end to end (`--fqdn-max-per-pod 2`): x/a learns two addresses; the third
+/// name's address is refused (the new name fails closed, counted `pod_full`) while the two
+/// learnt still connect, and `palisadectl status` names the pod at its limit. x/c, under the
+/// same rule, still learns (the limit is per pod). An answer from another resolver says so in
+/// the flows (`dns_not_learnt: other_server`).
+#[test]
+fn privileged_fqdn_per_pod_limit_is_reported_and_fails_closed_for_new_names_only() -> Result<()> {
+    let test = "privileged_fqdn_per_pod_limit_is_reported_and_fails_closed_for_new_names_only";
+    let zone = Zone::default()
+        .local_ttl(300)
+        .record("api.example.com", ip("198.18.0.1"))
+        .record("www.cdn.example.com", ip("198.18.0.2"))
+        .record("img.cdn.example.com", ip("198.18.0.3"))
+        .record("direct.cdn.example.com", ip("198.18.0.10"));
+    let Some((lab, _dns)) = lab_with(test, &zone, &["--fqdn-max-per-pod", "2"])? else {
+        return Ok(());
+    };
+    let mut c = Checks::default();
+    let pod_full = |lab: &Lab| {
+        let s = metrics::scrape(lab);
+        metrics::value(&s, "palisade_fqdn_refused_total", &[("reason", "pod_full")])
+    };
+    let before = pod_full(&lab);
+    for line in [
+        "x/a api.example.com     A/udp 198.18.0.1 passes  first of two",
+        "x/a www.cdn.example.com A/udp 198.18.0.2 passes  second of two",
+        "x/a img.cdn.example.com A/udp 198.18.0.3 refused third: past the pod's limit",
+        "x/a -                   -     198.18.0.1 passes  the first still connects",
+        "x/a -                   -     198.18.0.2 passes  the second still connects",
+        "x/c img.cdn.example.com A/udp 198.18.0.3 passes  another pod under the same rule learns",
+    ] {
+        case(&mut c, &lab, line)?;
+    }
+    c.check(
+        pod_full(&lab) - before >= 1.0,
+        "palisade_fqdn_refused_total{reason=pod_full} rose",
+    );
+    let status = lab.agent_status()?.join("\n");
+    c.check(
+        status.contains("Pod x/a") && status.contains("--fqdn-max-per-pod"),
+        "palisadectl status names x/a at its limit",
+    );
+    c.check(!status.contains("Pod x/c"), "and not x/c, under its limit");
+
+    // Another resolver: the answer is delivered, teaches nothing, and the flow says why.
+    let dns_pod = lab
+        .pod_ips(KUBE_DNS_POD)
+        .and_then(|ips| ips.iter().copied().find(IpAddr::is_ipv4))
+        .context("kube-dns pod address")?;
+    let got = lab.dns_lookup(
+        "x/c",
+        SocketAddr::new(dns_pod, 53),
+        "direct.cdn.example.com",
+        QType::A,
+        Transport::Udp,
+        LOOKUP_TIMEOUT,
+    )?;
+    c.check(got.is_some(), "the kube-dns pod answers x/c directly");
+    let agent = lab.agent(0).context("no agent")?;
+    let start = Instant::now();
+    let flow = loop {
+        let flows = agent.flows(&[])?;
+        let found = flows
+            .into_iter()
+            .find(|f| f["flow"]["dns_not_learnt"] == "other_server");
+        if found.is_some() || start.elapsed() > Duration::from_secs(10) {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    c.check(
+        flow.as_ref().is_some_and(|f| {
+            f["flow"]["verdict"] == "FORWARDED"
+                && f["flow"]["destination"]["pod_name"] == "c"
+                && f["flow"]["Summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("not from the cluster DNS service"))
+        }),
+        format!("a flow says the direct answer taught nothing: {flow:?}"),
+    );
     c.finish(&lab)
 }
