@@ -12,9 +12,11 @@ use palisade_common::{
     DIR_EGRESS, DIR_NAME_VARIANT, FAMILY_V4,
     endpoint::{EP_EGRESS_ISOLATED, EP_NAME_RULES},
     fqdn::{
-        DEFAULT_MAX_LEARNT_PER_POD, FQST_ANSWERS, FQST_LEARNT, FQST_NOT_ALLOWED, FQST_OTHER_SERVER,
-        FQST_POD_FULL, FQST_UNREAD, FqdnEndpoint, GRACE_SECS, LearntKey, LearntValue,
+        DEFAULT_MAX_LEARNT_PER_POD, FQST_ANSWERS, FQST_FULL, FQST_LEARNT, FQST_NOT_ALLOWED,
+        FQST_OTHER_SERVER, FQST_POD_FULL, FQST_UNREAD, FqdnEndpoint, GRACE_SECS, LearntKey,
+        LearntValue,
     },
+    maps,
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     stats::HostAddrKey,
     verdict::Reason,
@@ -311,6 +313,50 @@ fn privileged_a_pod_at_its_limit_learns_no_new_address_and_keeps_what_it_learnt(
     assert_eq!((stat(&dp, FQST_LEARNT), stat(&dp, FQST_POD_FULL)), (3, 1));
     assert_eq!(learnt_addrs(&dp).len(), 2);
     assert_eq!(dp.fqdn_count(EP_ID).expect("reading pal_fqcnt_v1"), Some(2));
+}
+
+/// The node's table full (`FQDN_LEARNT_MAX` entries): a new address is not learnt (counted
+/// `FQST_FULL`, its connection refused: fails closed for the new name only); what was learnt
+/// keeps working.
+#[test]
+fn privileged_a_full_node_table_learns_no_new_address_and_keeps_what_it_learnt() {
+    let Some(mut dp) =
+        setup_names("privileged_a_full_node_table_learns_no_new_address_and_keeps_what_it_learnt")
+    else {
+        return;
+    };
+    resolve(
+        &dp,
+        40000,
+        "api.example.com",
+        TYPE_A,
+        &[Record::addr("api.example.com", 600, "203.0.113.5")],
+    );
+    // Other endpoints' entries fill the rest.
+    let far = now_ns() + 600_000_000_000;
+    for i in 0..maps::FQDN_LEARNT_MAX - 1 {
+        let key = LearntKey::new(
+            1000 + i / 1000,
+            FAMILY_V4,
+            addr16(&[198, 18, (i >> 8) as u8, i as u8]),
+        );
+        let value = LearntValue {
+            expires_ns: far,
+            rules: 1,
+            _pad: 0,
+        };
+        dp.set_learnt(key, value).expect("filling pal_fqaddr_v1");
+    }
+    resolve(
+        &dp,
+        40001,
+        "a.cdn.example.com",
+        TYPE_A,
+        &[Record::addr("a.cdn.example.com", 60, "198.51.100.9")],
+    );
+    assert_eq!(stat(&dp, FQST_FULL), 1);
+    connect4(&dp, [198, 51, 100, 9], 50000, 443, Reason::DEFAULT_DENY);
+    connect4(&dp, [203, 0, 113, 5], 50001, 443, Reason::POLICY_ALLOW);
 }
 
 #[test]
