@@ -7,8 +7,8 @@
 //! and grace, and those of endpoints that no longer have name rules (no `pal_fqep_v1` entry:
 //! the pod is gone or its rules are), then recounts `pal_fqcnt_v1` (the per-pod limit) as the
 //! conntrack sweep recounts its budget: a count is rewritten only when it did not change
-//! while the sweep walked (`ct_sweep::recount`). If the agent is down, expired entries only
-//! hold room: new names fail closed at a full table, learnt ones keep working.
+//! while the sweep walked (the pass and its runner: `sweeper`). If the agent is down, expired
+//! entries only hold room: new names fail closed at a full table, learnt ones keep working.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,24 +18,11 @@ use aya::maps::{HashMap, MapData};
 use palisade_common::fqdn::{FqdnEndpoint, GRACE_NS, LearntKey, LearntValue};
 use palisade_common::maps;
 
-use super::ct_sweep::{counts, now_ns, open, recount};
+use super::sweeper::{self, Swept, counts, open};
 
 /// How often the sweep runs (the shortest TTL is 5 s, the grace 60 s: an entry outlives its
 /// grace by at most this).
 pub const INTERVAL: Duration = Duration::from_secs(5);
-
-/// What one sweep did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Swept {
-    /// Learnt entries found.
-    pub entries: usize,
-    /// Deleted: past expiry and grace.
-    pub expired: usize,
-    /// Deleted: their endpoint has no name rules any more.
-    pub orphaned: usize,
-    /// Per-pod counts rewritten or removed.
-    pub recounted: usize,
-}
 
 /// Why entry `v` of endpoint `ep_id` goes, if it does.
 pub fn goes(
@@ -44,13 +31,8 @@ pub fn goes(
     now_ns: u64,
     named: &BTreeSet<u32>,
 ) -> Option<&'static str> {
-    if !named.contains(&ep_id) {
-        Some("orphaned")
-    } else if now_ns >= v.expires_ns.saturating_add(GRACE_NS) {
-        Some("expired")
-    } else {
-        None
-    }
+    let past_grace = now_ns >= v.expires_ns.saturating_add(GRACE_NS);
+    sweeper::why(ep_id, named, past_grace)
 }
 
 /// One sweep of the maps pinned under `dir`. `None`: a map could not be opened.
@@ -59,36 +41,13 @@ pub fn sweep(dir: &Path) -> Option<Swept> {
     let mut learnt: HashMap<MapData, LearntKey, LearntValue> = open(dir, maps::FQDN_LEARNT)?;
     let mut count: HashMap<MapData, u32, u64> = open(dir, maps::FQDN_COUNTS)?;
     let named: BTreeSet<u32> = endpoints.keys().filter_map(Result::ok).collect();
-    let before = counts(&count);
-    let now = now_ns();
-    let mut out = Swept::default();
-    let mut held: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut gone = Vec::new();
-    for (k, v) in learnt.iter().filter_map(Result::ok) {
-        out.entries += 1;
-        match goes(k.ep_id, &v, now, &named) {
-            Some(why) => gone.push((k, why == "orphaned")),
-            None => *held.entry(k.ep_id).or_default() += 1,
-        }
-    }
-    for (k, orphaned) in gone {
-        if learnt.remove(&k).is_ok() {
-            if orphaned {
-                out.orphaned += 1;
-            } else {
-                out.expired += 1;
-            }
-        }
-    }
-    let after = counts(&count);
-    for (ep, n) in recount(&before, &after, &held, &named) {
-        let done = match n {
-            Some(n) => count.insert(ep, n, 0).is_ok(),
-            None => count.remove(&ep).is_ok(),
-        };
-        out.recounted += usize::from(done);
-    }
-    Some(out)
+    Some(sweeper::pass(
+        &mut learnt,
+        &mut count,
+        &named,
+        |k| k.ep_id,
+        |k, v, now| goes(k.ep_id, v, now, &named),
+    ))
 }
 
 /// How full the learnt table is, for status.
@@ -118,27 +77,7 @@ pub fn fill(dir: &Path) -> Option<Fill> {
 
 /// Sweeps every [`INTERVAL`] until the agent stops.
 pub async fn run(dir: std::path::PathBuf) {
-    let mut tick = tokio::time::interval(INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let d = dir.clone();
-        match tokio::task::spawn_blocking(move || sweep(&d)).await {
-            Ok(Some(s)) if s.expired + s.orphaned + s.recounted > 0 => {
-                tracing::info!(
-                    entries = s.entries,
-                    expired = s.expired,
-                    orphaned = s.orphaned,
-                    recounted = s.recounted,
-                    "swept {}",
-                    maps::FQDN_LEARNT
-                );
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => tracing::debug!("{}: maps not pinned (yet)", maps::FQDN_LEARNT),
-            Err(e) => tracing::warn!("sweeping {}: {e}", maps::FQDN_LEARNT),
-        }
-    }
+    sweeper::run(dir, INTERVAL, maps::FQDN_LEARNT, sweep).await
 }
 
 #[cfg(test)]

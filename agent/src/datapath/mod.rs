@@ -15,7 +15,8 @@
 //! with the test harness and the bench), `layout` (pinned maps checked against the object
 //! before they are adopted), `links` (links held open as well as pinned) and
 //! `integrity` (the periodic check that notices lost pins, a lost bpffs or a detached link,
-//! and restores them).
+//! and restores them); `ct_sweep` and `fqdn_sweep` (what expires from the assured conntrack
+//! tier and from learnt addresses) and `sweeper` (the periodic pass both run).
 
 mod bpffs;
 pub mod ct_sweep;
@@ -24,6 +25,7 @@ mod integrity;
 mod layout;
 mod links;
 pub mod object;
+pub mod sweeper;
 
 pub use bpffs::BpffsError;
 pub use integrity::Check;
