@@ -23,6 +23,7 @@
 //! keep their previous entry; the failure is reported in `Outcome::maps`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
 use std::sync::Arc;
 
 use palisade_common::fqdn::{FqdnEndpoint, NAME_BYTES, NameKey};
@@ -40,8 +41,10 @@ pub(super) struct NameMaps {
     /// The set written for each content (a content adopted twice after a crash has one here;
     /// the endpoints on the other are rewritten and it is retired).
     by_content: HashMap<Arc<NamePatterns>, u32>,
-    /// Sets to delete after a grace period (nothing points at them any more).
-    retired: Vec<(u32, Arc<NamePatterns>)>,
+    /// Sets to delete after a grace period (nothing points at them any more), each with the
+    /// entries of it still present (positions in its content's order: a set whose write or
+    /// delete failed part-way holds only some, and only those are counted in `used`).
+    retired: Vec<(u32, Arc<NamePatterns>, Range<usize>)>,
     next_set: u32,
     /// Entries present in `pal_fqname_v1` (retired sets included).
     used: usize,
@@ -83,15 +86,7 @@ impl NameMaps {
             }
             n.applied.insert(ep_id, fe);
         }
-        let unused: Vec<u32> = n
-            .sets
-            .iter()
-            .filter(|(_, (_, refs))| *refs == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in unused {
-            n.release_set(id);
-        }
+        n.release_unused();
         n
     }
 
@@ -147,15 +142,7 @@ impl NameMaps {
             }
         }
         // A set written for an endpoint whose entry then failed: nothing points at it.
-        let unused: Vec<u32> = self
-            .sets
-            .iter()
-            .filter(|(_, (_, refs))| *refs == 0)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in unused {
-            self.release_set(id);
-        }
+        self.release_unused();
         (written, errors)
     }
 
@@ -192,11 +179,14 @@ impl NameMaps {
             return (written, errors);
         }
         let mut keep_retired = Vec::new();
-        for (set, content) in std::mem::take(&mut self.retired) {
+        for (set, content, mut present) in std::mem::take(&mut self.retired) {
             let mut failed = None;
-            for (plen, name, _) in content.iter() {
+            for (plen, name, _) in content.iter().skip(present.start).take(present.len()) {
                 match m.del_name(*plen, name_key(set, name)) {
-                    Ok(()) => self.used = self.used.saturating_sub(1),
+                    Ok(()) => {
+                        self.used = self.used.saturating_sub(1);
+                        present.start += 1;
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
@@ -204,10 +194,10 @@ impl NameMaps {
                 }
             }
             written = true;
-            // Deleting what is already gone is fine: the whole set is tried again.
+            // The next try starts at the entry whose delete failed.
             if let Some(e) = failed {
                 errors.push(ApplyError::Map(e));
-                keep_retired.push((set, content));
+                keep_retired.push((set, content, present));
             }
         }
         self.retired = keep_retired;
@@ -231,7 +221,7 @@ impl NameMaps {
             if let Err(e) = m.put_name(*plen, name_key(set, name), *mask) {
                 // Written so far: deleted after a grace period (nothing points at them).
                 self.used += i;
-                self.retired.push((set, content.clone()));
+                self.retired.push((set, content.clone(), 0..i));
                 return Err(ApplyError::Map(e));
             }
         }
@@ -250,12 +240,26 @@ impl NameMaps {
         }
     }
 
+    /// Retires every set no endpoint points at.
+    fn release_unused(&mut self) {
+        let unused: Vec<u32> = self
+            .sets
+            .iter()
+            .filter(|(_, (_, refs))| *refs == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unused {
+            self.release_set(id);
+        }
+    }
+
     fn release_set(&mut self, set: u32) {
         if let Some((content, _)) = self.sets.remove(&set) {
             if self.by_content.get(&content) == Some(&set) {
                 self.by_content.remove(&content);
             }
-            self.retired.push((set, content));
+            let all = 0..content.len();
+            self.retired.push((set, content, all));
         }
     }
 }

@@ -151,3 +151,43 @@ fn a_name_set_that_does_not_fit_writes_nothing_and_is_reported() {
     assert_eq!((m.fqdn_endpoints.len(), m.fqdn_names.len()), (1, 2));
     sets_consistent(&m);
 }
+
+/// The applier's count of `pal_fqname_v1` entries (what `Full::check` and status read) stays
+/// the map's own count when a set's write fails part-way (the entries written so far are
+/// deleted after a grace period, and only they are uncounted) and when deleting a retired
+/// set fails part-way (the retry uncounts only what is still there).
+#[test]
+fn a_name_set_written_or_deleted_part_way_is_counted_as_the_map_holds_it() {
+    let mut m = FakeMaps::default();
+    let mut a = Applier::new(Capacity::default());
+    let count = |a: &Applier, m: &FakeMaps| assert_eq!(a.usage().fqdn_names, m.fqdn_names.len());
+    assert!(
+        a.apply(&mut m, &state(vec![named(2, Some(&["x", "y"]))]))
+            .is_complete()
+    );
+    count(&a, &m);
+
+    // Endpoint 1's set of three: the second name's write fails (the apply deletes the half
+    // set after a grace period and, with room made, writes the set again).
+    let want = state(vec![
+        named(1, Some(&["a", "b", "c"])),
+        named(2, Some(&["x", "y"])),
+    ]);
+    m.fail_at = Some(m.attempts + 2);
+    assert!(a.apply(&mut m, &want).is_complete());
+    assert_eq!(m.fqdn_names.len(), 5);
+    count(&a, &m);
+
+    // Endpoint 1 goes: its `pal_ep_v1` entry, then its `pal_fqep_v1` entry, then its set,
+    // whose second name's delete fails; the next apply finishes.
+    let want = state(vec![named(2, Some(&["x", "y"]))]);
+    m.fail_at = Some(m.attempts + 4);
+    let out = a.apply(&mut m, &want);
+    assert!(!out.maps.is_empty(), "the failure is reported: {out:?}");
+    assert_eq!(m.fqdn_names.len(), 4, "one name of the set deleted");
+    count(&a, &m);
+    assert!(a.apply(&mut m, &want).is_complete());
+    assert_eq!(m.fqdn_names.len(), 2);
+    count(&a, &m);
+    sets_consistent(&m);
+}
