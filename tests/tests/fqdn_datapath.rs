@@ -133,9 +133,24 @@ fn resolve(dp: &Datapath, sport: u16, question: &str, qtype: u16, records: &[Rec
     answer(dp, DNS4, sport, &msg, Reason::CT_REPLY);
 }
 
+/// As `resolve`, answered with one address record of `name` itself.
+fn resolve_addr(dp: &Datapath, sport: u16, name: &str, qtype: u16, ttl: u32, addr: &str) {
+    resolve(dp, sport, name, qtype, &[Record::addr(name, ttl, addr)]);
+}
+
 fn connect4(dp: &Datapath, dst: [u8; 4], sport: u16, dport: u16, reason: Reason) {
     let syn = V4::new(POD4, dst, IPPROTO_TCP).frame(&frame::tcp(sport, dport, TCP_SYN));
     expect(dp, Prog::FromPod, &syn, reason);
+}
+
+/// At a limit whose refusals `slot` of `pal_fqst_v1` counts: the answer for a new name
+/// (`a.cdn.example.com`) is counted there once and teaches nothing (its connection is refused:
+/// fails closed for the new name only), while `203.0.113.5`, learnt before, still connects.
+fn new_name_refused_learnt_kept(dp: &Datapath, slot: u32) {
+    resolve_addr(dp, 40001, "a.cdn.example.com", TYPE_A, 60, "198.51.100.9");
+    assert_eq!(stat(dp, slot), 1, "refusals counted in pal_fqst_v1[{slot}]");
+    connect4(dp, [198, 51, 100, 9], 50000, 443, Reason::DEFAULT_DENY);
+    connect4(dp, [203, 0, 113, 5], 50001, 443, Reason::POLICY_ALLOW);
 }
 
 fn learnt_addrs(dp: &Datapath) -> BTreeSet<(IpAddr, u32)> {
@@ -219,24 +234,12 @@ fn privileged_dns_answers_teach_the_asking_pod_the_addresses_of_its_allowed_name
     connect4(&dp, [198, 51, 100, 9], 50003, 8443, Reason::POLICY_ALLOW);
 
     // Only rule 1 (`*.example.com`, TCP 80) allows `www.example.com`.
-    resolve(
-        &dp,
-        40002,
-        "www.example.com",
-        TYPE_A,
-        &[Record::addr("www.example.com", 60, "203.0.113.20")],
-    );
+    resolve_addr(&dp, 40002, "www.example.com", TYPE_A, 60, "203.0.113.20");
     connect4(&dp, [203, 0, 113, 20], 50004, 443, Reason::DEFAULT_DENY);
     connect4(&dp, [203, 0, 113, 20], 50005, 80, Reason::POLICY_ALLOW);
 
     // AAAA over an IPv4 query: the IPv6 address is learnt.
-    resolve(
-        &dp,
-        40003,
-        "api.example.com",
-        TYPE_AAAA,
-        &[Record::addr("api.example.com", 60, "2001:db8::5")],
-    );
+    resolve_addr(&dp, 40003, "api.example.com", TYPE_AAAA, 60, "2001:db8::5");
     let dst6: [u8; 16] = "2001:db8::5"
         .parse::<std::net::Ipv6Addr>()
         .unwrap()
@@ -246,13 +249,7 @@ fn privileged_dns_answers_teach_the_asking_pod_the_addresses_of_its_allowed_name
 
     // A name the pod's rules do not allow teaches nothing.
     let not_allowed = stat(&dp, FQST_NOT_ALLOWED);
-    resolve(
-        &dp,
-        40004,
-        "evil.org",
-        TYPE_A,
-        &[Record::addr("evil.org", 60, "203.0.113.66")],
-    );
+    resolve_addr(&dp, 40004, "evil.org", TYPE_A, 60, "203.0.113.66");
     assert_eq!(stat(&dp, FQST_NOT_ALLOWED), not_allowed + 1);
     connect4(&dp, [203, 0, 113, 66], 50007, 443, Reason::DEFAULT_DENY);
 
@@ -292,24 +289,9 @@ fn privileged_a_pod_at_its_limit_learns_no_new_address_and_keeps_what_it_learnt(
         ],
     );
     assert_eq!(stat(&dp, FQST_LEARNT), 2);
-    resolve(
-        &dp,
-        40001,
-        "a.cdn.example.com",
-        TYPE_A,
-        &[Record::addr("a.cdn.example.com", 60, "198.51.100.9")],
-    );
-    assert_eq!(stat(&dp, FQST_POD_FULL), 1);
-    connect4(&dp, [198, 51, 100, 9], 50000, 443, Reason::DEFAULT_DENY);
-    connect4(&dp, [203, 0, 113, 5], 50001, 443, Reason::POLICY_ALLOW);
+    new_name_refused_learnt_kept(&dp, FQST_POD_FULL);
     // A refresh of a learnt address is not a new entry.
-    resolve(
-        &dp,
-        40002,
-        "api.example.com",
-        TYPE_A,
-        &[Record::addr("api.example.com", 600, "203.0.113.6")],
-    );
+    resolve_addr(&dp, 40002, "api.example.com", TYPE_A, 600, "203.0.113.6");
     assert_eq!((stat(&dp, FQST_LEARNT), stat(&dp, FQST_POD_FULL)), (3, 1));
     assert_eq!(learnt_addrs(&dp).len(), 2);
     assert_eq!(dp.fqdn_count(EP_ID).expect("reading pal_fqcnt_v1"), Some(2));
@@ -325,13 +307,7 @@ fn privileged_a_full_node_table_learns_no_new_address_and_keeps_what_it_learnt()
     else {
         return;
     };
-    resolve(
-        &dp,
-        40000,
-        "api.example.com",
-        TYPE_A,
-        &[Record::addr("api.example.com", 600, "203.0.113.5")],
-    );
+    resolve_addr(&dp, 40000, "api.example.com", TYPE_A, 600, "203.0.113.5");
     // Other endpoints' entries fill the rest.
     let far = now_ns() + 600_000_000_000;
     for i in 0..maps::FQDN_LEARNT_MAX - 1 {
@@ -347,16 +323,7 @@ fn privileged_a_full_node_table_learns_no_new_address_and_keeps_what_it_learnt()
         };
         dp.set_learnt(key, value).expect("filling pal_fqaddr_v1");
     }
-    resolve(
-        &dp,
-        40001,
-        "a.cdn.example.com",
-        TYPE_A,
-        &[Record::addr("a.cdn.example.com", 60, "198.51.100.9")],
-    );
-    assert_eq!(stat(&dp, FQST_FULL), 1);
-    connect4(&dp, [198, 51, 100, 9], 50000, 443, Reason::DEFAULT_DENY);
-    connect4(&dp, [203, 0, 113, 5], 50001, 443, Reason::POLICY_ALLOW);
+    new_name_refused_learnt_kept(&dp, FQST_FULL);
 }
 
 #[test]
