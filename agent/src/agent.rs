@@ -192,16 +192,10 @@ impl Agent {
         self.observe.metrics.set_agent_state(&AgentState {
             endpoints_enforced: known,
             endpoints_pod_unknown: locals.len() - known,
-            map_entries: vec![
-                (palisade_common::maps::ENDPOINTS, u.endpoints),
-                (palisade_common::maps::POLICY, u.policy),
-                (palisade_common::maps::PORTS, u.ports),
-                (palisade_common::maps::HOST_ADDRS, u.host_addrs),
-                (palisade_common::maps::SERVICES, u.services),
-                (palisade_common::maps::DNS_SERVERS, u.dns_servers),
-                (palisade_common::maps::FQDN_ENDPOINTS, u.fqdn_endpoints),
-                (palisade_common::maps::FQDN_NAMES, u.fqdn_names),
-            ],
+            map_entries: palisade_common::maps::PINNED_DATA
+                .into_iter()
+                .filter_map(|map| Some((map, u.entries(map)?)))
+                .collect(),
             synced: self.rec.last_error().is_none(),
             source_generation: self.rec.source().generation(),
             applied_generation: self.rec.applied_generation(),

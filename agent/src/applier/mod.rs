@@ -138,6 +138,24 @@ pub struct Usage {
     pub fqdn_names: usize,
 }
 
+impl Usage {
+    /// The entries of pinned map `map` (a `palisade_common::maps` name) if the applier writes
+    /// it; `None` for the maps the datapath fills (they are counted where they are read).
+    pub fn entries(&self, map: &str) -> Option<usize> {
+        Some(match map {
+            maps::ENDPOINTS => self.endpoints,
+            maps::POLICY => self.policy,
+            maps::PORTS => self.ports,
+            maps::HOST_ADDRS => self.host_addrs,
+            maps::SERVICES => self.services,
+            maps::DNS_SERVERS => self.dns_servers,
+            maps::FQDN_ENDPOINTS => self.fqdn_endpoints,
+            maps::FQDN_NAMES => self.fqdn_names,
+            _ => return None,
+        })
+    }
+}
+
 /// A change that does not fit, found before anything of it was written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{map} is full: {needed} more entries needed, {free} of {capacity} free")]

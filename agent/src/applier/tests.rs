@@ -540,6 +540,28 @@ fn assert_view_exact(a: &Applier, m: &FakeMaps) {
     }
 }
 
+/// Every count in `Usage` is reported under the name of its pinned map, once (`/metrics`
+/// reads `Usage::entries` over `maps::PINNED_DATA`).
+#[test]
+fn usage_reports_each_count_under_one_pinned_map() {
+    let u = Usage {
+        endpoints: 1,
+        policy: 2,
+        ports: 3,
+        services: 4,
+        host_addrs: 5,
+        dns_servers: 6,
+        fqdn_endpoints: 7,
+        fqdn_names: 8,
+    };
+    let mut got: Vec<usize> = maps::PINNED_DATA
+        .into_iter()
+        .filter_map(|m| u.entries(m))
+        .collect();
+    got.sort();
+    assert_eq!(got, (1..=8).collect::<Vec<_>>());
+}
+
 /// Applies `old` cleanly to fresh maps.
 fn at_old(old: &DesiredState) -> (Applier, FakeMaps) {
     let mut m = FakeMaps::default();
