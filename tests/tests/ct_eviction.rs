@@ -29,6 +29,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use palisade_agent::datapath::{ct_sweep, sweeper::Swept};
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
     assured::{ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, CTST_SLOTS},
@@ -456,6 +457,63 @@ fn privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_bud
         2,
         "tracked anew in the LRU tier"
     );
+}
+
+/// Tier 1: the agent's sweep of the assured tier (`ct_sweep::sweep`, one pass as its periodic
+/// task runs it) on the pinned maps. Of the endpoint's two assured flows, the one idle past
+/// the UDP timeout goes (counted `expired`), as does an entry of an endpoint that no longer
+/// exists (`orphaned`); the live flow stays and is still found. The endpoint's count is
+/// rewritten to what it holds and the gone endpoint's count is removed (`recounted`).
+#[test]
+fn privileged_the_sweep_deletes_expired_and_orphaned_assured_entries_and_recounts() {
+    let Some(mut dp) = setup(
+        "privileged_the_sweep_deletes_expired_and_orphaned_assured_entries_and_recounts",
+        EP_INGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
+    allow_port(&mut dp, PORTSET, IPPROTO_UDP, 53, 16, 5);
+    let udp_in = |sport| V4::new(PEER4, POD4, IPPROTO_UDP).frame(&frame::udp(sport, 53, 4));
+    let udp_out = |dport| V4::new(POD4, PEER4, IPPROTO_UDP).frame(&frame::udp(53, dport, 4));
+    for sport in [1000, 2000] {
+        expect(&dp, Prog::ToPod, &udp_in(sport), Reason::POLICY_ALLOW);
+        expect(&dp, Prog::FromPod, &udp_out(sport), Reason::CT_REPLY);
+    }
+    assert_eq!(charged(&dp, 42), Some(2));
+    {
+        use aya::maps::HashMap;
+        let mut m: HashMap<&mut aya::maps::MapData, CtKey, CtValue> =
+            HashMap::try_from(dp.ebpf.map_mut(maps::ASSURED).unwrap()).unwrap();
+        let flows: Vec<(CtKey, CtValue)> = m.iter().map(Result::unwrap).collect();
+        let (k, v) = *flows
+            .iter()
+            .find(|(k, _)| k.sport_be == 2000u16.to_be_bytes())
+            .expect("the flow from port 2000 is assured");
+        let aged = CtValue {
+            last_seen_ns: v.last_seen_ns - CT_TIMEOUT_OTHER_NS - 1,
+            ..v
+        };
+        m.insert(k, aged, 0).unwrap();
+        m.insert(CtKey { ep_id: 77, ..k }, v, 0).unwrap();
+    }
+    set_charged(&mut dp, 77, 1);
+    let swept = ct_sweep::sweep(dp.pin_dir()).expect("the pinned maps open");
+    let want = Swept {
+        entries: 3,
+        expired: 1,
+        orphaned: 1,
+        recounted: 2,
+    };
+    assert_eq!(swept, want);
+    let left = dp.assured().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (left[0].0.ep_id, left[0].0.sport_be),
+        (42, 1000u16.to_be_bytes())
+    );
+    assert_eq!((charged(&dp, 42), charged(&dp, 77)), (Some(1), None));
+    expect(&dp, Prog::ToPod, &udp_in(1000), Reason::CT_ESTABLISHED);
 }
 
 const SVC4: [u8; 4] = [10, 96, 0, 10];

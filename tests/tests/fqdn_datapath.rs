@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
+use palisade_agent::datapath::{fqdn_sweep, sweeper::Swept};
 use palisade_common::{
     DIR_EGRESS, DIR_NAME_VARIANT, FAMILY_V4,
     endpoint::{EP_EGRESS_ISOLATED, EP_NAME_RULES},
@@ -411,6 +412,69 @@ fn privileged_tcp_answers_teach_and_expiry_refuses_new_flows_after_the_grace_kee
     )
     .expect("switching policy back");
     expect(&dp, Prog::FromPod, &ack, Reason::POLICY_CHANGED);
+}
+
+/// The agent's sweep (`fqdn_sweep::sweep`, one pass as its periodic task runs it) on the
+/// pinned maps: it deletes the entries past expiry and grace and those of an endpoint without
+/// name rules (no `pal_fqep_v1` entry), keeps the others, and rewrites a count that differs
+/// from what the endpoint holds; what was learnt keeps connecting, what went is refused.
+#[test]
+fn privileged_the_sweep_deletes_entries_past_their_grace_or_of_endpoints_without_name_rules() {
+    let Some(mut dp) = setup_names(
+        "privileged_the_sweep_deletes_entries_past_their_grace_or_of_endpoints_without_name_rules",
+    ) else {
+        return;
+    };
+    resolve_addr(&dp, 40000, "api.example.com", TYPE_A, 600, "203.0.113.5");
+    assert_eq!(dp.fqdn_count(EP_ID).expect("reading pal_fqcnt_v1"), Some(1));
+    // Staged beside it (the count does not see them): a live entry, one past its grace, and
+    // one of an endpoint with no name rules.
+    let now = now_ns();
+    let staged = [
+        (EP_ID, [192, 0, 2, 50], now + 600_000_000_000),
+        (
+            EP_ID,
+            [192, 0, 2, 44],
+            now - (GRACE_SECS as u64 + 1) * 1_000_000_000,
+        ),
+        (EP_ID + 1, [192, 0, 2, 60], now + 600_000_000_000),
+    ];
+    for (ep_id, addr, expires_ns) in staged {
+        let value = LearntValue {
+            expires_ns,
+            rules: 0b11,
+            _pad: 0,
+        };
+        dp.set_learnt(LearntKey::new(ep_id, FAMILY_V4, addr16(&addr)), value)
+            .expect("staging pal_fqaddr_v1");
+    }
+    let swept = fqdn_sweep::sweep(dp.pin_dir()).expect("the pinned maps open");
+    let want = Swept {
+        entries: 4,
+        expired: 1,
+        orphaned: 1,
+        recounted: 1,
+    };
+    assert_eq!(swept, want);
+    let kept: BTreeSet<IpAddr> = learnt_addrs(&dp).into_iter().map(|(a, _)| a).collect();
+    let want_kept: BTreeSet<IpAddr> = ["203.0.113.5", "192.0.2.50"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(kept, want_kept);
+    assert_eq!(dp.fqdn_count(EP_ID).expect("reading pal_fqcnt_v1"), Some(2));
+    connect4(&dp, [203, 0, 113, 5], 50000, 443, Reason::POLICY_ALLOW);
+    connect4(&dp, [192, 0, 2, 50], 50001, 443, Reason::POLICY_ALLOW);
+    connect4(&dp, [192, 0, 2, 44], 50002, 443, Reason::DEFAULT_DENY);
+    // Nothing more to do on the next pass.
+    let again = fqdn_sweep::sweep(dp.pin_dir()).expect("the pinned maps open");
+    assert_eq!(
+        again,
+        Swept {
+            entries: 2,
+            ..Swept::default()
+        }
+    );
 }
 
 /// Random chains and mutated answers: always delivered, never a wrong lesson. From a
