@@ -29,7 +29,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use palisade_agent::datapath::{ct_sweep, sweeper::Swept};
+use palisade_agent::datapath::ct_sweep;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
     assured::{ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, CTST_SLOTS},
@@ -371,6 +371,24 @@ fn set_charged(dp: &mut palisade_tests::bpf::Datapath, ep_id: u32, n: u64) {
     m.insert(ep_id, n, 0).unwrap();
 }
 
+/// The endpoint (ep_id 42) ingress-isolated, admitting PEER4 on UDP 53 (rule 5).
+fn setup_assured(test: &str) -> Option<palisade_tests::bpf::Datapath> {
+    let mut dp = setup(test, EP_INGRESS_ISOLATED)?;
+    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
+    allow_port(&mut dp, PORTSET, IPPROTO_UDP, 53, 16, 5);
+    Some(dp)
+}
+
+/// PEER4's datagram from `sport` to the pod's UDP 53.
+fn udp_in(sport: u16) -> Vec<u8> {
+    V4::new(PEER4, POD4, IPPROTO_UDP).frame(&frame::udp(sport, 53, 4))
+}
+
+/// The pod's datagram from UDP 53 back to PEER4's `dport`.
+fn udp_out(dport: u16) -> Vec<u8> {
+    V4::new(POD4, PEER4, IPPROTO_UDP).frame(&frame::udp(53, dport, 4))
+}
+
 /// Tier 1: the assured tier entry by entry. The endpoint (ep_id 42) is ingress-isolated and
 /// admits PEER4 on UDP 53. A flow moves from `pal_ct_v1` to `pal_cta_v1` at its first reply
 /// (one entry, charged to the endpoint, counted `promoted`), and its packets find it there.
@@ -380,16 +398,11 @@ fn set_charged(dp: &mut palisade_tests::bpf::Datapath, ep_id: u32, n: u64) {
 /// that packet is judged as new.
 #[test]
 fn privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_budget() {
-    let Some(mut dp) = setup(
+    let Some(mut dp) = setup_assured(
         "privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_budget",
-        EP_INGRESS_ISOLATED,
     ) else {
         return;
     };
-    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
-    allow_port(&mut dp, PORTSET, IPPROTO_UDP, 53, 16, 5);
-    let udp_in = |sport| V4::new(PEER4, POD4, IPPROTO_UDP).frame(&frame::udp(sport, 53, 4));
-    let udp_out = |dport| V4::new(POD4, PEER4, IPPROTO_UDP).frame(&frame::udp(53, dport, 4));
 
     // A query admitted by policy: tracked in the LRU tier. Its answer: a reply, and the flow
     // moves.
@@ -466,16 +479,11 @@ fn privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_bud
 /// rewritten to what it holds and the gone endpoint's count is removed (`recounted`).
 #[test]
 fn privileged_the_sweep_deletes_expired_and_orphaned_assured_entries_and_recounts() {
-    let Some(mut dp) = setup(
+    let Some(mut dp) = setup_assured(
         "privileged_the_sweep_deletes_expired_and_orphaned_assured_entries_and_recounts",
-        EP_INGRESS_ISOLATED,
     ) else {
         return;
     };
-    allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
-    allow_port(&mut dp, PORTSET, IPPROTO_UDP, 53, 16, 5);
-    let udp_in = |sport| V4::new(PEER4, POD4, IPPROTO_UDP).frame(&frame::udp(sport, 53, 4));
-    let udp_out = |dport| V4::new(POD4, PEER4, IPPROTO_UDP).frame(&frame::udp(53, dport, 4));
     for sport in [1000, 2000] {
         expect(&dp, Prog::ToPod, &udp_in(sport), Reason::POLICY_ALLOW);
         expect(&dp, Prog::FromPod, &udp_out(sport), Reason::CT_REPLY);
@@ -498,14 +506,12 @@ fn privileged_the_sweep_deletes_expired_and_orphaned_assured_entries_and_recount
         m.insert(CtKey { ep_id: 77, ..k }, v, 0).unwrap();
     }
     set_charged(&mut dp, 77, 1);
-    let swept = ct_sweep::sweep(dp.pin_dir()).expect("the pinned maps open");
-    let want = Swept {
-        entries: 3,
-        expired: 1,
-        orphaned: 1,
-        recounted: 2,
-    };
-    assert_eq!(swept, want);
+    let s = ct_sweep::sweep(dp.pin_dir()).expect("the pinned maps open");
+    // (entries, expired, orphaned, recounted)
+    assert_eq!(
+        (s.entries, s.expired, s.orphaned, s.recounted),
+        (3, 1, 1, 2)
+    );
     let left = dp.assured().unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(
