@@ -316,6 +316,7 @@ impl Agent {
                 tracing::warn!("endpoint {key}: {:#}", anyhow::Error::from(e));
             }
         }
+        self.dp.merge_previous_learnt();
     }
 
     pub fn handle(&mut self, req: Request) -> Response {

@@ -110,7 +110,8 @@ struct Args {
     max_pods: u32,
     /// `NAME=ENTRIES`: create map NAME with this many entries instead of its default or the
     /// size `--max-pods` gives it (repeatable; pal_ep_v1, pal_pol_v1, pal_port_v1, pal_svc_v1,
-    /// pal_host_v1, pal_ct_v1, pal_cta_v1, pal_frag_v1, pal_evrl_v1, pal_svcfl_v1). A map
+    /// pal_host_v1, pal_ct_v1, pal_cta_v1, pal_frag_v1, pal_evrl_v1, pal_svcfl_v1,
+    /// pal_fqaddr_v1: the node's limit on addresses learnt from DNS answers). A map
     /// pinned with another size is replaced by one of this size, its entries copied where
     /// they fit (docs/security.md, lost node state).
     #[arg(long = "map-size", value_parser = palisade_agent::map_sizes::parse)]

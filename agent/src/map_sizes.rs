@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use palisade_common::maps;
 
 /// Maps that `--map-size` may size.
-pub const SIZABLE: [&str; 10] = [
+pub const SIZABLE: [&str; 11] = [
     maps::ENDPOINTS,
     maps::POLICY,
     maps::PORTS,
@@ -30,6 +30,8 @@ pub const SIZABLE: [&str; 10] = [
     maps::FRAGMENTS,
     maps::EVENT_LIMIT,
     maps::SVC_FLOWS,
+    // The node's limit on addresses learnt from DNS answers (docs/fqdn.md, "Limits").
+    maps::FQDN_LEARNT,
 ];
 
 /// Kubelet's default `--max-pods`: the agent's default, for which [`for_max_pods`] gives the

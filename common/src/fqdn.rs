@@ -177,6 +177,27 @@ pub struct LearntValue {
 }
 const _: () = assert!(core::mem::size_of::<LearntValue>() == 16);
 
+impl LearntValue {
+    /// `self` (written later) with what `older` still allows at `now_ns`: an unexpired older
+    /// entry keeps its rules and its later expiry, an expired one adds nothing. The rule the
+    /// datapath applies when an answer refreshes an entry (`remember` in ebpf/src/fqdn.rs),
+    /// and the one by which the agent merges two learnt maps (`datapath::layout`).
+    pub fn merged(self, older: LearntValue, now_ns: u64) -> LearntValue {
+        if older.expires_ns <= now_ns {
+            return self;
+        }
+        LearntValue {
+            expires_ns: if older.expires_ns > self.expires_ns {
+                older.expires_ns
+            } else {
+                self.expires_ns
+            },
+            rules: self.rules | older.rules,
+            _pad: 0,
+        }
+    }
+}
+
 /// TTL bounds (seconds): a TTL of 0 would refuse the very connection the lookup was made
 /// for; a huge one would keep an address allowed long after its name moved.
 pub const MIN_TTL_SECS: u32 = 5;
@@ -228,6 +249,20 @@ mod tests {
         let mut out = [0u8; NAME_BYTES];
         let labels: Vec<&[u8]> = name.split('.').map(str::as_bytes).collect();
         encode_name(labels.into_iter(), terminated, &mut out).map(|n| out[..n].to_vec())
+    }
+
+    #[test]
+    fn a_merge_keeps_what_the_older_entry_still_allows_and_nothing_expired() {
+        let v = |expires_ns, rules| LearntValue {
+            expires_ns,
+            rules,
+            _pad: 0,
+        };
+        // Unexpired older entry: rules joined, the later expiry kept (either side).
+        assert_eq!(v(100, 0b01).merged(v(200, 0b10), 50), v(200, 0b11));
+        assert_eq!(v(300, 0b01).merged(v(200, 0b10), 50), v(300, 0b11));
+        // Expired (at or before now): the newer entry as it is.
+        assert_eq!(v(100, 0b01).merged(v(50, 0b10), 50), v(100, 0b01));
     }
 
     #[test]

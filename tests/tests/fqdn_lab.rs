@@ -17,197 +17,24 @@
 //! moment: lookups and first connections must not fail, nor anything open that must not.
 //! Tests wait on conditions (agent synced, a connection refused), never on fixed sleeps.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use palisade_tests::lab::dns::{KUBE_DNS_POD, KubeDns, QType, Transport, Zone};
+use anyhow::{Context, Result};
+use palisade_tests::lab::Lab;
+use palisade_tests::lab::dns::{KUBE_DNS_POD, QType, Transport, Zone};
 use palisade_tests::lab::lookups::{dropped_since, drops, listen_drops, lookups_and_connects};
-use palisade_tests::lab::{Lab, LabConfig};
+use palisade_tests::netns::wait_for;
 
 #[path = "common/metrics.rs"]
 mod metrics;
 #[path = "common/tcp_echo.rs"]
 mod tcp_echo;
-use tcp_echo::{Conn, Echo, can_connect};
-
-const PREFIX_V4: &str = "198.18.0.0/15";
-const PREFIX_V6: &str = "2001:db8:ff::/64";
-/// The port the outside host's lab server accepts TCP on.
-const PORT: u16 = 80;
-/// How long a connection attempt may take before it counts as refused (a dropped SYN).
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
-
-const POLICIES: &str = "
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny-egress, namespace: x}
-spec: {podSelector: {}, policyTypes: [Egress]}
----
-apiVersion: policy.networking.k8s.io/v1alpha2
-kind: ClusterNetworkPolicy
-metadata: {name: x-dns}
-spec:
-  tier: Admin
-  priority: 10
-  subject: {namespaces: {matchLabels: {ns: x}}}
-  egress:
-  - name: dns
-    action: Accept
-    to: [{pods: {namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}, podSelector: {matchLabels: {k8s-app: kube-dns}}}}]
-    protocols: [{udp: {destinationPort: {number: 53}}}, {tcp: {destinationPort: {number: 53}}}]
----
-apiVersion: policy.networking.k8s.io/v1alpha2
-kind: ClusterNetworkPolicy
-metadata: {name: x-a-names}
-spec:
-  tier: Admin
-  priority: 20
-  subject: {pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, c]}]}}}
-  egress:
-  - {name: names, action: Accept, to: [{domainNames: [api.example.com, '*.cdn.example.com']}]}
----
-apiVersion: policy.networking.k8s.io/v1alpha2
-kind: ClusterNetworkPolicy
-metadata: {name: x-b-names}
-spec:
-  tier: Admin
-  priority: 20
-  subject: {pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: b}}}}
-  egress:
-  - {name: names, action: Accept, to: [{domainNames: [www.example.org]}]}
-";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("an address literal")
-}
-
-/// The lab: one node with the conformance addresses (outside host `ext`), `ext` serving the
-/// test prefixes, kube-dns serving `zone`, the policies above applied and synced.
-fn lab(test: &str, zone: &Zone) -> Result<Option<(Lab, KubeDns)>> {
-    lab_with(test, zone, &[])
-}
-
-/// [`lab`] with extra agent arguments.
-fn lab_with(test: &str, zone: &Zone, agent_args: &[&str]) -> Result<Option<(Lab, KubeDns)>> {
-    let Some(mut lab) = Lab::start_enforcing(
-        test,
-        LabConfig {
-            verbose: true,
-            conformance_addresses: true,
-            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
-            ..LabConfig::default()
-        },
-    )?
-    else {
-        return Ok(None);
-    };
-    lab.serve_prefix_outside("ext", PREFIX_V4)?;
-    lab.serve_prefix_outside("ext", PREFIX_V6)?;
-    let dns = lab.start_kube_dns_zone("n0", zone)?;
-    lab.apply_yaml("fqdn-policies", POLICIES)?;
-    lab.wait_synced()?;
-    Ok(Some((lab, dns)))
-}
-
-fn ns<'a>(lab: &'a Lab, pod: &str) -> Result<&'a str> {
-    lab.pod_netns(pod).with_context(|| format!("no pod {pod}"))
-}
-
-/// Looks `name` up from `pod` through the kube-dns ClusterIP of the family of `qtype`.
-fn resolve(lab: &Lab, pod: &str, name: &str, qtype: QType, t: Transport) -> Result<Vec<IpAddr>> {
-    let server = Lab::kube_dns_addr(qtype == QType::Aaaa);
-    lab.dns_lookup(pod, server, name, qtype, t, LOOKUP_TIMEOUT)?
-        .with_context(|| format!("{pod}: no answer for {name} {qtype:?} over {t:?}"))
-}
-
-/// Whether a new TCP connection from `pod` to `addr`:[`PORT`] opens (within 700 ms).
-fn connects(lab: &Lab, pod: &str, addr: IpAddr) -> Result<bool> {
-    Ok(can_connect(ns(lab, pod)?, SocketAddr::new(addr, PORT)))
-}
-
-/// The fqdn counters of node 0's agent.
-#[derive(Clone, Copy, Debug, Default)]
-struct Counters {
-    answers: f64,
-    learnt: f64,
-    entries: f64,
-    not_allowed: f64,
-    other_server: f64,
-}
-
-fn counters(lab: &Lab) -> Counters {
-    let s = metrics::scrape(lab);
-    let refused = |reason| metrics::value(&s, "palisade_fqdn_refused_total", &[("reason", reason)]);
-    Counters {
-        answers: metrics::value(&s, "palisade_fqdn_answers_total", &[]),
-        learnt: metrics::value(&s, "palisade_fqdn_learnt_total", &[]),
-        entries: metrics::value(&s, "palisade_fqdn_learnt_entries", &[]),
-        not_allowed: refused("not_allowed"),
-        other_server: refused("other_server"),
-    }
-}
-
-/// Collects failed checks, so one run reports all of them.
-#[derive(Default)]
-struct Checks(Vec<String>);
-
-impl Checks {
-    fn check(&mut self, ok: bool, what: impl std::fmt::Display) {
-        eprintln!("{} {what}", if ok { "ok:  " } else { "FAIL:" });
-        if !ok {
-            self.0.push(what.to_string());
-        }
-    }
-
-    fn finish(self, lab: &Lab) -> Result<()> {
-        ensure!(
-            self.0.is_empty(),
-            "{} checks failed:\n  {}\nstatus:\n{}\nagent log: {}",
-            self.0.len(),
-            self.0.join("\n  "),
-            lab.agent_status()
-                .map(|s| s.join("\n"))
-                .unwrap_or_else(|e| format!("(status failed: {e})")),
-            lab.agent(0).map(|a| a.log_tail()).unwrap_or_default()
-        );
-        Ok(())
-    }
-}
-
-/// One case: `pod name type/transport address verdict what...`: a lookup of `name` (`-`:
-/// none) through the ClusterIP, which must answer `address`, then a new connection to it,
-/// which `passes` or is `refused`.
-fn case(c: &mut Checks, lab: &Lab, line: &str) -> Result<()> {
-    let mut f = line.split_whitespace();
-    let mut field = || f.next().with_context(|| format!("case {line:?}"));
-    let (pod, name, how, addr, verdict) = (field()?, field()?, field()?, field()?, field()?);
-    let what: Vec<&str> = f.collect();
-    let want: IpAddr = addr.parse().with_context(|| format!("case {line:?}"))?;
-    if name != "-" {
-        let (qtype, t) = match how {
-            "A/udp" => (QType::A, Transport::Udp),
-            "A/tcp" => (QType::A, Transport::Tcp),
-            "AAAA/udp" => (QType::Aaaa, Transport::Udp),
-            "AAAA/tcp" => (QType::Aaaa, Transport::Tcp),
-            _ => anyhow::bail!("case {line:?}: unknown {how}"),
-        };
-        let got = resolve(lab, pod, name, qtype, t)?;
-        c.check(
-            got.contains(&want),
-            format!("{pod} {name} {how} answers {want} (got {got:?})"),
-        );
-    }
-    let passes = verdict == "passes";
-    c.check(
-        connects(lab, pod, want)? == passes,
-        format!("{}: {pod} -> {want} ({name}) {verdict}", what.join(" ")),
-    );
-    Ok(())
-}
+use tcp_echo::{Conn, Echo};
+#[path = "common/fqdn.rs"]
+mod fqdn;
+use fqdn::*;
 
 /// The cases of a, b, d and e, in this order (x/a's lookups teach x/a only).
 const CASES: &str = "
@@ -330,15 +157,10 @@ fn privileged_fqdn_names_cnames_tcp_aaaa_two_pods_other_resolver_and_ttl() -> Re
         established.is_ok(),
         "a connection to the short-TTL address opens before expiry",
     );
-    let refused_after = loop {
-        if !connects(&lab, "x/a", short)? {
-            break Some(asked.elapsed());
-        }
-        if asked.elapsed() > Duration::from_secs(20) {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let refused_after = wait_for("new connections refused", Duration::from_secs(20), || {
+        Ok((!connects(&lab, "x/a", short)?).then(|| asked.elapsed()))
+    })
+    .ok();
     eprintln!(
         "figure: TTL 1 s (clamped to 5 s): new connections refused {refused_after:?} after the lookup"
     );
@@ -355,33 +177,6 @@ fn privileged_fqdn_names_cnames_tcp_aaaa_two_pods_other_resolver_and_ttl() -> Re
     case(&mut c, &lab, &format!("{short_case}, looked up again"))?;
     drop(echo);
     c.finish(&lab)
-}
-
-/// `n` names under `label`.cdn.example.com, each with an address of its own in `base`/16.
-fn numbered(label: &str, base: [u8; 2], n: usize) -> Vec<(String, IpAddr)> {
-    (0..n)
-        .map(|i| {
-            let addr = [base[0], base[1], 10 + (i / 200) as u8, 1 + (i % 200) as u8];
-            (format!("{label}{i}.cdn.example.com"), IpAddr::from(addr))
-        })
-        .collect()
-}
-
-/// Waits (bounded) until `progress` reaches `n` or the `worker` ended.
-fn wait_progress<T>(
-    progress: &AtomicUsize,
-    n: usize,
-    worker: &std::thread::ScopedJoinHandle<'_, T>,
-) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while progress.load(Ordering::Relaxed) < n && !worker.is_finished() {
-        ensure!(
-            Instant::now() < deadline,
-            "the burst did not reach {n} lookups in 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
 }
 
 /// f and g: `kill -9` of the agent between a lookup and its connection and during a burst of
@@ -451,79 +246,10 @@ fn privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect() -> Resu
     lab.agent_mut(0).context("agent")?.respawn()?;
     lab.wait_synced()?;
 
-    // f2. kill -9 during a burst of lookups, each followed by a connection: the first 400
-    // names round and round until the agent is dead, then 400 new names (learnt while it is
-    // dead), then all round and round through its respawn. The datapath drops nothing but
-    // the probe of an unresolved address made while the agent is dead.
+    // f2. kill -9 during a burst of lookups, each followed by a connection (`burst_through_restart`).
     let (first, fresh) = burst.split_at(400);
-    let (progress, killed, stop) = (
-        AtomicUsize::new(0),
-        AtomicBool::new(false),
-        AtomicBool::new(false),
-    );
-    let names = first
-        .iter()
-        .cycle()
-        .take_while(|_| !killed.load(Ordering::Relaxed))
-        .chain(fresh)
-        .chain(
-            burst
-                .iter()
-                .cycle()
-                .take_while(|_| !stop.load(Ordering::Relaxed)),
-        );
-    let netns = ns(&lab, "x/a")?.to_string();
-    let (drops_before, listen_before) = (drops(&lab)?, listen_drops(&lab, "ext")?);
-    let (run, killed_at, respawned_at) = std::thread::scope(|s| -> Result<_> {
-        let worker = s.spawn(|| lookups_and_connects(&netns, names, true, PORT, &progress));
-        let during = (|| -> Result<_> {
-            wait_progress(&progress, 100, &worker)?;
-            lab.agent_mut(0).context("agent")?.kill_hard()?;
-            killed.store(true, Ordering::Relaxed);
-            let killed_at = progress.load(Ordering::Relaxed);
-            ensure!(
-                !connects(&lab, "x/a", unresolved)?,
-                "agent dead mid-burst: an unresolved address opened"
-            );
-            lab.agent_mut(0).context("agent")?.respawn()?;
-            lab.wait_synced()?;
-            let respawned_at = progress.load(Ordering::Relaxed);
-            wait_progress(&progress, respawned_at + 100, &worker)?;
-            Ok((killed_at, respawned_at))
-        })();
-        killed.store(true, Ordering::Relaxed);
-        stop.store(true, Ordering::Relaxed);
-        let run = worker
-            .join()
-            .map_err(|_| anyhow::anyhow!("burst thread panicked"))??;
-        let (k, r) = during?;
-        Ok((run, k, r))
-    })?;
-    let denied = dropped_since(&drops_before, &drops(&lab)?);
-    let listen = listen_drops(&lab, "ext")? - listen_before;
-    eprintln!(
-        "figure: burst of {run}; agent killed after {killed_at} (then 400 new names), respawned (synced) after {respawned_at}; packets dropped meanwhile: {denied:?}; SYNs dropped by ext's full accept queue: {listen}"
-    );
-    c.check(
-        respawned_at > killed_at + fresh.len(),
-        format!("the new names were learnt while the agent was dead ({killed_at}, {respawned_at})"),
-    );
-    c.check(
-        run.failed_lookups.is_empty(),
-        format!("no failed lookup in the burst: {:?}", run.failed_lookups),
-    );
-    c.check(
-        run.refused.is_empty(),
-        format!("no refused connection in the burst: {:?}", run.refused),
-    );
-    c.check(
-        denied == BTreeMap::from([("egress/default_deny".to_string(), 1)]),
-        format!("the datapath dropped only the unresolved probe's SYN in the burst: {denied:?}"),
-    );
-    c.check(
-        run.slow.len() as u64 <= listen,
-        format!("every slow connection is a SYN ext's accept queue dropped ({listen})"),
-    );
+    let b = burst_through_restart(&mut lab, "x/a", first, fresh, unresolved, &[])?;
+    check_burst(&mut c, &b, "killed", fresh.len());
     c.check(
         !connects(&lab, "x/a", unresolved)?,
         "after the respawn an unresolved address stays refused",
@@ -631,17 +357,13 @@ fn privileged_fqdn_per_pod_limit_is_reported_and_fails_closed_for_new_names_only
     )?;
     c.check(got.is_some(), "the kube-dns pod answers x/c directly");
     let agent = lab.agent(0).context("no agent")?;
-    let start = Instant::now();
-    let flow = loop {
-        let flows = agent.flows(&[])?;
-        let found = flows
+    let flow = wait_for("an other_server flow", Duration::from_secs(10), || {
+        Ok(agent
+            .flows(&[])?
             .into_iter()
-            .find(|f| f["flow"]["dns_not_learnt"] == "other_server");
-        if found.is_some() || start.elapsed() > Duration::from_secs(10) {
-            break found;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+            .find(|f| f["flow"]["dns_not_learnt"] == "other_server"))
+    })
+    .ok();
     c.check(
         flow.as_ref().is_some_and(|f| {
             f["flow"]["verdict"] == "FORWARDED"
@@ -651,6 +373,127 @@ fn privileged_fqdn_per_pod_limit_is_reported_and_fails_closed_for_new_names_only
                     .is_some_and(|s| s.contains("not from the cluster DNS service"))
         }),
         format!("a flow says the direct answer taught nothing: {flow:?}"),
+    );
+    c.finish(&lab)
+}
+
+/// The node's table full, then upgrades to larger ones ("an upgraded agent keeps enforcing
+/// them and goes on learning"). With `--map-size pal_fqaddr_v1=4`, four learnt addresses fill
+/// the node's table: a fifth name fails closed (counted `node_full`), the four still connect,
+/// and `palisadectl status` says the table is full. The agent is then restarted with a larger
+/// table (the operator's remedy, and the path of any upgrade whose learnt-address map changes
+/// layout): the pinned map is replaced, its entries copied (status says so), the four connect
+/// without a new lookup, the fifth name is learnt, an unresolved address stays refused. Then
+/// a second such upgrade in the middle of a burst of lookups, each followed by a connection:
+/// no lookup fails, no connection is refused, nothing is dropped but the unresolved probe
+/// (the previous agent's programs learn into the old map until this agent's replace them,
+/// then that is merged: `datapath::layout::PreviousLearnt`), and every address learnt in the
+/// burst connects afterwards without a new lookup.
+#[test]
+fn privileged_fqdn_full_node_table_then_upgrades_to_larger_ones_keep_what_was_learnt() -> Result<()>
+{
+    let test = "privileged_fqdn_full_node_table_then_upgrades_to_larger_ones_keep_what_was_learnt";
+    let burst = numbered("u", [198, 19], 600);
+    let zone = burst
+        .iter()
+        .fold(names_zone(), |z, (name, addr)| z.record(name, *addr));
+    let table = |n: u32| format!("pal_fqaddr_v1={n}");
+    let Some((mut lab, _dns)) = lab_with(test, &zone, &["--map-size", &table(4)])? else {
+        return Ok(());
+    };
+    let mut c = Checks::default();
+    let node_full = |lab: &Lab| {
+        let s = metrics::scrape(lab);
+        metrics::value(
+            &s,
+            "palisade_fqdn_refused_total",
+            &[("reason", "node_full")],
+        )
+    };
+    let before = node_full(&lab);
+    for line in [
+        "x/a api.example.com      A/udp 198.18.0.1 passes  first of four",
+        "x/a www.cdn.example.com  A/udp 198.18.0.2 passes  second",
+        "x/c tcp.cdn.example.com  A/udp 198.18.0.8 passes  third, another pod",
+        "x/b www.example.org      A/udp 198.18.0.9 passes  fourth, another pod and rule",
+        "x/a deep.cdn.example.com A/udp 198.18.0.7 refused a fifth name: the node's table is full",
+        "x/a -                    -     198.18.0.1 passes  full: the first still connects",
+        "x/b -                    -     198.18.0.9 passes  full: the fourth still connects",
+    ] {
+        case(&mut c, &lab, line)?;
+    }
+    c.check(
+        node_full(&lab) - before >= 1.0,
+        "palisade_fqdn_refused_total{reason=node_full} rose",
+    );
+    let status = lab.agent_status()?.join("\n");
+    c.check(
+        status.contains("pal_fqaddr_v1") && status.contains("full (4 learnt addresses)"),
+        "palisadectl status says the node's table is full",
+    );
+
+    // Upgrade 1: a larger table; what was learnt is copied, learning goes on.
+    let agent = lab.agent_mut(0).context("agent")?;
+    agent.respawn_with(&["--map-size", &table(1024)])?;
+    lab.wait_synced()?;
+    let status = lab.agent_status()?.join("\n");
+    for needle in [
+        "max_entries 4,",
+        "max_entries 1024,",
+        "its 4 entries copied",
+    ] {
+        c.check(
+            status.contains(needle),
+            format!("status lists the replaced table: {needle:?}"),
+        );
+    }
+    c.check(
+        !status.contains("full (4 learnt addresses)"),
+        "status no longer says the table is full",
+    );
+    for line in [
+        "x/a -                    -     198.18.0.1 passes  upgraded: the first connects, no new lookup",
+        "x/b -                    -     198.18.0.9 passes  upgraded: the fourth too",
+        "x/a -                    -     198.18.0.5 refused upgraded: an address never resolved",
+        "x/a deep.cdn.example.com A/udp 198.18.0.7 passes  upgraded: the fifth name is learnt now",
+    ] {
+        case(&mut c, &lab, line)?;
+    }
+
+    // Upgrade 2, in the middle of a burst from x/c.
+    let (first, fresh) = burst.split_at(300);
+    let unresolved = ip("198.19.250.1");
+    let b = burst_through_restart(
+        &mut lab,
+        "x/c",
+        first,
+        fresh,
+        unresolved,
+        &["--map-size", &table(2048)],
+    )?;
+    check_burst(&mut c, &b, "upgraded (table 1024 -> 2048)", fresh.len());
+    let status = lab.agent_status()?.join("\n");
+    c.check(
+        status.contains("max_entries 2048,") && status.contains("entries copied"),
+        "status lists the second replacement",
+    );
+    let log = std::fs::read_to_string(lab.agent(0).context("agent")?.log_path())?;
+    c.check(
+        log.contains("programs replaced on every interface: merged"),
+        "the agent merged the previous table once its programs were attached",
+    );
+    let not_kept: Vec<IpAddr> = burst
+        .iter()
+        .map(|(_, addr)| *addr)
+        .filter(|addr| !connects(&lab, "x/c", *addr).unwrap_or(false))
+        .collect();
+    c.check(
+        not_kept.is_empty(),
+        format!("every address learnt in the burst connects without a new lookup: {not_kept:?}"),
+    );
+    c.check(
+        !connects(&lab, "x/c", unresolved)?,
+        "an unresolved address stays refused",
     );
     c.finish(&lab)
 }

@@ -14,6 +14,10 @@
 //!    endpoint ids and addresses survive, so the applier adopts instead of re-numbering);
 //!    the policy tries, the Service and node addresses are rewritten by the agent anyway,
 //!    counters start from zero, and fragments are transient;
+//!    the addresses pods learnt from DNS answers (`pal_fqaddr_v1`, sized by `--map-size`) are
+//!    copied too, and merged once more after this agent's programs replaced the previous
+//!    agent's on every interface ([`PreviousLearnt`]): until then those go on learning into
+//!    the old map (their program array is replaced with it, `object::load`);
 //! 3. each replacement is logged and listed in `palisadectl status`.
 
 use std::collections::BTreeMap;
@@ -24,6 +28,7 @@ use aya::Pod;
 use aya::maps::{HashMap, Map, MapData, MapInfo};
 use palisade_common::conntrack::{CtKey, CtValue};
 use palisade_common::endpoint::EndpointInfo;
+use palisade_common::fqdn::{LearntKey, LearntValue};
 use palisade_common::maps;
 
 use super::DatapathError;
@@ -118,6 +123,14 @@ impl Replaced {
             ),
             None => "replaced by a new, empty map (the agent rewrites what it needs)".into(),
         };
+        let outcome = if self.name == maps::FQDN_LEARNT {
+            format!(
+                "{outcome}; the previous agent's programs learn into the old map until this \
+                 agent's replace them, then what they learnt meanwhile is merged"
+            )
+        } else {
+            outcome
+        };
         format!(
             "{found}, the eBPF object defines {}: {outcome}",
             self.expected
@@ -194,19 +207,64 @@ pub fn unpin_mismatched(
     Ok(out)
 }
 
+/// The `pal_fqaddr_v1` that this agent replaced (another size), held open: the previous
+/// agent's programs, attached until this agent's replace them interface by interface, keep
+/// learning into it (they read it too, and tail-call their own DNS reader, whose program
+/// array was replaced with the map). What they learnt after the copy at load is merged into
+/// the new map by [`PreviousLearnt::merge_into`] once every interface runs this agent's
+/// programs; the map is freed with it.
+pub struct PreviousLearnt(Map);
+
+impl PreviousLearnt {
+    /// Merges every entry into `new` (`LearntValue::merged` where both hold one): (written,
+    /// found).
+    pub fn merge_into(self, new: &mut Map, now_ns: u64) -> Option<(usize, usize)> {
+        merge_learnt(&self.0, new, now_ns)
+    }
+}
+
+/// Unpins the DNS reader's program array (`maps::TAILS`), so that the loader creates a new
+/// one for this agent's reader while the previous agent's programs keep theirs.
+pub fn unpin_program_array(maps_dir: &Path) -> Result<(), DatapathError> {
+    let path = maps_dir.join(maps::TAILS);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(DatapathError::Unpin { path, source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Copies the entries of the replaced maps that were kept open into the new ones the loader
-/// created in their place (step 2).
-pub fn copy_entries(replaced: &mut [Replaced], new: &mut aya::Ebpf) {
+/// created in their place (step 2). Returns the replaced learnt-address map, kept open for
+/// the merge after attaching.
+pub fn copy_entries(
+    replaced: &mut [Replaced],
+    new: &mut aya::Ebpf,
+    now_ns: u64,
+) -> Option<PreviousLearnt> {
+    let mut previous = None;
     for r in replaced.iter_mut() {
         let Some(old) = r.old.take() else { continue };
         let Some(new) = new.map_mut(&r.name) else {
             continue;
         };
+        let Ok(old) = Map::from_map_data(old) else {
+            continue;
+        };
         let copied = match r.name.as_str() {
             // The counts are not copied: the sweep (`ct_sweep`) recounts what the assured tier
             // holds.
-            maps::CONNTRACK | maps::ASSURED => copy::<CtKey, CtValue>(old, new),
-            maps::ENDPOINTS => copy::<u32, EndpointInfo>(old, new),
+            maps::CONNTRACK | maps::ASSURED => copy::<CtKey, CtValue>(&old, new),
+            maps::ENDPOINTS => copy::<u32, EndpointInfo>(&old, new),
+            // Recounted by the fqdn sweep too; copied so that the per-pod limit holds from
+            // the start.
+            maps::FQDN_COUNTS => copy::<u32, u64>(&old, new),
+            maps::FQDN_LEARNT => {
+                let copied = merge_learnt(&old, new, now_ns);
+                previous = Some(PreviousLearnt(old));
+                copied
+            }
             _ => None,
         };
         r.copied = copied;
@@ -214,12 +272,12 @@ pub fn copy_entries(replaced: &mut [Replaced], new: &mut aya::Ebpf) {
     for r in replaced.iter() {
         tracing::warn!(map = %r.name, path = %r.path.display(), "{}", r.describe());
     }
+    previous
 }
 
 /// Copies every entry of `old` into `new`, as far as `new` has room: (copied, found).
-fn copy<K: Pod, V: Pod>(old: MapData, new: &mut Map) -> Option<(usize, usize)> {
-    let old = Map::from_map_data(old).ok()?;
-    let old: HashMap<MapData, K, V> = HashMap::try_from(old).ok()?;
+fn copy<K: Pod, V: Pod>(old: &Map, new: &mut Map) -> Option<(usize, usize)> {
+    let old: HashMap<&MapData, K, V> = HashMap::try_from(old).ok()?;
     let mut new: HashMap<&mut MapData, K, V> = HashMap::try_from(new).ok()?;
     let (mut copied, mut found) = (0, 0);
     for entry in old.iter() {
@@ -230,6 +288,28 @@ fn copy<K: Pod, V: Pod>(old: MapData, new: &mut Map) -> Option<(usize, usize)> {
         }
     }
     Some((copied, found))
+}
+
+/// [`copy`] for learnt addresses, where `new` may hold the same key already (learnt by this
+/// agent's programs since): the two are merged as the datapath merges a refresh. A refresh
+/// racing between the read and the write may lose its later expiry (the next answer
+/// restores it); it never widens what either entry allowed.
+fn merge_learnt(old: &Map, new: &mut Map, now_ns: u64) -> Option<(usize, usize)> {
+    let old: HashMap<&MapData, LearntKey, LearntValue> = HashMap::try_from(old).ok()?;
+    let mut new: HashMap<&mut MapData, LearntKey, LearntValue> = HashMap::try_from(new).ok()?;
+    let (mut written, mut found) = (0, 0);
+    for entry in old.iter() {
+        let Ok((k, v)) = entry else { continue };
+        found += 1;
+        let v = match new.get(&k, 0) {
+            Ok(current) => current.merged(v, now_ns),
+            Err(_) => v,
+        };
+        if new.insert(k, v, 0).is_ok() {
+            written += 1;
+        }
+    }
+    Some((written, found))
 }
 
 #[cfg(test)]
@@ -288,5 +368,19 @@ mod tests {
             ..r
         };
         assert!(not_a_map.describe().starts_with("pin is not a map"));
+        // The learnt addresses: the status also says that the previous agent's programs go
+        // on learning into the old map, merged later.
+        let learnt = Replaced {
+            name: maps::FQDN_LEARNT.into(),
+            copied: Some((4, 4)),
+            ..not_a_map
+        };
+        assert!(
+            learnt
+                .describe()
+                .ends_with("its 4 entries copied; the previous agent's programs learn into the old map until this agent's replace them, then what they learnt meanwhile is merged"),
+            "{}",
+            learnt.describe()
+        );
     }
 }

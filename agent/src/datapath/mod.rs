@@ -179,6 +179,8 @@ pub struct Datapath {
     at_start: Vec<crate::status::Problem>,
     /// The periodic check's state (current faults, recent repairs).
     check: integrity::State,
+    /// The learnt-address map this agent replaced, until [`Datapath::merge_previous_learnt`].
+    previous_learnt: Option<layout::PreviousLearnt>,
 }
 
 /// (name, the map, (device, inode) of its pin when last seen to be this map's).
@@ -258,6 +260,7 @@ impl Datapath {
             mut ebpf,
             pinned,
             replaced,
+            previous_learnt,
         } = object::load(object, &maps_dir, sizes, &PROGRAMS)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -310,7 +313,32 @@ impl Datapath {
             links: BTreeMap::new(),
             at_start,
             check: integrity::State::default(),
+            previous_learnt,
         })
+    }
+
+    /// When this agent replaced the learnt-address map (another size): merges what the
+    /// previous agent's programs learnt into the old one since the copy at load, and frees
+    /// it. Call once this agent's programs are attached on every interface (the previous
+    /// agent's no longer run): from then on only the new map is read and written.
+    pub fn merge_previous_learnt(&mut self) {
+        let Some(previous) = self.previous_learnt.take() else {
+            return;
+        };
+        let Some(new) = self.ebpf.map_mut(maps::FQDN_LEARNT) else {
+            return;
+        };
+        match previous.merge_into(new, sweeper::now_ns()) {
+            Some((written, found)) => tracing::info!(
+                map = maps::FQDN_LEARNT,
+                "programs replaced on every interface: merged {written} of the {found} \
+                 addresses the previous map held"
+            ),
+            None => tracing::warn!(
+                map = maps::FQDN_LEARNT,
+                "the previous learnt-address map could not be read: nothing merged"
+            ),
+        }
     }
 
     /// What opening the datapath found and did (maps replaced, a bpffs mounted).

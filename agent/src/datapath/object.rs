@@ -35,6 +35,9 @@ pub struct Loaded {
     /// Pinned maps whose layout did not match the object's and that were replaced (their
     /// entries already copied where that kind of map is copied): for the status.
     pub replaced: Vec<layout::Replaced>,
+    /// The replaced learnt-address map, for the merge once this agent's programs are
+    /// attached everywhere (`layout::PreviousLearnt`).
+    pub previous_learnt: Option<layout::PreviousLearnt>,
 }
 
 /// Loads `object` with its maps pinned under `maps_dir` (which must exist, on a bpffs) and
@@ -58,6 +61,12 @@ pub fn load(
     let expected = layout::expected(&parsed, sizes);
     drop(parsed);
     let mut replaced = layout::unpin_mismatched(&expected, maps_dir)?;
+    if replaced.iter().any(|r| r.name == maps::FQDN_LEARNT) {
+        // The previous agent's programs keep their DNS reader, which learns into the map
+        // they read: a pod keeps learning and connecting through one map until this agent's
+        // programs replace its own (`layout::PreviousLearnt`).
+        layout::unpin_program_array(maps_dir)?;
+    }
     let mut loader = EbpfLoader::new();
     sizes.apply(&mut loader);
     let mut ebpf = loader
@@ -67,7 +76,7 @@ pub fn load(
             path: object.to_path_buf(),
             source: Box::new(source),
         })?;
-    layout::copy_entries(&mut replaced, &mut ebpf);
+    let previous_learnt = layout::copy_entries(&mut replaced, &mut ebpf, super::sweeper::now_ns());
     for &name in programs {
         program(&mut ebpf, name)?
             .load()
@@ -80,6 +89,7 @@ pub fn load(
         ebpf,
         pinned: expected.into_keys().collect(),
         replaced,
+        previous_learnt,
     })
 }
 

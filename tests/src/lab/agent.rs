@@ -104,7 +104,8 @@ struct SpawnArgs {
     node_netns: String,
     manifests: PathBuf,
     state_dir: PathBuf,
-    /// `--cluster-cidr` / `--service-cidr` arguments.
+    /// `--cluster-cidr` / `--service-cidr` arguments, then the lab's and the test's extra
+    /// agent arguments (`LabConfig::agent_args`, [`Agent::respawn_with`]).
     network_args: Vec<String>,
 }
 
@@ -270,6 +271,15 @@ impl Agent {
             })?;
         }
         self.spawn_process(true)
+    }
+
+    /// [`Agent::respawn`] with `args` added to the agent's arguments from now on: an upgrade
+    /// or a changed flag (a later `--map-size` of the same map wins).
+    pub fn respawn_with(&mut self, args: &[&str]) -> Result<(), LabError> {
+        self.spawn
+            .network_args
+            .extend(args.iter().map(|a| a.to_string()));
+        self.respawn()
     }
 
     /// The agent's `--bpffs` directory.
