@@ -248,8 +248,8 @@ fn privileged_fqdn_kill_9_during_lookups_and_1000_lookups_then_connect() -> Resu
 
     // f2. kill -9 during a burst of lookups, each followed by a connection (`burst_through_restart`).
     let (first, fresh) = burst.split_at(400);
-    let b = burst_through_restart(&mut lab, "x/a", first, fresh, unresolved, &[])?;
-    check_burst(&mut c, &b, "killed", fresh.len());
+    let b = burst_through_restart(&mut lab, "x/a", first, fresh, &[], unresolved, &[])?;
+    check_burst(&mut c, &b, "killed", fresh.len(), 0);
     c.check(
         !connects(&lab, "x/a", unresolved)?,
         "after the respawn an unresolved address stays refused",
@@ -384,16 +384,18 @@ fn privileged_fqdn_per_pod_limit_is_reported_and_fails_closed_for_new_names_only
 /// table (the operator's remedy, and the path of any upgrade whose learnt-address map changes
 /// layout): the pinned map is replaced, its entries copied (status says so), the four connect
 /// without a new lookup, the fifth name is learnt, an unresolved address stays refused. Then
-/// a second such upgrade in the middle of a burst of lookups, each followed by a connection:
-/// no lookup fails, no connection is refused, nothing is dropped but the unresolved probe
-/// (the previous agent's programs learn into the old map until this agent's replace them,
-/// then that is merged: `datapath::layout::PreviousLearnt`), and every address learnt in the
-/// burst connects afterwards without a new lookup.
+/// a second such upgrade in the middle of a burst of lookups, each followed by a connection,
+/// with 300 new names asked while the agent is dead and 300 more between the moment the new
+/// agent replaced the pinned table and the moment it had attached its programs: no lookup
+/// fails, no connection is refused, nothing is dropped but the unresolved probe (the previous
+/// agent's programs learn into the old map through their own program array, held open, until
+/// this agent's replace them; then that is merged: `datapath::layout::PreviousLearnt`), and
+/// every address learnt in the burst connects afterwards without a new lookup.
 #[test]
 fn privileged_fqdn_full_node_table_then_upgrades_to_larger_ones_keep_what_was_learnt() -> Result<()>
 {
     let test = "privileged_fqdn_full_node_table_then_upgrades_to_larger_ones_keep_what_was_learnt";
-    let burst = numbered("u", [198, 19], 600);
+    let burst = numbered("u", [198, 19], 900);
     let zone = burst
         .iter()
         .fold(names_zone(), |z, (name, addr)| z.record(name, *addr));
@@ -461,17 +463,20 @@ fn privileged_fqdn_full_node_table_then_upgrades_to_larger_ones_keep_what_was_le
     }
 
     // Upgrade 2, in the middle of a burst from x/c.
-    let (first, fresh) = burst.split_at(300);
+    let (first, rest) = burst.split_at(300);
+    let (fresh, at_load) = rest.split_at(300);
     let unresolved = ip("198.19.250.1");
     let b = burst_through_restart(
         &mut lab,
         "x/c",
         first,
         fresh,
+        at_load,
         unresolved,
         &["--map-size", &table(2048)],
     )?;
-    check_burst(&mut c, &b, "upgraded (table 1024 -> 2048)", fresh.len());
+    let how = "upgraded (table 1024 -> 2048)";
+    check_burst(&mut c, &b, how, fresh.len(), at_load.len());
     let status = lab.agent_status()?.join("\n");
     c.check(
         status.contains("max_entries 2048,") && status.contains("entries copied"),

@@ -207,42 +207,54 @@ pub fn unpin_mismatched(
     Ok(out)
 }
 
-/// The `pal_fqaddr_v1` that this agent replaced (another size), held open: the previous
-/// agent's programs, attached until this agent's replace them interface by interface, keep
-/// learning into it (they read it too, and tail-call their own DNS reader, whose program
-/// array was replaced with the map). What they learnt after the copy at load is merged into
-/// the new map by [`PreviousLearnt::merge_into`] once every interface runs this agent's
-/// programs; the map is freed with it.
-pub struct PreviousLearnt(Map);
+/// What the previous agent's programs use when this agent replaced the learnt-address map
+/// (another size), held open until this agent's programs replace theirs on every interface.
+/// Until then they keep learning into and reading the old map, and tail-calling their own DNS
+/// reader through the old program array: held open here because unpinning it dropped its
+/// last user reference, and the kernel empties a program array then (their pods would stop
+/// learning). What they learnt after the copy at load is merged into the new map by
+/// [`PreviousLearnt::merge_into`]; both are freed with it.
+pub struct PreviousLearnt {
+    /// The old `pal_fqaddr_v1` (`None`: not copyable, another key or value layout).
+    map: Option<Map>,
+    /// The old program array (`None`: there was none).
+    _program_array: Option<MapData>,
+}
 
 impl PreviousLearnt {
+    /// `map` and the program array from [`copy_entries`] and [`unpin_program_array`].
+    pub fn new(map: Option<Map>, program_array: Option<MapData>) -> Option<Self> {
+        (map.is_some() || program_array.is_some()).then_some(PreviousLearnt {
+            map,
+            _program_array: program_array,
+        })
+    }
+
     /// Merges every entry into `new` (`LearntValue::merged` where both hold one): (written,
-    /// found).
+    /// found); `None` when there is no copyable old map.
     pub fn merge_into(self, new: &mut Map, now_ns: u64) -> Option<(usize, usize)> {
-        merge_learnt(&self.0, new, now_ns)
+        merge_learnt(self.map.as_ref()?, new, now_ns)
     }
 }
 
 /// Unpins the DNS reader's program array (`maps::TAILS`), so that the loader creates a new
-/// one for this agent's reader while the previous agent's programs keep theirs.
-pub fn unpin_program_array(maps_dir: &Path) -> Result<(), DatapathError> {
+/// one for this agent's reader while the previous agent's programs keep theirs; returns it
+/// held open (see [`PreviousLearnt`]).
+pub fn unpin_program_array(maps_dir: &Path) -> Result<Option<MapData>, DatapathError> {
     let path = maps_dir.join(maps::TAILS);
+    let held = MapData::from_pin(&path).ok();
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(DatapathError::Unpin { path, source: e })
         }
-        _ => Ok(()),
+        _ => Ok(held),
     }
 }
 
 /// Copies the entries of the replaced maps that were kept open into the new ones the loader
 /// created in their place (step 2). Returns the replaced learnt-address map, kept open for
-/// the merge after attaching.
-pub fn copy_entries(
-    replaced: &mut [Replaced],
-    new: &mut aya::Ebpf,
-    now_ns: u64,
-) -> Option<PreviousLearnt> {
+/// the merge after attaching ([`PreviousLearnt`]).
+pub fn copy_entries(replaced: &mut [Replaced], new: &mut aya::Ebpf, now_ns: u64) -> Option<Map> {
     let mut previous = None;
     for r in replaced.iter_mut() {
         let Some(old) = r.old.take() else { continue };
@@ -262,7 +274,7 @@ pub fn copy_entries(
             maps::FQDN_COUNTS => copy::<u32, u64>(&old, new),
             maps::FQDN_LEARNT => {
                 let copied = merge_learnt(&old, new, now_ns);
-                previous = Some(PreviousLearnt(old));
+                previous = Some(old);
                 copied
             }
             _ => None,

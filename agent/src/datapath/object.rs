@@ -61,12 +61,14 @@ pub fn load(
     let expected = layout::expected(&parsed, sizes);
     drop(parsed);
     let mut replaced = layout::unpin_mismatched(&expected, maps_dir)?;
-    if replaced.iter().any(|r| r.name == maps::FQDN_LEARNT) {
-        // The previous agent's programs keep their DNS reader, which learns into the map
-        // they read: a pod keeps learning and connecting through one map until this agent's
-        // programs replace its own (`layout::PreviousLearnt`).
-        layout::unpin_program_array(maps_dir)?;
-    }
+    // The previous agent's programs keep their DNS reader, which learns into the map they
+    // read: a pod keeps learning and connecting through one map until this agent's programs
+    // replace its own (`layout::PreviousLearnt`).
+    let old_program_array = if replaced.iter().any(|r| r.name == maps::FQDN_LEARNT) {
+        layout::unpin_program_array(maps_dir)?
+    } else {
+        None
+    };
     let mut loader = EbpfLoader::new();
     sizes.apply(&mut loader);
     let mut ebpf = loader
@@ -76,7 +78,8 @@ pub fn load(
             path: object.to_path_buf(),
             source: Box::new(source),
         })?;
-    let previous_learnt = layout::copy_entries(&mut replaced, &mut ebpf, super::sweeper::now_ns());
+    let old_learnt = layout::copy_entries(&mut replaced, &mut ebpf, super::sweeper::now_ns());
+    let previous_learnt = layout::PreviousLearnt::new(old_learnt, old_program_array);
     for &name in programs {
         program(&mut ebpf, name)?
             .load()

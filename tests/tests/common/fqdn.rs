@@ -227,8 +227,10 @@ pub fn wait_progress<T>(
 /// What a burst of lookups, each followed at once by a connection, saw through an agent restart.
 pub struct Burst {
     pub run: Run,
-    /// Lookups done when the agent was killed, and when its successor had synced.
+    /// Lookups done when the agent was killed, when its successor had replaced the learnt
+    /// map (or synced), and when it had synced.
     pub killed_at: usize,
+    pub loaded_at: usize,
     pub respawned_at: usize,
     /// Packets the datapath dropped during the burst, by `direction/reason`.
     pub denied: BTreeMap<String, u64>,
@@ -239,38 +241,70 @@ pub struct Burst {
 /// A burst from `pod` through a `kill -9` of the agent and its respawn with `respawn_args`
 /// added (none: the same agent; `--map-size`: an upgrade whose maps change size). The names of
 /// `first` round and round until the agent is dead, then those of `fresh` (learnt while it is
-/// dead), then all round and round through the respawn until 100 lookups after it synced.
-/// While the agent is dead a probe of `unresolved` must be refused: the datapath drops
-/// nothing else ([`check_burst`]).
+/// dead), then the names so far round and round until the new agent has replaced the pinned
+/// learnt-address map (an upgrade; else until it synced), then those of `at_load` (learnt
+/// while the new agent loads its programs: the previous agent's programs still run), then all
+/// round and round until 100 lookups after it synced. While the agent is dead a probe of
+/// `unresolved` must be refused: the datapath drops nothing else ([`check_burst`]).
 pub fn burst_through_restart(
     lab: &mut Lab,
     pod: &str,
     first: &[(String, IpAddr)],
     fresh: &[(String, IpAddr)],
+    at_load: &[(String, IpAddr)],
     unresolved: IpAddr,
     respawn_args: &[&str],
 ) -> Result<Burst> {
-    let (progress, killed, stop) = (
+    let (progress, killed, loaded, stop) = (
         AtomicUsize::new(0),
         AtomicBool::new(false),
         AtomicBool::new(false),
+        AtomicBool::new(false),
     );
+    let loaded_at = AtomicUsize::new(usize::MAX);
+    let so_far = || first.iter().chain(fresh).cycle();
     let names = first
         .iter()
         .cycle()
         .take_while(|_| !killed.load(Ordering::Relaxed))
         .chain(fresh)
+        .chain(so_far().take_while(|_| !loaded.load(Ordering::Relaxed)))
+        .chain(at_load)
         .chain(
-            first
-                .iter()
-                .chain(fresh)
-                .cycle()
+            so_far()
+                .chain(at_load)
                 .take_while(|_| !stop.load(Ordering::Relaxed)),
         );
+    // The new agent has loaded when the pin holds another learnt-address map (its size).
+    let learnt_pin = lab
+        .agent_bpffs(0)
+        .context("agent bpffs")?
+        .join("maps")
+        .join(palisade_common::maps::FQDN_LEARNT);
+    let size = || {
+        aya::maps::MapInfo::from_pin(&learnt_pin)
+            .map(|i| i.max_entries())
+            .ok()
+    };
+    let size_before = size();
+    let mark_loaded = || {
+        if !loaded.swap(true, Ordering::Relaxed) {
+            loaded_at.store(progress.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    };
     let netns = ns(lab, pod)?.to_string();
     let (drops_before, listen_before) = (drops(lab)?, listen_drops(lab, "ext")?);
     let (run, killed_at, respawned_at) = std::thread::scope(|s| -> Result<_> {
         let worker = s.spawn(|| lookups_and_connects(&netns, names, true, PORT, &progress));
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) && !loaded.load(Ordering::Relaxed) {
+                if killed.load(Ordering::Relaxed) && size().is_some_and(|n| Some(n) != size_before)
+                {
+                    mark_loaded();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
         let during = (|| -> Result<_> {
             wait_progress(&progress, 100, &worker)?;
             lab.agent_mut(0).context("agent")?.kill_hard()?;
@@ -285,10 +319,12 @@ pub fn burst_through_restart(
                 .respawn_with(respawn_args)?;
             lab.wait_synced()?;
             let respawned_at = progress.load(Ordering::Relaxed);
+            mark_loaded();
             wait_progress(&progress, respawned_at + 100, &worker)?;
             Ok((killed_at, respawned_at))
         })();
         killed.store(true, Ordering::Relaxed);
+        mark_loaded();
         stop.store(true, Ordering::Relaxed);
         let run = worker
             .join()
@@ -299,6 +335,7 @@ pub fn burst_through_restart(
     Ok(Burst {
         run,
         killed_at,
+        loaded_at: loaded_at.load(Ordering::Relaxed),
         respawned_at,
         denied: dropped_since(&drops_before, &drops(lab)?),
         listen: listen_drops(lab, "ext")? - listen_before,
@@ -306,24 +343,34 @@ pub fn burst_through_restart(
 }
 
 /// The checks of a [`burst_through_restart`] (`how`: what happened to the agent): no failed
-/// lookup, no refused connection, the `fresh` new names learnt while it was dead, nothing
+/// lookup, no refused connection, the `fresh` new names learnt while it was dead and the
+/// `at_load` ones while its successor loaded, nothing
 /// dropped by the datapath but the unresolved probe's SYN, every slow connection a SYN the
 /// stalled server dropped.
-pub fn check_burst(c: &mut Checks, b: &Burst, how: &str, fresh: usize) {
+pub fn check_burst(c: &mut Checks, b: &Burst, how: &str, fresh: usize, at_load: usize) {
     let Burst {
         run,
         killed_at,
+        loaded_at,
         respawned_at,
         denied,
         listen,
     } = b;
     eprintln!(
-        "figure: burst of {run}; agent {how} after {killed_at} (then {fresh} new names), respawned (synced) after {respawned_at}; packets dropped meanwhile: {denied:?}; SYNs dropped by ext's full accept queue: {listen}"
+        "figure: burst of {run}; agent {how} after {killed_at} (then {fresh} new names), new agent's maps loaded after {loaded_at} (then {at_load} new names), respawned (synced) after {respawned_at}; packets dropped meanwhile: {denied:?}; SYNs dropped by ext's full accept queue: {listen}"
     );
     c.check(
         *respawned_at > killed_at + fresh,
         format!("the new names were learnt while the agent was dead ({killed_at}, {respawned_at})"),
     );
+    if at_load > 0 {
+        c.check(
+            loaded_at + at_load <= *respawned_at,
+            format!(
+                "{at_load} new names were asked between the new agent's load and its attach ({loaded_at}, {respawned_at})"
+            ),
+        );
+    }
     c.check(
         run.failed_lookups.is_empty(),
         format!("no failed lookup in the burst: {:?}", run.failed_lookups),
