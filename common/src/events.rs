@@ -130,6 +130,20 @@ pub const EVSTAT_SLOTS: u32 = 4;
 
 /// Ring buffer size (bytes; a power of two multiple of the page size): ~10,000 events.
 pub const FLOW_RING_BYTES: u32 = 1 << 20;
+
+/// The datapath wakes the agent's reader only once this much is pending in the ring buffer
+/// (a sixteenth: ~650 events); below it, records are submitted without a wake-up and the
+/// agent drains the ring every `FLOW_DRAIN_INTERVAL_MS`. A wake-up per record (the ring
+/// buffer's default whenever the reader has caught up, i.e. at any moderate rate) costs the
+/// packet's CPU an `irq_work` interrupt and a scheduler wake-up, several microseconds in a VM:
+/// with every new flow an event, it cost 13% of the connections per second in `bench
+/// datapath` (docs/performance.md "Flow events: wake-ups in batches").
+pub const FLOW_RING_WAKE_BYTES: u64 = FLOW_RING_BYTES as u64 / 16;
+
+/// How often the agent drains the ring buffer without a wake-up: the most an event waits
+/// before the agent names it (`palisadectl flows`, the metrics), and, with
+/// `FLOW_RING_WAKE_BYTES`, what bounds the ring's fill between drains.
+pub const FLOW_DRAIN_INTERVAL_MS: u64 = 50;
 /// Flows with a drop-event rate limit, and client flows to a Service address awaiting the
 /// event of their judgement (both LRU, preallocated): 32 per pod at 110 pods (the agent sizes
 /// them from `--max-pods`, see `crate::maps`).

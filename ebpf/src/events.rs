@@ -21,7 +21,10 @@
 //!
 //! The datapath never waits: a full ring buffer loses the event and counts it.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    programs::TcContext,
+};
 use palisade_common::{
     DIR_AUDIT, DIR_EGRESS, DIR_INGRESS,
     conntrack::CtKey,
@@ -31,8 +34,8 @@ use palisade_common::{
     },
     events::{
         EV_DEFERRED, EV_DNS_OTHER_SERVER, EV_PARTIAL, EV_REPLY, EV_SERVICE, EVENT_DROP_INTERVAL_NS,
-        EVSTAT_EMITTED, EVSTAT_LOST, EVSTAT_SUPPRESSED, EventLimit, FlowEvent, SvcOrig,
-        VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+        EVSTAT_EMITTED, EVSTAT_LOST, EVSTAT_SUPPRESSED, EventLimit, FLOW_RING_WAKE_BYTES,
+        FlowEvent, SvcOrig, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
     },
     stats::CFG_NO_FLOW_EVENTS,
     verdict::{Reason, Verdict},
@@ -398,6 +401,14 @@ fn emit(
             (*e).svc_addr_be = [0; 16];
         }
     }
-    entry.submit(0);
+    // The reader is woken only when enough is pending (`FLOW_RING_WAKE_BYTES`); otherwise
+    // it finds the record at its next periodic drain. Forced, not the default: the default
+    // wakes only a reader that has caught up, and one that was not woken never does.
+    let wake = if FLOW_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= FLOW_RING_WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake as u64);
     count(EVSTAT_EMITTED);
 }

@@ -384,6 +384,22 @@ impl Datapath {
         Ok(out)
     }
 
+    /// A wait on `pal_flow_v1` as the agent's reader waits: edge-triggered epoll on its fd,
+    /// so only the datapath's wake-ups (never records submitted without one) make it ready.
+    pub fn flow_events_waiter(&mut self) -> Result<RingWaiter> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        let aya::maps::Map::RingBuf(m) = self.map_mut(maps::FLOW_EVENTS)? else {
+            bail!("{} is not a ring buffer", maps::FLOW_EVENTS);
+        };
+        let fd = m.fd().as_fd().try_clone_to_owned()?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            &fd,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+        )?;
+        Ok(RingWaiter { epoll, _fd: fd })
+    }
+
     /// `pal_evstat_v1` slot `slot` (`EVSTAT_*`) summed over CPUs.
     pub fn event_stat(&self, slot: u32) -> Result<u64> {
         anyhow::ensure!(slot < EVSTAT_SLOTS, "no event counter {slot}");
@@ -947,4 +963,19 @@ pub fn detach_pinned_link(path: &Path) -> Result<()> {
         &format!("BPF_LINK_DETACH {}", path.display()),
     )?;
     Ok(())
+}
+
+/// `Datapath::flow_events_waiter`.
+pub struct RingWaiter {
+    epoll: nix::sys::epoll::Epoll,
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl RingWaiter {
+    /// Whether a wake-up came (since the last call, or the registration: a ring that already
+    /// held records when registered counts as one), waiting at most `timeout_ms`.
+    pub fn woken(&self, timeout_ms: u16) -> Result<bool> {
+        let mut ev = [nix::sys::epoll::EpollEvent::empty()];
+        Ok(self.epoll.wait(&mut ev, timeout_ms)? > 0)
+    }
 }

@@ -2,7 +2,8 @@
 //! Crafted frames go through the programs; the events they leave in `pal_flow_v1` and the
 //! counters in `pal_evstat_v1` are checked: one event per decision (a new flow, allowed or
 //! denied; a drop, rate-limited per flow; an audit verdict), none for established packets,
-//! none when events are off, and a full ring buffer counts what it lost.
+//! none when events are off, the reader woken only once enough is pending, and a full ring
+//! buffer counts what it lost.
 
 use palisade_common::{
     DIR_AUDIT, DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
@@ -11,7 +12,7 @@ use palisade_common::{
     },
     events::{
         EV_DEFERRED, EV_PARTIAL, EV_SERVICE, EVSTAT_EMITTED, EVSTAT_LOST, EVSTAT_SUPPRESSED,
-        FlowEvent, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+        FLOW_RING_WAKE_BYTES, FlowEvent, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
     },
     packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     policy::{POL_ALL_PORTS, PolicyKey, PolicyValue, policy_prefixlen},
@@ -357,6 +358,52 @@ fn privileged_service_flows_name_the_service_and_the_backend() {
     dp.run_with_mark(Prog::ToUplink, &ack, SVC_MARK, TEST_RUN_IFINDEX)
         .unwrap();
     assert_eq!(dp.flow_events().unwrap(), vec![]);
+}
+
+/// The datapath wakes the agent's reader only once `FLOW_RING_WAKE_BYTES` are pending: the
+/// records below that are submitted without a wake-up (the agent's periodic drain,
+/// `FLOW_DRAIN_INTERVAL_MS`, finds them), so new flows on a busy node do not each cost their
+/// CPU an interrupt; the record that brings the ring to the threshold wakes it. The wait is
+/// the agent's: edge-triggered epoll on the ring's fd.
+#[test]
+fn privileged_the_reader_is_woken_only_once_enough_events_are_pending() {
+    let Some(mut dp) = setup(
+        "privileged_the_reader_is_woken_only_once_enough_events_are_pending",
+        EP_INGRESS_ISOLATED,
+    ) else {
+        return;
+    };
+    allow(&mut dp, DIR_INGRESS, PEER, 7);
+    let waiter = dp.flow_events_waiter().expect("epoll on pal_flow_v1");
+    assert!(!waiter.woken(0).unwrap(), "an empty ring woke the reader");
+    // A record: the ring buffer's 8-byte header and the event, rounded up to 8 bytes.
+    let record = (8 + std::mem::size_of::<FlowEvent>()).next_multiple_of(8) as u64;
+    let at_threshold = FLOW_RING_WAKE_BYTES.div_ceil(record);
+    for i in 0..at_threshold - 1 {
+        run(
+            &dp,
+            Prog::ToPod,
+            &syn(PEER, POD, 1024 + i as u16, 80),
+            TC_ACT_OK,
+        );
+    }
+    // A wake-up is raised as an interrupt on the submitting CPU when the test run's system
+    // call returns at the latest: 100 ms is ample for one that was raised to arrive.
+    assert!(
+        !waiter.woken(100).unwrap(),
+        "{} records ({} bytes, under {FLOW_RING_WAKE_BYTES}) woke the reader",
+        at_threshold - 1,
+        (at_threshold - 1) * record
+    );
+    run(&dp, Prog::ToPod, &syn(PEER, POD, 60000, 80), TC_ACT_OK);
+    assert!(
+        waiter.woken(5_000).unwrap(),
+        "{at_threshold} records ({} bytes) did not wake the reader",
+        at_threshold * record
+    );
+    let events = dp.flow_events().unwrap();
+    assert_eq!(events.len() as u64, at_threshold, "every record was kept");
+    assert!(events.iter().all(|e| e.reason == Reason::POLICY_ALLOW.0));
 }
 
 /// The datapath never waits on the agent: with nobody reading, a full ring buffer loses
