@@ -287,41 +287,42 @@ pub fn copy_entries(replaced: &mut [Replaced], new: &mut aya::Ebpf, now_ns: u64)
     previous
 }
 
-/// Copies every entry of `old` into `new`, as far as `new` has room: (copied, found).
+/// Copies every entry of `old` into `new`, as far as `new` has room: (copied, found). An
+/// entry `new` already holds is overwritten.
 fn copy<K: Pod, V: Pod>(old: &Map, new: &mut Map) -> Option<(usize, usize)> {
-    let old: HashMap<&MapData, K, V> = HashMap::try_from(old).ok()?;
-    let mut new: HashMap<&mut MapData, K, V> = HashMap::try_from(new).ok()?;
-    let (mut copied, mut found) = (0, 0);
-    for entry in old.iter() {
-        let Ok((k, v)) = entry else { continue };
-        found += 1;
-        if new.insert(k, v, 0).is_ok() {
-            copied += 1;
-        }
-    }
-    Some((copied, found))
+    copy_with::<K, V>(old, new, None)
 }
 
-/// [`copy`] for learnt addresses, where `new` may hold the same key already (learnt by this
-/// agent's programs since): the two are merged as the datapath merges a refresh. A refresh
-/// racing between the read and the write may lose its later expiry (the next answer
-/// restores it); it never widens what either entry allowed.
-fn merge_learnt(old: &Map, new: &mut Map, now_ns: u64) -> Option<(usize, usize)> {
-    let old: HashMap<&MapData, LearntKey, LearntValue> = HashMap::try_from(old).ok()?;
-    let mut new: HashMap<&mut MapData, LearntKey, LearntValue> = HashMap::try_from(new).ok()?;
+/// [`copy`], where `new` holding the same key already (written by this agent's programs since
+/// the old map was read) is resolved by `merge(current, old)` instead of overwritten.
+fn copy_with<K: Pod, V: Pod>(
+    old: &Map,
+    new: &mut Map,
+    merge: Option<&dyn Fn(V, V) -> V>,
+) -> Option<(usize, usize)> {
+    let old: HashMap<&MapData, K, V> = HashMap::try_from(old).ok()?;
+    let mut new: HashMap<&mut MapData, K, V> = HashMap::try_from(new).ok()?;
     let (mut written, mut found) = (0, 0);
     for entry in old.iter() {
         let Ok((k, v)) = entry else { continue };
         found += 1;
-        let v = match new.get(&k, 0) {
-            Ok(current) => current.merged(v, now_ns),
-            Err(_) => v,
+        let v = match (merge, new.get(&k, 0)) {
+            (Some(merge), Ok(current)) => merge(current, v),
+            _ => v,
         };
         if new.insert(k, v, 0).is_ok() {
             written += 1;
         }
     }
     Some((written, found))
+}
+
+/// [`copy_with`] for learnt addresses: the two entries of one address are merged as the
+/// datapath merges a refresh. A refresh racing between the read and the write may lose its
+/// later expiry (the next answer restores it); it never widens what either entry allowed.
+fn merge_learnt(old: &Map, new: &mut Map, now_ns: u64) -> Option<(usize, usize)> {
+    let merge = |current: LearntValue, old: LearntValue| current.merged(old, now_ns);
+    copy_with::<LearntKey, LearntValue>(old, new, Some(&merge))
 }
 
 #[cfg(test)]
