@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use palisade_common::events::{
@@ -381,9 +382,7 @@ impl Names {
         };
         let audit =
             e.verdict == VERDICT_AUDIT || (reason == Reason::NOT_ISOLATED && e.rule_ref != 0);
-        let expl = explain
-            .get(audit)
-            .direction_on_port(info, dir, &peer, e.proto, port);
+        let expl = explain.direction(audit, pod, info, dir, peer, e.proto, port);
         let (allowed, denied) = match dir {
             Direction::Ingress => (&mut flow.ingress_allowed_by, &mut flow.ingress_denied_by),
             Direction::Egress => (&mut flow.egress_allowed_by, &mut flow.egress_denied_by),
@@ -453,7 +452,17 @@ struct Lazy<'n> {
     sets: Option<(PolicySet, PolicySet)>,
     enforced: Option<Explainer<'n>>,
     audited: Option<Explainer<'n>>,
+    /// The explanations this batch asked for, by question. An explanation walks every rule of
+    /// the policies selecting the pod; a burst of new flows between the same pods on the same
+    /// port (alike but for the client's port) asks the same question, answered once here
+    /// instead of once per event (with 10,000 rules, once per event cost the agent more CPU
+    /// than the node's connections per second left it).
+    explained: HashMap<Question, Rc<DirectionExplanation>>,
 }
+
+/// An explanation's question: the pod, the direction, the peer, protocol and port, and
+/// whether the audited policies answer it.
+type Question = (PodKey, Direction, palisade_policy::Endpoint, u8, u16, bool);
 
 impl<'n> Lazy<'n> {
     fn new(names: &'n Names) -> Self {
@@ -462,7 +471,33 @@ impl<'n> Lazy<'n> {
             sets: None,
             enforced: None,
             audited: None,
+            explained: HashMap::new(),
         }
+    }
+
+    /// `Explainer::direction_on_port` of the enforced (or audited) explainer, once per
+    /// question per batch.
+    #[allow(clippy::too_many_arguments)]
+    fn direction(
+        &mut self,
+        audit: bool,
+        pod: &PodKey,
+        info: &palisade_policy::PodInfo,
+        dir: Direction,
+        peer: palisade_policy::Endpoint,
+        proto: u8,
+        port: u16,
+    ) -> Rc<DirectionExplanation> {
+        let question = (pod.clone(), dir, peer, proto, port, audit);
+        if let Some(e) = self.explained.get(&question) {
+            return e.clone();
+        }
+        let e = Rc::new(
+            self.get(audit)
+                .direction_on_port(info, dir, &question.2, proto, port),
+        );
+        self.explained.insert(question, e.clone());
+        e
     }
 
     fn get(&mut self, audit: bool) -> &Explainer<'n> {
