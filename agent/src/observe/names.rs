@@ -455,8 +455,8 @@ struct Lazy<'n> {
     /// The explanations this batch asked for, by question. An explanation walks every rule of
     /// the policies selecting the pod; a burst of new flows between the same pods on the same
     /// port (alike but for the client's port) asks the same question, answered once here
-    /// instead of once per event (with 10,000 rules, once per event cost the agent more CPU
-    /// than the node's connections per second left it).
+    /// instead of once per event (with 10,000 rules, once per event cost `bench datapath`'s
+    /// TCP_CRR ~5 points with events on: docs/performance.md).
     explained: HashMap<Question, Rc<DirectionExplanation>>,
 }
 
