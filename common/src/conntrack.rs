@@ -46,8 +46,8 @@ pub const CT_REVOKED: u32 = 1 << 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE: CLOCK_MONOTONIC at the last
-    /// tick) of a recent packet: a packet rewrites it only when it is `CT_REFRESH_NS` old
+    /// CLOCK_MONOTONIC_COARSE (CLOCK_MONOTONIC at the last tick, read once per jiffy per CPU:
+    /// `ebpf/src/clock.rs`) of a recent packet: a packet rewrites it only when it is `CT_REFRESH_NS` old
     /// (`ct_needs_refresh`) or when it changes the flags.
     pub last_seen_ns: u64,
     /// The endpoint's `policy_gen` when the flow was admitted or last re-checked. When the

@@ -168,7 +168,7 @@ impl LearntKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LearntValue {
     /// New flows to the address are allowed until then (the coarse monotonic clock of the
-    /// conntrack stamps, `bpf_ktime_get_coarse_ns`); flows admitted before keep working
+    /// conntrack stamps, `ebpf/src/clock.rs`); flows admitted before keep working
     /// `GRACE_NS` longer; the agent's sweep deletes the entry after that.
     pub expires_ns: u64,
     /// Bit i: learnt through name rule i of the endpoint (`FqdnEndpoint`).

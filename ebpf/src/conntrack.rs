@@ -17,7 +17,6 @@
 //! of both, racing on two CPUs, can admit both, and either answer passes them), only how many
 //! lookups a reply costs.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS,
     conntrack::{
@@ -40,15 +39,6 @@ pub fn other_dir(dir: u8) -> u8 {
     } else {
         DIR_INGRESS
     }
-}
-
-/// The conntrack clock: CLOCK_MONOTONIC as of the last tick. Idle timeouts are seconds, so a
-/// tick's precision is plenty, and it is a memory read where `bpf_ktime_get_ns` reads the
-/// clock source.
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: plain helper call.
-    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Key of `t` admitted in `dir` at endpoint `ep_id`.

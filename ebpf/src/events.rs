@@ -42,6 +42,7 @@ use palisade_common::{
 };
 
 use crate::{
+    clock,
     conntrack::{self, CT_NEW},
     maps::{CONFIG, EVENT_LIMIT, EVENT_STATS, FLOW_EVENTS, SCRATCH, SVC_FLOWS, Scratch},
     parse::{FRAG_LATER, Packet},
@@ -203,7 +204,7 @@ fn dropped(
     } else {
         s.key = conntrack::key(s.ep.ep_id, dir, &s.pkt.t);
     }
-    let now = conntrack::now();
+    let now = clock::now();
     let mut suppressed = 0;
     let key = &s.key;
     match EVENT_LIMIT.get_ptr_mut(key) {
@@ -360,7 +361,7 @@ fn emit(
     };
     // SAFETY: a reserved record of `size_of::<FlowEvent>()` bytes; every field is written.
     unsafe {
-        (*e).time_ns = conntrack::now();
+        (*e).time_ns = clock::now();
         (*e).ep_id = if parsed { ep.ep_id } else { 0 };
         (*e).ifindex = ep_ifindex;
         (*e).reason = v.reason.0;

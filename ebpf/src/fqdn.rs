@@ -30,8 +30,8 @@ use palisade_common::{
 };
 
 use crate::{
-    assured,
-    conntrack::{self, CT_REPLY},
+    assured, clock,
+    conntrack::CT_REPLY,
     events,
     maps::{
         DNS_SERVERS, FQ_SCRATCH, FQDN_COUNTS, FQDN_ENDPOINTS, FQDN_LEARNT, FQDN_NAMES, FQDN_STATS,
@@ -513,7 +513,7 @@ fn read(
         ep_id,
         rules,
         max_learnt: fe.max_learnt,
-        now: conntrack::now(),
+        now: clock::now(),
     };
     let mut a = 0;
     while a < MAX_ANSWERS {
@@ -549,7 +549,7 @@ pub fn allow_rule(key: &CtKey, policy_id: u32, ports_known: bool, grace: bool) -
     // SAFETY: live map values, fields read once.
     let (expires, learnt, nrules) = unsafe { ((*lv).expires_ns, (*lv).rules, (*fe).rules) };
     let until = if grace { expires + GRACE_NS } else { expires };
-    if conntrack::now() >= until {
+    if clock::now() >= until {
         return RULE_REF_NONE;
     }
     let mut i = 0;

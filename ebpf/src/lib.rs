@@ -2,6 +2,7 @@
 //!
 //! - [`maps`]: every map of the object, named from `palisade_common::maps`, pinned by name.
 //! - [`parse`]: L2/L3/L4 parsing into a [`parse::Packet`] (fields read as integers).
+//! - [`clock`]: the coarse clock, read once per jiffy.
 //! - [`conntrack`]: flow and fragment tracking; [`assured`]: its tier that nothing evicts.
 //! - [`policy`]: the two LPM lookups that answer "which rule allows this".
 //! - [`stats`]: per-(direction, reason) counters.
@@ -12,6 +13,7 @@
 #![feature(asm_experimental_arch)]
 
 pub mod assured;
+pub mod clock;
 pub mod conntrack;
 pub mod events;
 pub mod fqdn;

@@ -140,6 +140,8 @@ pub static FQDN_STATS: PerCpuArray<u64> = PerCpuArray::pinned(FQST_SLOTS, 0);
 /// map memory contents per path, which keeps verification short.
 #[repr(C)]
 pub struct Scratch {
+    /// This CPU's coarse clock, read once per jiffy (`crate::clock`).
+    pub clock: crate::clock::Clock,
     pub ep: EndpointInfo,
     pub pkt: Packet,
     pub key: CtKey,

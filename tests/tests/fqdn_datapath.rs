@@ -174,16 +174,9 @@ fn stat(dp: &Datapath, slot: u32) -> u64 {
     dp.fqdn_stat(slot).expect("reading pal_fqst_v1")
 }
 
-/// CLOCK_MONOTONIC_COARSE in ns: the clock of the datapath's stamps (`bpf_ktime_get_coarse_ns`).
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of the datapath's stamps.
 fn now_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec to write.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
-    assert_eq!(r, 0, "reading the coarse monotonic clock");
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    palisade_tests::bpf::coarse_now_ns().expect("reading the coarse monotonic clock")
 }
 
 #[test]

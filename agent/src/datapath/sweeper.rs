@@ -66,8 +66,8 @@ pub fn why(ep: u32, live_eps: &BTreeSet<u32>, expired: bool) -> Option<&'static 
 }
 
 pub(super) fn now_ns() -> u64 {
-    // The datapath stamps entries with `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC as of the
-    // last tick (`ct_age_ns` takes the lag).
+    // The datapath stamps entries with the coarse clock (`ebpf/src/clock.rs`): CLOCK_MONOTONIC
+    // as of the last tick, or one tick before (`ct_age_ns` takes the lag).
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

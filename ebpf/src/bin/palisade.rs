@@ -36,7 +36,7 @@ use palisade_common::{
     verdict::{Reason, Verdict},
 };
 use palisade_ebpf::{
-    addr_eq, assured,
+    addr_eq, assured, clock,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
     events, fqdn,
     maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch, TAILS},
@@ -305,7 +305,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     }
 
     // 2.
-    // SAFETY: `Packet::ZERO` is all zero bytes; 8-byte aligned (offset 40 of the entry).
+    // SAFETY: `Packet::ZERO` is all zero bytes; 8-byte aligned (`Scratch.pkt`, asserted above).
     unsafe { zero_words(&mut s.pkt) };
     let pkt = &mut s.pkt;
     parse(ctx, dir, ep, pkt)?;
@@ -330,7 +330,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     }
 
     // 6. (before 5: a tracked flow needs no host lookup, host traffic is never tracked.)
-    let now = conntrack::now();
+    let now = clock::now();
     let key = &mut s.key;
     let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
     pkt.ct = ct;
