@@ -69,7 +69,10 @@ pub fn reap(k: &CtKey) -> u32 {
 /// `v` is the live `pal_ct_v1` value of `k` found by this program run's lookup.
 #[inline(never)]
 pub unsafe fn promote(k: &CtKey, v: *mut CtValue, flags_before: u32) -> u32 {
-    let charged = ASSURED_COUNT.get_ptr(k.ep_id).map_or(0, |c| {
+    // One lookup of the count on the common path (the endpoint has promoted before): the
+    // pointer is read, then charged.
+    let found = ASSURED_COUNT.get_ptr_mut(k.ep_id);
+    let charged = found.map_or(0, |c| {
         // SAFETY: map value pointer valid for this program run; an aligned 8-byte load is
         // single-copy atomic.
         unsafe { core::ptr::read_volatile(c) }
@@ -82,20 +85,28 @@ pub unsafe fn promote(k: &CtKey, v: *mut CtValue, flags_before: u32) -> u32 {
         }
         Promotion::Promote => {}
     }
-    if ASSURED_COUNT.get_ptr(k.ep_id).is_none() {
-        // A racing first insert of the same count is fine (`BPF_NOEXIST`: one wins).
-        let _ = ASSURED_COUNT.insert(k.ep_id, 0u64, BPF_NOEXIST);
-    }
-    if ASSURED_COUNT.get_ptr(k.ep_id).is_none() {
-        // The counts map is full: no count, no promotion (fail closed).
-        count(CTST_REFUSED);
-        return 0;
-    }
+    let c = match found {
+        Some(c) => c,
+        None => {
+            // The endpoint's first promotion. A racing first insert of the same count is
+            // fine (`BPF_NOEXIST`: one wins).
+            let _ = ASSURED_COUNT.insert(k.ep_id, 0u64, BPF_NOEXIST);
+            match ASSURED_COUNT.get_ptr_mut(k.ep_id) {
+                Some(c) => c,
+                None => {
+                    // The counts map is full: no count, no promotion (fail closed).
+                    count(CTST_REFUSED);
+                    return 0;
+                }
+            }
+        }
+    };
     // SAFETY: the live LRU entry found by the lookup; copied before it is deleted.
     let moved = unsafe { *v };
     match ASSURED.insert(k, moved, BPF_NOEXIST) {
         Ok(()) => {
-            charge(k.ep_id, 1);
+            // SAFETY: the count's map value pointer, 8-byte aligned, valid for this run.
+            unsafe { atomic_add(c, 1) };
             let _ = CONNTRACK.remove(k);
             count(CTST_PROMOTED);
         }
