@@ -44,9 +44,10 @@ pub const MAX_PODS_LIMIT: u32 = maps::ENDPOINTS_MAX;
 /// Entries per pod of each table sized by [`for_max_pods`], and the least size of each:
 /// (map, per pod, minimum). Why these numbers: docs/datapath.md, "Map sizes".
 pub const PER_POD: [(&str, u32, u32); 5] = [
-    // New and unreplied flows, and flows refused promotion: LRU, evicts the idlest.
+    // New, unreplied and short flows, and flows refused promotion: LRU, evicts the idlest.
     (maps::CONNTRACK, 128, 1_024),
-    // Established flows; at least one endpoint's whole budget (`ASSURED_BUDGET`).
+    // Replied flows past their first second; at least one endpoint's whole budget
+    // (`ASSURED_BUDGET`).
     (maps::ASSURED, 512, palisade_common::assured::ASSURED_BUDGET),
     // Datagrams being reassembled (first fragment seen, last one not yet).
     (maps::FRAGMENTS, 8, 256),

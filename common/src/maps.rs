@@ -95,8 +95,8 @@ pub const TAILS_MAX: u32 = 4;
 pub const ENDPOINTS_MAX: u32 = 16_384;
 pub const POLICY_MAX: u32 = 1_048_576;
 pub const PORTS_MAX: u32 = 262_144;
-/// New and unreplied flows (LRU, preallocated): 128 per pod at 110 pods; established flows
-/// move to `pal_cta_v1` at their first reply.
+/// New, unreplied and short flows (LRU, preallocated): 128 per pod at 110 pods; a replied flow
+/// moves to `pal_cta_v1` when a packet refreshes it a second on.
 pub const CONNTRACK_MAX: u32 = 16_384;
 /// Assured flows per node (`BPF_F_NO_PREALLOC`: memory is used per entry, not reserved):
 /// 512 per pod at 110 pods.

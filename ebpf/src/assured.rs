@@ -1,12 +1,15 @@
 //! The assured conntrack tier (`pal_cta_v1`, meaning in `palisade_common::assured`): the
 //! moves into it, the per-endpoint counts, the deletion of expired entries met on the way.
 //!
-//! The two helpers are BPF-to-BPF calls (`inline(never)`): each runs on a rare path (a flow's
-//! first reply, an expired entry), and a call keeps its map operations out of the many
-//! inlined copies of the lookup that the verifier walks.
+//! The two helpers are BPF-to-BPF calls (`inline(never)`): each runs on a rare path (a
+//! refresh of a flow's stamp, at most once per `CT_REFRESH_NS` per flow; an expired entry),
+//! and a call keeps its map operations out of the many inlined copies of the lookup that the
+//! verifier walks.
 
 use palisade_common::{
-    assured::{ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, Promotion, promotion},
+    assured::{
+        ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, Promotion, assurable, promotion,
+    },
     conntrack::{CtKey, CtValue},
 };
 
@@ -61,14 +64,25 @@ pub fn reap(k: &CtKey) -> u32 {
     0
 }
 
-/// The first reply of the LRU flow `k` (`v` its entry, already updated for this packet):
-/// moves it into the assured tier within its endpoint's budget (`promotion`), else leaves
-/// it and counts the refusal.
+/// A passing packet refreshed the stamp of the tracked flow `k` (`v` its live entry, already
+/// updated for this packet, in either tier): a flow in the LRU tier that has seen its reply
+/// and is not closing moves into the assured tier within its endpoint's budget
+/// (`promotion`), else stays, a refusal counted.
 ///
 /// # Safety
-/// `v` is the live `pal_ct_v1` value of `k` found by this program run's lookup.
+/// `v` is the live value of `k` found by this program run's lookup, in either tier.
 #[inline(never)]
-pub unsafe fn promote(k: &CtKey, v: *mut CtValue, flags_before: u32) -> u32 {
+pub unsafe fn promote(k: &CtKey, v: *mut CtValue) -> u32 {
+    // SAFETY: live map value (the caller's lookup).
+    let flags = unsafe { (*v).flags };
+    if !assurable(flags) {
+        return 0;
+    }
+    // Only an entry of the LRU tier moves: `v` is one when the LRU holds `k` there (an
+    // assured flow's refresh finds nothing, a miss once per `CT_REFRESH_NS`).
+    if CONNTRACK.get_ptr_mut(k) != Some(v) {
+        return 0;
+    }
     // One lookup of the count on the common path (the endpoint has promoted before): the
     // pointer is read, then charged.
     let found = ASSURED_COUNT.get_ptr_mut(k.ep_id);
@@ -77,7 +91,7 @@ pub unsafe fn promote(k: &CtKey, v: *mut CtValue, flags_before: u32) -> u32 {
         // single-copy atomic.
         unsafe { core::ptr::read_volatile(c) }
     });
-    match promotion(true, flags_before, charged, ASSURED_BUDGET) {
+    match promotion(flags, charged, ASSURED_BUDGET) {
         Promotion::Stay => return 0,
         Promotion::Refuse => {
             count(CTST_REFUSED);

@@ -187,7 +187,7 @@ pub struct Datapath {
 }
 
 /// Smaller preallocated tables than production, so parallel tests stay light.
-const TEST_CT_ENTRIES: u32 = 4096;
+pub const TEST_CT_ENTRIES: u32 = 4096;
 const TEST_FRAG_ENTRIES: u32 = 1024;
 
 impl Datapath {
@@ -349,6 +349,27 @@ impl Datapath {
             HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
         m.insert(key, value, 0).context("writing pal_ct_v1")?;
         Ok(())
+    }
+
+    /// Moves every stamp in the LRU tier (`pal_ct_v1`) `by_ns` into the past, as if each flow
+    /// had been quiet that long: the next packet of a flow that has seen its reply refreshes
+    /// the stamp and moves it to the assured tier (`palisade_common::assured`). Returns how
+    /// many entries it aged.
+    pub fn age_lru(&mut self, by_ns: u64) -> Result<usize> {
+        let mut m: HashMap<&mut MapData, CtKey, CtValue> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK)?)?;
+        let all = m
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading pal_ct_v1")?;
+        for (k, v) in &all {
+            let aged = CtValue {
+                last_seen_ns: v.last_seen_ns.saturating_sub(by_ns),
+                ..*v
+            };
+            m.insert(*k, aged, 0).context("writing pal_ct_v1")?;
+        }
+        Ok(all.len())
     }
 
     /// Every conntrack entry, of both tiers (`pal_ct_v1`, then the assured `pal_cta_v1`).

@@ -6,9 +6,10 @@
 //! direction, was dropped as `default_deny`: a server whose egress is isolated could no longer
 //! answer on a flow its ingress policy admitted (TCP was then restored, `ct_restored`; UDP and
 //! Service flows were not). What must hold:
-//! - a flow that has seen its reply lives in the assured tier (`pal_cta_v1`), which nothing
-//!   evicts: the flood cuts neither an established TCP connection nor a UDP flow, and both
-//!   survive a `kill -9` of the agent (the new agent adopts the tier);
+//! - a flow that has seen its reply and outlived `CT_REFRESH_NS` lives in the assured tier
+//!   (`pal_cta_v1`), which nothing evicts: the flood cuts neither an established TCP
+//!   connection nor a UDP flow, and both survive a `kill -9` of the agent (the new agent
+//!   adopts the tier); short and closing flows never take the tier's budget;
 //! - a flow evicted before its promotion is still restored for TCP (`ct_restored`, tier 1);
 //! - an endpoint's budget bounds what it can hold there: past it, promotion is refused and
 //!   counted (the flow stays in the LRU tier), and another endpoint's assured flows are untouched;
@@ -33,7 +34,7 @@ use palisade_agent::datapath::ct_sweep;
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
     assured::{ASSURED_BUDGET, CTST_PROMOTED, CTST_REAPED, CTST_REFUSED, CTST_SLOTS},
-    conntrack::{CT_SEEN_REPLY, CT_TIMEOUT_OTHER_NS, CtKey, CtValue},
+    conntrack::{CT_REFRESH_NS, CT_SEEN_REPLY, CT_TIMEOUT_OTHER_NS, CtKey, CtValue},
     endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED},
     events::{EV_REPLY, VERDICT_FORWARDED},
     maps,
@@ -371,11 +372,13 @@ fn set_charged(dp: &mut palisade_tests::bpf::Datapath, ep_id: u32, n: u64) {
     m.insert(ep_id, n, 0).unwrap();
 }
 
-/// The endpoint (ep_id 42) ingress-isolated, admitting PEER4 on UDP 53 (rule 5).
+/// The endpoint (ep_id 42) ingress-isolated, admitting PEER4 on UDP 53 (rule 5) and TCP 80
+/// (rule 6).
 fn setup_assured(test: &str) -> Option<palisade_tests::bpf::Datapath> {
     let mut dp = setup(test, EP_INGRESS_ISOLATED)?;
     allow_peer(&mut dp, POLICY_A, DIR_INGRESS, &PEER4, 32, portset(PORTSET));
     allow_port(&mut dp, PORTSET, IPPROTO_UDP, 53, 16, 5);
+    allow_port(&mut dp, PORTSET, IPPROTO_TCP, 80, 16, 6);
     Some(dp)
 }
 
@@ -390,28 +393,36 @@ fn udp_out(dport: u16) -> Vec<u8> {
 }
 
 /// Tier 1: the assured tier entry by entry. The endpoint (ep_id 42) is ingress-isolated and
-/// admits PEER4 on UDP 53. A flow moves from `pal_ct_v1` to `pal_cta_v1` at its first reply
-/// (one entry, charged to the endpoint, counted `promoted`), and its packets find it there.
-/// At the budget (the count staged at `ASSURED_BUDGET`), the next flow's first reply still
-/// passes but the flow stays in the LRU tier (counted `refused`), and the assured flow is
+/// admits PEER4 on UDP 53 and TCP 80. A flow that has seen its reply stays in `pal_ct_v1` until
+/// a packet refreshes its stamp (`CT_REFRESH_NS` later: staged by ageing the LRU tier), which
+/// moves it to `pal_cta_v1` (one entry, charged to the endpoint, counted `promoted`); its
+/// packets find it there. A short flow (a query and its answer) and a closing one (a FIN) never
+/// move. At the budget (the count staged at `ASSURED_BUDGET`), the refresh still passes but the
+/// flow stays in the LRU tier (counted `refused`, once per refresh), and the assured flow is
 /// untouched. An expired assured entry met by a packet is deleted and uncharged (`reaped`):
 /// that packet is judged as new.
 #[test]
-fn privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_budget() {
+fn privileged_a_replied_flow_moves_to_the_assured_tier_at_its_next_refresh_within_its_budget() {
     let Some(mut dp) = setup_assured(
-        "privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_budget",
+        "privileged_a_replied_flow_moves_to_the_assured_tier_at_its_next_refresh_within_its_budget",
     ) else {
         return;
     };
 
-    // A query admitted by policy: tracked in the LRU tier. Its answer: a reply, and the flow
-    // moves.
+    // A query admitted by policy and its answer: tracked in the LRU tier, where a flow that
+    // ends here stays.
     expect(&dp, Prog::ToPod, &udp_in(1000), Reason::POLICY_ALLOW);
+    expect(&dp, Prog::FromPod, &udp_out(1000), Reason::CT_REPLY);
     assert!(
         dp.assured().unwrap().is_empty(),
-        "not assured before a reply"
+        "a query and its answer do not move"
     );
-    expect(&dp, Prog::FromPod, &udp_out(1000), Reason::CT_REPLY);
+    expect(&dp, Prog::ToPod, &udp_in(1000), Reason::CT_ESTABLISHED);
+    assert!(dp.assured().unwrap().is_empty(), "nor within the second");
+    assert_eq!(assured_stat(&dp, CTST_PROMOTED), 0);
+    // A second later, its next packet refreshes the stamp: the flow moves.
+    dp.age_lru(CT_REFRESH_NS).unwrap();
+    expect(&dp, Prog::ToPod, &udp_in(1000), Reason::CT_ESTABLISHED);
     let assured = dp.assured().unwrap();
     assert_eq!(assured.len(), 1, "moved to the assured tier");
     assert_eq!(dp.conntrack().unwrap().len(), 1, "moved, not copied");
@@ -428,21 +439,71 @@ fn privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_bud
     expect(&dp, Prog::FromPod, &udp_out(1000), Reason::CT_REPLY);
     assert_eq!(assured_stat(&dp, CTST_PROMOTED), 1, "promoted once");
 
-    // At the budget: the next flow's reply passes, the flow stays in the LRU tier.
+    // A closing connection never moves: SYN, SYN-ACK, the client's FIN, and a second later
+    // the server's ACK refreshes a closing flow.
+    let tcp_in =
+        |sport, flags| V4::new(PEER4, POD4, IPPROTO_TCP).frame(&frame::tcp(sport, 80, flags));
+    let tcp_out =
+        |dport, flags| V4::new(POD4, PEER4, IPPROTO_TCP).frame(&frame::tcp(80, dport, flags));
+    expect(
+        &dp,
+        Prog::ToPod,
+        &tcp_in(3000, TCP_SYN),
+        Reason::POLICY_ALLOW,
+    );
+    expect(
+        &dp,
+        Prog::FromPod,
+        &tcp_out(3000, TCP_SYN | TCP_ACK),
+        Reason::CT_REPLY,
+    );
+    expect(
+        &dp,
+        Prog::ToPod,
+        &tcp_in(3000, TCP_FIN | TCP_ACK),
+        Reason::CT_ESTABLISHED,
+    );
+    dp.age_lru(CT_REFRESH_NS).unwrap();
+    expect(
+        &dp,
+        Prog::FromPod,
+        &tcp_out(3000, TCP_ACK),
+        Reason::CT_REPLY,
+    );
+    assert_eq!(
+        dp.assured().unwrap().len(),
+        1,
+        "the closing flow stays in the LRU tier"
+    );
+    assert_eq!(
+        (
+            assured_stat(&dp, CTST_PROMOTED),
+            assured_stat(&dp, CTST_REFUSED)
+        ),
+        (1, 0),
+        "and costs no count"
+    );
+
+    // At the budget: the next flow's refresh passes, the flow stays in the LRU tier.
     set_charged(&mut dp, 42, u64::from(ASSURED_BUDGET));
     expect(&dp, Prog::ToPod, &udp_in(2000), Reason::POLICY_ALLOW);
+    expect(&dp, Prog::FromPod, &udp_out(2000), Reason::CT_REPLY);
+    dp.age_lru(CT_REFRESH_NS).unwrap();
     expect(&dp, Prog::FromPod, &udp_out(2000), Reason::CT_REPLY);
     assert_eq!(assured_stat(&dp, CTST_REFUSED), 1);
     assert_eq!(dp.assured().unwrap().len(), 1, "the first flow only");
     assert_eq!(
         dp.conntrack().unwrap().len(),
-        2,
-        "the refused flow stays tracked"
+        3,
+        "the refused flow stays tracked (with the closing one)"
     );
     assert_eq!(charged(&dp, 42), Some(u64::from(ASSURED_BUDGET)));
-    // A refused flow is not asked again (one refusal per flow), and keeps passing.
+    // A refused flow is asked again at its next refresh, not before, and keeps passing.
     expect(&dp, Prog::FromPod, &udp_out(2000), Reason::CT_REPLY);
     assert_eq!(assured_stat(&dp, CTST_REFUSED), 1);
+    dp.age_lru(CT_REFRESH_NS).unwrap();
+    expect(&dp, Prog::ToPod, &udp_in(2000), Reason::CT_ESTABLISHED);
+    assert_eq!(assured_stat(&dp, CTST_REFUSED), 2);
     expect(&dp, Prog::ToPod, &udp_in(1000), Reason::CT_ESTABLISHED);
 
     // Expiry: the assured entry, aged past the UDP timeout, is deleted by the packet that
@@ -467,8 +528,8 @@ fn privileged_a_flow_moves_to_the_assured_tier_at_its_first_reply_within_its_bud
     assert_eq!(charged(&dp, 42), Some(0), "and uncharged");
     assert_eq!(
         dp.conntrack().unwrap().len(),
-        2,
-        "tracked anew in the LRU tier"
+        3,
+        "tracked anew in the LRU tier (with the refused and the closing flow)"
     );
 }
 
@@ -487,6 +548,11 @@ fn privileged_the_sweep_deletes_expired_and_orphaned_assured_entries_and_recount
     for sport in [1000, 2000] {
         expect(&dp, Prog::ToPod, &udp_in(sport), Reason::POLICY_ALLOW);
         expect(&dp, Prog::FromPod, &udp_out(sport), Reason::CT_REPLY);
+    }
+    // A second later, each flow's next packet moves it to the assured tier.
+    dp.age_lru(CT_REFRESH_NS).unwrap();
+    for sport in [1000, 2000] {
+        expect(&dp, Prog::ToPod, &udp_in(sport), Reason::CT_ESTABLISHED);
     }
     assert_eq!(charged(&dp, 42), Some(2));
     {
@@ -628,7 +694,8 @@ fn privileged_an_evicting_flood_cuts_no_flow_that_has_seen_its_reply() -> Result
 
     // 2. y/b connects to x/a:8080 (admitted), one roundtrip, then the connection idles; and
     // y/b's UDP port 9092 exchanges one datagram each way with x/a:8080. Both flows have seen
-    // their reply: x/a's entries move to the assured tier.
+    // their reply; once they are a second old, their next packets move x/a's entries to the
+    // assured tier.
     let listener = in_netns(&xa, || TcpListener::bind(("0.0.0.0", 8080)))??;
     let mut client = in_netns(&yb, move || {
         TcpStream::connect_timeout(&a, Duration::from_secs(2))
@@ -656,13 +723,37 @@ fn privileged_an_evicting_flood_cuts_no_flow_that_has_seen_its_reply() -> Result
         "y/b got x/a's pong"
     );
     let bpffs = lab.agent(0).context("agent")?.bpffs().to_path_buf();
-    let assured = pinned_assured(&bpffs)?;
-    ensure!(
-        holds(&assured, IPPROTO_TCP, (client_port, 8080))
-            && holds(&assured, IPPROTO_UDP, (9092, 8080)),
-        "both flows in {} after their first reply: {assured:?}",
-        maps::ASSURED
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let assured = pinned_assured(&bpffs)?;
+        if holds(&assured, IPPROTO_TCP, (client_port, 8080))
+            && holds(&assured, IPPROTO_UDP, (9092, 8080))
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "both flows in {} once they outlived CT_REFRESH_NS: {assured:?}",
+            maps::ASSURED
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        // One more roundtrip on each flow: the packet that finds its stamp a second old moves
+        // it.
+        client.write_all(b"again")?;
+        ensure!(receives(&mut server, b"again"), "x/a got y/b's again");
+        server.write_all(b"ok")?;
+        ensure!(receives(&mut client, b"ok"), "y/b got x/a's ok");
+        b_dgram.send_to(b"ping", a)?;
+        ensure!(
+            udp_arrives(&a_udp, Duration::from_secs(2)),
+            "x/a got y/b's ping"
+        );
+        a_udp.send_to(b"pong", b9092)?;
+        ensure!(
+            udp_arrives(&b_dgram, Duration::from_secs(2)),
+            "y/b got x/a's pong"
+        );
+    }
 
     // 3. z/c (no policy: every flow it opens is tracked, at its egress and at the
     // destination's ingress) opens more flows than the table holds, several times over.

@@ -8,16 +8,21 @@
 //! median of `--reps` repetitions:
 //! - established, per hook: a packet of a tracked flow in the direction it was admitted
 //!   (`to_pod` for an inbound flow, `from_pod` for an outbound one) and a reply of it on the
-//!   other hook. The flow is admitted (and its first reply moves it to the assured tier)
-//!   before timing, so every timed run is the steady state;
+//!   other hook. The flow is admitted, answered, aged by `CT_REFRESH_NS` and moved to the
+//!   assured tier by its next packet before timing, so every timed run is the steady state;
 //! - new allowed flow: a SYN that policy admits and that is then tracked. A repeated run would
 //!   be established from its second run on, so each frame (its own source port) runs once
 //!   (`repeat = 1`, `--new-flows` frames); the `pass` row measured the same way gives that
 //!   mode's fixed cost (the kernel's timer around one run);
-//! - first reply: each new flow's SYN-ACK leaving the pod, run once: the reply that moves the
-//!   flow from the LRU into the assured tier (`ebpf/src/assured.rs`, `promote`);
+//! - first reply: each new flow's SYN-ACK leaving the pod, run once (it marks the flow
+//!   `CT_SEEN_REPLY`);
+//! - promotion: each of those flows aged by `CT_REFRESH_NS`, then its client's ACK, run once:
+//!   the packet that refreshes the stamp and moves the flow from the LRU into the assured tier
+//!   (`ebpf/src/assured.rs`, `promote`);
 //! - denied: a SYN to a port policy does not allow (never tracked; a drop event, rate
-//!   limited per flow, unless events are off).
+//!   limited per flow, unless events are off);
+//! - new allowed flow with the LRU full (events off, last): every insert evicts, as on a node
+//!   taking many short connections.
 //!
 //! Every case is run with flow events on (the default) and off (`CFG_NO_FLOW_EVENTS`).
 
@@ -26,6 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    conntrack::CT_REFRESH_NS,
     endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_INGRESS_ISOLATED, EndpointInfo},
     packet::IPPROTO_TCP,
     policy::{PORT_KEY_FULL_BITS, PolicyKey, PolicyValue, PortKey, PortValue, policy_prefixlen},
@@ -45,10 +51,10 @@ pub struct ProgArgs {
     /// Repetitions of every case (the median is reported, with min and max).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    /// New flows per repetition of the new-flow and first-reply cases (each its own frames,
-    /// run once). At most 3072 over all repetitions and both event settings, so the
+    /// New flows per repetition of the new-flow, first-reply and promotion cases (each its own
+    /// frames, run once). At most 3072 over all repetitions and both event settings, so the
     /// test-sized LRU (4096) never evicts during it and the endpoint's assured budget (4096)
-    /// takes every first reply.
+    /// takes every promotion.
     #[arg(long, default_value_t = 300)]
     pub new_flows: u16,
 }
@@ -86,7 +92,7 @@ pub fn run(args: &ProgArgs) -> Result<()> {
     for events in [true, false] {
         let flags = if events { 0 } else { CFG_NO_FLOW_EVENTS };
         dp.set_config(Config { flags, _pad: 0 })?;
-        let cases = cases(&dp, events)?;
+        let cases = cases(&mut dp, events)?;
         let mut pass = Row {
             case: "empty program (pass)",
             events,
@@ -110,6 +116,11 @@ pub fn run(args: &ProgArgs) -> Result<()> {
             events,
             ns: Vec::new(),
         };
+        let mut promotion = Row {
+            case: "promotion (to_pod ACK, flow 1 s old, run once)",
+            events,
+            ns: Vec::new(),
+        };
         let mut pass_once = Row {
             case: "empty program, run once each",
             events,
@@ -127,17 +138,25 @@ pub fn run(args: &ProgArgs) -> Result<()> {
             // `FLOW_RING_WAKE_BYTES` would make every later event force a wake-up (an
             // irq_work, ~5 us here), which no reader that keeps up ever sees.
             dp.flow_events()?;
-            let (flow, reply, once) = new_flows(&dp, &mut next_sport, args.new_flows)?;
-            new_flow.ns.push(flow);
-            first_reply.ns.push(reply);
-            pass_once.ns.push(once);
+            let t = new_flows(&mut dp, &mut next_sport, args.new_flows)?;
+            new_flow.ns.push(t.flow);
+            first_reply.ns.push(t.reply);
+            promotion.ns.push(t.promotion);
+            pass_once.ns.push(t.once);
         }
         rows.push(pass);
         rows.extend(measured);
         rows.push(new_flow);
         rows.push(first_reply);
+        rows.push(promotion);
         rows.push(pass_once);
     }
+    // Last: it fills the LRU, which no earlier case may find full.
+    rows.push(Row {
+        case: "new allowed flow, LRU full (run once each)",
+        events: false,
+        ns: full_lru_flows(&dp, &mut next_sport, args.new_flows, args.reps)?,
+    });
     print!("{}", report(&dp, &rows, args)?);
     Ok(())
 }
@@ -199,7 +218,7 @@ struct Case {
 
 /// The repeated cases, their flows admitted (and promoted) first; each frame checked once for
 /// the reason it is meant to measure.
-fn cases(dp: &Datapath, events: bool) -> Result<Vec<Case>> {
+fn cases(dp: &mut Datapath, events: bool) -> Result<Vec<Case>> {
     // Ports per events pass: the flows of the first pass are not reused by the second.
     let base = if events { 40_000 } else { 41_000 };
     let (in_client, out_client) = (base, base + 1);
@@ -228,6 +247,9 @@ fn cases(dp: &Datapath, events: bool) -> Result<Vec<Case>> {
     for (prog, frame, reason) in &setup {
         check(dp, *prog, frame, *reason)?;
     }
+    // As if both flows were a second old: the checks below (their next packets) move them
+    // to the assured tier, where the timed runs find them.
+    dp.age_lru(CT_REFRESH_NS)?;
     let cases = vec![
         Case {
             name: "established, to_pod (inbound flow)",
@@ -264,7 +286,7 @@ fn cases(dp: &Datapath, events: bool) -> Result<Vec<Case>> {
         check(dp, c.prog, &c.frame, reason)?;
     }
     if dp.assured()?.len() < 2 {
-        bail!("the admitted flows did not move to the assured tier at their first reply");
+        bail!("the admitted flows did not move to the assured tier");
     }
     Ok(cases)
 }
@@ -288,13 +310,27 @@ fn check(dp: &Datapath, prog: Prog, frame: &[u8], reason: Reason) -> Result<()> 
     Ok(())
 }
 
-/// `n` new allowed flows (SYNs from fresh source ports), each run once, and each flow's first
-/// reply (the SYN-ACK leaving the pod, which moves the flow to the assured tier), run once:
-/// (mean ns of a new flow, mean ns of a first reply, mean ns of the `pass` program run once
-/// on the same frames).
-fn new_flows(dp: &Datapath, next_sport: &mut u16, n: u16) -> Result<(f64, f64, f64)> {
+/// Mean ns per run, run once each, of `new_flows`' cases.
+struct OnceTimes {
+    /// A new allowed flow (its SYN).
+    flow: f64,
+    /// Its first reply (the SYN-ACK leaving the pod).
+    reply: f64,
+    /// Its next packet once the flow is `CT_REFRESH_NS` old (the client's ACK): the move
+    /// into the assured tier.
+    promotion: f64,
+    /// The `pass` program on the same SYNs.
+    once: f64,
+}
+
+/// `n` new allowed flows (SYNs from fresh source ports), each run once; each flow's first
+/// reply (the SYN-ACK leaving the pod), run once; then, the flows aged by `CT_REFRESH_NS`,
+/// each flow's next packet (the client's ACK, which moves the flow to the assured tier), run
+/// once.
+fn new_flows(dp: &mut Datapath, next_sport: &mut u16, n: u16) -> Result<OnceTimes> {
     let before = dp.assured()?.len();
     let (mut flow, mut reply, mut once) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let first = *next_sport;
     for _ in 0..n {
         let f = inbound(*next_sport, ALLOWED_PORT, TCP_SYN);
         let r = outbound(ALLOWED_PORT, *next_sport, TCP_SYN | TCP_ACK);
@@ -303,15 +339,53 @@ fn new_flows(dp: &Datapath, next_sport: &mut u16, n: u16) -> Result<(f64, f64, f
         flow += dp.time_per_run(Prog::ToPod, &f, 1)?;
         reply += dp.time_per_run(Prog::FromPod, &r, 1)?;
     }
+    if dp.assured()?.len() != before {
+        bail!("a flow moved to the assured tier at its first reply");
+    }
+    dp.age_lru(CT_REFRESH_NS)?;
+    let mut promotion = Duration::ZERO;
+    for i in 0..n {
+        let a = inbound(first.wrapping_add(i), ALLOWED_PORT, TCP_ACK);
+        promotion += dp.time_per_run(Prog::ToPod, &a, 1)?;
+    }
     let promoted = dp.assured()?.len() - before;
     if promoted != n as usize {
         bail!(
-            "{n} new flows timed, {promoted} promoted at their first reply (the LRU evicted, \
-             or a flow was denied)"
+            "{n} new flows timed, {promoted} moved to the assured tier (the LRU evicted, or a \
+             flow was denied)"
         );
     }
     let n = n as f64;
-    Ok((ns(flow) / n, ns(reply) / n, ns(once) / n))
+    Ok(OnceTimes {
+        flow: ns(flow) / n,
+        reply: ns(reply) / n,
+        promotion: ns(promotion) / n,
+        once: ns(once) / n,
+    })
+}
+
+/// Fills the LRU tier with unreplied flows (as a node taking many short connections keeps
+/// it: closing flows linger `CT_TIMEOUT_CLOSING_NS`), then times `n` more new flows per
+/// repetition, each run once (each insert evicts the least recently used entry): the mean
+/// per repetition.
+fn full_lru_flows(dp: &Datapath, next_sport: &mut u16, n: u16, reps: usize) -> Result<Vec<f64>> {
+    let mut syn = || {
+        let f = inbound(*next_sport, ALLOWED_PORT, TCP_SYN);
+        *next_sport = next_sport.wrapping_add(1);
+        f
+    };
+    for _ in 0..palisade_tests::bpf::TEST_CT_ENTRIES {
+        dp.time_per_run(Prog::ToPod, &syn(), 1)?;
+    }
+    let mut out = Vec::new();
+    for _ in 0..reps {
+        let mut t = Duration::ZERO;
+        for _ in 0..n {
+            t += dp.time_per_run(Prog::ToPod, &syn(), 1)?;
+        }
+        out.push(ns(t) / n as f64);
+    }
+    Ok(out)
 }
 
 fn ns(d: Duration) -> f64 {

@@ -154,12 +154,12 @@ impl Collector for DatapathCollector {
             (
                 CTST_PROMOTED,
                 "palisade_conntrack_assured_promoted",
-                "Flows moved into the assured conntrack tier at their first reply",
+                "Flows moved into the assured conntrack tier (replied flows, by the packet that refreshes them a second on)",
             ),
             (
                 CTST_REFUSED,
                 "palisade_conntrack_assured_refused",
-                "Promotions refused: the endpoint's budget or the assured tier was full (the flow stays evictable)",
+                "Promotions refused, per attempt: the endpoint's budget or the assured tier was full (the flow stays evictable; asked again at its next refresh)",
             ),
             (
                 CTST_REAPED,

@@ -279,8 +279,9 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 ///    passing new flow is tracked (and a first fragment's ports recorded), a tracked flow is
 ///    refreshed (its timestamp once it is `CT_REFRESH_NS` old, its flags when they change;
 ///    re-stamped with the current policy after a re-check), a flow the new policy forbids is
-///    marked `CT_REVOKED` (its later packets are cut the same way); a flow's first reply
-///    moves it into the assured tier, within its endpoint's budget (`assured::promote`).
+///    marked `CT_REVOKED` (its later packets are cut the same way); a flow in the LRU tier
+///    that has seen its reply moves into the assured tier, within its endpoint's budget, when
+///    a packet refreshes its stamp (`assured::promote`).
 /// 9. Deny path only: a mid-stream TCP segment dropped by policy as new may be the reply of a
 ///    flow whose entry was evicted (`restore_lost_reply`).
 #[inline(always)]
@@ -459,8 +460,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
         0
     };
     if tracked {
-        // SAFETY: live map value (see above).
-        let flags_before = unsafe { (*value).flags };
+        let mut refreshed = false;
         // SAFETY: live map value (see above); plain stores, a racing packet of the same flow
         // writes the same kind of values.
         unsafe {
@@ -482,15 +482,16 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
                     (*value).last_seen_ns = now;
                 } else if ct_needs_refresh(now, (*value).last_seen_ns) {
                     (*value).last_seen_ns = now;
+                    refreshed = true;
                 }
             }
         }
-        // The flow's first reply: both ends talk, the flow moves to the assured tier
-        // (last: `value` is not used after the move).
-        if ct == CT_REPLY && flags_before & CT_SEEN_REPLY == 0 {
-            // SAFETY: `value` is the live LRU entry of `key` (an assured one has
-            // `CT_SEEN_REPLY`, so it never gets here).
-            unsafe { assured::promote(key, value, flags_before) };
+        // A flow in the LRU tier that has outlived `CT_REFRESH_NS` after its reply moves to
+        // the assured tier (last: `value` is not used after the move). Short flows never get
+        // here: they cost no move and take no budget.
+        if refreshed {
+            // SAFETY: `value` is the live entry of `key` found by the lookup.
+            unsafe { assured::promote(key, value) };
         }
     } else if pkt.frag != FRAG_LATER && pkt.icmp_error == 0 {
         // ICMP errors and later fragments do not start flows. A restored flow (`key` is the
