@@ -1,1 +1,2 @@
+pub mod deploy_manifests;
 pub mod fake_apiserver;
