@@ -15,8 +15,8 @@
 //!
 //! Measures (client and server pinned to CPU 0): TCP request/response rate over one
 //! connection (RR, 1 byte each way) and new connections per second with one request each
-//! (CRR), both from the generator below; iperf3 stream throughput; sockperf TCP ping-pong round
-//! trip (p50, p99). Each cell is reported as the ratio to the baseline of the same repetition
+//! (CRR), both from the generator in `measure.rs`; iperf3 stream throughput; sockperf TCP
+//! ping-pong round trip (p50, p99). Each cell is reported as the ratio to the baseline of the same repetition
 //! (median, min-max) plus absolute medians; also written as JSON and an SVG chart under
 //! target/bench/.
 
