@@ -22,7 +22,13 @@
 //! - denied: a SYN to a port policy does not allow (never tracked; a drop event, rate
 //!   limited per flow, unless events are off);
 //! - new allowed flow with the LRU full (events off, last): every insert evicts, as on a node
-//!   taking many short connections.
+//!   taking many short connections;
+//! - cold (`--cold-mib`, 4 by default): the empty program and every repeated case run once
+//!   each right after this process wrote that many MiB on the same CPU, so the program's code,
+//!   its maps and the kernel's own path start in the last-level cache (or, past its size, in
+//!   memory). A pod-to-pod round trip runs the programs between the whole network stack's
+//!   work, which leaves them about this cold: these rows, not the hot loop's, add up to what
+//!   `bench datapath` measures per round trip (docs/performance.md, "Cold caches").
 //!
 //! Every case is run with flow events on (the default) and off (`CFG_NO_FLOW_EVENTS`).
 
@@ -57,6 +63,12 @@ pub struct ProgArgs {
     /// takes every promotion.
     #[arg(long, default_value_t = 300)]
     pub new_flows: u16,
+    /// Also time the repeated cases run once each after writing this many MiB on the same
+    /// CPU (0: not measured): the caches as a packet finds them after the rest of the stack
+    /// ran, which `--repeat`'s hot loop hides. 4 reaches past an L2 of 1-2 MiB; past the L3
+    /// (64 here) every line comes from memory.
+    #[arg(long, default_value_t = 4)]
+    pub cold_mib: usize,
 }
 
 const POD: [u8; 4] = [10, 0, 0, 2];
@@ -150,6 +162,9 @@ pub fn run(args: &ProgArgs) -> Result<()> {
         rows.push(first_reply);
         rows.push(promotion);
         rows.push(pass_once);
+        if args.cold_mib > 0 {
+            rows.extend(cold_rows(&dp, &cases, events, args)?);
+        }
     }
     // Last: it fills the LRU, which no earlier case may find full.
     rows.push(Row {
@@ -388,6 +403,61 @@ fn full_lru_flows(dp: &Datapath, next_sport: &mut u16, n: u16, reps: usize) -> R
     Ok(out)
 }
 
+/// The empty program and every repeated case, each run once after `args.cold_mib` MiB were
+/// written on this CPU, `args.new_flows` times per repetition; rows named "... cold", the
+/// empty program's first.
+fn cold_rows(dp: &Datapath, cases: &[Case], events: bool, args: &ProgArgs) -> Result<Vec<Row>> {
+    // One CPU for the eviction and the run it precedes.
+    let cpu = nix::sched::sched_getcpu().context("sched_getcpu")?;
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).context("cpu set")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .context("sched_setaffinity")?;
+    let mut buf = vec![0u8; args.cold_mib << 20];
+    let mut evict = |salt: u8| {
+        for i in (0..buf.len()).step_by(64) {
+            buf[i] = buf[i].wrapping_add(salt);
+        }
+        std::hint::black_box(&buf);
+    };
+    let mut rows: Vec<Row> = std::iter::once(Row {
+        case: "empty program, cold",
+        events,
+        ns: Vec::new(),
+    })
+    .chain(cases.iter().map(|c| Row {
+        case: cold_name(c.name),
+        events,
+        ns: Vec::new(),
+    }))
+    .collect();
+    for _ in 0..args.reps {
+        let mut sums = vec![Duration::ZERO; rows.len()];
+        for k in 0..args.new_flows {
+            evict(k as u8);
+            sums[0] += dp.pass_time_per_run(&cases[0].frame, 1)?;
+            for (i, c) in cases.iter().enumerate() {
+                evict(k as u8);
+                sums[i + 1] += dp.time_per_run(c.prog, &c.frame, 1)?;
+            }
+        }
+        for (row, sum) in rows.iter_mut().zip(sums) {
+            row.ns.push(ns(sum) / args.new_flows as f64);
+        }
+    }
+    Ok(rows)
+}
+
+fn cold_name(case: &str) -> &'static str {
+    match case {
+        n if n.starts_with("established, to_pod") => "established, to_pod, cold",
+        n if n.starts_with("reply, from_pod") => "reply, from_pod, cold",
+        n if n.starts_with("established, from_pod") => "established, from_pod, cold",
+        n if n.starts_with("reply, to_pod") => "reply, to_pod, cold",
+        _ => "denied, to_pod, cold",
+    }
+}
+
 fn ns(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
@@ -405,9 +475,12 @@ fn report(dp: &Datapath, rows: &[Row], args: &ProgArgs) -> Result<String> {
     writeln!(
         out,
         "bench prog: BPF_PROG_TEST_RUN, ns per packet, median (min-max) of {} reps; \
-         repeat {} (new flows: {} frames run once each); object {}; commit {commit}; load {}",
+         repeat {} (new flows: {} frames run once each; cold: run once after writing {} MiB, \
+         {} times); object {}; commit {commit}; load {}",
         args.reps,
         args.repeat,
+        args.new_flows,
+        args.cold_mib,
         args.new_flows,
         palisade_tests::bpf_object().display(),
         crate::bench_datapath::loadavg()
@@ -429,6 +502,11 @@ fn report(dp: &Datapath, rows: &[Row], args: &ProgArgs) -> Result<String> {
             .find(|r| r.case.starts_with("empty program, run once"))
             .map(|r| stats(&r.ns).0)
             .unwrap_or(0.0);
+        let pass_cold = group
+            .iter()
+            .find(|r| r.case.starts_with("empty program, cold"))
+            .map(|r| stats(&r.ns).0)
+            .unwrap_or(0.0);
         writeln!(
             out,
             "  {:<46} {:>8} {:>17} {:>12}",
@@ -438,6 +516,8 @@ fn report(dp: &Datapath, rows: &[Row], args: &ProgArgs) -> Result<String> {
             let (med, lo, hi) = stats(&r.ns);
             let empty = if r.case.contains("run once") {
                 pass_once
+            } else if r.case.ends_with("cold") {
+                pass_cold
             } else {
                 pass
             };
