@@ -28,6 +28,51 @@ pub fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Adds one to `pal_epgen_v1` after a change of `pal_ep_v1`: the programs' per-CPU copies of
+/// endpoint entries made before it (`ebpf/src/ep_cache.rs`) are not used again. An error
+/// fails the endpoint's write, which the applier retries (the entry is written again, then
+/// the generation).
+///
+/// A program reads the generation before the entry. x86 does not reorder two loads; a weakly
+/// ordered CPU may, and could then copy the older entry under the newer generation. There the
+/// generation is bumped a second time once every program run that started before the first
+/// bump has ended (`membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period, and BPF
+/// programs run inside RCU read-side sections), which retires such a copy.
+fn bump_ep_gen(m: &mut Maps) -> Result<(), DatapathError> {
+    bump(m)?;
+    // `cfg!`, not `#[cfg]`: the weakly ordered path is compiled (and type-checked) on x86 too.
+    if !cfg!(target_arch = "x86_64") {
+        wait_for_running_programs()?;
+        bump(m)?;
+    }
+    Ok(())
+}
+
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)`: returns after an RCU grace period.
+fn wait_for_running_programs() -> Result<(), DatapathError> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: the membarrier syscall with a command, no flags and no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r == 0 {
+        return Ok(());
+    }
+    Err(DatapathError::Map {
+        map: maps::EP_GEN,
+        op: "membarrier",
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "membarrier",
+            io_error: std::io::Error::last_os_error(),
+        }),
+    })
+}
+
+fn bump(m: &mut Maps) -> Result<(), DatapathError> {
+    let g = m.ep_gen.get(&0, 0).map_err(e(maps::EP_GEN, "read"))?;
+    m.ep_gen
+        .set(0, g.wrapping_add(1).max(1), 0)
+        .map_err(e(maps::EP_GEN, "set"))
+}
+
 impl MapOps for Ops<'_> {
     type Error = DatapathError;
     fn put_policy(&mut self, p: u32, k: PolicyKey, v: PolicyValue) -> Result<(), DatapathError> {
@@ -52,10 +97,12 @@ impl MapOps for Ops<'_> {
         self.0
             .endpoints
             .insert(i, v, 0)
-            .map_err(e(maps::ENDPOINTS, "insert"))
+            .map_err(e(maps::ENDPOINTS, "insert"))?;
+        bump_ep_gen(self.0)
     }
     fn del_endpoint(&mut self, i: u32) -> Result<(), DatapathError> {
-        ignore_missing(self.0.endpoints.remove(&i)).map_err(e(maps::ENDPOINTS, "remove"))
+        ignore_missing(self.0.endpoints.remove(&i)).map_err(e(maps::ENDPOINTS, "remove"))?;
+        bump_ep_gen(self.0)
     }
     fn put_addr(&mut self, map: AddrMap, k: HostAddrKey) -> Result<(), DatapathError> {
         self.set(map)
@@ -179,4 +226,14 @@ pub fn read_pinned(dp: &Datapath) -> Result<PinnedState, DatapathError> {
     }
     st.config = Some(m.config.get(&0, 0).map_err(e(maps::CONFIG, "get"))?);
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The wait a weakly ordered CPU needs between the two bumps works on this kernel (the
+    /// x86 build never calls it, so it is exercised here).
+    #[test]
+    fn membarrier_global_returns_after_a_grace_period() {
+        super::wait_for_running_programs().expect("membarrier(MEMBARRIER_CMD_GLOBAL)");
+    }
 }

@@ -5,6 +5,10 @@
 //! creates fresh ones (and the operator-visible `palisadectl status` shows both).
 
 pub const ENDPOINTS: &str = "pal_ep_v1";
+/// The generation of `pal_ep_v1` (one `u64`): every writer of `pal_ep_v1` adds one to it after
+/// each change, so the programs' per-CPU copies of endpoint entries (`ep_cache`) made under
+/// an older generation are never used again.
+pub const EP_GEN: &str = "pal_epgen_v1";
 pub const POLICY: &str = "pal_pol_v1";
 pub const PORTS: &str = "pal_port_v1";
 pub const CONNTRACK: &str = "pal_ct_v1";
@@ -34,8 +38,9 @@ pub const FQDN_COUNTS: &str = "pal_fqcnt_v1";
 
 /// Every pinned data map (the program array `TAILS` apart), in one list for what reports on
 /// them: `/metrics` (entries, capacity, memory), the memory figures, their tests.
-pub const PINNED_DATA: [&str; 21] = [
+pub const PINNED_DATA: [&str; 22] = [
     ENDPOINTS,
+    EP_GEN,
     POLICY,
     PORTS,
     HOST_ADDRS,

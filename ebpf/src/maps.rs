@@ -39,6 +39,11 @@ const NO_PREALLOC: u32 = 1;
 #[map(name = "pal_ep_v1")]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(ENDPOINTS_MAX, NO_PREALLOC);
 
+/// `pal_ep_v1`'s generation (`palisade_common::maps::EP_GEN`, `crate::ep_cache`). Written by
+/// the agent.
+#[map(name = "pal_epgen_v1")]
+pub static EP_GEN: Array<u64> = Array::pinned(1, 0);
+
 /// (policy_id, dir, family, peer prefix) -> what is allowed with that peer. Written by the agent.
 #[map(name = "pal_pol_v1")]
 pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(POLICY_MAX, 0);

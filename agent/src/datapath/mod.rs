@@ -144,6 +144,8 @@ type Result<T, E = DatapathError> = std::result::Result<T, E>;
 
 pub struct Maps {
     pub endpoints: HashMap<MapData, u32, EndpointInfo>,
+    /// `pal_ep_v1`'s generation, bumped after every change of it (`datapath_ops`).
+    pub ep_gen: aya::maps::Array<MapData, u64>,
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub ports: LpmTrie<MapData, PortKey, PortValue>,
     pub hosts: HashMap<MapData, HostAddrKey, u32>,
@@ -287,6 +289,7 @@ impl Datapath {
         }
         let maps = Maps {
             endpoints: take(&mut ebpf, maps::ENDPOINTS)?,
+            ep_gen: take(&mut ebpf, maps::EP_GEN)?,
             policy: take(&mut ebpf, maps::POLICY)?,
             ports: take(&mut ebpf, maps::PORTS)?,
             hosts: take(&mut ebpf, maps::HOST_ADDRS)?,

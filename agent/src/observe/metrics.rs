@@ -578,6 +578,7 @@ fn read_datapath(dir: &Path) -> Readings {
                 maps::ASSURED_STATS,
                 maps::FQDN_STATS,
                 maps::CONFIG,
+                maps::EP_GEN,
             ]
             .contains(&name) =>
             {

@@ -38,10 +38,11 @@ use palisade_common::{
 use palisade_ebpf::{
     addr_eq, assured, clock,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
-    events, fqdn,
-    maps::{CONFIG, ENDPOINTS, HOST_ADDRS, SCRATCH, SERVICES, Scratch, TAILS},
+    ep_cache, events, fqdn,
+    maps::{CONFIG, HOST_ADDRS, SCRATCH, SERVICES, Scratch, TAILS},
     parse::{FRAG_FIRST, FRAG_LATER, Packet, TCP_FIN, TCP_RST, Tuple, parse},
     policy, stats,
+    words::zero_words,
 };
 
 /// Packets going into the pod. A packet `from_pod` sent to a Service address and the kernel
@@ -185,42 +186,6 @@ fn is_service(family: u8, addr: &[u8; 16]) -> bool {
     unsafe { SERVICES.get(k) }.is_some()
 }
 
-/// Copies `*src` to `*dst` as 8-byte words. A plain assignment between map memory compiles to
-/// a call of `memmove` (source and destination may alias), which the BPF target implements as
-/// a loop of 5 instructions per byte; this is 2 instructions per word.
-///
-/// # Safety
-/// Both pointers valid for `size_of::<T>()` bytes and 8-byte aligned.
-#[inline(always)]
-unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
-    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
-    let (d, s) = (dst as *mut u64, src as *const u64);
-    let mut i = 0;
-    while i < core::mem::size_of::<T>() / 8 {
-        // SAFETY: in bounds and aligned (caller). Volatile: kept as word moves, never merged
-        // back into a `memmove` call.
-        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
-        i += 1;
-    }
-}
-
-/// Sets `*dst` to zero bytes, 8 at a time (a plain `= ZERO` compiles to a byte-loop `memset`
-/// call, as in `copy_words`).
-///
-/// # Safety
-/// `dst` valid for `size_of::<T>()` bytes and 8-byte aligned; all zero bytes is a valid `T`.
-#[inline(always)]
-unsafe fn zero_words<T>(dst: *mut T) {
-    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
-    let d = dst as *mut u64;
-    let mut i = 0;
-    while i < core::mem::size_of::<T>() / 8 {
-        // SAFETY: in bounds and aligned (caller).
-        unsafe { core::ptr::write_volatile(d.add(i), 0) };
-        i += 1;
-    }
-}
-
 // `copy_words` / `zero_words` on the scratch entry's `ep` and `pkt`: 8-byte aligned offsets
 // (the entry itself is a map value, 8-byte aligned).
 const _: () = assert!(core::mem::offset_of!(Scratch, ep).is_multiple_of(8));
@@ -294,11 +259,8 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     };
 
     // 1.
-    match ENDPOINTS.get_ptr(ep_ifindex) {
-        // SAFETY: copied out, so a concurrent agent update cannot tear it mid-evaluation;
-        // both are 8-byte aligned (map value, and the scratch entry's first field).
-        Some(ep) => unsafe { copy_words(&mut s.ep, ep) },
-        None => return Err(Reason::NO_ENDPOINT),
+    if !ep_cache::load(ep_ifindex, &mut s.ep) {
+        return Err(Reason::NO_ENDPOINT);
     }
     let ep = &s.ep;
     if deferred && !isolated(ep, DIR_EGRESS) && !events::audited(ep, DIR_EGRESS) {

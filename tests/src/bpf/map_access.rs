@@ -35,9 +35,27 @@ impl Datapath {
     }
 
     pub fn set_endpoint(&mut self, ifindex: u32, ep: EndpointInfo) -> Result<()> {
+        self.set_endpoint_keeping_generation(ifindex, ep)?;
+        self.bump_ep_gen()
+    }
+
+    /// Writes `pal_ep_v1` without bumping `pal_epgen_v1`: what a writer that skipped the bump
+    /// would leave (for the tests of `ebpf/src/ep_cache.rs`).
+    pub fn set_endpoint_keeping_generation(
+        &mut self,
+        ifindex: u32,
+        ep: EndpointInfo,
+    ) -> Result<()> {
         let mut m: HashMap<&mut MapData, u32, EndpointInfo> =
             HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
         m.insert(ifindex, ep, 0).context("writing pal_ep_v1")?;
+        Ok(())
+    }
+
+    /// Sets `pal_epgen_v1` (0 turns the programs' endpoint copies off).
+    pub fn set_ep_gen(&mut self, generation: u64) -> Result<()> {
+        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::EP_GEN)?)?;
+        m.set(0, generation, 0).context("writing pal_epgen_v1")?;
         Ok(())
     }
 
@@ -45,6 +63,20 @@ impl Datapath {
         let mut m: HashMap<&mut MapData, u32, EndpointInfo> =
             HashMap::try_from(self.map_mut(maps::ENDPOINTS)?)?;
         m.remove(&ifindex).context("deleting from pal_ep_v1")?;
+        self.bump_ep_gen()
+    }
+
+    /// Adds one to `pal_epgen_v1` after a `pal_ep_v1` change, as the agent does: the
+    /// programs' per-CPU copies of endpoint entries (`ebpf/src/ep_cache.rs`) are not used
+    /// again.
+    fn bump_ep_gen(&mut self) -> Result<()> {
+        if self.ebpf.map(maps::EP_GEN).is_none() {
+            // An object from before the copies (`bench prog` timing an older build).
+            return Ok(());
+        }
+        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::EP_GEN)?)?;
+        let g = m.get(&0, 0).context("reading pal_epgen_v1")?;
+        m.set(0, g + 1, 0).context("writing pal_epgen_v1")?;
         Ok(())
     }
 

@@ -177,6 +177,7 @@ impl Datapath {
         let dir = self.pin_dir();
         Ok(palisade_agent::datapath::Maps {
             endpoints: open(dir, maps::ENDPOINTS)?,
+            ep_gen: open(dir, maps::EP_GEN)?,
             policy: open(dir, maps::POLICY)?,
             ports: open(dir, maps::PORTS)?,
             hosts: open(dir, maps::HOST_ADDRS)?,
