@@ -79,6 +79,9 @@ pub const PROG_DNS_LEARN: &str = "dns_learn";
 /// (a killed agent's programs go on learning); its version changes with `Scratch`, which the
 /// tail-called program reads.
 pub const TAILS: &str = "pal_tail_v1";
+/// The programs' per-CPU working state (`ebpf/src/maps.rs::Scratch`): not pinned, not ABI;
+/// named here for the tests that look at what an evaluation left in it.
+pub const SCRATCH: &str = "pal_scratch";
 pub const TAIL_DNS_LEARN: u32 = 0;
 pub const TAILS_MAX: u32 = 4;
 

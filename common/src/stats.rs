@@ -45,3 +45,7 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 pub const CFG_DEBUG_LOG: u32 = 1 << 0;
 /// Emit no flow events (`events`); they are on by default.
 pub const CFG_NO_FLOW_EVENTS: u32 = 1 << 1;
+/// Every packet takes the full evaluation, none the established fast path
+/// (`ebpf/src/fastpath.rs`): for the tests that compare the two, and `cargo xtask bench prog`.
+/// The agent never sets it.
+pub const CFG_NO_FAST_PATH: u32 = 1 << 2;

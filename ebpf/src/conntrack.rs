@@ -78,11 +78,12 @@ fn timeout(proto: u8, flags: u32) -> u64 {
     idle_timeout_ns(proto, flags)
 }
 
-/// A live (not expired) entry for `k`, assured tier first. An expired assured entry is
-/// deleted on the way (`assured::reap`); the LRU's expired entries are left to its eviction.
+/// A live (not expired) entry for `k`, assured tier first (unless `ask_assured` is false: the
+/// caller just found `k` absent there). An expired assured entry is deleted on the way
+/// (`assured::reap`); the LRU's expired entries are left to its eviction.
 #[inline(always)]
-fn live(k: &CtKey, now: u64) -> Option<*mut CtValue> {
-    if let Some(v) = ASSURED.get_ptr_mut(k) {
+fn live(k: &CtKey, now: u64, ask_assured: bool) -> Option<*mut CtValue> {
+    if ask_assured && let Some(v) = ASSURED.get_ptr_mut(k) {
         // SAFETY: map value pointer returned by the kernel, valid for this program run.
         let (seen, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
         if ct_age_ns(now, seen) <= timeout(k.proto, flags) {
@@ -139,39 +140,50 @@ fn reply_first(t: &Tuple) -> bool {
 /// Returns the match and the live entry; `key` ends up as the matched entry's key (the flow
 /// as it was admitted, which is what a re-check evaluates) or, for `CT_NEW`, the packet's own
 /// key (what a new flow is tracked under).
+///
+/// `first_not_assured`: the first tuple asked (1 or 2, in the `reply_first` order) was just
+/// found absent from the assured tier (`crate::fastpath`), so its lookup there is skipped.
 #[inline(always)]
-pub fn lookup(ep_id: u32, dir: u8, pkt: &Packet, now: u64, key: &mut CtKey) -> (u8, *mut CtValue) {
+pub fn lookup(
+    ep_id: u32,
+    dir: u8,
+    pkt: &Packet,
+    now: u64,
+    key: &mut CtKey,
+    first_not_assured: bool,
+) -> (u8, *mut CtValue) {
     let other = other_dir(dir);
     if pkt.icmp_error != 0 {
         if pkt.has_inner != 0 && icmp_error_addressed_to_sender(&pkt.t.daddr, &pkt.inner.saddr) {
             *key = self::key(ep_id, other, &pkt.inner);
-            if let Some(v) = live(key, now) {
+            if let Some(v) = live(key, now, true) {
                 return (CT_RELATED, v);
             }
             *key = reversed_key(ep_id, dir, &pkt.inner);
-            if let Some(v) = live(key, now) {
+            if let Some(v) = live(key, now, true) {
                 return (CT_RELATED, v);
             }
         }
         *key = self::key(ep_id, dir, &pkt.t);
         return (CT_NEW, core::ptr::null_mut());
     }
+    let ask = !first_not_assured;
     if reply_first(&pkt.t) {
         *key = reversed_key(ep_id, other, &pkt.t);
-        if let Some(v) = live(key, now) {
+        if let Some(v) = live(key, now, ask) {
             return (CT_REPLY, v);
         }
         *key = self::key(ep_id, dir, &pkt.t);
-        if let Some(v) = live(key, now) {
+        if let Some(v) = live(key, now, true) {
             return (CT_ESTABLISHED, v);
         }
     } else {
         *key = self::key(ep_id, dir, &pkt.t);
-        if let Some(v) = live(key, now) {
+        if let Some(v) = live(key, now, ask) {
             return (CT_ESTABLISHED, v);
         }
         *key = reversed_key(ep_id, other, &pkt.t);
-        if let Some(v) = live(key, now) {
+        if let Some(v) = live(key, now, true) {
             return (CT_REPLY, v);
         }
         *key = self::key(ep_id, dir, &pkt.t);

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod conntrack;
 pub mod ep_cache;
 pub mod events;
+pub mod fastpath;
 pub mod fqdn;
 pub mod maps;
 pub mod parse;

@@ -265,6 +265,23 @@ fn cases(dp: &mut Datapath, events: bool) -> Result<Vec<Case>> {
     // As if both flows were a second old: the checks below (their next packets) move them
     // to the assured tier, where the timed runs find them.
     dp.age_lru(CT_REFRESH_NS)?;
+    // A third flow stays in the LRU tier, as every short connection does: its packets miss
+    // the assured tier first.
+    let short_client = base + 3;
+    for (prog, frame, reason) in [
+        (
+            Prog::ToPod,
+            inbound(short_client, ALLOWED_PORT, TCP_SYN),
+            Reason::POLICY_ALLOW,
+        ),
+        (
+            Prog::FromPod,
+            outbound(ALLOWED_PORT, short_client, TCP_SYN | TCP_ACK),
+            Reason::CT_REPLY,
+        ),
+    ] {
+        check(dp, prog, &frame, reason)?;
+    }
     let cases = vec![
         Case {
             name: "established, to_pod (inbound flow)",
@@ -285,6 +302,11 @@ fn cases(dp: &mut Datapath, events: bool) -> Result<Vec<Case>> {
             name: "reply, to_pod (outbound flow)",
             prog: Prog::ToPod,
             frame: inbound(ALLOWED_PORT, out_client, TCP_ACK),
+        },
+        Case {
+            name: "established, to_pod (short flow, LRU tier)",
+            prog: Prog::ToPod,
+            frame: inbound(short_client, ALLOWED_PORT, TCP_ACK),
         },
         Case {
             name: "denied, to_pod (SYN, port not allowed)",
@@ -450,6 +472,7 @@ fn cold_rows(dp: &Datapath, cases: &[Case], events: bool, args: &ProgArgs) -> Re
 
 fn cold_name(case: &str) -> &'static str {
     match case {
+        n if n.starts_with("established, to_pod (short") => "established, to_pod, LRU tier, cold",
         n if n.starts_with("established, to_pod") => "established, to_pod, cold",
         n if n.starts_with("reply, from_pod") => "reply, from_pod, cold",
         n if n.starts_with("established, from_pod") => "established, from_pod, cold",

@@ -32,13 +32,15 @@ use palisade_common::{
     packet::IPPROTO_TCP,
     policy::rule_allows,
     service::SVC_MARK,
-    stats::{CFG_DEBUG_LOG, HostAddrKey},
+    stats::{CFG_DEBUG_LOG, CFG_NO_FAST_PATH, HostAddrKey},
     verdict::{Reason, Verdict},
 };
 use palisade_ebpf::{
     addr_eq, assured, clock,
     conntrack::{self, CT_NEW, CT_RELATED, CT_REPLY},
-    ep_cache, events, fqdn,
+    ep_cache, events,
+    fastpath::{self, Answer},
+    fqdn,
     maps::{CONFIG, HOST_ADDRS, SCRATCH, SERVICES, Scratch, TAILS},
     parse::{FRAG_FIRST, FRAG_LATER, Packet, TCP_FIN, TCP_RST, Tuple, parse},
     policy, stats,
@@ -118,12 +120,12 @@ fn deferred_egress(ctx: &TcContext) -> i32 {
 #[inline(never)]
 fn handle(skb: *mut __sk_buff, dir: u8, ep_ifindex: u32, deferred: bool) -> i32 {
     let ctx = &TcContext::new(skb);
-    let v = match evaluate(ctx, dir, ep_ifindex, deferred) {
+    let cfg_flags = CONFIG.get(0).map_or(0, |c| c.flags);
+    let v = match evaluate(ctx, dir, ep_ifindex, deferred, cfg_flags) {
         Ok(v) => v,
         Err(reason) => Verdict::drop(reason),
     };
     stats::count(dir, v.reason, ctx.len());
-    let cfg_flags = CONFIG.get(0).map_or(0, |c| c.flags);
     if cfg_flags & CFG_DEBUG_LOG != 0 {
         debug!(
             ctx,
@@ -220,6 +222,9 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 ///    judgement, the interface the packet came in through); none => `NO_ENDPOINT`. A deferred
 ///    judgement of an endpoint that is not egress-isolated passes here (`NOT_ISOLATED`),
 ///    unless audited policies isolate its egress (then its new flows are audited).
+///    1b. A packet of a current assured flow (`fastpath::established`, unless
+///    `CFG_NO_FAST_PATH`) passes here as established or reply: the rest is skipped. When
+///    the tuple it asked is not in the assured tier, step 6 does not ask that tier again.
 /// 2. Parse L2/L3/L4 (`parse`): ARP and IPv6 neighbour discovery => `NEIGHBOR`; malformed =>
 ///    `BAD_HEADER` / `UNKNOWN_L3` / `EXT_HEADERS_TOO_LONG`.
 /// 3. Fragments: a later fragment takes its ports from `pal_frag_v1`; unknown ports make it
@@ -250,7 +255,13 @@ fn isolated(ep: &EndpointInfo, dir: u8) -> bool {
 /// 9. Deny path only: a mid-stream TCP segment dropped by policy as new may be the reply of a
 ///    flow whose entry was evicted (`restore_lost_reply`).
 #[inline(always)]
-fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result<Verdict, Reason> {
+fn evaluate(
+    ctx: &TcContext,
+    dir: u8,
+    ep_ifindex: u32,
+    deferred: bool,
+    cfg_flags: u32,
+) -> Result<Verdict, Reason> {
     let s = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch entry; a TC program run is not preempted by another run
         // on the same CPU.
@@ -265,6 +276,15 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     let ep = &s.ep;
     if deferred && !isolated(ep, DIR_EGRESS) && !events::audited(ep, DIR_EGRESS) {
         return Ok(Verdict::pass(Reason::NOT_ISOLATED, 0));
+    }
+    // 1b.
+    let mut first_not_assured = false;
+    if !deferred && cfg_flags & CFG_NO_FAST_PATH == 0 {
+        match fastpath::established(ctx.skb.skb, dir, ep, &mut s.key) {
+            Answer::Pass(v) => return Ok(v),
+            Answer::AssuredMiss => first_not_assured = true,
+            Answer::Unknown => {}
+        }
     }
 
     // 2.
@@ -295,7 +315,7 @@ fn evaluate(ctx: &TcContext, dir: u8, ep_ifindex: u32, deferred: bool) -> Result
     // 6. (before 5: a tracked flow needs no host lookup, host traffic is never tracked.)
     let now = clock::now();
     let key = &mut s.key;
-    let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key);
+    let (ct, value) = conntrack::lookup(ep.ep_id, dir, pkt, now, key, first_not_assured);
     pkt.ct = ct;
 
     // 5.

@@ -127,6 +127,49 @@ impl Datapath {
         Ok(())
     }
 
+    /// Writes an entry of the assured conntrack tier (`pal_cta_v1`) directly. The per-endpoint
+    /// counts (`pal_ctcnt_v1`) are left as they are.
+    pub fn set_assured(&mut self, key: CtKey, value: CtValue) -> Result<()> {
+        let mut m: HashMap<&mut MapData, CtKey, CtValue> =
+            HashMap::try_from(self.map_mut(maps::ASSURED)?)?;
+        m.insert(key, value, 0).context("writing pal_cta_v1")?;
+        Ok(())
+    }
+
+    /// Empties both conntrack tiers (`pal_ct_v1`, `pal_cta_v1`); the per-endpoint counts of
+    /// the assured tier are left as they are.
+    pub fn clear_conntrack(&mut self) -> Result<()> {
+        for name in [maps::CONNTRACK, maps::ASSURED] {
+            let mut m: HashMap<&mut MapData, CtKey, CtValue> =
+                HashMap::try_from(self.map_mut(name)?)?;
+            let keys = m
+                .keys()
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("reading {name}"))?;
+            for k in keys {
+                m.remove(&k)
+                    .with_context(|| format!("deleting from {name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// CPU `cpu`'s entry of `pal_scratch`, the programs' working state (laid out by
+    /// `ebpf/src/maps.rs::Scratch`, which this crate cannot name), as bytes: for the tests that
+    /// look at what an evaluation left there.
+    pub fn scratch_bytes(&self, cpu: usize) -> Result<Vec<u8>> {
+        let aya::maps::Map::PerCpuArray(m) = self.map(maps::SCRATCH)? else {
+            bail!("{} is not a per-CPU array", maps::SCRATCH);
+        };
+        let size = m.info().context("pal_scratch info")?.value_size() as usize;
+        let stride = size.next_multiple_of(8);
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let all = super::syscalls::lookup_bytes(m.fd(), &0u32.to_ne_bytes(), stride * cpus)?;
+        all.get(cpu * stride..cpu * stride + size)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| anyhow!("no CPU {cpu} among {cpus}"))
+    }
+
     /// Moves every stamp in the LRU tier (`pal_ct_v1`) `by_ns` into the past, as if each flow
     /// had been quiet that long: the next packet of a flow that has seen its reply refreshes
     /// the stamp and moves it to the assured tier (`palisade_common::assured`). Returns how

@@ -10,7 +10,8 @@ use palisade_common::{maps::PROG_PASS, verdict::Reason};
 use super::{Datapath, Outcome, Prog};
 
 impl Datapath {
-    fn packet_counts(&self, dir: u8) -> Result<Vec<u64>> {
+    /// The packets counted in `dir` so far, per reason (in `Reason::ALL` order).
+    pub fn packet_counts(&self, dir: u8) -> Result<Vec<u64>> {
         Reason::ALL
             .iter()
             .map(|r| self.counter(dir, *r).map(|c| c.packets))
@@ -20,8 +21,13 @@ impl Datapath {
     /// Runs `frame` through `prog` once: the returned TC action, and the one reason whose
     /// counter moved (an error if none or several did).
     pub fn run(&self, prog: Prog, frame: &[u8]) -> Result<Outcome> {
+        self.counted(prog, || self.run_raw(prog, frame))
+    }
+
+    /// The action `run_once` returns and the one reason whose counter it moved.
+    fn counted(&self, prog: Prog, run_once: impl FnOnce() -> Result<u32>) -> Result<Outcome> {
         let before = self.packet_counts(prog.dir())?;
-        let action = self.run_raw(prog, frame)?;
+        let action = run_once()?;
         let after = self.packet_counts(prog.dir())?;
         let moved: Vec<Reason> = Reason::ALL
             .iter()
@@ -42,20 +48,24 @@ impl Datapath {
         }
     }
 
+    fn classifier(&self, name: &str) -> Result<&SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?)
+    }
+
     /// Runs `frame` through `prog` once and returns the TC action only.
     pub fn run_raw(&self, prog: Prog, frame: &[u8]) -> Result<u32> {
-        let p: &SchedClassifier = self
-            .ebpf
-            .program(prog.name())
-            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
-            .try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ..TestRunOptions::default()
         };
-        let res = p
+        let res = self
+            .classifier(prog.name())?
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
         Ok(res.return_value)
@@ -71,11 +81,6 @@ impl Datapath {
         mark: u32,
         ingress_ifindex: u32,
     ) -> Result<(u32, u32)> {
-        let p: &SchedClassifier = self
-            .ebpf
-            .program(prog.name())
-            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
-            .try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
         // `struct __sk_buff` up to and including `ifindex`: mark at byte 8,
         // ingress_ifindex at 36; every other field zero, as the kernel requires.
@@ -91,7 +96,8 @@ impl Datapath {
             ctx_out: Some(&mut ctx_out),
             ..TestRunOptions::default()
         };
-        let res = p
+        let res = self
+            .classifier(prog.name())?
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {}", prog.name()))?;
         let out_mark = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
@@ -111,11 +117,6 @@ impl Datapath {
     }
 
     fn time_named(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Duration> {
-        let p: &SchedClassifier = self
-            .ebpf
-            .program(name)
-            .ok_or_else(|| anyhow!("program {name} missing"))?
-            .try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
         let opts = TestRunOptions {
             data_in: Some(frame),
@@ -123,7 +124,8 @@ impl Datapath {
             repeat,
             ..TestRunOptions::default()
         };
-        let res = p
+        let res = self
+            .classifier(name)?
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
         Ok(res.duration)
@@ -131,12 +133,7 @@ impl Datapath {
 
     /// (verified instructions, translated bytes) of a loaded program, as the kernel reports.
     pub fn program_size(&self, prog: Prog) -> Result<(Option<u32>, Option<u32>)> {
-        let p: &SchedClassifier = self
-            .ebpf
-            .program(prog.name())
-            .ok_or_else(|| anyhow!("program {} missing", prog.name()))?
-            .try_into()?;
-        let info = p.info()?;
+        let info = self.classifier(prog.name())?.info()?;
         Ok((info.verified_instruction_count(), info.size_translated()))
     }
 }

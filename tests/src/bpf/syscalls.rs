@@ -1,5 +1,6 @@
 //! Raw `bpf(2)` calls aya has no public call for: creating and pinning a map of any layout
-//! (as another build of Palisade could have left it) and detaching a pinned link.
+//! (as another build of Palisade could have left it), detaching a pinned link, and reading a
+//! value whose type only the programs know.
 
 use std::path::Path;
 
@@ -110,4 +111,30 @@ pub fn detach_pinned_link(path: &Path) -> Result<()> {
         &format!("BPF_LINK_DETACH {}", path.display()),
     )?;
     Ok(())
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` of `key` in `map`, into `value_len` bytes (for a per-CPU map, every
+/// possible CPU's value, each rounded up to 8 bytes): a value whose type only the programs
+/// know, as bytes.
+pub fn lookup_bytes(map: &impl std::os::fd::AsFd, key: &[u8], value_len: usize) -> Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct LookupAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut value = vec![0u8; value_len];
+    let mut attr = LookupAttr {
+        map_fd: map.as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr, "BPF_MAP_LOOKUP_ELEM")?;
+    Ok(value)
 }
