@@ -20,14 +20,6 @@ use palisade_tests::bpf::{
 mod tier1;
 use tier1::*;
 
-/// Pins the calling thread to the CPU it runs on.
-fn stay_on_this_cpu() {
-    let cpu = nix::sched::sched_getcpu().expect("sched_getcpu");
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).expect("cpu set");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
-}
-
 /// A new inbound SYN from `PEER4` to port 80, from a fresh source port each time (so no packet
 /// meets a flow an earlier one started).
 fn syn(port: &mut u16) -> Vec<u8> {

@@ -21,7 +21,7 @@ use palisade_common::{
     DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
     conntrack::{CT_CLOSING, CT_REVOKED, CT_SEEN_REPLY, CT_SERVICE, CtKey, CtValue},
     endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_NAME_RULES},
-    packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
     service::SVC_MARK,
     stats::{CFG_NO_FAST_PATH, Config, HostAddrKey},
     verdict::Reason,
@@ -29,7 +29,7 @@ use palisade_common::{
 use palisade_tests::{
     bpf::{
         Datapath, Prog, TEST_RUN_IFINDEX,
-        frame::{self, V4},
+        frame::{self, TCP_ACK, V4},
     },
     rng::Rng,
 };
@@ -52,11 +52,7 @@ const SVC4: [u8; 4] = [10, 96, 0, 10];
 const PEERS: [[u8; 4]; 5] = [PEER4, OTHER4, [10, 0, 3, 3], NODE4, SVC4];
 const PORTS: [u16; 6] = [53, 80, 443, 8080, 40000, 40001];
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
 const TCP_PSH: u8 = 0x08;
-const TCP_ACK: u8 = 0x10;
 const TCP_FLAG_MIXES: [u8; 8] = [
     TCP_ACK,
     TCP_ACK,
@@ -67,15 +63,6 @@ const TCP_FLAG_MIXES: [u8; 8] = [
     TCP_RST,
     0,
 ];
-
-/// Pins the calling thread to the CPU it runs on; returns that CPU.
-fn stay_on_this_cpu() -> usize {
-    let cpu = nix::sched::sched_getcpu().expect("sched_getcpu");
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).expect("cpu set");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
-    cpu
-}
 
 fn now_ns() -> u64 {
     palisade_tests::bpf::coarse_now_ns().expect("reading the coarse clock")

@@ -46,6 +46,17 @@ pub fn endpoint(flags: u32, policy_id: u32) -> EndpointInfo {
     }
 }
 
+/// Pins the calling thread to the CPU it runs on and returns that CPU: `BPF_PROG_TEST_RUN`
+/// runs the program on the caller's CPU, so every packet of a test then meets the same
+/// per-CPU state (endpoint copies, scratch entry).
+pub fn stay_on_this_cpu() -> usize {
+    let cpu = nix::sched::sched_getcpu().expect("sched_getcpu");
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).expect("cpu set");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
+    cpu
+}
+
 /// The object loaded with one endpoint on the test-run ifindex; `None` when not privileged.
 pub fn setup(test: &str, flags: u32) -> Option<Datapath> {
     if !palisade_tests::require_privileges(test) {
