@@ -2,8 +2,10 @@
 //! evaluation it shortcuts. Two copies of the object, one with `CFG_NO_FAST_PATH`, get the same
 //! endpoint, policy, host and Service addresses and conntrack entries (both tiers; fresh, due
 //! for a refresh, expired; current, of an older policy, revoked, Service flows; with and
-//! without their reply seen), then the same random packets on both hooks (TCP with every flag
-//! mix, UDP, ICMP, fragments, IPv4 options, lengths that lie, spoofed sources, Service marks).
+//! without their reply seen; some whose pod side is not the pod's address, which only a
+//! spoofed packet can match), then the same random packets on both hooks, IPv4 and IPv6 (TCP
+//! with every flag mix, UDP, ICMP, fragments, IPv4 options, IPv6 extension headers, lengths
+//! that lie, spoofed and link-local sources, Service marks).
 //! After every packet both must agree on the action, the counted reasons, the mark left and
 //! every entry of both tiers (stamps within 0.1 s: the two runs
 //! read the clock apart, while a refresh only one made would move a stamp by a second).
@@ -18,10 +20,10 @@
 use std::collections::BTreeMap;
 
 use palisade_common::{
-    DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6,
     conntrack::{CT_CLOSING, CT_REVOKED, CT_SEEN_REPLY, CT_SERVICE, CtKey, CtValue},
     endpoint::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_NAME_RULES},
-    packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
     service::SVC_MARK,
     stats::{CFG_NO_FAST_PATH, Config, HostAddrKey},
     verdict::Reason,
@@ -29,7 +31,7 @@ use palisade_common::{
 use palisade_tests::{
     bpf::{
         Datapath, Prog, TEST_RUN_IFINDEX,
-        frame::{self, TCP_ACK, V4},
+        frame::{self, Ext, TCP_ACK, V4, V6, V6Frag},
     },
     rng::Rng,
 };
@@ -47,9 +49,21 @@ const SCENARIO_TIME: std::time::Duration = std::time::Duration::from_millis(800)
 const SEEDED_FLOWS: usize = 24;
 
 const SVC4: [u8; 4] = [10, 96, 0, 10];
-/// Peers: two the policy allows (all ports / TCP 80 only), one it does not, the node, a
-/// Service address.
-const PEERS: [[u8; 4]; 5] = [PEER4, OTHER4, [10, 0, 3, 3], NODE4, SVC4];
+const OTHER6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6];
+const SVC6: [u8; 16] = [0xfd, 0, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+/// Peers: two the policy allows (all ports / TCP 80 only), one it does not, the node (IPv6:
+/// a link-local address), a Service address.
+const PEERS: [&[u8]; 5] = [&PEER4, &OTHER4, &[10, 0, 3, 3], &NODE4, &SVC4];
+const PEERS6: [&[u8]; 5] = [
+    &PEER6,
+    &OTHER6,
+    &[0xfd, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+    &LINK_LOCAL6,
+    &SVC6,
+];
+/// A source leaving the pod that is not the pod's, per family.
+const SPOOFED4: [u8; 4] = [10, 0, 0, 99];
+const SPOOFED6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99];
 const PORTS: [u16; 6] = [53, 80, 443, 8080, 40000, 40001];
 
 const TCP_PSH: u8 = 0x08;
@@ -79,15 +93,19 @@ fn load(full: bool, ep_flags: u32) -> Datapath {
     for dir in [DIR_INGRESS, DIR_EGRESS] {
         allow_peer(&mut dp, POLICY_A, dir, &PEER4, 32, all_ports(11));
         allow_peer(&mut dp, POLICY_A, dir, &OTHER4, 32, portset(PORTSET));
+        allow_peer(&mut dp, POLICY_A, dir, &PEER6, 128, all_ports(11));
+        allow_peer(&mut dp, POLICY_A, dir, &OTHER6, 128, portset(PORTSET));
     }
     allow_port(&mut dp, PORTSET, IPPROTO_TCP, 80, 16, 12);
     seed_node_host(&mut dp);
-    dp.add_service(HostAddrKey {
-        family: FAMILY_V4,
-        _pad: [0; 3],
-        addr_be: addr16(&SVC4),
-    })
-    .expect("seeding a Service address");
+    for (family, addr_be) in [(FAMILY_V4, addr16(&SVC4)), (FAMILY_V6, SVC6)] {
+        dp.add_service(HostAddrKey {
+            family,
+            _pad: [0; 3],
+            addr_be,
+        })
+        .expect("seeding a Service address");
+    }
     dp
 }
 
@@ -96,28 +114,44 @@ fn load(full: bool, ep_flags: u32) -> Datapath {
 struct Flow {
     dir: u8,
     proto: u8,
-    peer: [u8; 4],
+    /// 4 bytes (IPv4) or 16 (IPv6).
+    peer: &'static [u8],
+    /// The pod's address, or (an entry no packet of the pod can have made) another one.
+    pod: &'static [u8],
     pod_port: u16,
     peer_port: u16,
 }
 
 impl Flow {
     fn random(rng: &mut Rng) -> Flow {
+        let v6 = rng.chance(40);
+        let icmp = if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP };
+        let pod: &'static [u8] = match (v6, rng.chance(10)) {
+            (false, false) => &POD4,
+            (false, true) => &SPOOFED4,
+            (true, false) => &POD6,
+            (true, true) => rng.pick(&[&SPOOFED6[..], &LINK_LOCAL6[..]]),
+        };
         Flow {
             dir: rng.pick(&[DIR_INGRESS, DIR_EGRESS]),
-            proto: rng.pick(&[IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP]),
-            peer: rng.pick(&PEERS),
+            proto: rng.pick(&[IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, icmp]),
+            peer: rng.pick(if v6 { &PEERS6 } else { &PEERS }),
+            pod,
             pod_port: rng.pick(&PORTS),
             peer_port: rng.pick(&PORTS),
         }
     }
 
+    fn v6(&self) -> bool {
+        self.peer.len() == 16
+    }
+
     /// (source, destination, source port, destination port) of the flow's own direction.
-    fn ends(&self) -> ([u8; 4], [u8; 4], u16, u16) {
+    fn ends(&self) -> (&'static [u8], &'static [u8], u16, u16) {
         if self.dir == DIR_INGRESS {
-            (self.peer, POD4, self.peer_port, self.pod_port)
+            (self.peer, self.pod, self.peer_port, self.pod_port)
         } else {
-            (POD4, self.peer, self.pod_port, self.peer_port)
+            (self.pod, self.peer, self.pod_port, self.peer_port)
         }
     }
 
@@ -127,10 +161,10 @@ impl Flow {
             ep_id: endpoint(0, POLICY_A).ep_id,
             dir: self.dir,
             proto: self.proto,
-            family: FAMILY_V4,
+            family: if self.v6() { FAMILY_V6 } else { FAMILY_V4 },
             _pad: 0,
-            saddr_be: addr16(&s),
-            daddr_be: addr16(&d),
+            saddr_be: addr16(s),
+            daddr_be: addr16(d),
             sport_be: sp.to_be_bytes(),
             dport_be: dp.to_be_bytes(),
         }
@@ -212,7 +246,11 @@ fn packet(rng: &mut Rng, flows: &[Flow]) -> Packet {
     };
     let mut what = format!("{prog:?} proto {} {s:?}:{sp} -> {d:?}:{dp}", flow.proto);
     if dir == DIR_EGRESS && rng.chance(5) {
-        s = [10, 0, 0, 99];
+        s = if flow.v6() {
+            rng.pick(&[&SPOOFED6[..], &LINK_LOCAL6[..]])
+        } else {
+            &SPOOFED4
+        };
         what += " spoofed";
     }
     let tcp_flags = rng.pick(&TCP_FLAG_MIXES);
@@ -222,62 +260,14 @@ fn packet(rng: &mut Rng, flows: &[Flow]) -> Packet {
             frame::tcp(sp, dp, tcp_flags)
         }
         IPPROTO_UDP => frame::udp(sp, dp, 16),
-        _ => frame::echo(false, !reply, flow.peer_port),
+        _ => frame::echo(flow.v6(), !reply, flow.peer_port),
     };
-    let mut ip = V4::new(s, d, flow.proto);
-    match rng.below(24) {
-        0 => {
-            ip.ihl = 6;
-            what += " options";
-        }
-        1 => {
-            ip.more_fragments = true;
-            what += " first fragment";
-        }
-        2 => {
-            ip.frag_offset = 8;
-            what += " later fragment";
-        }
-        3 => {
-            ip.total_len = Some(20);
-            what += " total length 20";
-        }
-        4 => {
-            ip.total_len = Some(1400);
-            what += " total length past the frame";
-        }
-        5 => {
-            ip.total_len = Some(0);
-            what += " total length 0";
-        }
-        _ => {}
-    }
-    let mut frame = ip.frame(&l4);
-    match rng.below(30) {
-        0 if flow.proto == IPPROTO_TCP => {
-            // TCP data offset 4 (shorter than the fixed header).
-            frame[14 + 20 + 12] = 4 << 4;
-            what += " data offset 4";
-        }
-        1 => {
-            // Don't-fragment set: not a fragment.
-            frame[14 + 6] |= 0x40;
-            what += " DF";
-        }
-        2 => {
-            frame.truncate(14 + 20 + 10);
-            what += " truncated";
-        }
-        3 => {
-            frame[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
-            what += " VLAN ethertype";
-        }
-        4 => {
-            frame[14] = 0x65;
-            what += " IP version 6 in an IPv4 frame";
-        }
-        _ => {}
-    }
+    let (frame, l4_off) = if flow.v6() {
+        (v6_frame(rng, s, d, flow.proto, &l4, &mut what), 14 + 40)
+    } else {
+        (v4_frame(rng, s, d, flow.proto, &l4, &mut what), 14 + 20)
+    };
+    let frame = mangle(rng, frame, l4_off, flow.proto, &mut what);
     // Entering the pod, sometimes as a Service packet translated to it (judged first as the
     // sender's egress).
     let mark = if prog == Prog::ToPod && rng.chance(5) {
@@ -292,6 +282,136 @@ fn packet(rng: &mut Rng, flows: &[Flow]) -> Packet {
         mark,
         what,
     }
+}
+
+/// An IPv4 frame, sometimes with options, as a fragment, or with a total length that lies.
+fn v4_frame(rng: &mut Rng, s: &[u8], d: &[u8], proto: u8, l4: &[u8], what: &mut String) -> Vec<u8> {
+    let mut ip = V4::new(
+        s.try_into().expect("IPv4"),
+        d.try_into().expect("IPv4"),
+        proto,
+    );
+    match rng.below(24) {
+        0 => {
+            ip.ihl = 6;
+            *what += " options";
+        }
+        1 => {
+            ip.more_fragments = true;
+            *what += " first fragment";
+        }
+        2 => {
+            ip.frag_offset = 8;
+            *what += " later fragment";
+        }
+        3 => {
+            ip.total_len = Some(20);
+            *what += " total length 20";
+        }
+        4 => {
+            ip.total_len = Some(1400);
+            *what += " total length past the frame";
+        }
+        5 => {
+            ip.total_len = Some(0);
+            *what += " total length 0";
+        }
+        _ => {}
+    }
+    let mut frame = ip.frame(l4);
+    if rng.chance(3) {
+        // Don't-fragment set: not a fragment.
+        frame[14 + 6] |= 0x40;
+        *what += " DF";
+    }
+    frame
+}
+
+/// An IPv6 frame, sometimes with an extension header, as a fragment, or with a payload
+/// length that lies.
+fn v6_frame(rng: &mut Rng, s: &[u8], d: &[u8], proto: u8, l4: &[u8], what: &mut String) -> Vec<u8> {
+    let mut ip = V6::new(
+        s.try_into().expect("IPv6"),
+        d.try_into().expect("IPv6"),
+        proto,
+    );
+    match rng.below(24) {
+        0 => {
+            // Hop-by-hop options.
+            ip.ext.push(Ext { kind: 0, len8: 0 });
+            *what += " hop-by-hop header";
+        }
+        1 => {
+            ip.frag = Some(V6Frag {
+                offset: 0,
+                more: true,
+                id: 7,
+            });
+            *what += " first fragment";
+        }
+        2 => {
+            ip.frag = Some(V6Frag {
+                offset: 0,
+                more: false,
+                id: 7,
+            });
+            *what += " atomic fragment";
+        }
+        3 => {
+            ip.payload_len = Some(4);
+            *what += " payload length 4";
+        }
+        4 => {
+            ip.payload_len = Some(1400);
+            *what += " payload length past the frame";
+        }
+        5 => {
+            ip.payload_len = Some(0);
+            *what += " payload length 0";
+        }
+        _ => {}
+    }
+    ip.frame(l4)
+}
+
+/// Sometimes breaks a frame: a short TCP data offset, a truncation, another ethertype, the
+/// wrong IP version.
+fn mangle(
+    rng: &mut Rng,
+    mut frame: Vec<u8>,
+    l4_off: usize,
+    proto: u8,
+    what: &mut String,
+) -> Vec<u8> {
+    match rng.below(30) {
+        0 if proto == IPPROTO_TCP && frame.len() > l4_off + 12 => {
+            // TCP data offset 4 (shorter than the fixed header).
+            frame[l4_off + 12] = 4 << 4;
+            *what += " data offset 4";
+        }
+        1 => {
+            frame.truncate(l4_off + 10);
+            *what += " truncated";
+        }
+        2 => {
+            frame[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+            *what += " VLAN ethertype";
+        }
+        3 => {
+            // IPv4 with version 6, IPv6 with version 4.
+            frame[14] ^= 0x20;
+            *what += " the other IP version";
+        }
+        // (`BPF_PROG_TEST_RUN` refuses an IPv6 ethertype on a frame shorter than its header.)
+        4 if frame.len() >= 14 + 40 => {
+            // The other family's ethertype.
+            frame[12..14]
+                .copy_from_slice(&if l4_off == 14 + 40 { 0x0800u16 } else { 0x86dd }.to_be_bytes());
+            *what += " the other ethertype";
+        }
+        _ => {}
+    }
+    frame
 }
 
 /// A conntrack entry as compared: (policy_gen, flags, rule_ref, stamp).
@@ -354,7 +474,7 @@ fn outcome(dp: &mut Datapath, p: &Packet) -> Outcome {
     let before = counts(dp);
     let (action, mark) = dp
         .run_with_mark(p.prog, &p.frame, p.mark, TEST_RUN_IFINDEX)
-        .expect("running the program");
+        .unwrap_or_else(|e| panic!("running the program on {}: {e:#}", p.what));
     let after = counts(dp);
     let mut counted = Vec::new();
     for (d, dir) in [DIR_INGRESS, DIR_EGRESS].into_iter().enumerate() {
@@ -468,7 +588,8 @@ fn privileged_a_packet_of_an_assured_flow_is_answered_before_parsing() {
     let assured = Flow {
         dir: DIR_INGRESS,
         proto: IPPROTO_TCP,
-        peer: PEER4,
+        peer: &PEER4,
+        pod: &POD4,
         pod_port: 80,
         peer_port: 40000,
     };
@@ -494,7 +615,8 @@ fn privileged_a_packet_of_an_assured_flow_is_answered_before_parsing() {
         );
         // A packet of the assured flow.
         let (s, d, sp, dport) = assured.ends();
-        let est = V4::new(s, d, IPPROTO_TCP).frame(&frame::tcp(sp, dport, TCP_ACK));
+        let est = V4::new(s.try_into().unwrap(), d.try_into().unwrap(), IPPROTO_TCP)
+            .frame(&frame::tcp(sp, dport, TCP_ACK));
         expect(&dp, Prog::ToPod, &est, Reason::CT_ESTABLISHED);
         let scratch = dp.scratch_bytes(cpu).expect("reading pal_scratch");
         assert_eq!(

@@ -10,6 +10,7 @@
 //!   (`to_pod` for an inbound flow, `from_pod` for an outbound one) and a reply of it on the
 //!   other hook. The flow is admitted, answered, aged by `CT_REFRESH_NS` and moved to the
 //!   assured tier by its next packet before timing, so every timed run is the steady state;
+//!   the same for an IPv6 inbound flow (both hooks);
 //! - new allowed flow: a SYN that policy admits and that is then tracked. A repeated run would
 //!   be established from its second run on, so each frame (its own source port) runs once
 //!   (`repeat = 1`, `--new-flows` frames); the `pass` row measured the same way gives that
@@ -36,9 +37,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use palisade_common::{
-    DIR_EGRESS, DIR_INGRESS, FAMILY_V4,
+    DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6,
     conntrack::CT_REFRESH_NS,
-    endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_INGRESS_ISOLATED, EndpointInfo},
+    endpoint::{EP_EGRESS_ISOLATED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, EndpointInfo},
     packet::IPPROTO_TCP,
     policy::{PORT_KEY_FULL_BITS, PolicyKey, PolicyValue, PortKey, PortValue, policy_prefixlen},
     stats::{CFG_NO_FLOW_EVENTS, Config},
@@ -46,7 +47,7 @@ use palisade_common::{
 };
 use palisade_tests::bpf::{
     Datapath, Prog, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
-    frame::{TCP_ACK, TCP_SYN, V4},
+    frame::{TCP_ACK, TCP_SYN, V4, V6},
 };
 
 #[derive(clap::Args, Clone)]
@@ -73,6 +74,9 @@ pub struct ProgArgs {
 
 const POD: [u8; 4] = [10, 0, 0, 2];
 const PEER: [u8; 4] = [10, 0, 1, 5];
+/// The pod's and the peer's IPv6 addresses (fd00::2, fd00:1::5).
+const POD6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const PEER6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
 const EP_ID: u32 = 42;
 const POLICY_ID: u32 = 100;
 const PORTSET: u32 = 7;
@@ -184,29 +188,31 @@ fn seed(dp: &mut Datapath) -> Result<()> {
             ep_id: EP_ID,
             policy_id: POLICY_ID,
             policy_gen: POLICY_ID,
-            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED | EP_HAS_V4,
+            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED | EP_HAS_V4 | EP_HAS_V6,
             ipv4_be: POD,
-            ipv6_be: [0; 16],
+            ipv6_be: POD6,
             _pad: 0,
         },
     )?;
     let mut peer = [0u8; 16];
     peer[..4].copy_from_slice(&PEER);
-    for dir in [DIR_INGRESS, DIR_EGRESS] {
-        let key = PolicyKey {
-            policy_id_be: POLICY_ID.to_be_bytes(),
-            dir,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-            addr_be: peer,
-        };
-        let value = PolicyValue {
-            flags: 0,
-            rule_ref: 0,
-            portset_id: PORTSET,
-            _pad: 0,
-        };
-        dp.add_policy(policy_prefixlen(32), key, value)?;
+    for (family, addr_be, bits) in [(FAMILY_V4, peer, 32), (FAMILY_V6, PEER6, 128)] {
+        for dir in [DIR_INGRESS, DIR_EGRESS] {
+            let key = PolicyKey {
+                policy_id_be: POLICY_ID.to_be_bytes(),
+                dir,
+                family,
+                _pad: [0; 2],
+                addr_be,
+            };
+            let value = PolicyValue {
+                flags: 0,
+                rule_ref: 0,
+                portset_id: PORTSET,
+                _pad: 0,
+            };
+            dp.add_policy(policy_prefixlen(bits), key, value)?;
+        }
     }
     let port = PortKey {
         portset_id_be: PORTSET.to_be_bytes(),
@@ -223,6 +229,14 @@ fn inbound(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
 
 fn outbound(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     V4::new(POD, PEER, IPPROTO_TCP).frame(&palisade_tests::bpf::frame::tcp(sport, dport, flags))
+}
+
+fn inbound6(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    V6::new(PEER6, POD6, IPPROTO_TCP).frame(&palisade_tests::bpf::frame::tcp(sport, dport, flags))
+}
+
+fn outbound6(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    V6::new(POD6, PEER6, IPPROTO_TCP).frame(&palisade_tests::bpf::frame::tcp(sport, dport, flags))
 }
 
 struct Case {
@@ -256,6 +270,16 @@ fn cases(dp: &mut Datapath, events: bool) -> Result<Vec<Case>> {
         (
             Prog::ToPod,
             inbound(ALLOWED_PORT, out_client, TCP_SYN | TCP_ACK),
+            Reason::CT_REPLY,
+        ),
+        (
+            Prog::ToPod,
+            inbound6(in_client, ALLOWED_PORT, TCP_SYN),
+            Reason::POLICY_ALLOW,
+        ),
+        (
+            Prog::FromPod,
+            outbound6(ALLOWED_PORT, in_client, TCP_SYN | TCP_ACK),
             Reason::CT_REPLY,
         ),
     ];
@@ -304,6 +328,16 @@ fn cases(dp: &mut Datapath, events: bool) -> Result<Vec<Case>> {
             frame: inbound(ALLOWED_PORT, out_client, TCP_ACK),
         },
         Case {
+            name: "established, to_pod (IPv6 inbound flow)",
+            prog: Prog::ToPod,
+            frame: inbound6(in_client, ALLOWED_PORT, TCP_ACK),
+        },
+        Case {
+            name: "reply, from_pod (IPv6 inbound flow)",
+            prog: Prog::FromPod,
+            frame: outbound6(ALLOWED_PORT, in_client, TCP_ACK),
+        },
+        Case {
             name: "established, to_pod (short flow, LRU tier)",
             prog: Prog::ToPod,
             frame: inbound(short_client, ALLOWED_PORT, TCP_ACK),
@@ -322,7 +356,7 @@ fn cases(dp: &mut Datapath, events: bool) -> Result<Vec<Case>> {
         };
         check(dp, c.prog, &c.frame, reason)?;
     }
-    if dp.assured()?.len() < 2 {
+    if dp.assured()?.len() < 3 {
         bail!("the admitted flows did not move to the assured tier");
     }
     Ok(cases)
@@ -473,6 +507,8 @@ fn cold_rows(dp: &Datapath, cases: &[Case], events: bool, args: &ProgArgs) -> Re
 fn cold_name(case: &str) -> &'static str {
     match case {
         n if n.starts_with("established, to_pod (short") => "established, to_pod, LRU tier, cold",
+        n if n.starts_with("established, to_pod (IPv6") => "established, to_pod, IPv6, cold",
+        n if n.starts_with("reply, from_pod (IPv6") => "reply, from_pod, IPv6, cold",
         n if n.starts_with("established, to_pod") => "established, to_pod, cold",
         n if n.starts_with("reply, from_pod") => "reply, from_pod, cold",
         n if n.starts_with("established, from_pod") => "established, from_pod, cold",
