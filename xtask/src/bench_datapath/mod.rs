@@ -222,6 +222,8 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
         PP_PORT,
     )?;
     let mut empty = EmptyTc::load(&bpf_object)?;
+    let nft_before = nft_tables(&topo.node)?;
+    eprintln!("bench datapath: {}", netfilter_note(&nft_before));
     let mut agent_up = true;
     // Policies of the last Palisade configuration (`policy_yaml`'s parts).
     let mut policies_applied = 0;
@@ -307,8 +309,10 @@ pub fn run(args: &DatapathArgs) -> Result<()> {
     report.run_secs = elapsed.as_secs_f64();
     report.load = [load_before, load_after];
     report.bpf_object = bpf_object.display().to_string();
+    report.nft_tables = [nft_before, nft_tables(&topo.node)?];
     let table = report.table();
     println!("{table}");
+    println!("{}", netfilter_note(&report.nft_tables[1]));
     println!(
         "run time {:.1} min; load average before {}, after {}",
         elapsed.as_secs_f64() / 60.0,
@@ -458,6 +462,35 @@ fn stop_agent(lab: &mut Lab, topo: &Topo) -> Result<()> {
         .with_context(|| format!("removing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// The nf_tables tables of the node namespace (`nft list tables`: "table inet palisade", ...).
+fn nft_tables(node: &str) -> Result<Vec<String>> {
+    let out =
+        cmd_output(Command::new("ip").args(["netns", "exec", node, "nft", "list", "tables"]))?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// What the node namespace's netfilter state means for every configuration. The agent's
+/// masquerade table (a NAT chain) outlives the agent, as its programs do, so it is there for
+/// the baseline and the iptables/ipset configurations too: netfilter's conntrack then runs for
+/// every packet of every configuration, as kube-proxy's NAT rules make it run on a Kubernetes
+/// node (docs/performance.md, "What it does").
+fn netfilter_note(tables: &[String]) -> String {
+    let palisade = format!("table inet {}", palisade_agent::node::masquerade::TABLE);
+    if tables.contains(&palisade) {
+        format!(
+            "node namespace: {palisade} (the agent's masquerade NAT) present: netfilter conntrack \
+             runs in every configuration, the baseline included"
+        )
+    } else {
+        format!("node namespace: no Palisade NAT table (tables: {tables:?})")
+    }
 }
 
 /// Respawns the agent and waits until it has attached to both veths and enforces the

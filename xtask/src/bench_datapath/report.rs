@@ -82,6 +82,8 @@ pub(super) struct Report {
     pub(super) load: [String; 2],
     /// The eBPF object the agent and the empty TC program were loaded from.
     pub(super) bpf_object: String,
+    /// The node namespace's nf_tables tables before and after the sweep.
+    pub(super) nft_tables: [Vec<String>; 2],
 }
 
 impl Report {
@@ -129,6 +131,7 @@ impl Report {
             run_secs: 0.0,
             load: Default::default(),
             bpf_object: String::new(),
+            nft_tables: Default::default(),
         }
     }
 
@@ -185,6 +188,8 @@ impl Report {
             "run_secs": self.run_secs,
             "loadavg_before": self.load[0],
             "loadavg_after": self.load[1],
+            "node_nft_tables_before": self.nft_tables[0],
+            "node_nft_tables_after": self.nft_tables[1],
             "rows": self.rows,
             "table": table,
         }))?)
