@@ -447,7 +447,8 @@ fn privileged_pod_without_a_valid_record_stays_isolated_is_reported_and_recovere
 /// Threat model: lost node state: maps pinned by another build (or an older version with
 /// the same map names) sit under the agent's bpffs when it starts: conntrack with a smaller
 /// max_entries, endpoints with another value size, the policy trie as a plain hash, the
-/// counters with another value size, and the config pin not a map at all. Before: the agent
+/// counters and the endpoint generation with another value size, and the config pin not a
+/// map at all. Before: the agent
 /// adopted them blindly (crashing on some layouts, silently shrinking conntrack on others).
 /// Now: every one is replaced (conntrack's entries copied), the agent runs and enforces, and
 /// the status says what it replaced.
@@ -464,13 +465,15 @@ fn privileged_pinned_maps_with_foreign_layouts_are_replaced_and_reported() -> Re
     let ct_key = std::mem::size_of::<palisade_common::conntrack::CtKey>() as u32;
     let ct_value = std::mem::size_of::<palisade_common::conntrack::CtValue>() as u32;
     let pol_key = std::mem::size_of::<palisade_common::policy::PolicyKey>() as u32 + 4;
-    // (map, type, key size, value size, max_entries, flags); types: 1 hash, 6 percpu
-    // array, 9 lru hash.
-    let foreign: [(&str, u32, u32, u32, u32, u32); 4] = [
+    // (map, type, key size, value size, max_entries, flags); types: 1 hash, 2 array, 6
+    // percpu array, 9 lru hash.
+    let foreign: [(&str, u32, u32, u32, u32, u32); 5] = [
         (maps::CONNTRACK, 9, ct_key, ct_value, 1024, 0),
         (maps::ENDPOINTS, 1, 4, 8, maps::ENDPOINTS_MAX, 0),
         (maps::POLICY, 1, pol_key, 16, 1024, 0),
         (maps::STATS, 6, 4, 8, palisade_common::stats::STATS_SLOTS, 0),
+        // The endpoint generation with a 4-byte value (the programs read 8).
+        (maps::EP_GEN, 2, 4, 4, 1, 0),
     ];
     for (name, ty, k, v, max, flags) in foreign {
         let path = dir.join(name);
@@ -494,6 +497,7 @@ fn privileged_pinned_maps_with_foreign_layouts_are_replaced_and_reported() -> Re
         "pinned map is hash".to_string(),
         format!("{}\"", dir.join(maps::ENDPOINTS).display()),
         format!("{}\"", dir.join(maps::STATS).display()),
+        format!("{}\"", dir.join(maps::EP_GEN).display()),
         format!("{}\"", dir.join(maps::CONFIG).display()),
         "pin is not a map".to_string(),
         "replaced by a new".to_string(),
