@@ -251,61 +251,42 @@ fn cases(dp: &mut Datapath, events: bool) -> Result<Vec<Case>> {
     // Ports per events pass: the flows of the first pass are not reused by the second.
     let base = if events { 40_000 } else { 41_000 };
     let (in_client, out_client) = (base, base + 1);
-    let setup = [
-        (
-            Prog::ToPod,
-            inbound(in_client, ALLOWED_PORT, TCP_SYN),
-            Reason::POLICY_ALLOW,
-        ),
-        (
-            Prog::FromPod,
-            outbound(ALLOWED_PORT, in_client, TCP_SYN | TCP_ACK),
-            Reason::CT_REPLY,
-        ),
-        (
-            Prog::FromPod,
-            outbound(out_client, ALLOWED_PORT, TCP_SYN),
-            Reason::POLICY_ALLOW,
-        ),
-        (
-            Prog::ToPod,
-            inbound(ALLOWED_PORT, out_client, TCP_SYN | TCP_ACK),
-            Reason::CT_REPLY,
-        ),
-        (
-            Prog::ToPod,
-            inbound6(in_client, ALLOWED_PORT, TCP_SYN),
-            Reason::POLICY_ALLOW,
-        ),
+    // Each flow admitted: its SYN allowed by policy, its SYN-ACK a reply.
+    let admit = |dp: &Datapath, syn: (Prog, Vec<u8>), syn_ack: (Prog, Vec<u8>)| -> Result<()> {
+        check(dp, syn.0, &syn.1, Reason::POLICY_ALLOW)?;
+        check(dp, syn_ack.0, &syn_ack.1, Reason::CT_REPLY)
+    };
+    let in_flow = |sport, dport, flags| (Prog::ToPod, inbound(sport, dport, flags));
+    let out_flow = |sport, dport, flags| (Prog::FromPod, outbound(sport, dport, flags));
+    admit(
+        dp,
+        in_flow(in_client, ALLOWED_PORT, TCP_SYN),
+        out_flow(ALLOWED_PORT, in_client, TCP_SYN | TCP_ACK),
+    )?;
+    admit(
+        dp,
+        out_flow(out_client, ALLOWED_PORT, TCP_SYN),
+        in_flow(ALLOWED_PORT, out_client, TCP_SYN | TCP_ACK),
+    )?;
+    admit(
+        dp,
+        (Prog::ToPod, inbound6(in_client, ALLOWED_PORT, TCP_SYN)),
         (
             Prog::FromPod,
             outbound6(ALLOWED_PORT, in_client, TCP_SYN | TCP_ACK),
-            Reason::CT_REPLY,
         ),
-    ];
-    for (prog, frame, reason) in &setup {
-        check(dp, *prog, frame, *reason)?;
-    }
-    // As if both flows were a second old: the checks below (their next packets) move them
+    )?;
+    // As if these flows were a second old: the checks below (their next packets) move them
     // to the assured tier, where the timed runs find them.
     dp.age_lru(CT_REFRESH_NS)?;
-    // A third flow stays in the LRU tier, as every short connection does: its packets miss
+    // Another flow stays in the LRU tier, as every short connection does: its packets miss
     // the assured tier first.
     let short_client = base + 3;
-    for (prog, frame, reason) in [
-        (
-            Prog::ToPod,
-            inbound(short_client, ALLOWED_PORT, TCP_SYN),
-            Reason::POLICY_ALLOW,
-        ),
-        (
-            Prog::FromPod,
-            outbound(ALLOWED_PORT, short_client, TCP_SYN | TCP_ACK),
-            Reason::CT_REPLY,
-        ),
-    ] {
-        check(dp, prog, &frame, reason)?;
-    }
+    admit(
+        dp,
+        in_flow(short_client, ALLOWED_PORT, TCP_SYN),
+        out_flow(ALLOWED_PORT, short_client, TCP_SYN | TCP_ACK),
+    )?;
     let cases = vec![
         Case {
             name: "established, to_pod (inbound flow)",
